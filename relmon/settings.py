@@ -1,0 +1,249 @@
+"""The one frozen settings object of relmon.
+
+Every field is read from an environment variable named ``RELMON_<FIELD>`` (upper case), or from
+a ``.env`` file in the working directory. The defaults are the embedded local setup: a tansu
+broker and the local ClickHouse store on 127.0.0.1. In production only the addresses change.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relmon.errors import ConfigError
+
+Provider = Literal["auto", "cuda", "cpu"]
+
+
+def _default_home() -> Path:
+    return Path.cwd() / ".relmon"
+
+
+class Settings(BaseSettings):
+    """relmon configuration; each field's environment variable is ``RELMON_`` + its name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELMON_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Local runtime -------------------------------------------------------------------
+    home: Path = Field(
+        default_factory=_default_home,
+        description="RELMON_HOME: directory for local state (store data, logs, run files).",
+    )
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:19092",
+        description="RELMON_KAFKA_BOOTSTRAP: Kafka bootstrap servers, comma separated host:port.",
+    )
+    broker_port: int = Field(
+        default=19092,
+        ge=0,
+        le=65535,
+        description="RELMON_BROKER_PORT: port of the embedded tansu broker (0 = pick a free one).",
+    )
+    topic_impressions: str = Field(
+        default="relmon.impressions",
+        description="RELMON_TOPIC_IMPRESSIONS: input topic of search impressions.",
+    )
+    topic_catalog: str = Field(
+        default="relmon.catalog",
+        description="RELMON_TOPIC_CATALOG: compacted topic of product catalogue records.",
+    )
+    topic_review: str = Field(
+        default="relmon.teacher-review",
+        description="RELMON_TOPIC_REVIEW: topic of low-score cases for the teacher.",
+    )
+    topic_dlq: str = Field(
+        default="relmon.dlq",
+        description="RELMON_TOPIC_DLQ: dead-letter topic for events relmon cannot process.",
+    )
+    topic_partitions: int = Field(
+        default=4,
+        ge=1,
+        description="RELMON_TOPIC_PARTITIONS: partitions of topics relmon creates.",
+    )
+    consumer_group: str = Field(
+        default="relmon-worker",
+        description="RELMON_CONSUMER_GROUP: Kafka consumer group (Faust app id) of the workers.",
+    )
+    session_timeout_s: float = Field(
+        default=6.0,
+        gt=0,
+        description="RELMON_SESSION_TIMEOUT_S: consumer group session timeout in seconds.",
+    )
+    heartbeat_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="RELMON_HEARTBEAT_INTERVAL_S: consumer heartbeat interval in seconds.",
+    )
+
+    # --- ClickHouse ------------------------------------------------------------------------
+    clickhouse_host: str = Field(
+        default="127.0.0.1",
+        description="RELMON_CLICKHOUSE_HOST: ClickHouse HTTP host (the local store by default).",
+    )
+    clickhouse_port: int = Field(
+        default=18123,
+        ge=0,
+        le=65535,
+        description="RELMON_CLICKHOUSE_PORT: ClickHouse HTTP port.",
+    )
+    clickhouse_user: str = Field(
+        default="default", description="RELMON_CLICKHOUSE_USER: ClickHouse user."
+    )
+    clickhouse_password: SecretStr = Field(
+        default=SecretStr(""), description="RELMON_CLICKHOUSE_PASSWORD: ClickHouse password."
+    )
+    clickhouse_database: str = Field(
+        default="relmon",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="RELMON_CLICKHOUSE_DATABASE: database holding relmon's tables.",
+    )
+    clickhouse_secure: bool = Field(
+        default=False, description="RELMON_CLICKHOUSE_SECURE: use HTTPS to reach ClickHouse."
+    )
+    store_dir: Path | None = Field(
+        default=None,
+        description="RELMON_STORE_DIR: chdb data directory of the local store "
+        "(default: $RELMON_HOME/store).",
+    )
+
+    # --- Model and scoring -----------------------------------------------------------------
+    model_dir: Path = Field(
+        default=Path("models/relmon-minilm-ce"),
+        description="RELMON_MODEL_DIR: directory of the built cross-encoder "
+        "(model.onnx / model.int8.onnx, tokenizer, card.json).",
+    )
+    model_variant: Literal["auto", "int8", "fp32"] = Field(
+        default="auto",
+        description="RELMON_MODEL_VARIANT: ONNX variant to serve (auto = int8 on CPU, fp32 on CUDA).",
+    )
+    provider: Provider = Field(
+        default="auto",
+        description="RELMON_PROVIDER: onnxruntime execution provider: auto (CUDA, else CPU), "
+        "cuda or cpu.",
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="RELMON_INTRA_OP_THREADS: onnxruntime intra-op threads (0 = cores given).",
+    )
+    batch_size: int = Field(
+        default=32, ge=1, le=4096, description="RELMON_BATCH_SIZE: scoring batch size."
+    )
+    max_length: int = Field(
+        default=64, ge=8, le=512, description="RELMON_MAX_LENGTH: max tokens per pair."
+    )
+    bad_threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="RELMON_BAD_THRESHOLD: a pair scoring below this is a bad case.",
+    )
+
+    # --- Stream processing -----------------------------------------------------------------
+    sample_rate: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="RELMON_SAMPLE_RATE: share of queries whose result pages are scored.",
+    )
+    take_max: int = Field(
+        default=256, ge=1, description="RELMON_TAKE_MAX: max events the worker takes per batch."
+    )
+    take_within_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="RELMON_TAKE_WITHIN_S: max seconds the worker waits to fill a batch.",
+    )
+    unknown_product_retry_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="RELMON_UNKNOWN_PRODUCT_RETRY_S: how long an impression of an unknown "
+        "product waits for the catalogue before it is dead-lettered.",
+    )
+    catalog_file: Path | None = Field(
+        default=None,
+        description="RELMON_CATALOG_FILE: JSON Lines catalogue loaded at worker start "
+        "(product_id, title, category, brand, attributes).",
+    )
+    worker_web_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="RELMON_WORKER_WEB_PORT: Faust web port of the worker (0 = pick a free one).",
+    )
+
+    # --- Dashboard -------------------------------------------------------------------------
+    dashboard_port: int = Field(
+        default=8501, ge=1, le=65535, description="RELMON_DASHBOARD_PORT: Streamlit port."
+    )
+    bind_host: str = Field(
+        default="127.0.0.1",
+        description="RELMON_BIND_HOST: address local services listen on.",
+    )
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(
+                    f"{server!r} is not host:port; set RELMON_KAFKA_BOOTSTRAP like "
+                    "'127.0.0.1:19092' or 'kafka1:9092,kafka2:9092'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_intervals(self) -> Settings:
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(
+                "RELMON_HEARTBEAT_INTERVAL_S must be smaller than RELMON_SESSION_TIMEOUT_S"
+            )
+        return self
+
+    @property
+    def store_path(self) -> Path:
+        """The chdb data directory of the local store."""
+        return (self.store_dir or self.home / "store").resolve()
+
+    @property
+    def kafka_servers(self) -> list[str]:
+        """Bootstrap servers as a list."""
+        return [s.strip() for s in self.kafka_bootstrap.split(",")]
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """Return a copy with some fields changed and validated again."""
+        data = self.model_dump()
+        data.update(changes)
+        return load_settings(**data)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into ``ConfigError``."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"RELMON_{field.upper()}" if field != "settings" else "RELMON_* settings"
+            lines.append(f"  {env}: {err['msg']}")
+        raise ConfigError("invalid relmon configuration:\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return load_settings()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates .venv and installs relmon with everything it needs (idempotent; re-runs when
+# pyproject.toml changes). torch is installed first from the CPU wheel so that nothing pulls
+# a CUDA build (see FINDINGS / README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.relmon-installed
+want=$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[train,dev]"
+echo "$want" > "$stamp"
