@@ -22,7 +22,11 @@ class ConfigError(RelmonError):
 
 
 class DecodeError(RelmonError):
-    """An input record cannot be decoded or does not match its schema."""
+    """An input record cannot be decoded (``kind="malformed"``) or fails validation (``"invalid"``)."""
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ModelNotFoundError(ConfigError):

@@ -1,0 +1,1 @@
+"""Streamlit dashboards of relmon (run with ``relmon dashboard``)."""

@@ -1,0 +1,5 @@
+"""``python -m relmon``: the relmon command line."""
+
+from relmon.cli import main
+
+raise SystemExit(main())

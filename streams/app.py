@@ -1,0 +1,234 @@
+"""The relmon worker: a Faust app that runs :class:`~streams.processor.ImpressionProcessor`.
+
+The agent reads raw bytes in batches (``noack_take``: events are acked by hand, only after their
+dead letters and review requests were delivered and their rows written), so Faust commits an
+offset only once everything before it is done. Inference and ClickHouse writes run in worker
+threads and never block the event loop. Exactly-once *effect* comes from at-least-once delivery
+plus idempotent writes (``scored_impressions`` keeps one row per impression_id); Faust's
+exactly-once mode is not used (tansu lacks transactional producers; see FINDINGS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import faust
+import numpy as np
+from clickhouse_connect.driver.client import Client
+
+from relmon import db
+from relmon.kafka import ensure_topics, producer
+from relmon.settings import Settings
+from schemas.models import DeadLetter, ReviewRequest, ScoredImpression, hash_id
+from schemas.ubi import UbiQuery
+from streams.catalog import Catalog, CatalogFollower, load_catalog_file
+from streams.metrics import Metrics
+from streams.processor import ImpressionProcessor, RawRecord, dead_letter
+from streams.sampling import QuerySampler
+
+log = logging.getLogger(__name__)
+
+
+class ScorerLike(Protocol):
+    """What the worker needs of a scorer (``scoring.Scorer`` or an in-package fake)."""
+
+    model_version: str
+    provider: str
+
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        """Scores in [0, 1]."""
+
+
+def metrics_path(settings: Settings, pid: int | None = None) -> Path:
+    """Where the worker process ``pid`` (default: this one) publishes its counters."""
+    return settings.home / "run" / f"worker-{settings.consumer_group}-{pid or os.getpid()}.json"
+
+
+class _FaustPorts:
+    """Ports of the processor backed by Faust topics, ClickHouse and the scorer."""
+
+    def __init__(self, worker: RelmonWorker) -> None:
+        self._w = worker
+        self._infer = ThreadPoolExecutor(1, thread_name_prefix="relmon-infer")
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="relmon-store")
+        self.stream: Any = None
+
+    async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        scorer, size = self._w.scorer, self._w.settings.batch_size
+        return await loop.run_in_executor(self._infer, scorer.predict, pairs, size)
+
+    async def _send(self, topic: faust.types.TopicT, items: list[tuple[bytes, bytes]]) -> None:
+        futures = [await topic.send(key=key, value=value) for key, value in items]
+        await asyncio.gather(*futures)
+
+    async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        await self._send(
+            self._w.dlq_topic, [(f"{x.topic}:{x.partition}".encode(), x.to_bytes()) for x in letters]
+        )
+
+    async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
+        await self._send(
+            self._w.review_topic, [(r.impression_id.encode(), r.to_bytes()) for r in reviews]
+        )
+
+    async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, self._write_sync, rows, queries)
+
+    def _write_sync(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
+        client = self._w.clickhouse()
+        db.insert_ubi_queries(client, queries, hash_id)
+        db.insert_scored(client, rows)
+
+    async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._io, lambda: db.lookup_ubi_queries(self._w.clickhouse(), query_ids)
+        )
+
+    async def ack(self, records: list[RawRecord]) -> None:
+        for record in records:
+            await self.stream.ack(record.handle)
+
+    def close(self) -> None:
+        self._infer.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+
+def _raw(event: Any) -> RawRecord:
+    message = event.message
+    ts = getattr(message, "timestamp", None)
+    return RawRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        timestamp_ms=int(ts * 1000) if ts else None,
+        handle=event,
+    )
+
+
+class RelmonWorker:
+    """Builds the Faust app, its catalogue follower and processor from settings."""
+
+    def __init__(self, settings: Settings, scorer: ScorerLike) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.metrics = Metrics()
+        self.metrics.set("model_version", scorer.model_version)
+        self.metrics.set("provider", scorer.provider)
+        products = load_catalog_file(settings.catalog_file) if settings.catalog_file else []
+        self.catalog = Catalog(products)
+        self._client: Client | None = None
+        self._dlq_producer: Any = None
+        self.app = self._make_app()
+        self.ports = _FaustPorts(self)
+        self.processor = ImpressionProcessor(
+            ports=self.ports,
+            catalog=self.catalog,
+            sampler=QuerySampler(settings.sample_rate),
+            threshold=settings.bad_threshold,
+            model_version=scorer.model_version,
+            metrics=self.metrics,
+            retry_s=settings.unknown_product_retry_s,
+        )
+        self.follower = CatalogFollower(
+            self.catalog,
+            servers=settings.kafka_servers,
+            topic=settings.topic_catalog,
+            on_invalid=self._catalog_invalid,
+            on_update=lambda: self.metrics.set("catalog_products", len(self.catalog)),
+        )
+
+    def clickhouse(self) -> Client:
+        """The worker's ClickHouse client (used from the store thread only)."""
+        if self._client is None:
+            self._client = db.connect(self.settings)
+        return self._client
+
+    def _make_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.consumer_group,
+            broker=[f"kafka://{server}" for server in s.kafka_servers],
+            store="memory://",
+            autodiscover=False,
+            topic_partitions=s.topic_partitions,
+            topic_disable_leader=True,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=s.heartbeat_interval_s,
+            broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            stream_wait_empty=False,
+            web_enabled=False,
+            datadir=str(s.home / "faust" / s.consumer_group),
+        )
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.impressions_topic = app.topic(s.topic_impressions, **raw)
+        self.review_topic = app.topic(s.topic_review, **raw)
+        self.dlq_topic = app.topic(s.topic_dlq, **raw)
+        app.agent(self.impressions_topic, name="relmon-impressions")(self._agent)
+        app.timer(1.0)(self._tick)
+        app.task(self._on_start)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        return app
+
+    async def _agent(self, stream: Any) -> None:
+        self.ports.stream = stream
+        s = self.settings
+        async for events in stream.noack_take(s.take_max, within=s.take_within_s):
+            await self.processor.process([_raw(event) for event in events])
+
+    async def _tick(self) -> None:
+        if self.ports.stream is not None:
+            await self.processor.retry_pending()
+        self.metrics.set("catalog_products", len(self.catalog))
+        self.metrics.write(metrics_path(self.settings))
+
+    async def _on_start(self) -> None:
+        if not self.follower.is_alive():
+            self.follower.start()
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        dropped = self.processor.drop_partitions((tp.topic, tp.partition) for tp in revoked)
+        if dropped:
+            log.info("rebalance: %d pending impressions left to the new owner", dropped)
+
+    def _catalog_invalid(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+        reason: str,
+    ) -> None:
+        self.metrics.inc("catalog_invalid")
+        letter = dead_letter(RawRecord(topic, partition, offset, key, value), "invalid", reason)
+        if self._dlq_producer is None:
+            self._dlq_producer = producer(self.settings)
+        self._dlq_producer.send(self.settings.topic_dlq, key=key, value=letter.to_bytes()).get(30)
+        self.metrics.inc("dead_lettered")
+        self.metrics.inc("dead_lettered_invalid")
+
+    def prepare(self) -> None:
+        """Create topics and apply ClickHouse migrations (idempotent)."""
+        ensure_topics(self.settings)
+        db.migrate(self.settings)
+
+    def run(self) -> None:
+        """Run the worker in the foreground until SIGTERM / SIGINT."""
+        self.prepare()
+        worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self.follower.stop()
+            self.ports.close()
+            self.metrics.write(metrics_path(self.settings))
+            if self._dlq_producer is not None:
+                self._dlq_producer.close()

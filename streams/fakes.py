@@ -1,0 +1,71 @@
+"""In-package fakes for testing the processor without Kafka, ClickHouse or a model."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from schemas.models import DeadLetter, ReviewRequest, ScoredImpression
+from schemas.ubi import UbiQuery
+from streams.processor import RawRecord
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+class OverlapScorer:
+    """A deterministic stand-in scorer: the share of query words found in the title."""
+
+    model_version = "fake-overlap-1"
+    provider = "CPUExecutionProvider"
+
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        """Scores in [0, 1]."""
+        out = []
+        for query, title in pairs:
+            q = _words(query)
+            out.append(len(q & _words(title)) / len(q) if q else 0.0)
+        return np.asarray(out, dtype=np.float32)
+
+
+class MemoryPorts:
+    """Processor ports that keep everything in lists; ``fail_writes`` makes writes fail N times."""
+
+    def __init__(self, scorer: OverlapScorer | None = None, fail_writes: int = 0) -> None:
+        self.scorer = scorer or OverlapScorer()
+        self.dead_letters: list[DeadLetter] = []
+        self.reviews: list[ReviewRequest] = []
+        self.rows: dict[str, ScoredImpression] = {}
+        self.row_writes = 0
+        self.queries: dict[str, str] = {}
+        self.acked: list[RawRecord] = []
+        self.fail_writes = fail_writes
+
+    async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        return self.scorer.predict(pairs)
+
+    async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        self.dead_letters.extend(letters)
+
+    async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
+        self.reviews.extend(reviews)
+
+    async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
+        if self.fail_writes > 0:
+            self.fail_writes -= 1
+            raise ConnectionError("store unavailable (fake)")
+        for query in queries:
+            self.queries[query.query_id] = query.user_query
+        for row in rows:
+            self.rows[row.impression_id] = row
+        self.row_writes += len(rows)
+
+    async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
+        return {q: self.queries[q] for q in query_ids if q in self.queries}
+
+    async def ack(self, records: list[RawRecord]) -> None:
+        self.acked.extend(records)

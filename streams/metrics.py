@@ -1,0 +1,82 @@
+"""Worker counters, published as a JSON file that the demo and operators can read."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+COUNTERS = (
+    "consumed",
+    "decoded",
+    "dead_lettered",
+    "dead_lettered_malformed",
+    "dead_lettered_invalid",
+    "dead_lettered_unknown_product",
+    "dead_lettered_unknown_query",
+    "unknown_product_seen",
+    "unknown_query_seen",
+    "ubi_queries",
+    "ignored_events",
+    "impressions",
+    "sampled",
+    "scored",
+    "sent_to_review",
+    "rows_written",
+    "store_errors",
+    "catalog_products",
+    "catalog_invalid",
+    "batches",
+)
+
+
+class Metrics:
+    """Thread-safe counters and gauges of one worker process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter({name: 0 for name in COUNTERS})
+        self._gauges: dict[str, float | str] = {}
+        self.started = time.time()
+
+    def inc(self, name: str, value: int = 1) -> None:
+        """Add ``value`` to counter ``name``."""
+        with self._lock:
+            self._counts[name] += value
+
+    def set(self, name: str, value: float | str) -> None:
+        """Set gauge ``name``."""
+        with self._lock:
+            self._gauges[name] = value
+
+    def get(self, name: str) -> int:
+        """Current value of counter ``name``."""
+        with self._lock:
+            return self._counts[name]
+
+    def snapshot(self) -> dict[str, float | int | str]:
+        """All counters and gauges."""
+        with self._lock:
+            out: dict[str, float | int | str] = dict(self._counts)
+            out.update(self._gauges)
+        out["uptime_s"] = round(time.time() - self.started, 3)
+        out["pid"] = os.getpid()
+        return out
+
+    def write(self, path: Path) -> None:
+        """Atomically write the snapshot as JSON to ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.snapshot(), sort_keys=True))
+        tmp.replace(path)
+
+
+def read_metrics(path: Path) -> dict[str, float | int | str]:
+    """Read a metrics file written by :meth:`Metrics.write` (empty dict if absent)."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}

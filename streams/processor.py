@@ -1,0 +1,294 @@
+"""The batch processor: decode, enrich, sample, score, route and store impressions.
+
+Framework-free: the Faust agent (:mod:`streams.app`) feeds it raw records and provides the
+:class:`Ports` (Kafka sends, ClickHouse writes, scoring, acks); tests feed it in-package fakes
+(:mod:`streams.fakes`).
+
+Per batch, in this order, so that a crash at any point loses nothing:
+
+1. every record is decoded and validated; bad ones become dead letters (original bytes kept);
+2. UBI query records are remembered (memory and ClickHouse);
+3. impressions get their query text (UBI) and product text (catalogue); an impression whose
+   product or query is not known yet waits up to ``retry_s`` (its offset is not committed
+   meanwhile), then becomes a dead letter;
+4. whole result pages are sampled by query id; sampled pairs are scored off the event loop;
+5. dead letters and review requests are sent and their delivery awaited; rows are written to
+   ClickHouse (idempotent by impression_id);
+6. only then are the records acked, so their offsets can be committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from relmon.errors import DecodeError
+from schemas.models import DeadLetter, DeadLetterKind, Impression, ReviewRequest, ScoredImpression
+from schemas.ubi import UbiImpression, UbiOtherEvent, UbiQuery, decode_record
+from streams.catalog import Catalog
+from streams.metrics import Metrics
+from streams.sampling import QuerySampler
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One consumed Kafka record; ``handle`` is what :meth:`Ports.ack` needs (a Faust event)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+    handle: Any = field(default=None, compare=False, repr=False)
+
+
+class Ports(Protocol):
+    """What the processor needs from the outside world."""
+
+    async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Scores in [0, 1] of (query, title) pairs."""
+
+    async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Deliver dead letters (return once the broker has them)."""
+
+    async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
+        """Deliver review requests (return once the broker has them)."""
+
+    async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
+        """Write scored rows and UBI query records to ClickHouse."""
+
+    async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
+        """Query texts of UBI query ids stored earlier."""
+
+    async def ack(self, records: list[RawRecord]) -> None:
+        """Mark records done so their offsets can be committed."""
+
+
+@dataclass
+class _Pending:
+    record: RawRecord
+    item: Impression | UbiImpression
+    deadline: float
+
+
+@dataclass
+class _Outcome:
+    letters: list[DeadLetter] = field(default_factory=list)
+    ready: list[tuple[RawRecord, Impression]] = field(default_factory=list)
+    done: list[RawRecord] = field(default_factory=list)
+    queries: list[UbiQuery] = field(default_factory=list)
+
+
+def dead_letter(record: RawRecord, kind: DeadLetterKind, reason: str) -> DeadLetter:
+    """The dead letter of ``record``, keeping its original bytes and coordinates."""
+    return DeadLetter.of(
+        kind=kind,
+        reason=reason,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        value=record.value or b"",
+        key=record.key,
+        timestamp_ms=record.timestamp_ms,
+    )
+
+
+class ImpressionProcessor:
+    """Turns batches of raw impression records into scored rows, reviews and dead letters."""
+
+    def __init__(
+        self,
+        *,
+        ports: Ports,
+        catalog: Catalog,
+        sampler: QuerySampler,
+        threshold: float,
+        model_version: str,
+        metrics: Metrics,
+        retry_s: float = 10.0,
+        query_cache_size: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self._ports = ports
+        self._catalog = catalog
+        self._sampler = sampler
+        self._threshold = threshold
+        self._model_version = model_version
+        self._metrics = metrics
+        self._retry_s = retry_s
+        self._clock = clock
+        self._backoff_max_s = backoff_max_s
+        self._queries: OrderedDict[str, str] = OrderedDict()
+        self._query_cache_size = query_cache_size
+        self._pending: list[_Pending] = []
+        self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Impressions waiting for their product or query."""
+        return len(self._pending)
+
+    async def process(self, records: Sequence[RawRecord]) -> None:
+        """Process one batch end to end (see the module docstring)."""
+        async with self._lock:
+            self._metrics.inc("batches")
+            self._metrics.inc("consumed", len(records))
+            out = _Outcome()
+            items: list[tuple[RawRecord, Impression | UbiImpression]] = []
+            for record in records:
+                try:
+                    decoded = decode_record(record.value)
+                except DecodeError as exc:
+                    kind: DeadLetterKind = "malformed" if exc.kind == "malformed" else "invalid"
+                    out.letters.append(dead_letter(record, kind, str(exc)))
+                    out.done.append(record)
+                    continue
+                self._metrics.inc("decoded")
+                if isinstance(decoded, UbiQuery):
+                    self._remember_query(decoded.query_id, decoded.user_query)
+                    out.queries.append(decoded)
+                    out.done.append(record)
+                elif isinstance(decoded, UbiOtherEvent):
+                    self._metrics.inc("ignored_events")
+                    out.done.append(record)
+                else:
+                    self._metrics.inc("impressions")
+                    items.append((record, decoded))
+            deadline = self._clock() + self._retry_s
+            await self._resolve([_Pending(r, i, deadline) for r, i in items], out, fresh=True)
+            await self._finish(out)
+
+    async def retry_pending(self) -> None:
+        """Retry impressions that wait for the catalogue or a query; expire overdue ones."""
+        async with self._lock:
+            if not self._pending:
+                return
+            waiting, self._pending = self._pending, []
+            out = _Outcome()
+            await self._resolve(waiting, out, fresh=False)
+            await self._finish(out)
+
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
+        """Forget pending records of revoked partitions (their new owner re-reads them)."""
+        gone = set(partitions)
+        before = len(self._pending)
+        self._pending = [
+            p for p in self._pending if (p.record.topic, p.record.partition) not in gone
+        ]
+        return before - len(self._pending)
+
+    def _remember_query(self, query_id: str, text: str) -> None:
+        self._queries[query_id] = text
+        self._queries.move_to_end(query_id)
+        while len(self._queries) > self._query_cache_size:
+            self._queries.popitem(last=False)
+
+    async def _resolve(self, waiting: list[_Pending], out: _Outcome, *, fresh: bool) -> None:
+        missing = sorted(
+            {
+                p.item.query_id
+                for p in waiting
+                if isinstance(p.item, UbiImpression) and p.item.query_id not in self._queries
+            }
+        )
+        if missing:
+            found = await self._retrying(self._ports.lookup_queries, missing, what="query lookup")
+            for query_id, text in found.items():
+                self._remember_query(query_id, text)
+        now = self._clock()
+        for pending in waiting:
+            item = pending.item
+            problem: tuple[DeadLetterKind, str] | None = None
+            if isinstance(item, UbiImpression):
+                text = self._queries.get(item.query_id)
+                if text is None:
+                    problem = ("unknown_query", f"unknown query_id {item.query_id!r}")
+                else:
+                    item = pending.item = item.with_query(text)
+            if problem is None and isinstance(item, Impression) and item.needs_catalog:
+                product = self._catalog.get(item.product_id)
+                if product is None:
+                    problem = ("unknown_product", f"unknown product {item.product_id!r}")
+                else:
+                    item = item.enriched(product)
+            if problem is None:
+                assert isinstance(item, Impression)
+                out.ready.append((pending.record, item))
+                out.done.append(pending.record)
+                continue
+            kind, reason = problem
+            if fresh:
+                self._metrics.inc(f"{kind}_seen")
+            if now >= pending.deadline:
+                waited = f"; not found within {self._retry_s:g} s"
+                out.letters.append(dead_letter(pending.record, kind, reason + waited))
+                out.done.append(pending.record)
+            else:
+                self._pending.append(pending)
+
+    async def _finish(self, out: _Outcome) -> None:
+        rows: list[ScoredImpression] = []
+        sampled = [(r, imp) for r, imp in out.ready if self._sampler.sampled(imp.query_id)]
+        self._metrics.inc("sampled", len(sampled))
+        if sampled:
+            pairs = [(imp.query, imp.title or "") for _, imp in sampled]
+            scores = await self._retrying(self._ports.score, pairs, what="scoring")
+            now = datetime.now(UTC)
+            for (_, imp), score in zip(sampled, scores, strict=True):
+                rows.append(
+                    ScoredImpression.of(
+                        imp,
+                        score=float(np.clip(score, 0.0, 1.0)),
+                        threshold=self._threshold,
+                        model_version=self._model_version,
+                        sample_rate=self._sampler.inclusion_probability(imp.query_id),
+                        scored_at=now,
+                    )
+                )
+            self._metrics.inc("scored", len(rows))
+        reviews = [ReviewRequest.of(row) for row in rows if row.is_bad]
+        if out.letters:
+            await self._retrying(self._ports.send_dead_letters, out.letters, what="dead letters")
+            self._metrics.inc("dead_lettered", len(out.letters))
+            for letter in out.letters:
+                self._metrics.inc(f"dead_lettered_{letter.kind}")
+        if reviews:
+            await self._retrying(self._ports.send_reviews, reviews, what="review requests")
+            self._metrics.inc("sent_to_review", len(reviews))
+        if rows or out.queries:
+            await self._retrying(self._write, (rows, out.queries), what="ClickHouse write")
+            self._metrics.inc("rows_written", len(rows))
+            self._metrics.inc("ubi_queries", len(out.queries))
+        if out.done:
+            await self._ports.ack(out.done)
+        self._metrics.set("pending", len(self._pending))
+
+    async def _write(self, args: tuple[list[ScoredImpression], list[UbiQuery]]) -> None:
+        await self._ports.write(*args)
+
+    async def _retrying(self, fn: Callable[[T], Awaitable[Any]], arg: T, *, what: str) -> Any:
+        """Call ``fn(arg)`` until it succeeds, backing off exponentially (at-least-once)."""
+        delay = 0.2
+        while True:
+            try:
+                return await fn(arg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._metrics.inc("store_errors" if "ClickHouse" in what else "send_errors")
+                log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max_s)

@@ -1,0 +1,196 @@
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.models import CatalogProduct, Impression
+from streams.catalog import Catalog
+from streams.fakes import MemoryPorts, OverlapScorer
+from streams.metrics import Metrics
+from streams.processor import ImpressionProcessor, RawRecord
+from streams.sampling import QuerySampler
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def record(value, offset, partition=0):
+    return RawRecord("relmon.impressions", partition, offset, b"k", value, 1714564800000)
+
+
+def native(i, query="blue velvet sofa", title="Blue Velvet Sofa", product="p1", qid=None):
+    return Impression(
+        impression_id=f"i{i}", query_id=qid or f"q{i}", query=query, product_id=product,
+        title=title, position=1 + i % 10, event_time=NOW,
+    ).to_bytes()
+
+
+def ubi_event(qid, product, ordinal):
+    return json.dumps({
+        "action_name": "impression", "query_id": qid, "timestamp": NOW.isoformat(),
+        "event_attributes": {"object": {"object_id": product}, "position": {"ordinal": ordinal}},
+    }).encode()
+
+
+def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
+    ports = ports or MemoryPorts()
+    metrics = Metrics()
+    proc = ImpressionProcessor(
+        ports=ports,
+        catalog=catalog if catalog is not None else Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa",
+                                                   category="Sofas", brand="Acme")]),
+        sampler=QuerySampler(rate),
+        threshold=0.5,
+        model_version="fake-overlap-1",
+        metrics=metrics,
+        retry_s=retry_s,
+        clock=clock or Clock(),
+        backoff_max_s=0.05,
+    )
+    return proc, ports, metrics
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_batch_routes_every_record():
+    proc, ports, metrics = make()
+    records = [
+        record(native(0), 0),
+        record(native(1, title="Oak Dining Table"), 1),
+        record(b"{broken", 2),
+        record(b'{"impression_id": "x", "query_id": "q", "query": "a", "product_id": "p",'
+               b' "position": 0, "event_time": "2024-01-01T00:00:00Z"}', 3),
+        record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 4),
+        record(ubi_event("u1", "p1", 1), 5),
+        record(json.dumps({"action_name": "click", "query_id": "u1",
+                           "timestamp": NOW.isoformat(),
+                           "event_attributes": {"position": {"ordinal": 1}}}).encode(), 6),
+    ]
+    run(proc.process(records))
+    assert set(ports.rows) == {"i0", "i1", "ubi:u1:1:p1"}
+    assert ports.rows["ubi:u1:1:p1"].title == "Blue Velvet Sofa"
+    assert ports.rows["ubi:u1:1:p1"].source == "ubi"
+    bad = {r.impression_id for r in ports.rows.values() if r.is_bad}
+    assert bad == {"i1"}
+    assert [r.impression_id for r in ports.reviews] == ["i1"]
+    kinds = {d.offset: d.kind for d in ports.dead_letters}
+    assert kinds == {2: "malformed", 3: "invalid"}
+    broken = next(d for d in ports.dead_letters if d.offset == 2)
+    assert broken.original == b"{broken" and broken.partition == 0
+    assert broken.topic == "relmon.impressions" and "JSON" in broken.reason
+    assert sorted(r.offset for r in ports.acked) == list(range(7))
+    assert metrics.get("consumed") == 7 and metrics.get("dead_lettered") == 2
+    assert metrics.get("ignored_events") == 1 and metrics.get("scored") == 3
+
+
+def test_unknown_product_waits_then_dead_letters_and_is_acked_only_then():
+    clock = Clock()
+    catalog = Catalog()
+    proc, ports, metrics = make(clock=clock, retry_s=5.0, catalog=catalog)
+    run(proc.process([record(ubi_event("u9", "late", 1), 0),
+                      record(json.dumps({"query_id": "u9", "user_query": "sofa"}).encode(), 1),
+                      record(ubi_event("u9", "never", 2), 2)]))
+    # the query record came after the first event in the same batch: both events now wait
+    # for the catalogue only, and their offsets stay unacked.
+    assert proc.pending == 2
+    assert [r.offset for r in ports.acked] == [1]
+    catalog.put(CatalogProduct(product_id="late", title="Sofa Bed"))
+    clock.t += 1
+    run(proc.retry_pending())
+    assert "ubi:u9:1:late" in ports.rows and proc.pending == 1
+    clock.t += 10
+    run(proc.retry_pending())
+    assert proc.pending == 0
+    (letter,) = ports.dead_letters
+    assert letter.kind == "unknown_product" and "never" in letter.reason and letter.offset == 2
+    assert sorted(r.offset for r in ports.acked) == [0, 1, 2]
+    assert metrics.get("unknown_product_seen") == 2
+    assert metrics.get("dead_lettered_unknown_product") == 1
+
+
+def test_query_text_is_found_in_the_store_after_a_restart():
+    ports = MemoryPorts()
+    ports.queries["u5"] = "green rug"
+    proc, ports, _ = make(ports=ports)
+    run(proc.process([record(ubi_event("u5", "p1", 4), 0)]))
+    assert ports.rows["ubi:u5:4:p1"].query == "green rug"
+
+
+def test_unknown_query_expires_to_dead_letter():
+    clock = Clock()
+    proc, ports, metrics = make(clock=clock, retry_s=0.0)
+    run(proc.process([record(ubi_event("nobody", "p1", 1), 0)]))
+    (letter,) = ports.dead_letters
+    assert letter.kind == "unknown_query"
+    assert metrics.get("unknown_query_seen") == 1
+
+
+def test_store_failures_are_retried_and_ack_waits_for_the_write():
+    ports = MemoryPorts(fail_writes=2)
+    proc, ports, metrics = make(ports=ports)
+    run(proc.process([record(native(0), 0)]))
+    assert "i0" in ports.rows and [r.offset for r in ports.acked] == [0]
+    assert metrics.get("store_errors") == 2
+
+
+def test_cancelled_write_acks_nothing():
+    class Hanging(MemoryPorts):
+        entered: asyncio.Event
+
+        async def write(self, rows, queries):
+            self.entered.set()
+            await asyncio.Event().wait()
+
+    ports = Hanging()
+    proc, _, _ = make(ports=ports)
+
+    async def go():
+        ports.entered = asyncio.Event()
+        task = asyncio.create_task(proc.process([record(native(0), 0)]))
+        await ports.entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(go())
+    assert ports.acked == []
+
+
+def test_sampling_is_by_query_and_weights_are_inverse_rate():
+    proc, ports, metrics = make(rate=0.5)
+    records = [record(native(i, qid=f"query-{i // 5}"), i) for i in range(400)]
+    run(proc.process(records))
+    sampled_queries = {r.query_id for r in ports.rows.values()}
+    for qid in sampled_queries:
+        assert sum(r.query_id == qid for r in ports.rows.values()) == 5
+    assert 0.35 < len(sampled_queries) / 80 < 0.65
+    assert all(r.sample_weight == 2.0 and r.sample_rate == 0.5 for r in ports.rows.values())
+    assert len(ports.acked) == 400 and metrics.get("sampled") == len(ports.rows)
+    again, ports2, _ = make(rate=0.5)
+    run(again.process(records))
+    assert set(ports2.rows) == set(ports.rows)
+
+
+def test_drop_partitions_forgets_pending():
+    proc, _, _ = make(catalog=Catalog())
+    run(proc.process([record(native(0, title=None), 0, partition=0),
+                      record(native(1, title=None), 1, partition=3)]))
+    assert proc.pending == 2
+    assert proc.drop_partitions([("relmon.impressions", 3)]) == 1
+    assert proc.pending == 1
+
+
+def test_overlap_scorer_is_deterministic():
+    scores = OverlapScorer().predict([("red sofa", "Red Sofa"), ("red sofa", "Oak Table"),
+                                      ("", "x")])
+    assert scores.tolist() == [1.0, 0.0, 0.0]
