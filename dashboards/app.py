@@ -1,5 +1,7 @@
-"""relmon dashboard: bad-case rate per minute with its interval and sample size, and the
-latest low-score cases. Reads ClickHouse through clickhouse-connect.
+"""relmon dashboard: the bad-case rate and the latest low-score cases.
+
+Shows the rate per minute with its interval and sample size, read from ClickHouse through
+clickhouse-connect.
 
 Run with ``relmon dashboard`` (or ``streamlit run dashboards/app.py``).
 """
@@ -102,8 +104,10 @@ def main() -> None:
         st.altair_chart(_volume_chart(series), use_container_width=True)
         table = series.assign(
             rate=series["rate"].map("{:.1%}".format),
-            interval=[f"{a:.1%} to {b:.1%}" for a, b in zip(series["ci_low"], series["ci_high"],
-                                                          strict=True)],
+            interval=[
+                f"{a:.1%} to {b:.1%}"
+                for a, b in zip(series["ci_low"], series["ci_high"], strict=True)
+            ],
         )[["window_start", "sampled", "bad", "rate", "interval"]]
         st.dataframe(table.iloc[::-1], hide_index=True, use_container_width=True)
         st.subheader("Latest low-score cases")

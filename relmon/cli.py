@@ -6,10 +6,10 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from relmon.errors import RelmonError
+from relmon.errors import ConfigError, RelmonError
 from relmon.settings import Settings, get_settings
 
 log = logging.getLogger("relmon")
@@ -152,7 +152,7 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
     from scoring import build_model
 
     out = Path(args.out) if args.out else settings.model_dir
-    kwargs = {"seed": args.seed}
+    kwargs: dict[str, int] = {"seed": args.seed}
     if args.train_pairs is not None:
         kwargs["train_pairs"] = args.train_pairs
     if args.epochs is not None:
@@ -167,9 +167,46 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     from scoring import evaluate_model
 
     model_dir = Path(args.model_dir) if args.model_dir else settings.model_dir
-    report = evaluate_model(model_dir, data=Path(args.data) if args.data else None)
+    if args.data:
+        pairs = _read_labelled(Path(args.data))
+    else:
+        pairs = _heldout_pairs(model_dir)
+    report = evaluate_model(model_dir, pairs, threshold=settings.bad_threshold)
     print(json.dumps(_as_dict(report), sort_keys=True, default=str))
     return 0
+
+
+def _read_labelled(path: Path) -> list[tuple[str, str, int]]:
+    """Read (query, title, label) pairs from CSV or JSON Lines with those column names."""
+    import csv
+
+    if not path.is_file():
+        raise ConfigError(f"--data {path}: no such file")
+    with path.open(encoding="utf-8") as fh:
+        rows = (
+            [json.loads(line) for line in fh if line.strip()]
+            if path.suffix in (".jsonl", ".json")
+            else list(csv.DictReader(fh))
+        )
+    try:
+        return [(str(r["query"]), str(r["title"]), int(float(r["label"]) >= 0.5)) for r in rows]
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"--data {path}: needs columns query, title, label ({exc})") from None
+
+
+def _heldout_pairs(model_dir: Path) -> list[tuple[str, str, int]]:
+    """The synthetic held-out pairs named in the model card (queries training never saw)."""
+    from relmon.synth import SyntheticCatalog, labelled_pairs
+
+    card_path = model_dir / "card.json"
+    if not card_path.is_file():
+        raise ConfigError(f"no model card at {card_path}: run `relmon model build`")
+    card = json.loads(card_path.read_text())
+    held = set(card["heldout_query_ids"])
+    seed = int(card["seed"])
+    catalog = SyntheticCatalog.generate(seed=seed + 1)
+    queries = [q for q in catalog.queries if q.query_id in held]
+    return labelled_pairs(catalog, int(card["eval_pairs"]), seed=seed + 2, queries=queries)
 
 
 def _as_dict(obj: object) -> object:
@@ -182,8 +219,8 @@ def _as_dict(obj: object) -> object:
     return obj
 
 
-def _progress_printer() -> object:
-    def show(message: object, *rest: object, **kw: object) -> None:
+def _progress_printer() -> Callable[[str], None]:
+    def show(message: str) -> None:
         print(f"\r{message}", end="", file=sys.stderr, flush=True)
 
     return show
@@ -218,8 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run broker, store, worker, replayer and dashboard locally")
-    p.add_argument("--duration", type=float, default=None,
-                   help="replay for this many seconds, drain, stop and print counts as JSON")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="replay for this many seconds, drain, stop and print counts as JSON",
+    )
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.add_argument("--rate", type=float, default=100.0, help="impressions per second")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic")
@@ -244,8 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="random seed")
     p.add_argument("--bad-share", type=float, default=0.25, help="share of irrelevant results")
     p.add_argument("--malformed-share", type=float, default=0.01, help="share of broken records")
-    p.add_argument("--unknown-share", type=float, default=0.005,
-                   help="share of impressions of products missing from the catalogue")
+    p.add_argument(
+        "--unknown-share",
+        type=float,
+        default=0.005,
+        help="share of impressions of products missing from the catalogue",
+    )
     p.add_argument("--ubi-share", type=float, default=0.3, help="share of pages sent as UBI")
     p.set_defaults(func=_cmd_replay)
 

@@ -114,8 +114,13 @@ def insert_ubi_queries(client: Client, queries: Iterable[UbiQuery], client_hash:
     """Remember UBI query texts so events after a restart still find their query."""
     now = datetime.now(UTC)
     data = [
-        [q.query_id, q.user_query, client_hash(q.client_id) if q.client_id else "",
-         q.application or "", now]
+        [
+            q.query_id,
+            q.user_query,
+            client_hash(q.client_id) if q.client_id else "",
+            q.application or "",
+            now,
+        ]
         for q in queries
     ]
     if data:

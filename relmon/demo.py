@@ -90,11 +90,19 @@ def dashboard_process(settings: Settings, port: int) -> ManagedProcess:
     return ManagedProcess(
         "dashboard",
         [
-            sys.executable, "-m", "streamlit", "run", str(app),
-            "--server.port", str(port),
-            "--server.address", host,
-            "--server.headless", "true",
-            "--browser.gatherUsageStats", "false",
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(app),
+            "--server.port",
+            str(port),
+            "--server.address",
+            host,
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
         ],
         log_path=settings.home / "logs" / "dashboard.log",
         ready=lambda: _http_ok(f"http://{host}:{port}/_stcore/health"),
@@ -141,7 +149,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     stop = threading.Event()
     try:
         started.append(store_process(settings).start())
-        _say(f"store   ClickHouse HTTP on {host}:{settings.clickhouse_port} ({settings.store_path})")
+        _say(
+            f"store   ClickHouse HTTP on {host}:{settings.clickhouse_port} ({settings.store_path})"
+        )
         started.append(broker_process(settings, broker_port).start())
         _say(f"broker  tansu Kafka on {settings.kafka_bootstrap}")
         ensure_topics(settings)

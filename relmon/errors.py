@@ -22,7 +22,7 @@ class ConfigError(RelmonError):
 
 
 class DecodeError(RelmonError):
-    """An input record cannot be decoded (``kind="malformed"``) or fails validation (``"invalid"``)."""
+    """An input record cannot be decoded (kind ``malformed``) or fails validation (``invalid``)."""
 
     def __init__(self, message: str, kind: str = "invalid") -> None:
         super().__init__(message)

@@ -6,6 +6,7 @@ production any Apache Kafka cluster. Only the bootstrap address differs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -114,10 +115,8 @@ def ensure_topics(settings: Settings) -> None:
             if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s", [t.name for t in wanted])
     finally:
         admin.close()
@@ -144,7 +143,11 @@ def producer(settings: Settings, **overrides: object) -> KafkaProducer:
 
 
 def read_topic(
-    settings: Settings, topic: str, *, idle_s: float = 2.0, timeout_s: float = 60.0,
+    settings: Settings,
+    topic: str,
+    *,
+    idle_s: float = 2.0,
+    timeout_s: float = 60.0,
     expect: int | None = None,
 ) -> Iterator[tuple[bytes | None, bytes | None]]:
     """Read ``topic`` from the beginning of every partition, without a consumer group.

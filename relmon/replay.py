@@ -169,7 +169,9 @@ def publish_catalog(settings: Settings, catalog: SyntheticCatalog) -> int:
     try:
         for product in catalog.products:
             record = to_catalog_product(product)
-            prod.send(settings.topic_catalog, key=product.product_id.encode(), value=record.to_bytes())
+            prod.send(
+                settings.topic_catalog, key=product.product_id.encode(), value=record.to_bytes()
+            )
         prod.flush(timeout=60)
     finally:
         prod.close()
@@ -208,8 +210,9 @@ def replay(
                     time.sleep(ahead)
             if progress is not None and time.monotonic() - last_report >= 1.0:
                 last_report = time.monotonic()
-                progress({"produced": produced, "elapsed_s": round(last_report - start, 1),
-                          **gen.counts})
+                progress(
+                    {"produced": produced, "elapsed_s": round(last_report - start, 1), **gen.counts}
+                )
         prod.flush(timeout=60)
     finally:
         prod.close()

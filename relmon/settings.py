@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     )
     model_variant: Literal["auto", "int8", "fp32"] = Field(
         default="auto",
-        description="RELMON_MODEL_VARIANT: ONNX variant to serve (auto = int8 on CPU, fp32 on CUDA).",
+        description="RELMON_MODEL_VARIANT: ONNX variant to serve "
+        "(auto = int8 on CPU, fp32 on CUDA).",
     )
     provider: Provider = Field(
         default="auto",

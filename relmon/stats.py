@@ -38,8 +38,9 @@ class RateEstimate:
     ci_high: float
 
     @classmethod
-    def from_sums(cls, sampled: int, bad: int, sum_w: float, sum_w_bad: float, sum_w2: float
-                  ) -> RateEstimate:
+    def from_sums(
+        cls, sampled: int, bad: int, sum_w: float, sum_w_bad: float, sum_w2: float
+    ) -> RateEstimate:
         """Build from the sums a GROUP BY gives."""
         if sampled == 0 or sum_w <= 0:
             return cls(sampled, bad, float("nan"), 0.0, 0.0, 1.0)

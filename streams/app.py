@@ -69,7 +69,8 @@ class _FaustPorts:
 
     async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
         await self._send(
-            self._w.dlq_topic, [(f"{x.topic}:{x.partition}".encode(), x.to_bytes()) for x in letters]
+            self._w.dlq_topic,
+            [(f"{x.topic}:{x.partition}".encode(), x.to_bytes()) for x in letters],
         )
 
     async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
@@ -172,10 +173,11 @@ class RelmonWorker:
             web_enabled=False,
             datadir=str(s.home / "faust" / s.consumer_group),
         )
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.impressions_topic = app.topic(s.topic_impressions, **raw)
-        self.review_topic = app.topic(s.topic_review, **raw)
-        self.dlq_topic = app.topic(s.topic_dlq, **raw)
+        self.impressions_topic = app.topic(
+            s.topic_impressions, key_serializer="raw", value_serializer="raw"
+        )
+        self.review_topic = app.topic(s.topic_review, key_serializer="raw", value_serializer="raw")
+        self.dlq_topic = app.topic(s.topic_dlq, key_serializer="raw", value_serializer="raw")
         app.agent(self.impressions_topic, name="relmon-impressions")(self._agent)
         app.timer(1.0)(self._tick)
         app.task(self._on_start)
@@ -198,13 +200,21 @@ class RelmonWorker:
         if not self.follower.is_alive():
             self.follower.start()
 
-    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+    async def _on_revoked(
+        self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
         dropped = self.processor.drop_partitions((tp.topic, tp.partition) for tp in revoked)
         if dropped:
             log.info("rebalance: %d pending impressions left to the new owner", dropped)
 
     def _catalog_invalid(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
         reason: str,
     ) -> None:
         self.metrics.inc("catalog_invalid")
@@ -217,6 +227,9 @@ class RelmonWorker:
 
     def prepare(self) -> None:
         """Create topics and apply ClickHouse migrations (idempotent)."""
+        (self.settings.home / "faust" / self.settings.consumer_group).mkdir(
+            parents=True, exist_ok=True
+        )
         ensure_topics(self.settings)
         db.migrate(self.settings)
 

@@ -46,15 +46,19 @@ class MemoryPorts:
         self.fail_writes = fail_writes
 
     async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Score with the fake scorer."""
         return self.scorer.predict(pairs)
 
     async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Keep dead letters."""
         self.dead_letters.extend(letters)
 
     async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
+        """Keep review requests."""
         self.reviews.extend(reviews)
 
     async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
+        """Keep rows by impression id (idempotent), failing ``fail_writes`` times first."""
         if self.fail_writes > 0:
             self.fail_writes -= 1
             raise ConnectionError("store unavailable (fake)")
@@ -65,7 +69,9 @@ class MemoryPorts:
         self.row_writes += len(rows)
 
     async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
+        """Look up remembered UBI queries."""
         return {q: self.queries[q] for q in query_ids if q in self.queries}
 
     async def ack(self, records: list[RawRecord]) -> None:
+        """Record acks."""
         self.acked.extend(records)

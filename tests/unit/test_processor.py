@@ -28,16 +28,28 @@ def record(value, offset, partition=0):
 
 def native(i, query="blue velvet sofa", title="Blue Velvet Sofa", product="p1", qid=None):
     return Impression(
-        impression_id=f"i{i}", query_id=qid or f"q{i}", query=query, product_id=product,
-        title=title, position=1 + i % 10, event_time=NOW,
+        impression_id=f"i{i}",
+        query_id=qid or f"q{i}",
+        query=query,
+        product_id=product,
+        title=title,
+        position=1 + i % 10,
+        event_time=NOW,
     ).to_bytes()
 
 
 def ubi_event(qid, product, ordinal):
-    return json.dumps({
-        "action_name": "impression", "query_id": qid, "timestamp": NOW.isoformat(),
-        "event_attributes": {"object": {"object_id": product}, "position": {"ordinal": ordinal}},
-    }).encode()
+    return json.dumps(
+        {
+            "action_name": "impression",
+            "query_id": qid,
+            "timestamp": NOW.isoformat(),
+            "event_attributes": {
+                "object": {"object_id": product},
+                "position": {"ordinal": ordinal},
+            },
+        }
+    ).encode()
 
 
 def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
@@ -45,8 +57,15 @@ def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
     metrics = Metrics()
     proc = ImpressionProcessor(
         ports=ports,
-        catalog=catalog if catalog is not None else Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa",
-                                                   category="Sofas", brand="Acme")]),
+        catalog=catalog
+        if catalog is not None
+        else Catalog(
+            [
+                CatalogProduct(
+                    product_id="p1", title="Blue Velvet Sofa", category="Sofas", brand="Acme"
+                )
+            ]
+        ),
         sampler=QuerySampler(rate),
         threshold=0.5,
         model_version="fake-overlap-1",
@@ -68,13 +87,24 @@ def test_batch_routes_every_record():
         record(native(0), 0),
         record(native(1, title="Oak Dining Table"), 1),
         record(b"{broken", 2),
-        record(b'{"impression_id": "x", "query_id": "q", "query": "a", "product_id": "p",'
-               b' "position": 0, "event_time": "2024-01-01T00:00:00Z"}', 3),
+        record(
+            b'{"impression_id": "x", "query_id": "q", "query": "a", "product_id": "p",'
+            b' "position": 0, "event_time": "2024-01-01T00:00:00Z"}',
+            3,
+        ),
         record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 4),
         record(ubi_event("u1", "p1", 1), 5),
-        record(json.dumps({"action_name": "click", "query_id": "u1",
-                           "timestamp": NOW.isoformat(),
-                           "event_attributes": {"position": {"ordinal": 1}}}).encode(), 6),
+        record(
+            json.dumps(
+                {
+                    "action_name": "click",
+                    "query_id": "u1",
+                    "timestamp": NOW.isoformat(),
+                    "event_attributes": {"position": {"ordinal": 1}},
+                }
+            ).encode(),
+            6,
+        ),
     ]
     run(proc.process(records))
     assert set(ports.rows) == {"i0", "i1", "ubi:u1:1:p1"}
@@ -97,9 +127,15 @@ def test_unknown_product_waits_then_dead_letters_and_is_acked_only_then():
     clock = Clock()
     catalog = Catalog()
     proc, ports, metrics = make(clock=clock, retry_s=5.0, catalog=catalog)
-    run(proc.process([record(ubi_event("u9", "late", 1), 0),
-                      record(json.dumps({"query_id": "u9", "user_query": "sofa"}).encode(), 1),
-                      record(ubi_event("u9", "never", 2), 2)]))
+    run(
+        proc.process(
+            [
+                record(ubi_event("u9", "late", 1), 0),
+                record(json.dumps({"query_id": "u9", "user_query": "sofa"}).encode(), 1),
+                record(ubi_event("u9", "never", 2), 2),
+            ]
+        )
+    )
     # the query record came after the first event in the same batch: both events now wait
     # for the catalogue only, and their offsets stay unacked.
     assert proc.pending == 2
@@ -183,14 +219,21 @@ def test_sampling_is_by_query_and_weights_are_inverse_rate():
 
 def test_drop_partitions_forgets_pending():
     proc, _, _ = make(catalog=Catalog())
-    run(proc.process([record(native(0, title=None), 0, partition=0),
-                      record(native(1, title=None), 1, partition=3)]))
+    run(
+        proc.process(
+            [
+                record(native(0, title=None), 0, partition=0),
+                record(native(1, title=None), 1, partition=3),
+            ]
+        )
+    )
     assert proc.pending == 2
     assert proc.drop_partitions([("relmon.impressions", 3)]) == 1
     assert proc.pending == 1
 
 
 def test_overlap_scorer_is_deterministic():
-    scores = OverlapScorer().predict([("red sofa", "Red Sofa"), ("red sofa", "Oak Table"),
-                                      ("", "x")])
+    scores = OverlapScorer().predict(
+        [("red sofa", "Red Sofa"), ("red sofa", "Oak Table"), ("", "x")]
+    )
     assert scores.tolist() == [1.0, 0.0, 0.0]

@@ -51,8 +51,16 @@ def ubi_impression(**over):
 def test_exported_names():
     assert sorted(schemas.__all__) == sorted(
         [
-            "CatalogProduct", "DeadLetter", "Impression", "InputRecord", "ReviewRequest",
-            "ScoredImpression", "UbiImpression", "UbiOtherEvent", "UbiQuery", "decode_record",
+            "CatalogProduct",
+            "DeadLetter",
+            "Impression",
+            "InputRecord",
+            "ReviewRequest",
+            "ScoredImpression",
+            "UbiImpression",
+            "UbiOtherEvent",
+            "UbiQuery",
+            "decode_record",
         ]
     )
 
@@ -65,8 +73,13 @@ def test_shipped_json_schemas_match_models():
 
 def test_native_impression_round_trip_and_schema():
     imp = Impression(
-        impression_id="i1", query_id="q1", query="velvet sofa", product_id="p1",
-        title="Blue Velvet Sofa", position=1, event_time=datetime(2024, 1, 1, tzinfo=UTC),
+        impression_id="i1",
+        query_id="q1",
+        query="velvet sofa",
+        product_id="p1",
+        title="Blue Velvet Sofa",
+        position=1,
+        event_time=datetime(2024, 1, 1, tzinfo=UTC),
     )
     decoded = decode_record(imp.to_bytes())
     assert decoded == imp
@@ -74,8 +87,16 @@ def test_native_impression_round_trip_and_schema():
 
 
 def test_naive_event_time_is_utc():
-    raw = json.dumps({"impression_id": "i", "query_id": "q", "query": "x", "product_id": "p",
-                      "position": 2, "event_time": "2024-01-01T10:00:00"}).encode()
+    raw = json.dumps(
+        {
+            "impression_id": "i",
+            "query_id": "q",
+            "query": "x",
+            "product_id": "p",
+            "position": 2,
+            "event_time": "2024-01-01T10:00:00",
+        }
+    ).encode()
     decoded = decode_record(raw)
     assert isinstance(decoded, Impression)
     assert decoded.event_time.tzinfo is not None
@@ -100,8 +121,9 @@ def test_ubi_impression_valid_against_ubi_schema_and_decoded():
 
 
 def test_integer_object_id_is_accepted():
-    event = ubi_impression(event_attributes={"object": {"object_id": 123},
-                                             "position": {"ordinal": 1}})
+    event = ubi_impression(
+        event_attributes={"object": {"object_id": 123}, "position": {"ordinal": 1}}
+    )
     jsonschema.validate(event, EVENT_SCHEMA)
     assert decode_record(json.dumps(event).encode()).object_id == "123"
 
@@ -132,15 +154,32 @@ def test_other_ubi_events_are_recognised():
         (None, "malformed", "empty"),
         (b"[1,2]", "malformed", "JSON object"),
         (b'{"hello": 1}', "invalid", "unknown record"),
-        (json.dumps(ubi_impression(event_attributes={"position": {"ordinal": 1}})).encode(),
-         "invalid", "object_id"),
-        (json.dumps(ubi_impression(event_attributes={"object": {"object_id": "x"},
-                                                     "position": {"ordinal": 0}})).encode(),
-         "invalid", "position"),
-        (b'{"impression_id": "i", "query_id": "q", "query": "", "product_id": "p",'
-         b' "position": 1, "event_time": "2024-01-01T00:00:00Z"}', "invalid", "query"),
-        (b'{"impression_id": "i", "query_id": "q", "query": "x", "product_id": "p",'
-         b' "position": 1, "event_time": "yesterday"}', "invalid", "event_time"),
+        (
+            json.dumps(ubi_impression(event_attributes={"position": {"ordinal": 1}})).encode(),
+            "invalid",
+            "object_id",
+        ),
+        (
+            json.dumps(
+                ubi_impression(
+                    event_attributes={"object": {"object_id": "x"}, "position": {"ordinal": 0}}
+                )
+            ).encode(),
+            "invalid",
+            "position",
+        ),
+        (
+            b'{"impression_id": "i", "query_id": "q", "query": "", "product_id": "p",'
+            b' "position": 1, "event_time": "2024-01-01T00:00:00Z"}',
+            "invalid",
+            "query",
+        ),
+        (
+            b'{"impression_id": "i", "query_id": "q", "query": "x", "product_id": "p",'
+            b' "position": 1, "event_time": "yesterday"}',
+            "invalid",
+            "event_time",
+        ),
     ],
 )
 def test_bad_records_raise_decode_error_with_reason(raw, kind, fragment):
@@ -152,23 +191,46 @@ def test_bad_records_raise_decode_error_with_reason(raw, kind, fragment):
 
 def test_scored_review_and_dead_letter():
     imp = Impression(
-        impression_id="i1", query_id="q1", query="lamp", product_id="p1", position=2,
+        impression_id="i1",
+        query_id="q1",
+        query="lamp",
+        product_id="p1",
+        position=2,
         event_time=datetime(2024, 1, 1, tzinfo=UTC),
     ).enriched(CatalogProduct(product_id="p1", title="Brass Floor Lamp", category="Lamps"))
-    row = ScoredImpression.of(imp, score=0.2, threshold=0.5, model_version="m1",
-                              sample_rate=0.25, scored_at=datetime.now(UTC))
+    row = ScoredImpression.of(
+        imp,
+        score=0.2,
+        threshold=0.5,
+        model_version="m1",
+        sample_rate=0.25,
+        scored_at=datetime.now(UTC),
+    )
     assert row.is_bad and row.sample_weight == 4.0 and row.category == "Lamps"
     review = ReviewRequest.of(row)
     assert review.reason == "below_threshold" and review.priority == pytest.approx(0.3)
     jsonschema.validate(json.loads(review.to_bytes()), generate()["review_request"])
-    letter = DeadLetter.of(kind="malformed", reason="bad", topic="t", partition=1, offset=7,
-                           value=b"\x00\xffraw")
+    letter = DeadLetter.of(
+        kind="malformed", reason="bad", topic="t", partition=1, offset=7, value=b"\x00\xffraw"
+    )
     assert DeadLetter.model_validate_json(letter.to_bytes()).original == b"\x00\xffraw"
 
 
 def test_scoring_requires_enrichment():
-    imp = Impression(impression_id="i", query_id="q", query="x", product_id="p", position=1,
-                     event_time=datetime.now(UTC))
+    imp = Impression(
+        impression_id="i",
+        query_id="q",
+        query="x",
+        product_id="p",
+        position=1,
+        event_time=datetime.now(UTC),
+    )
     with pytest.raises(ValueError, match="enriched"):
-        ScoredImpression.of(imp, score=0.1, threshold=0.5, model_version="m", sample_rate=1.0,
-                            scored_at=datetime.now(UTC))
+        ScoredImpression.of(
+            imp,
+            score=0.1,
+            threshold=0.5,
+            model_version="m",
+            sample_rate=1.0,
+            scored_at=datetime.now(UTC),
+        )

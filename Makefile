@@ -1,0 +1,29 @@
+# relmon: `make demo` runs everything locally; `make test` runs every check and test.
+# Both set up .venv (scripts/bootstrap.sh) and build the model if it is missing.
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL := models/relmon-minilm-ce/card.json
+
+.PHONY: demo test lint bootstrap model bench clean
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+$(MODEL): | bootstrap
+	$(BIN)/relmon model build
+
+model: bootstrap $(MODEL)
+
+demo: bootstrap $(MODEL)
+	$(BIN)/relmon demo $(ARGS)
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint $(MODEL)
+	$(BIN)/python -m pytest -ra $(ARGS)
+
+clean:
+	rm -rf .relmon

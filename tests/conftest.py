@@ -1,0 +1,92 @@
+"""Shared fixtures. Integration fixtures start REAL servers (tansu broker, local ClickHouse store)
+and fail, never skip, when they cannot."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relmon.demo import env_of, store_process, worker_process
+from relmon.kafka import broker_process, ensure_topics
+from relmon.runtime import ManagedProcess, free_port
+from relmon.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "relmon-minilm-ce"
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("relmon-home")
+
+
+@pytest.fixture(scope="session")
+def base_settings(session_home: Path) -> Settings:
+    return load_settings(
+        home=session_home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_port=free_port(),
+        model_dir=MODEL_DIR,
+        store_dir=session_home / "store",
+    )
+
+
+@pytest.fixture(scope="session")
+def broker(base_settings: Settings) -> Iterator[ManagedProcess]:
+    port = int(base_settings.kafka_bootstrap.rsplit(":", 1)[1])
+    with broker_process(base_settings, port) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def store(base_settings: Settings) -> Iterator[ManagedProcess]:
+    with store_process(base_settings) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    if not (MODEL_DIR / "card.json").is_file():
+        pytest.fail(
+            f"no built model at {MODEL_DIR}: run `relmon model build` (the README's test "
+            "command does it first)"
+        )
+    return MODEL_DIR
+
+
+@pytest.fixture
+def settings(base_settings: Settings, broker: ManagedProcess, store: ManagedProcess) -> Settings:
+    """Fresh topics, consumer group and database for one test, on the shared servers."""
+    uid = uuid.uuid4().hex[:10]
+    s = base_settings.with_overrides(
+        topic_impressions=f"t{uid}.impressions",
+        topic_catalog=f"t{uid}.catalog",
+        topic_review=f"t{uid}.teacher-review",
+        topic_dlq=f"t{uid}.dlq",
+        consumer_group=f"g{uid}",
+        clickhouse_database=f"test_{uid}",
+        home=base_settings.home / uid,
+    )
+    ensure_topics(s)
+    return s
+
+
+@pytest.fixture
+def start_worker(settings: Settings, model_dir: Path) -> Iterator[object]:
+    """Start real ``relmon worker`` processes for the test; all are stopped at the end."""
+    started: list[ManagedProcess] = []
+
+    def start(name: str = "worker", s: Settings | None = None) -> ManagedProcess:
+        proc = worker_process(s or settings, name)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+__all__ = ["env_of"]

@@ -1,0 +1,196 @@
+"""End to end on real servers: tansu, the local ClickHouse store, a real worker and model."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+
+import pytest
+
+from relmon import db
+from relmon.demo import worker_totals
+from relmon.errors import DecodeError
+from relmon.kafka import producer, read_topic
+from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog
+from relmon.runtime import wait_until
+from relmon.stats import RateEstimate
+from relmon.synth import SyntheticCatalog
+from schemas import DeadLetter, Impression, ReviewRequest, UbiImpression, decode_record
+from streams.sampling import QuerySampler
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def make_traffic(pages: int, seed: int) -> tuple[SyntheticCatalog, list[tuple[bytes, bytes]]]:
+    catalog = SyntheticCatalog.generate(seed=seed)
+    gen = TrafficGenerator(
+        catalog,
+        ReplayConfig(
+            seed=seed,
+            ubi_share=0.3,
+            catalog_share=0.3,
+            malformed_share=0.03,
+            unknown_product_share=0.03,
+        ),
+    )
+    records: list[tuple[bytes, bytes]] = []
+    for _ in range(pages):
+        records.extend(gen.page(datetime.now(UTC)))
+    assert gen.counts["malformed"] > 0 and gen.counts["unknown_product"] > 0
+    assert gen.counts["ubi_query_records"] > 0
+    return catalog, records
+
+
+def expectations(records, sampler):
+    """Sort the input by what the worker must do with it."""
+    sampled, unsampled, malformed, unknown = set(), set(), [], set()
+    for _, value in records:
+        try:
+            rec = decode_record(value)
+        except DecodeError:
+            malformed.append(value)
+            continue
+        if isinstance(rec, Impression | UbiImpression):
+            if (
+                rec.product_id.startswith("missing-")
+                if isinstance(rec, Impression)
+                else (rec.object_id.startswith("missing-"))
+            ):
+                unknown.add(rec.impression_id)
+            elif sampler.sampled(rec.query_id):
+                sampled.add(rec.impression_id)
+            else:
+                unsampled.add(rec.impression_id)
+    return sampled, unsampled, malformed, unknown
+
+
+def test_impressions_end_to_end(settings, start_worker):
+    s = settings.with_overrides(sample_rate=0.5, unknown_product_retry_s=3.0)
+    catalog, records = make_traffic(pages=60, seed=11)
+    # every record twice, shuffled within its page key order: replays must not double count
+    duplicated = records + records[: len(records) // 2]
+    sampled, unsampled, malformed, unknown = expectations(records, QuerySampler(0.5))
+    assert sampled and unsampled and malformed and unknown
+
+    publish_catalog(s, catalog)
+    worker = start_worker(s=s)
+    prod = producer(s)
+    for key, value in duplicated:
+        prod.send(s.topic_impressions, key=key, value=value)
+    prod.flush(30)
+    prod.close()
+
+    wait_until(
+        lambda: (
+            worker_totals(s).get("consumed", 0) >= len(duplicated)
+            and worker_totals(s).get("pending", 1) == 0
+        ),
+        timeout=180,
+        interval=0.5,
+        what="worker drain",
+        alive=worker.alive,
+    )
+    client = db.connect(s)
+    counts = dict(
+        client.query(
+            "SELECT impression_id, count() FROM scored_impressions FINAL GROUP BY impression_id"
+        ).result_rows
+    )
+    assert set(counts) == sampled
+    assert set(counts.values()) == {1}
+
+    letters = [
+        DeadLetter.model_validate_json(v)
+        for _, v in read_topic(s, s.topic_dlq, expect=len(malformed) + len(unknown), timeout_s=60)
+    ]
+    originals = Counter(
+        letter.original for letter in letters if letter.kind in ("malformed", "invalid")
+    )
+    assert set(originals) == set(malformed)
+    assert all(letter.reason and letter.topic == s.topic_impressions for letter in letters)
+    assert all(
+        letter.offset >= 0 and 0 <= letter.partition < s.topic_partitions for letter in letters
+    )
+    dead_unknown = {
+        decode_record(letter.original).impression_id  # type: ignore[union-attr]
+        for letter in letters
+        if letter.kind == "unknown_product"
+    }
+    assert dead_unknown == unknown
+
+    bad_ids = {
+        row[0]
+        for row in client.query(
+            "SELECT impression_id FROM scored_impressions FINAL WHERE is_bad"
+        ).result_rows
+    }
+    assert bad_ids, "the demo catalogue has irrelevant results: some rows must score low"
+    reviews = [
+        ReviewRequest.model_validate_json(v)
+        for _, v in read_topic(s, s.topic_review, expect=len(bad_ids), timeout_s=60)
+    ]
+    assert {r.impression_id for r in reviews} == bad_ids
+    assert all(r.score < r.threshold for r in reviews)
+    client.close()
+
+
+def test_bad_case_rates_for_known_input(settings, store):
+    """The view's numbers equal a hand computation over rows we write ourselves."""
+    from relmon.db import insert_scored, migrate
+    from schemas import ScoredImpression
+
+    migrate(settings)
+    client = db.connect(settings)
+    rng = random.Random(5)
+    minute = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    rows = []
+    for i in range(300):
+        rate = rng.choice([1.0, 0.5, 0.25])
+        score = rng.random()
+        imp = Impression(
+            impression_id=f"k{i}",
+            query_id=f"q{i % 40}",
+            query="lamp",
+            product_id=f"p{i}",
+            title="Brass Lamp",
+            category=rng.choice(["Lamps", "Rugs"]),
+            position=1,
+            event_time=minute.replace(minute=i % 3),
+            locale="en-US",
+        )
+        rows.append(
+            ScoredImpression.of(
+                imp,
+                score=score,
+                threshold=0.3,
+                model_version="m1",
+                sample_rate=rate,
+                scored_at=minute,
+            )
+        )
+    insert_scored(client, rows)
+    insert_scored(client, rows[:100])  # a replay: no double counting
+    expected = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])
+    for r in rows:
+        e = expected[(r.event_time.replace(tzinfo=None), r.category)]
+        e[0] += 1
+        e[1] += int(r.is_bad)
+        e[2] += r.sample_weight
+        e[3] += r.sample_weight * r.is_bad
+        e[4] += r.sample_weight**2
+    got = client.query(
+        "SELECT window_start, category, sampled, bad, weighted_rate, ci_low, ci_high "
+        "FROM bad_case_rates ORDER BY window_start, category"
+    ).result_rows
+    assert len(got) == len(expected)
+    for window, category, n, bad, rate, low, high in got:
+        est = RateEstimate.from_sums(*expected[(window, category)])
+        assert (n, bad) == (est.sampled, est.bad)
+        assert rate == pytest.approx(est.rate, abs=1e-9)
+        assert (low, high) == (
+            pytest.approx(est.ci_low, abs=1e-9),
+            pytest.approx(est.ci_high, abs=1e-9),
+        )
+        assert low <= rate <= high
+    client.close()

@@ -1,0 +1,141 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import relmon
+from relmon.cli import build_parser, main
+from relmon.errors import ConfigError
+from relmon.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_exported_names():
+    assert sorted(relmon.__all__) == sorted(
+        ["ConfigError", "RelmonError", "Settings", "get_settings", "load_settings"]
+    )
+
+
+def test_defaults_are_the_public_contract():
+    s = load_settings()
+    assert (s.topic_impressions, s.topic_catalog, s.topic_review, s.topic_dlq) == (
+        "relmon.impressions",
+        "relmon.catalog",
+        "relmon.teacher-review",
+        "relmon.dlq",
+    )
+    assert s.clickhouse_database == "relmon"
+    assert s.bind_host == "127.0.0.1" and s.clickhouse_host == "127.0.0.1"
+
+
+def test_settings_are_frozen_and_secret_is_masked(monkeypatch):
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PASSWORD", "hunter2")
+    s = load_settings()
+    assert s.clickhouse_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    with pytest.raises(Exception, match="frozen"):
+        s.batch_size = 3  # type: ignore[misc]
+
+
+def test_every_field_documents_its_environment_variable():
+    for name, field in Settings.model_fields.items():
+        assert field.description and field.description.startswith(f"RELMON_{name.upper()}:")
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "fragment"),
+    [
+        ("RELMON_KAFKA_BOOTSTRAP", "localhost", "RELMON_KAFKA_BOOTSTRAP"),
+        ("RELMON_SAMPLE_RATE", "0", "RELMON_SAMPLE_RATE"),
+        ("RELMON_CLICKHOUSE_DATABASE", "drop table;", "RELMON_CLICKHOUSE_DATABASE"),
+        ("RELMON_PROVIDER", "tpu", "RELMON_PROVIDER"),
+        ("RELMON_HEARTBEAT_INTERVAL_S", "10", "RELMON_HEARTBEAT_INTERVAL_S"),
+    ],
+)
+def test_config_errors_name_the_variable(monkeypatch, env, value, fragment):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_settings()
+
+
+def test_cli_config_error_stops_with_message(monkeypatch, capsys):
+    monkeypatch.setenv("RELMON_KAFKA_BOOTSTRAP", "nope")
+    relmon.get_settings.cache_clear()
+    try:
+        assert main(["migrate"]) == 2
+    finally:
+        relmon.get_settings.cache_clear()
+    assert "RELMON_KAFKA_BOOTSTRAP" in capsys.readouterr().err
+
+
+def _subcommands(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def test_every_subcommand_has_help():
+    commands = list(_subcommands(build_parser()))
+    for required in [
+        "demo",
+        "broker",
+        "store",
+        "worker",
+        "replay",
+        "dashboard",
+        ("model", "build"),
+        ("model", "eval"),
+        "doctor",
+    ]:
+        assert (required,) in commands or required in commands
+    for command in commands:
+        out = subprocess.run(
+            [sys.executable, "-m", "relmon", *command, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "usage: relmon" in out and "--help" in out
+
+
+def test_compose_agrees_with_settings():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "clickhouse", "worker", "dashboard"} <= set(services)
+    assert "KRaft" in (ROOT / "docker-compose.yml").read_text()
+    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    fields = {f"RELMON_{name.upper()}" for name in Settings.model_fields}
+    for name in ("worker", "dashboard"):
+        env = services[name]["environment"]
+        unknown = set(env) - fields
+        assert not unknown, f"{name} sets variables relmon does not read: {unknown}"
+        host, port = env["RELMON_KAFKA_BOOTSTRAP"].split(":")
+        assert (
+            f"PLAINTEXT://{host}:{port}"
+            in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+        )
+        assert env["RELMON_CLICKHOUSE_HOST"] == "clickhouse"
+        assert env["RELMON_CLICKHOUSE_PORT"] == "8123"
+        assert (
+            env["RELMON_CLICKHOUSE_DATABASE"]
+            == services["clickhouse"]["environment"]["CLICKHOUSE_DB"]
+        )
+        assert (
+            env["RELMON_CLICKHOUSE_USER"]
+            == services["clickhouse"]["environment"]["CLICKHOUSE_USER"]
+        )
+        # values must pass relmon's own validation
+        load_settings(
+            **{k.removeprefix("RELMON_").lower(): v for k, v in env.items() if "${" not in v}
+        )
+    dash = services["dashboard"]
+    assert f"127.0.0.1:{dash['environment']['RELMON_DASHBOARD_PORT']}:" in dash["ports"][0]
+    for service in services.values():
+        for mapping in service.get("ports", []):
+            assert mapping.startswith("127.0.0.1:"), "published ports bind loopback"
