@@ -167,10 +167,7 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     from scoring import evaluate_model
 
     model_dir = Path(args.model_dir) if args.model_dir else settings.model_dir
-    if args.data:
-        pairs = _read_labelled(Path(args.data))
-    else:
-        pairs = _heldout_pairs(model_dir)
+    pairs = _read_labelled(Path(args.data)) if args.data else _heldout_pairs(model_dir)
     report = evaluate_model(model_dir, pairs, threshold=settings.bad_threshold)
     print(json.dumps(_as_dict(report), sort_keys=True, default=str))
     return 0
