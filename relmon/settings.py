@@ -178,12 +178,6 @@ class Settings(BaseSettings):
         description="RELMON_CATALOG_FILE: JSON Lines catalogue loaded at worker start "
         "(product_id, title, category, brand, attributes).",
     )
-    worker_web_port: int = Field(
-        default=0,
-        ge=0,
-        le=65535,
-        description="RELMON_WORKER_WEB_PORT: Faust web port of the worker (0 = pick a free one).",
-    )
 
     # --- Dashboard -------------------------------------------------------------------------
     dashboard_port: int = Field(

@@ -139,3 +139,13 @@ def test_compose_agrees_with_settings():
     for service in services.values():
         for mapping in service.get("ports", []):
             assert mapping.startswith("127.0.0.1:"), "published ports bind loopback"
+
+
+def test_readme_documents_every_setting_and_starts_with_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`RELMON_{name.upper()}`" in readme, f"README lacks RELMON_{name.upper()}"
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
