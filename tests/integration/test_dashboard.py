@@ -1,0 +1,65 @@
+"""The dashboard page against the real local store, through Streamlit's AppTest."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import dashboards
+from relmon import db, get_settings
+from schemas import Impression, ScoredImpression
+
+pytestmark = pytest.mark.integration
+APP = str(Path(dashboards.__file__).parent / "app.py")
+
+
+@pytest.fixture
+def dashboard_env(settings, monkeypatch):
+    db.migrate(settings)
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
+    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
+    get_settings.cache_clear()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+def rows(n_good: int, n_bad: int) -> list[ScoredImpression]:
+    now = datetime.now(UTC) - timedelta(minutes=2)
+    out = []
+    for i in range(n_good + n_bad):
+        imp = Impression(
+            impression_id=f"d{i}", query_id=f"q{i}", query="oak desk",
+            product_id=f"p{i}", title="Oak Writing Desk" if i < n_good else "Shag Rug",
+            category="Desks", position=1 + i % 10, event_time=now,
+        )
+        out.append(ScoredImpression.of(imp, score=0.9 if i < n_good else 0.1, threshold=0.5,
+                                       model_version="m-test", sample_rate=1.0, scored_at=now))
+    return out
+
+
+def test_empty_store_says_it_waits(dashboard_env):
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception
+    assert any("waiting for traffic" in info.value for info in at.info)
+
+
+def test_rates_and_bad_cases_are_shown(dashboard_env):
+    client = db.connect(dashboard_env)
+    db.insert_scored(client, rows(n_good=30, n_bad=10))
+    client.close()
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["sampled impressions"] == "40"
+    assert metrics["bad cases"] == "10"
+    assert metrics["latest minute"] == "25.0%"
+    headers = [h.value for h in at.subheader]
+    assert "Latest low-score cases" in headers
+    bad_table = at.dataframe[-1].value
+    assert len(bad_table) == 10 and set(bad_table["title"]) == {"Shag Rug"}
