@@ -34,12 +34,25 @@ def rows(n_good: int, n_bad: int) -> list[ScoredImpression]:
     out = []
     for i in range(n_good + n_bad):
         imp = Impression(
-            impression_id=f"d{i}", query_id=f"q{i}", query="oak desk",
-            product_id=f"p{i}", title="Oak Writing Desk" if i < n_good else "Shag Rug",
-            category="Desks", position=1 + i % 10, event_time=now,
+            impression_id=f"d{i}",
+            query_id=f"q{i}",
+            query="oak desk",
+            product_id=f"p{i}",
+            title="Oak Writing Desk" if i < n_good else "Shag Rug",
+            category="Desks",
+            position=1 + i % 10,
+            event_time=now,
         )
-        out.append(ScoredImpression.of(imp, score=0.9 if i < n_good else 0.1, threshold=0.5,
-                                       model_version="m-test", sample_rate=1.0, scored_at=now))
+        out.append(
+            ScoredImpression.of(
+                imp,
+                score=0.9 if i < n_good else 0.1,
+                threshold=0.5,
+                model_version="m-test",
+                sample_rate=1.0,
+                scored_at=now,
+            )
+        )
     return out
 
 
