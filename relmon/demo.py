@@ -7,10 +7,11 @@ Ctrl-C) drains the worker, stops every child it started by PID, and returns the 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import sys
-import threading
 import urllib.request
 from dataclasses import dataclass
 from importlib import resources
@@ -146,7 +147,6 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     from relmon.kafka import broker_process
 
     started: list[ManagedProcess] = []
-    stop = threading.Event()
     try:
         started.append(store_process(settings).start())
         _say(
@@ -164,15 +164,14 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             started.append(dashboard_process(settings, port).start())
             _say(f"dashboard  http://{host}:{port}")
         config = ReplayConfig(seed=options.seed, rate=options.rate, duration_s=options.duration_s)
+        _write_pids(settings, started)
         _say("replaying synthetic traffic" + ("" if options.duration_s else "; Ctrl-C to stop"))
-        try:
-            counts = replay(settings, config, progress=_progress(settings), should_stop=stop.is_set)
-        except KeyboardInterrupt:
-            stop.set()
-            counts = {}
+        counts = replay(settings, config, progress=_progress(settings))
         print(file=sys.stderr)
         produced = int(counts.get("produced", 0))
-        if produced:
+        if counts.get("interrupted"):
+            _say("interrupted: stopping (records not yet processed stay in Kafka)")
+        elif produced:
             _say("draining the worker")
             _drain(settings, worker, produced, options.drain_timeout_s)
         worker.stop()
@@ -198,6 +197,13 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def _write_pids(settings: Settings, started: list[ManagedProcess]) -> None:
+    """Record the PIDs of the demo's children (for operators and the no-orphans test)."""
+    path = settings.home / "run" / "demo-pids.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({p.name: p.pid for p in started} | {"demo": os.getpid()}))
 
 
 def _drain(settings: Settings, worker: ManagedProcess, produced: int, timeout: float) -> None:

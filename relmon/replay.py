@@ -186,7 +186,11 @@ def replay(
     progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
-    """Publish the catalogue, then impressions at ``config.rate`` until done; return counts."""
+    """Publish the catalogue, then impressions at ``config.rate`` until done; return counts.
+
+    Ctrl-C (KeyboardInterrupt) ends the replay early; the counts then include
+    ``"interrupted": 1``.
+    """
     catalog = catalog or SyntheticCatalog.generate(seed=config.seed)
     gen = TrafficGenerator(catalog, config)
     gen.counts["catalog_products"] = publish_catalog(settings, catalog)
@@ -194,6 +198,7 @@ def replay(
     start = time.monotonic()
     last_report = start
     produced = 0
+    interrupted = 0
     try:
         while not should_stop():
             elapsed = time.monotonic() - start
@@ -213,7 +218,9 @@ def replay(
                 progress(
                     {"produced": produced, "elapsed_s": round(last_report - start, 1), **gen.counts}
                 )
-        prod.flush(timeout=60)
+    except KeyboardInterrupt:
+        interrupted = 1
     finally:
+        prod.flush(timeout=60)
         prod.close()
-    return {"produced": produced, **gen.counts}
+    return {"produced": produced, "interrupted": interrupted, **gen.counts}
