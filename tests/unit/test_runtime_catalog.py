@@ -21,7 +21,7 @@ def test_catalog_file_round_trip(tmp_path):
 def test_bad_catalog_line_names_the_line(tmp_path):
     path = tmp_path / "catalog.jsonl"
     path.write_text('{"product_id": "p1", "title": "Lamp"}\n{"product_id": "p2"}\n')
-    with pytest.raises(ConfigError, match="catalog.jsonl:2"):
+    with pytest.raises(ConfigError, match=r"catalog\.jsonl:2"):
         load_catalog_file(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_catalog_file(tmp_path / "missing.jsonl")
