@@ -106,7 +106,6 @@ class Scorer:
         self.intra_op_threads = intra_op_threads or default_threads()
         card = self._check_files(variant)
         self.card: dict[str, Any] = card
-        self.model_version: str = str(card["model_version"])
         want_cuda = provider == "cuda" or (provider == "auto" and _cuda_loadable())
         chosen: Literal["int8", "fp32"] = (
             variant if variant != "auto" else ("fp32" if want_cuda else "int8")
@@ -132,6 +131,9 @@ class Scorer:
                 self._session = self._open(chosen, False, device_id)
                 self.provider = self._session.get_providers()[0]
         self.variant: Literal["int8", "fp32"] = chosen
+        # int8 scores differ slightly from fp32: the variant is part of the version on each row
+        base = str(card["model_version"])
+        self.model_version: str = f"{base}-int8" if chosen == "int8" else base
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._tokenizer = self._load_tokenizer()
 

@@ -130,7 +130,13 @@ def test_impressions_end_to_end(settings, start_worker):
         ReviewRequest.model_validate_json(v)
         for _, v in read_topic(s, s.topic_review, expect=len(bad_ids), timeout_s=60)
     ]
-    assert {r.impression_id for r in reviews} == bad_ids
+    # Every stored bad row was sent for review. A replayed record is scored again, and dynamic
+    # int8 quantisation makes a score depend slightly on its batch-mates, so a borderline pair
+    # may be sent for review by one scoring and stored as good by the last one: reviews may be a
+    # superset, never missing a bad row.
+    reviewed = {r.impression_id for r in reviews}
+    assert bad_ids <= reviewed
+    assert reviewed <= sampled
     assert all(r.score < r.threshold for r in reviews)
     client.close()
 

@@ -118,7 +118,8 @@ def test_auto_uses_int8_on_cpu_and_reports_the_real_provider(
     scorer = Scorer(tiny_model[0])
     assert scorer.provider == "CPUExecutionProvider"
     assert scorer.variant == "int8"
-    assert scorer.model_version == "minilm-ce-tiny"
+    assert scorer.model_version == "minilm-ce-tiny-int8"
+    assert fp32.model_version == "minilm-ce-tiny"
     assert fp32.variant == "fp32" and fp32.provider == "CPUExecutionProvider"
     # int8 scores track fp32 ones
     np.testing.assert_allclose(scorer.predict(PAIRS), fp32.predict(PAIRS), atol=0.05)
