@@ -22,6 +22,8 @@ from relmon.errors import ServiceError
 from relmon.settings import Settings
 from schemas.models import ScoredImpression
 from schemas.ubi import UbiQuery
+from streams.plans import PlanKey, StoredPlan
+from streams.sampling import SamplingPlan
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,88 @@ def lookup_ubi_queries(client: Client, query_ids: Iterable[str]) -> dict[str, st
         parameters={"ids": ids},
     )
     return {str(qid): str(text) for qid, text in result.result_rows}
+
+
+def existing_impressions(client: Client, impression_ids: Sequence[str]) -> set[str]:
+    """The ids among ``impression_ids`` that are stored already."""
+    if not impression_ids:
+        return set()
+    result = client.query(
+        "SELECT DISTINCT impression_id FROM scored_impressions "
+        "WHERE impression_id IN {ids:Array(String)}",
+        parameters={"ids": list(impression_ids)},
+    )
+    return {str(row[0]) for row in result.result_rows}
+
+
+PLAN_COLUMNS = [
+    "topic",
+    "partition",
+    "epoch",
+    "plan_id",
+    "budget_factor",
+    "tiers",
+    "sketch",
+    "created_at",
+]
+
+
+def save_plans(client: Client, plans: Sequence[StoredPlan]) -> None:
+    """Store sampling plans."""
+    now = datetime.now(UTC)
+    data = [
+        [
+            p.key[0],
+            p.key[1],
+            p.key[2],
+            p.plan.plan_id,
+            p.plan.budget_factor,
+            p.plan.to_json(),
+            p.sketch,
+            now,
+        ]
+        for p in plans
+    ]
+    if data:
+        client.insert("sampling_plans", data, column_names=PLAN_COLUMNS)
+
+
+def _plan_rows(client: Client, where: str, parameters: dict[str, Any]) -> list[StoredPlan]:
+    result = client.query(
+        "SELECT topic, partition, epoch, plan_id, budget_factor, tiers, sketch "
+        f"FROM sampling_plans FINAL WHERE {where}",
+        parameters=parameters,
+    )
+    return [
+        StoredPlan(
+            (str(topic), int(partition), int(epoch)),
+            SamplingPlan.from_row(str(plan_id), str(tiers), float(factor)),
+            str(sketch),
+        )
+        for topic, partition, epoch, plan_id, factor, tiers, sketch in result.result_rows
+    ]
+
+
+def load_plans(client: Client, keys: Sequence[PlanKey]) -> dict[PlanKey, StoredPlan]:
+    """Stored sampling plans of ``keys``."""
+    if not keys:
+        return {}
+    rows = _plan_rows(
+        client,
+        "(topic, partition, epoch) IN {keys:Array(Tuple(String, UInt32, Int64))}",
+        {"keys": [tuple(k) for k in keys]},
+    )
+    return {p.key: p for p in rows}
+
+
+def latest_plan(client: Client, topic: str, partition: int) -> StoredPlan | None:
+    """The newest stored plan of a partition."""
+    rows = _plan_rows(
+        client,
+        "topic = {topic:String} AND partition = {partition:UInt32} ORDER BY epoch DESC LIMIT 1",
+        {"topic": topic, "partition": partition},
+    )
+    return rows[0] if rows else None
 
 
 def count_scored(client: Client) -> int:

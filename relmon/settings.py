@@ -153,11 +153,86 @@ class Settings(BaseSettings):
     )
 
     # --- Stream processing -----------------------------------------------------------------
+    sampling_mode: Literal["stratified", "uniform"] = Field(
+        default="stratified",
+        description="RELMON_SAMPLING_MODE: stratified (rates per query tier and position) "
+        "or uniform (RELMON_SAMPLE_RATE for every impression).",
+    )
     sample_rate: float = Field(
         default=0.5,
         gt=0.0,
         le=1.0,
-        description="RELMON_SAMPLE_RATE: share of queries whose result pages are scored.",
+        description="RELMON_SAMPLE_RATE: share of result pages scored in uniform mode.",
+    )
+    rate_head: float = Field(
+        default=0.1, gt=0.0, le=1.0, description="RELMON_RATE_HEAD: sample rate of head queries."
+    )
+    rate_torso: float = Field(
+        default=0.4, gt=0.0, le=1.0, description="RELMON_RATE_TORSO: sample rate of torso queries."
+    )
+    rate_tail: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="RELMON_RATE_TAIL: sample rate of tail queries."
+    )
+    top_positions: int = Field(
+        default=3,
+        ge=0,
+        description="RELMON_TOP_POSITIONS: positions 1..k are the 'top' bucket, sampled at the "
+        "full tier rate.",
+    )
+    rest_position_factor: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="RELMON_REST_POSITION_FACTOR: rate multiplier for positions below the top.",
+    )
+    head_share: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description="RELMON_HEAD_SHARE: a query with at least this share of recent traffic "
+        "is head.",
+    )
+    torso_share: float = Field(
+        default=0.0015,
+        gt=0.0,
+        lt=1.0,
+        description="RELMON_TORSO_SHARE: a query with at least this share (and below head) "
+        "is torso.",
+    )
+    sketch_capacity: int = Field(
+        default=5000,
+        ge=10,
+        description="RELMON_SKETCH_CAPACITY: counters of the query-frequency sketch per partition.",
+    )
+    sketch_decay: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="RELMON_SKETCH_DECAY: factor applied to the sketch's counts each plan epoch.",
+    )
+    plan_epoch_s: int = Field(
+        default=60,
+        ge=1,
+        description="RELMON_PLAN_EPOCH_S: event-time length of a sampling plan (tiers and budget "
+        "factor are fixed per partition and epoch, so replays decide the same).",
+    )
+    scoring_budget_pps: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="RELMON_SCORING_BUDGET_PPS: pairs/s the scorer may take; sample rates are "
+        "lowered (and recorded per row) when demand exceeds it. 0 = no limit.",
+    )
+    min_inclusion_prob: float = Field(
+        default=0.005,
+        gt=0.0,
+        le=1.0,
+        description="RELMON_MIN_INCLUSION_PROB: floor of any impression's inclusion probability.",
+    )
+    min_window_sample: int = Field(
+        default=30,
+        ge=1,
+        description="RELMON_MIN_WINDOW_SAMPLE: windows with a smaller effective sample are shown "
+        "as too thin to judge.",
     )
     take_max: int = Field(
         default=256, ge=1, description="RELMON_TAKE_MAX: max events the worker takes per batch."

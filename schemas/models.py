@@ -115,11 +115,14 @@ class ScoredImpression(_Record):
     locale: str
     session_hash: str = ""
     source: str
+    tier: Literal["head", "torso", "tail"] = "tail"
+    position_bucket: str = ""
+    plan_id: str = ""
     score: float = Field(ge=0.0, le=1.0)
     threshold: float
     is_bad: bool
     model_version: str
-    sample_rate: float = Field(gt=0.0, le=1.0)
+    sample_rate: float = Field(gt=0.0, le=1.0, description="inclusion probability")
     sample_weight: float = Field(ge=1.0, description="inverse inclusion probability")
     scored_at: datetime
 
@@ -133,8 +136,11 @@ class ScoredImpression(_Record):
         model_version: str,
         sample_rate: float,
         scored_at: datetime,
+        tier: Literal["head", "torso", "tail"] = "tail",
+        position_bucket: str = "",
+        plan_id: str = "",
     ) -> ScoredImpression:
-        """Build the scored row of an enriched impression."""
+        """Build the scored row of an enriched impression (``sample_rate`` = inclusion prob.)."""
         if impression.title is None:
             raise ValueError("impression must be enriched before scoring")
         return cls(
@@ -150,6 +156,9 @@ class ScoredImpression(_Record):
             locale=impression.locale,
             session_hash=impression.session_hash or "",
             source=impression.source,
+            tier=tier,
+            position_bucket=position_bucket,
+            plan_id=plan_id,
             score=score,
             threshold=threshold,
             is_bad=score < threshold,

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import faust
 import numpy as np
@@ -28,10 +29,37 @@ from schemas.models import DeadLetter, ReviewRequest, ScoredImpression, hash_id
 from schemas.ubi import UbiQuery
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.metrics import Metrics
+from streams.plans import PlanKey, Planner, PlannerConfig, StoredPlan
 from streams.processor import ImpressionProcessor, RawRecord, dead_letter
-from streams.sampling import QuerySampler
+from streams.sampling import SamplingRates
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def sampling_rates(s: Settings) -> SamplingRates:
+    """The sampling rates configured in ``s``."""
+    return SamplingRates(
+        head=s.rate_head,
+        torso=s.rate_torso,
+        tail=s.rate_tail,
+        top_positions=s.top_positions,
+        rest_position_factor=s.rest_position_factor,
+        min_prob=s.min_inclusion_prob,
+        uniform=s.sample_rate if s.sampling_mode == "uniform" else None,
+    )
+
+
+def planner_config(s: Settings) -> PlannerConfig:
+    """The sampling-plan parameters configured in ``s``."""
+    return PlannerConfig(
+        epoch_s=s.plan_epoch_s,
+        head_share=s.head_share,
+        torso_share=s.torso_share,
+        sketch_capacity=s.sketch_capacity,
+        sketch_decay=s.sketch_decay,
+        budget_pps=s.scoring_budget_pps,
+    )
 
 
 class ScorerLike(Protocol):
@@ -79,19 +107,31 @@ class _FaustPorts:
         )
 
     async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._io, self._write_sync, rows, queries)
+        await self._io_call(self._write_sync, rows, queries)
 
-    def _write_sync(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        client = self._w.clickhouse()
+    @staticmethod
+    def _write_sync(client: Client, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
         db.insert_ubi_queries(client, queries, hash_id)
         db.insert_scored(client, rows)
 
-    async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
+    async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._io, lambda: db.lookup_ubi_queries(self._w.clickhouse(), query_ids)
-        )
+        return await loop.run_in_executor(self._io, lambda: fn(self._w.clickhouse(), *args))
+
+    async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
+        return await self._io_call(db.lookup_ubi_queries, query_ids)
+
+    async def existing(self, impression_ids: list[str]) -> set[str]:
+        return await self._io_call(db.existing_impressions, impression_ids)
+
+    async def load_plans(self, keys: list[PlanKey]) -> dict[PlanKey, StoredPlan]:
+        return await self._io_call(db.load_plans, keys)
+
+    async def latest_plan(self, topic: str, partition: int) -> StoredPlan | None:
+        return await self._io_call(db.latest_plan, topic, partition)
+
+    async def save_plans(self, plans: list[StoredPlan]) -> None:
+        await self._io_call(db.save_plans, plans)
 
     async def ack(self, records: list[RawRecord]) -> None:
         for record in records:
@@ -134,7 +174,8 @@ class RelmonWorker:
         self.processor = ImpressionProcessor(
             ports=self.ports,
             catalog=self.catalog,
-            sampler=QuerySampler(settings.sample_rate),
+            planner=Planner(planner_config(settings)),
+            rates=sampling_rates(settings),
             threshold=settings.bad_threshold,
             model_version=scorer.model_version,
             metrics=self.metrics,

@@ -8,6 +8,7 @@ import numpy as np
 
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
+from streams.plans import MemoryPlanStore
 from streams.processor import RawRecord
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -32,10 +33,11 @@ class OverlapScorer:
         return np.asarray(out, dtype=np.float32)
 
 
-class MemoryPorts:
+class MemoryPorts(MemoryPlanStore):
     """Processor ports that keep everything in lists; ``fail_writes`` makes writes fail N times."""
 
     def __init__(self, scorer: OverlapScorer | None = None, fail_writes: int = 0) -> None:
+        super().__init__()
         self.scorer = scorer or OverlapScorer()
         self.dead_letters: list[DeadLetter] = []
         self.reviews: list[ReviewRequest] = []
@@ -71,6 +73,10 @@ class MemoryPorts:
     async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
         """Look up remembered UBI queries."""
         return {q: self.queries[q] for q in query_ids if q in self.queries}
+
+    async def existing(self, impression_ids: list[str]) -> set[str]:
+        """Ids already written."""
+        return {i for i in impression_ids if i in self.rows}
 
     async def ack(self, records: list[RawRecord]) -> None:
         """Record acks."""

@@ -11,9 +11,11 @@ Per batch, in this order, so that a crash at any point loses nothing:
 3. impressions get their query text (UBI) and product text (catalogue); an impression whose
    product or query is not known yet waits up to ``retry_s`` (its offset is not committed
    meanwhile), then becomes a dead letter;
-4. whole result pages are sampled by query id; sampled pairs are scored off the event loop;
+4. impressions are sampled (:mod:`streams.sampling`: deterministic by query id, stratified by
+   query tier and position, under the sampling plan of their partition and epoch); sampled pairs
+   not stored yet are scored off the event loop;
 5. dead letters and review requests are sent and their delivery awaited; rows are written to
-   ClickHouse (idempotent by impression_id);
+   ClickHouse (each impression once: rows already stored by an earlier try are skipped);
 6. only then are the records acked, so their offsets can be committed.
 """
 
@@ -35,7 +37,9 @@ from schemas.models import DeadLetter, DeadLetterKind, Impression, ReviewRequest
 from schemas.ubi import UbiImpression, UbiOtherEvent, UbiQuery, decode_record
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.sampling import QuerySampler
+from streams.plans import PlanKey, Planner, PlanStore
+from streams.sampling import SamplingRates, sampled
+from streams.sketch import Tier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,8 +58,8 @@ class RawRecord:
     handle: Any = field(default=None, compare=False, repr=False)
 
 
-class Ports(Protocol):
-    """What the processor needs from the outside world."""
+class Ports(PlanStore, Protocol):
+    """What the processor needs from the outside world (plans included)."""
 
     async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         """Scores in [0, 1] of (query, title) pairs."""
@@ -72,6 +76,9 @@ class Ports(Protocol):
     async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
         """Query texts of UBI query ids stored earlier."""
 
+    async def existing(self, impression_ids: list[str]) -> set[str]:
+        """Which of these impressions are stored already."""
+
     async def ack(self, records: list[RawRecord]) -> None:
         """Mark records done so their offsets can be committed."""
 
@@ -81,6 +88,14 @@ class _Pending:
     record: RawRecord
     item: Impression | UbiImpression
     deadline: float
+
+
+@dataclass(frozen=True)
+class _Draw:
+    impression: Impression
+    probability: float
+    tier: Tier
+    plan_id: str
 
 
 @dataclass
@@ -113,7 +128,8 @@ class ImpressionProcessor:
         *,
         ports: Ports,
         catalog: Catalog,
-        sampler: QuerySampler,
+        planner: Planner,
+        rates: SamplingRates,
         threshold: float,
         model_version: str,
         metrics: Metrics,
@@ -124,7 +140,8 @@ class ImpressionProcessor:
     ) -> None:
         self._ports = ports
         self._catalog = catalog
-        self._sampler = sampler
+        self._planner = planner
+        self._rates = rates
         self._threshold = threshold
         self._model_version = model_version
         self._metrics = metrics
@@ -184,6 +201,7 @@ class ImpressionProcessor:
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Forget pending records of revoked partitions (their new owner re-reads them)."""
         gone = set(partitions)
+        self._planner.forget(gone)
         before = len(self._pending)
         self._pending = [
             p for p in self._pending if (p.record.topic, p.record.partition) not in gone
@@ -239,26 +257,61 @@ class ImpressionProcessor:
             else:
                 self._pending.append(pending)
 
+    async def _sample(self, ready: list[tuple[RawRecord, Impression]]) -> list[_Draw]:
+        """Decide which impressions are sampled, under the plan of their partition and epoch."""
+        keys: dict[int, PlanKey] = {
+            i: (r.topic, r.partition, self._planner.epoch(imp.event_time))
+            for i, (r, imp) in enumerate(ready)
+        }
+        plans = await self._retrying(
+            lambda k: self._planner.plans_for(k, self._ports), set(keys.values()), what="plans"
+        )
+        draws, demand = [], 0
+        for i, (_, imp) in enumerate(ready):
+            plan = plans[keys[i]]
+            tier = plan.tier(imp.query)
+            base = self._rates.base_probability(tier, imp.position, imp.category)
+            demand += sampled(imp.query_id, base)
+            p = plan.probability(self._rates, tier, imp.position, imp.category)
+            if sampled(imp.query_id, p):
+                draws.append(_Draw(imp, p, tier, plan.plan_id))
+        self._planner.note_demand(demand)
+        by_partition: dict[tuple[str, int], list[str]] = {}
+        for r, imp in ready:
+            by_partition.setdefault((r.topic, r.partition), []).append(imp.query)
+        for (topic, partition), queries in by_partition.items():
+            self._planner.observe(topic, partition, queries)
+        return draws
+
     async def _finish(self, out: _Outcome) -> None:
         rows: list[ScoredImpression] = []
-        sampled = [(r, imp) for r, imp in out.ready if self._sampler.sampled(imp.query_id)]
-        self._metrics.inc("sampled", len(sampled))
-        if sampled:
-            pairs = [(imp.query, imp.title or "") for _, imp in sampled]
-            scores = await self._retrying(self._ports.score, pairs, what="scoring")
-            now = datetime.now(UTC)
-            for (_, imp), score in zip(sampled, scores, strict=True):
-                rows.append(
-                    ScoredImpression.of(
-                        imp,
-                        score=float(np.clip(score, 0.0, 1.0)),
-                        threshold=self._threshold,
-                        model_version=self._model_version,
-                        sample_rate=self._sampler.inclusion_probability(imp.query_id),
-                        scored_at=now,
+        draws = await self._sample(out.ready) if out.ready else []
+        self._metrics.inc("sampled", len(draws))
+        if draws:
+            stored = await self._retrying(
+                self._ports.existing, [d.impression.impression_id for d in draws], what="lookup"
+            )
+            fresh = [d for d in draws if d.impression.impression_id not in stored]
+            self._metrics.inc("already_stored", len(draws) - len(fresh))
+            if fresh:
+                pairs = [(d.impression.query, d.impression.title or "") for d in fresh]
+                scores = await self._retrying(self._ports.score, pairs, what="scoring")
+                now = datetime.now(UTC)
+                for d, score in zip(fresh, scores, strict=True):
+                    rows.append(
+                        ScoredImpression.of(
+                            d.impression,
+                            score=float(np.clip(score, 0.0, 1.0)),
+                            threshold=self._threshold,
+                            model_version=self._model_version,
+                            sample_rate=d.probability,
+                            scored_at=now,
+                            tier=d.tier,
+                            position_bucket=self._rates.position_bucket(d.impression.position),
+                            plan_id=d.plan_id,
+                        )
                     )
-                )
-            self._metrics.inc("scored", len(rows))
+                self._metrics.inc("scored", len(rows))
         reviews = [ReviewRequest.of(row) for row in rows if row.is_bad]
         if out.letters:
             await self._retrying(self._ports.send_dead_letters, out.letters, what="dead letters")

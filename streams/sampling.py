@@ -1,14 +1,26 @@
-"""Deterministic sampling of result pages by query id.
+"""Deterministic, stratified sampling of impressions, with inclusion probabilities.
 
-A query's whole result page is sampled or not, the same on every worker and on every replay:
-the decision is a pure function of ``query_id`` and the rate. Each sampled row records its
-inclusion probability so that weighted rates stay unbiased.
+Decision: an impression is sampled when ``unit_hash(query_id) < p``, where ``p`` is its
+inclusion probability. One hash per query id means a result page is sampled together
+(coordinated sampling): when the top positions have a higher rate than the rest, a page whose
+hash falls below the lower rate is sampled whole, and one between the two rates has only its top
+positions sampled. Every row stores ``p``, so weighted (Horvitz-Thompson) rates stay unbiased.
+
+Strata: query tier (head / torso / tail, from a decayed space-saving sketch of recent query
+popularity), position bucket (top-k or rest) and optionally category. Tiers and the scoring-budget
+factor are frozen per partition and event-time epoch in a :class:`SamplingPlan` that is persisted
+before first use, so a replay after a crash takes exactly the same decisions.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.sketch import Tier, normalise_query
 
 _SCALE = float(2**64)
 
@@ -20,8 +32,77 @@ def unit_hash(key: str) -> float:
 
 
 @dataclass(frozen=True)
+class SamplingRates:
+    """Base inclusion rates per stratum."""
+
+    head: float = 0.1
+    torso: float = 0.4
+    tail: float = 1.0
+    top_positions: int = 3
+    rest_position_factor: float = 0.5
+    category_factor: Mapping[str, float] = field(default_factory=dict)
+    min_prob: float = 0.005
+    uniform: float | None = None
+    """if set, every impression has this probability (uniform sampling)"""
+
+    def tier_rate(self, tier: Tier) -> float:
+        """Base rate of a tier."""
+        return {"head": self.head, "torso": self.torso, "tail": self.tail}[tier]
+
+    def position_bucket(self, position: int) -> str:
+        """``top`` for positions 1..k, else ``rest``."""
+        return "top" if position <= self.top_positions else "rest"
+
+    def base_probability(self, tier: Tier, position: int, category: str | None) -> float:
+        """Inclusion probability before the budget factor."""
+        if self.uniform is not None:
+            return self.uniform
+        p = self.tier_rate(tier)
+        if position > self.top_positions:
+            p *= self.rest_position_factor
+        if category is not None:
+            p *= self.category_factor.get(category, 1.0)
+        return min(1.0, p)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Tiers and budget factor in force for one partition and event-time epoch."""
+
+    plan_id: str
+    tiers: Mapping[str, Tier]
+    budget_factor: float = 1.0
+
+    def tier(self, query: str) -> Tier:
+        """The tier of a query text under this plan."""
+        return self.tiers.get(normalise_query(query), "tail")
+
+    def probability(
+        self, rates: SamplingRates, tier: Tier, position: int, category: str | None
+    ) -> float:
+        """Inclusion probability of an impression in this stratum."""
+        p = rates.base_probability(tier, position, category) * self.budget_factor
+        return min(1.0, max(rates.min_prob, p))
+
+    def to_json(self) -> str:
+        """Serialise the tiers (sorted, so equal plans serialise equally)."""
+        return json.dumps(dict(sorted(self.tiers.items())))
+
+    @classmethod
+    def from_row(cls, plan_id: str, tiers_json: str, budget_factor: float) -> SamplingPlan:
+        """Rebuild a plan stored in ClickHouse."""
+        tiers: dict[str, Any] = json.loads(tiers_json) if tiers_json else {}
+        return cls(plan_id=plan_id, tiers=tiers, budget_factor=budget_factor)
+
+
+def sampled(query_id: str, probability: float) -> bool:
+    """True if the impression of ``query_id`` with ``probability`` is in the sample."""
+    return unit_hash(query_id) < probability
+
+
+@dataclass(frozen=True)
 class QuerySampler:
-    """Sample whole result pages at ``rate``: query ``q`` is in when ``unit_hash(q) < rate``."""
+    """Uniform page sampling at ``rate`` (the simple case, and the baseline in benchmarks)."""
 
     rate: float
 
@@ -35,4 +116,4 @@ class QuerySampler:
 
     def sampled(self, query_id: str) -> bool:
         """True if ``query_id``'s page is in the sample."""
-        return unit_hash(query_id) < self.rate
+        return sampled(query_id, self.rate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -66,7 +66,9 @@ def expectations(records, sampler):
 
 
 def test_impressions_end_to_end(settings, start_worker):
-    s = settings.with_overrides(sample_rate=0.5, unknown_product_retry_s=3.0)
+    s = settings.with_overrides(
+        sampling_mode="uniform", sample_rate=0.5, unknown_product_retry_s=3.0
+    )
     catalog, records = make_traffic(pages=60, seed=11)
     # every record twice, shuffled within its page key order: replays must not double count
     duplicated = records + records[: len(records) // 2]
@@ -141,19 +143,48 @@ def test_impressions_end_to_end(settings, start_worker):
     client.close()
 
 
+def _expected(rows, window):
+    expected = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])
+    for r in rows:
+        e = expected[(window(r.event_time).replace(tzinfo=None), r.category, r.tier)]
+        e[0] += 1
+        e[1] += int(r.is_bad)
+        e[2] += r.sample_weight
+        e[3] += r.sample_weight * r.is_bad
+        e[4] += r.sample_weight**2
+    return expected
+
+
+def _check_view(client, view, expected):
+    got = client.query(
+        f"SELECT window_start, category, tier, sampled, bad, weighted_rate, ci_low, ci_high, "
+        f"judged FROM {view} ORDER BY window_start, category, tier"
+    ).result_rows
+    assert len(got) == len(expected)
+    for window, category, tier, n, bad, rate, low, high, judged in got:
+        est = RateEstimate.from_sums(*expected[(window, category, tier)])
+        assert (n, bad) == (est.sampled, est.bad)
+        assert rate == pytest.approx(est.rate, abs=1e-9)
+        assert (low, high) == (
+            pytest.approx(est.ci_low, abs=1e-9),
+            pytest.approx(est.ci_high, abs=1e-9),
+        )
+        assert low <= rate <= high
+        assert bool(judged) == (est.n_eff >= 30)
+
+
 def test_bad_case_rates_for_known_input(settings, store):
-    """The view's numbers equal a hand computation over rows we write ourselves."""
+    """The views' numbers equal a hand computation over rows we write ourselves."""
     from relmon.db import insert_scored, migrate
     from schemas import ScoredImpression
 
     migrate(settings)
     client = db.connect(settings)
     rng = random.Random(5)
-    minute = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    hour = (datetime.now(UTC) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
     rows = []
     for i in range(300):
         rate = rng.choice([1.0, 0.5, 0.25])
-        score = rng.random()
         imp = Impression(
             impression_id=f"k{i}",
             query_id=f"q{i % 40}",
@@ -162,41 +193,26 @@ def test_bad_case_rates_for_known_input(settings, store):
             title="Brass Lamp",
             category=rng.choice(["Lamps", "Rugs"]),
             position=1,
-            event_time=minute.replace(minute=i % 3),
+            event_time=hour.replace(minute=i % 3),
             locale="en-US",
         )
         rows.append(
             ScoredImpression.of(
                 imp,
-                score=score,
+                score=rng.random(),
                 threshold=0.3,
                 model_version="m1",
                 sample_rate=rate,
-                scored_at=minute,
+                scored_at=hour,
+                tier=rng.choice(["head", "tail"]),
+                position_bucket="top",
             )
         )
     insert_scored(client, rows)
-    insert_scored(client, rows[:100])  # a replay: no double counting
-    expected = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])
-    for r in rows:
-        e = expected[(r.event_time.replace(tzinfo=None), r.category)]
-        e[0] += 1
-        e[1] += int(r.is_bad)
-        e[2] += r.sample_weight
-        e[3] += r.sample_weight * r.is_bad
-        e[4] += r.sample_weight**2
-    got = client.query(
-        "SELECT window_start, category, sampled, bad, weighted_rate, ci_low, ci_high "
-        "FROM bad_case_rates ORDER BY window_start, category"
-    ).result_rows
-    assert len(got) == len(expected)
-    for window, category, n, bad, rate, low, high in got:
-        est = RateEstimate.from_sums(*expected[(window, category)])
-        assert (n, bad) == (est.sampled, est.bad)
-        assert rate == pytest.approx(est.rate, abs=1e-9)
-        assert (low, high) == (
-            pytest.approx(est.ci_low, abs=1e-9),
-            pytest.approx(est.ci_high, abs=1e-9),
-        )
-        assert low <= rate <= high
+    minute = _expected(rows, lambda t: t)
+    _check_view(client, "bad_case_rates", minute)
+    _check_view(client, "bad_case_rates_1h", _expected(rows, lambda t: t.replace(minute=0)))
+    _check_view(client, "bad_case_rates_1d", _expected(rows, lambda t: t.replace(hour=0, minute=0)))
+    insert_scored(client, rows[:100])  # a replay reaching the raw table: no double counting
+    _check_view(client, "bad_case_rates", minute)
     client.close()

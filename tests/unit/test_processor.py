@@ -8,8 +8,9 @@ from schemas.models import CatalogProduct, Impression
 from streams.catalog import Catalog
 from streams.fakes import MemoryPorts, OverlapScorer
 from streams.metrics import Metrics
+from streams.plans import Planner, PlannerConfig
 from streams.processor import ImpressionProcessor, RawRecord
-from streams.sampling import QuerySampler
+from streams.sampling import SamplingRates
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -66,7 +67,8 @@ def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
                 )
             ]
         ),
-        sampler=QuerySampler(rate),
+        planner=Planner(PlannerConfig(), clock=clock or Clock()),
+        rates=SamplingRates(uniform=rate),
         threshold=0.5,
         model_version="fake-overlap-1",
         metrics=metrics,
@@ -237,3 +239,89 @@ def test_overlap_scorer_is_deterministic():
         [("red sofa", "Red Sofa"), ("red sofa", "Oak Table"), ("", "x")]
     )
     assert scores.tolist() == [1.0, 0.0, 0.0]
+
+
+def popular_traffic(epoch_start, n_pages=60):
+    """Pages of one very popular query and many rare ones, 10 positions each."""
+    records, offset = [], 0
+    for page in range(n_pages):
+        query = "velvet sofa" if page % 2 == 0 else f"rare thing {page}"
+        for pos in range(1, 11):
+            imp = Impression(
+                impression_id=f"e{epoch_start.minute}-p{page}-{pos}",
+                query_id=f"q{page}-{epoch_start.minute}",
+                query=query,
+                product_id="p1",
+                title="Blue Velvet Sofa",
+                position=pos,
+                event_time=epoch_start,
+            )
+            records.append(record(imp.to_bytes(), offset))
+            offset += 1
+    return records
+
+
+def stratified(ports=None, clock=None):
+    ports = ports or MemoryPorts()
+    proc = ImpressionProcessor(
+        ports=ports,
+        catalog=Catalog(),
+        planner=Planner(
+            PlannerConfig(epoch_s=60, head_share=0.2, torso_share=0.05), clock=clock or Clock()
+        ),
+        rates=SamplingRates(
+            head=0.1, torso=0.4, tail=1.0, top_positions=3, rest_position_factor=0.5
+        ),
+        threshold=0.5,
+        model_version="m",
+        metrics=Metrics(),
+        retry_s=5.0,
+        clock=clock or Clock(),
+        backoff_max_s=0.05,
+    )
+    return proc, ports
+
+
+def test_popular_queries_become_head_in_the_next_epoch():
+    proc, ports = stratified()
+    run(proc.process(popular_traffic(NOW.replace(minute=0))))
+    first = [r for r in ports.rows.values() if r.event_time.minute == 0]
+    assert {r.tier for r in first} == {"tail"}  # nothing known yet: every query is tail
+    run(proc.process(popular_traffic(NOW.replace(minute=1))))
+    second = [r for r in ports.rows.values() if r.event_time.minute == 1]
+    head = [r for r in second if r.query == "velvet sofa"]
+    tail = [r for r in second if r.query != "velvet sofa"]
+    assert head and tail
+    assert {r.tier for r in head} == {"head"} and {r.tier for r in tail} == {"tail"}
+    assert {(r.position_bucket, r.sample_rate) for r in head} <= {("top", 0.1), ("rest", 0.05)}
+    assert {(r.position_bucket, r.sample_rate) for r in tail} == {("top", 1.0), ("rest", 0.5)}
+    assert all(r.sample_weight == pytest.approx(1 / r.sample_rate) for r in ports.rows.values())
+    # coordinated sampling: a sampled lower position implies its page's top positions are in
+    for r in second:
+        if r.position_bucket == "rest":
+            assert {f"{r.impression_id.rsplit('-', 1)[0]}-{k}" for k in (1, 2, 3)} <= set(
+                ports.rows
+            )
+
+
+def test_replay_after_restart_takes_the_same_decisions():
+    traffic = popular_traffic(NOW.replace(minute=0)) + popular_traffic(NOW.replace(minute=1))
+    proc, ports = stratified()
+    run(proc.process(traffic))
+    before = {k: (r.sample_rate, r.tier, r.plan_id) for k, r in ports.rows.items()}
+    restarted = MemoryPorts()
+    restarted.plans = dict(ports.plans)  # plans were stored before use
+    proc2, _ = stratified(ports=restarted)
+    run(proc2.process(traffic[::-1][:300]))
+    run(proc2.process(traffic[::-1][300:]))
+    after = {k: (r.sample_rate, r.tier, r.plan_id) for k, r in restarted.rows.items()}
+    assert after == before
+
+
+def test_rows_already_stored_are_not_scored_or_reviewed_again():
+    proc, ports, metrics = make()
+    batch = [record(native(i, title="Oak Dining Table"), i) for i in range(5)]
+    run(proc.process(batch))
+    run(proc.process(batch))
+    assert ports.row_writes == 5 and len(ports.reviews) == 5
+    assert metrics.get("already_stored") == 5 and len(ports.acked) == 10
