@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from relmon.errors import ConfigError, RelmonError
 from relmon.settings import Settings, get_settings
@@ -46,7 +47,19 @@ def _load_scorer(settings: Settings) -> object:
         variant=settings.model_variant,
         intra_op_threads=settings.intra_op_threads,
         max_length=settings.max_length,
+        cache_size=settings.score_cache_size,
+        calibration=_calibration(settings.score_calibration),
     )
+
+
+def _calibration(value: str) -> tuple[float, float] | Literal["card"] | None:
+    """RELMON_SCORE_CALIBRATION: none, card, or "alpha,beta"."""
+    if value == "none":
+        return None
+    if value == "card":
+        return "card"
+    alpha, beta = (float(x) for x in value.split(","))
+    return alpha, beta
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,8 +77,10 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _replay_config(args: argparse.Namespace) -> object:
     from relmon.replay import ReplayConfig
+    from relmon.scenario import Scenario
 
     return ReplayConfig(
+        scenario=Scenario.load(Path(args.scenario)) if args.scenario else None,
         seed=args.seed,
         rate=args.rate,
         duration_s=args.duration,
@@ -152,11 +167,14 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
     from scoring import build_model
 
     out = Path(args.out) if args.out else settings.model_dir
-    kwargs: dict[str, int] = {"seed": args.seed}
+    kwargs: dict[str, Any] = {"seed": args.seed, "force": args.force}
     if args.train_pairs is not None:
         kwargs["train_pairs"] = args.train_pairs
     if args.epochs is not None:
         kwargs["epochs"] = args.epochs
+    if args.data:
+        kwargs.update(data=Path(args.data), data_format=args.format, locale=args.locale)
+    kwargs["cache_dir"] = settings.home / "cache"
     info = build_model(out, progress=_progress_printer(), **kwargs)
     print(file=sys.stderr)
     print(json.dumps(_as_dict(info), sort_keys=True, default=str))
@@ -164,46 +182,51 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring import evaluate_model
+    from scoring.card import write_card
+    from scoring.data import as_triples
+    from scoring.metrics import evaluate_model
 
     model_dir = Path(args.model_dir) if args.model_dir else settings.model_dir
-    pairs = _read_labelled(Path(args.data)) if args.data else _heldout_pairs(model_dir)
-    report = evaluate_model(model_dir, pairs, threshold=settings.bad_threshold)
+    examples = (
+        _read_labelled(Path(args.data), args.format, args.locale)
+        if args.data
+        else _heldout_pairs(model_dir)
+    )
+    report = evaluate_model(
+        model_dir,
+        as_triples(examples),
+        threshold=settings.bad_threshold,
+        grades=[e.grade for e in examples],
+        max_length=settings.max_length,
+    )
+    report["data"] = str(Path(args.data).resolve()) if args.data else "held-out (model card)"
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+    card["evaluation"] = report
+    out = Path(args.card_out) if args.card_out else model_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_card(out, card)
+    print(f"model card: {out / 'card.json'}, {out / 'card.md'}", file=sys.stderr)
     print(json.dumps(_as_dict(report), sort_keys=True, default=str))
     return 0
 
 
-def _read_labelled(path: Path) -> list[tuple[str, str, int]]:
-    """Read (query, title, label) pairs from CSV or JSON Lines with those column names."""
-    import csv
+def _read_labelled(path: Path, fmt: str = "auto", locale: str | None = None) -> list[Any]:
+    """Labelled examples from WANDS, ESCI, or a CSV / JSON Lines file (see scoring.data)."""
+    from scoring.data import load_examples
 
-    if not path.is_file():
-        raise ConfigError(f"--data {path}: no such file")
-    with path.open(encoding="utf-8") as fh:
-        rows = (
-            [json.loads(line) for line in fh if line.strip()]
-            if path.suffix in (".jsonl", ".json")
-            else list(csv.DictReader(fh))
-        )
-    try:
-        return [(str(r["query"]), str(r["title"]), int(float(r["label"]) >= 0.5)) for r in rows]
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"--data {path}: needs columns query, title, label ({exc})") from None
+    if not path.exists():
+        raise ConfigError(f"--data {path}: no such file or directory")
+    return load_examples(path, fmt, locale)
 
 
-def _heldout_pairs(model_dir: Path) -> list[tuple[str, str, int]]:
-    """The synthetic held-out pairs named in the model card (queries training never saw)."""
-    from relmon.synth import SyntheticCatalog, labelled_pairs
+def _heldout_pairs(model_dir: Path) -> list[Any]:
+    """The held-out examples named in the model card (queries training never saw)."""
+    from scoring.build import heldout_examples
 
     card_path = model_dir / "card.json"
     if not card_path.is_file():
         raise ConfigError(f"no model card at {card_path}: run `relmon model build`")
-    card = json.loads(card_path.read_text())
-    held = set(card["heldout_query_ids"])
-    seed = int(card["seed"])
-    catalog = SyntheticCatalog.generate(seed=seed + 1)
-    queries = [q for q in catalog.queries if q.query_id in held]
-    return labelled_pairs(catalog, int(card["eval_pairs"]), seed=seed + 2, queries=queries)
+    return heldout_examples(json.loads(card_path.read_text()))
 
 
 def _as_dict(obj: object) -> object:
@@ -228,13 +251,17 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
     report: dict[str, object] = {
         "onnxruntime": ort.__version__,
+        "onnxruntime_device": ort.get_device(),
         "available_providers": ort.get_available_providers(),
         "settings": json.loads(settings.model_dump_json()),
     }
     try:
-        scorer = _load_scorer(settings)
-        report["session_provider"] = getattr(scorer, "provider", None)
-        report["model_version"] = getattr(scorer, "model_version", None)
+        scorer: Any = _load_scorer(settings)
+        report["session_provider"] = scorer.provider
+        report["session_providers"] = scorer._session.get_providers()
+        report["model_variant"] = scorer.variant
+        report["model_version"] = scorer.model_version
+        report["intra_op_threads"] = scorer.intra_op_threads
     except RelmonError as exc:
         report["model_error"] = str(exc)
     print(json.dumps(report, indent=2, default=str))
@@ -289,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of impressions of products missing from the catalogue",
     )
     p.add_argument("--ubi-share", type=float, default=0.3, help="share of pages sent as UBI")
+    p.add_argument(
+        "--scenario",
+        default=None,
+        help="JSON scenario: true bad shares per tier/category, shifts, traffic mix",
+    )
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("dashboard", help="run the Streamlit dashboard")
@@ -314,10 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train-pairs", type=int, default=None, help="training pairs")
     q.add_argument("--epochs", type=int, default=None, help="epochs")
     q.add_argument("--seed", type=int, default=13, help="random seed")
+    q.add_argument(
+        "--data",
+        default=None,
+        help="training data: WANDS dir, ESCI dir/parquet, CSV/TSV/JSONL of query, title, label "
+        "and/or teacher_prob (default: the synthetic catalogue)",
+    )
+    q.add_argument("--format", default="auto", choices=["auto", "wands", "esci", "pairs"])
+    q.add_argument("--locale", default=None, help="ESCI product_locale filter, e.g. us")
+    q.add_argument(
+        "--force", action="store_true", help="publish even if worse than the current model"
+    )
     q.set_defaults(func=_cmd_model_build)
-    q = model_sub.add_parser("eval", help="evaluate a built model on held-out pairs")
-    q.add_argument("--data", default=None, help="labelled pairs (default: synthetic held-out)")
+    q = model_sub.add_parser("eval", help="evaluate a built model, write the model card")
+    q.add_argument(
+        "--data", default=None, help="labelled data, as for build (default: the card's held-out)"
+    )
+    q.add_argument("--format", default="auto", choices=["auto", "wands", "esci", "pairs"])
+    q.add_argument("--locale", default=None, help="ESCI product_locale filter, e.g. us")
     q.add_argument("--model-dir", default=None, help="model directory (default RELMON_MODEL_DIR)")
+    q.add_argument(
+        "--card-out", default=None, help="write card.json/card.md here (default: model dir)"
+    )
     q.set_defaults(func=_cmd_model_eval)
     return parser
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relmon.kafka import producer
+from relmon.scenario import Scenario
 from relmon.settings import Settings
 from relmon.synth import Product, Query, SyntheticCatalog, result_page
 from schemas.models import CatalogProduct, Impression, hash_id
@@ -46,6 +47,8 @@ class ReplayConfig:
     malformed_share: float = 0.01
     unknown_product_share: float = 0.005
     locales: tuple[str, ...] = ("en-US", "en-GB", "de-DE")
+    scenario: Scenario | None = None
+    """true bad shares per segment and their shifts (default: ``bad_share`` everywhere)"""
 
 
 def to_catalog_product(product: Product) -> CatalogProduct:
@@ -67,26 +70,42 @@ class TrafficGenerator:
         self.config = config
         self._rng = random.Random(config.seed)
         self._queries = list(catalog.queries)
-        self._weights = [q.popularity for q in self._queries]
+        mix = config.scenario.tier_traffic_weight if config.scenario else {}
+        self._weights = [q.popularity * mix.get(q.tier, 1.0) for q in self._queries]
         self.counts: Counter[str] = Counter()
 
-    def page(self, now: datetime) -> list[tuple[bytes, bytes]]:
-        """Records (key, value) of one result page."""
+    def page_truth(self, query: Query, at_s: float) -> float:
+        """The true bad share of a page of ``query`` at ``at_s`` seconds into the replay."""
+        cfg = self.config
+        if cfg.scenario is None:
+            return cfg.bad_share
+        return cfg.scenario.bad_share(query.tier, query.category, at_s)
+
+    def page(self, now: datetime, at_s: float = 0.0) -> list[tuple[bytes, bytes]]:
+        """Records (key, value) of one result page shown ``at_s`` seconds into the replay."""
+        return [(key, value) for key, value, _ in self.labelled_page(now, at_s)]
+
+    def labelled_page(
+        self, now: datetime, at_s: float = 0.0
+    ) -> list[tuple[bytes, bytes, bool | None]]:
+        """Records of one page with the truth of each impression (None for non-impressions)."""
         cfg, rng = self.config, self._rng
         query: Query = rng.choices(self._queries, weights=self._weights, k=1)[0]
         query_id = f"{query.query_id}-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
         key = query_id.encode()
-        shown = result_page(self.catalog, query, rng, cfg.page_size, cfg.bad_share)
+        share = self.page_truth(query, at_s)
+        n_bad = sum(rng.random() < share for _ in range(cfg.page_size))  # binomial
+        shown = result_page(self.catalog, query, rng, cfg.page_size, n_bad / cfg.page_size)
         locale = rng.choice(cfg.locales)
         session = hash_id(f"session-{rng.randrange(100_000)}")
         style = rng.random()
-        records: list[tuple[bytes, bytes]] = []
+        records: list[tuple[bytes, bytes, bool | None]] = []
         if style < cfg.ubi_share:
-            records.append((key, self._ubi_query(query_id, query.text, now)))
+            records.append((key, self._ubi_query(query_id, query.text, now), None))
             self.counts["ubi_query_records"] += 1
         for position, (product, relevant) in enumerate(shown, 1):
             if rng.random() < cfg.malformed_share:
-                records.append((key, self._malformed(rng)))
+                records.append((key, self._malformed(rng), None))
                 self.counts["malformed"] += 1
                 continue
             product_id = product.product_id
@@ -115,7 +134,7 @@ class TrafficGenerator:
                     locale=locale,
                 )
                 value = imp.to_bytes()
-            records.append((key, value))
+            records.append((key, value, relevant))
         self.counts["pages"] += 1
         return records
 
@@ -206,7 +225,7 @@ def replay(
                 break
             if config.impressions is not None and gen.counts["impressions"] >= config.impressions:
                 break
-            for key, value in gen.page(datetime.now(UTC)):
+            for key, value in gen.page(datetime.now(UTC), time.monotonic() - start):
                 prod.send(settings.topic_impressions, key=key, value=value)
                 produced += 1
             if config.rate > 0:

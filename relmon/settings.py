@@ -151,6 +151,23 @@ class Settings(BaseSettings):
         le=1.0,
         description="RELMON_BAD_THRESHOLD: a pair scoring below this is a bad case.",
     )
+    category_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="RELMON_CATEGORY_THRESHOLDS: bad-case threshold per category, as JSON "
+        '(e.g. {"Area Rugs": 0.4}); other categories use RELMON_BAD_THRESHOLD.',
+    )
+    score_calibration: str = Field(
+        default="none",
+        pattern=r"^(none|card|-?[0-9.]+(e-?[0-9]+)?,-?[0-9.]+(e-?[0-9]+)?)$",
+        description="RELMON_SCORE_CALIBRATION: none, card (the sigmoid polarisation fitted at "
+        'build time) or "alpha,beta": scores become sigmoid(alpha * (p - beta)).',
+    )
+    score_cache_size: int = Field(
+        default=100_000,
+        ge=0,
+        description="RELMON_SCORE_CACHE_SIZE: entries of the LRU cache of scores keyed by "
+        "(model version, query, product id, title); 0 = no cache.",
+    )
 
     # --- Stream processing -----------------------------------------------------------------
     sampling_mode: Literal["stratified", "uniform"] = Field(
@@ -165,10 +182,10 @@ class Settings(BaseSettings):
         description="RELMON_SAMPLE_RATE: share of result pages scored in uniform mode.",
     )
     rate_head: float = Field(
-        default=0.1, gt=0.0, le=1.0, description="RELMON_RATE_HEAD: sample rate of head queries."
+        default=0.05, gt=0.0, le=1.0, description="RELMON_RATE_HEAD: sample rate of head queries."
     )
     rate_torso: float = Field(
-        default=0.4, gt=0.0, le=1.0, description="RELMON_RATE_TORSO: sample rate of torso queries."
+        default=0.25, gt=0.0, le=1.0, description="RELMON_RATE_TORSO: sample rate of torso queries."
     )
     rate_tail: float = Field(
         default=1.0, gt=0.0, le=1.0, description="RELMON_RATE_TAIL: sample rate of tail queries."
@@ -180,7 +197,7 @@ class Settings(BaseSettings):
         "full tier rate.",
     )
     rest_position_factor: float = Field(
-        default=0.5,
+        default=0.75,
         gt=0.0,
         le=1.0,
         description="RELMON_REST_POSITION_FACTOR: rate multiplier for positions below the top.",

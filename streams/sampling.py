@@ -35,11 +35,11 @@ def unit_hash(key: str) -> float:
 class SamplingRates:
     """Base inclusion rates per stratum."""
 
-    head: float = 0.1
-    torso: float = 0.4
+    head: float = 0.05
+    torso: float = 0.25
     tail: float = 1.0
     top_positions: int = 3
-    rest_position_factor: float = 0.5
+    rest_position_factor: float = 0.75
     category_factor: Mapping[str, float] = field(default_factory=dict)
     min_prob: float = 0.005
     uniform: float | None = None

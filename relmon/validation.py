@@ -1,0 +1,209 @@
+"""Validation of relmon's estimates against known truth, by simulation.
+
+Synthetic traffic with known relevance (a :class:`~relmon.scenario.Scenario`) runs through the
+real :class:`~streams.processor.ImpressionProcessor` (decoding, sketch, sampling plans, stratified
+or uniform sampling) with in-memory ports and an oracle scorer that scores bad results 0 and good
+ones 1, so what is measured is the sampling and the estimator, not the model. For every one-minute
+window and query tier the estimate (Horvitz-Thompson ratio with its 95% interval) is compared with
+the true rate over *all* impressions of that window and tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from relmon.replay import ReplayConfig, TrafficGenerator
+from relmon.scenario import Scenario, Shift
+from relmon.stats import RateEstimate
+from relmon.synth import SyntheticCatalog
+from streams.catalog import Catalog
+from streams.fakes import MemoryPorts
+from streams.metrics import Metrics
+from streams.plans import Planner, PlannerConfig
+from streams.processor import ImpressionProcessor, RawRecord
+from streams.sampling import SamplingRates
+from streams.sketch import normalise_query
+
+DEFAULT_SCENARIO = Scenario(
+    tier_bad_share={"head": 0.05, "torso": 0.15, "tail": 0.3},
+    category_bad_share={"Desks": 0.45, "Area Rugs": 0.1},
+    shifts=(
+        Shift(at_s=1800, category="Area Rugs", bad_share=0.5),
+        Shift(at_s=3600, tier="head", bad_share=0.2),
+    ),
+)
+PARTITIONS = 4
+TOPIC = "sim.impressions"
+
+
+class OracleScorer:
+    """Scores a pair 1 if it is truly relevant, else 0 (truth recorded by the simulation)."""
+
+    model_version = "oracle"
+    provider = "none"
+
+    def __init__(self) -> None:
+        self.truth: dict[tuple[str, str], bool] = {}
+
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        """1.0 for relevant pairs, 0.0 for irrelevant ones."""
+        return np.asarray([1.0 if self.truth[p] else 0.0 for p in pairs], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class WindowCheck:
+    """One judged or unjudged (window, tier) cell."""
+
+    window: datetime
+    tier: str
+    truth: float
+    estimate: RateEstimate
+    judged: bool
+
+    @property
+    def covered(self) -> bool:
+        """True if the 95% interval holds the true rate."""
+        return self.estimate.ci_low <= self.truth <= self.estimate.ci_high
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What one simulated replay gave."""
+
+    impressions: int
+    sampled: int
+    windows: list[WindowCheck]
+
+    def coverage(self) -> float:
+        """Share of judged windows whose interval covers the truth."""
+        judged = [w for w in self.windows if w.judged]
+        return sum(w.covered for w in judged) / len(judged) if judged else float("nan")
+
+    def mean_width(self, tier: str) -> float:
+        """Mean 95% interval width over the tier's windows."""
+        widths = [w.estimate.ci_high - w.estimate.ci_low for w in self.windows if w.tier == tier]
+        return statistics.fmean(widths) if widths else float("nan")
+
+
+def simulate(
+    *,
+    minutes: int = 60,
+    pages_per_minute: int = 120,
+    seed: int = 7,
+    scenario: Scenario = DEFAULT_SCENARIO,
+    rates: SamplingRates | None = None,
+    min_window_sample: int = 30,
+    start: datetime | None = None,
+) -> SimulationResult:
+    """Replay ``minutes`` of simulated traffic through the processor; compare with the truth."""
+    return asyncio.run(
+        _simulate(
+            minutes,
+            pages_per_minute,
+            seed,
+            scenario,
+            rates or SamplingRates(),
+            min_window_sample,
+            start,
+        )
+    )
+
+
+async def _simulate(
+    minutes: int,
+    pages_per_minute: int,
+    seed: int,
+    scenario: Scenario,
+    rates: SamplingRates,
+    min_window_sample: int,
+    start: datetime | None,
+) -> SimulationResult:
+    t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
+    catalog = SyntheticCatalog.generate(seed=seed)
+    gen = TrafficGenerator(
+        catalog,
+        ReplayConfig(
+            seed=seed,
+            ubi_share=0.0,
+            catalog_share=0.0,
+            malformed_share=0.0,
+            unknown_product_share=0.0,
+            scenario=scenario,
+        ),
+    )
+    scorer = OracleScorer()
+    ports = MemoryPorts(scorer=scorer)  # type: ignore[arg-type]
+    planner = Planner(PlannerConfig())
+    proc = ImpressionProcessor(
+        ports=ports,
+        catalog=Catalog(),
+        planner=planner,
+        rates=rates,
+        threshold=0.5,
+        model_version="oracle",
+        metrics=Metrics(),
+    )
+    population: list[tuple[datetime, int, str, bool]] = []
+    offsets = [0] * PARTITIONS
+    step = timedelta(minutes=1) / pages_per_minute
+    for minute in range(minutes):
+        batch: list[RawRecord] = []
+        for i in range(pages_per_minute):
+            now = t0 + minute * timedelta(minutes=1) + i * step
+            for key, value, relevant in gen.labelled_page(now, (now - t0).total_seconds()):
+                part = zlib.crc32(key) % PARTITIONS
+                batch.append(RawRecord(TOPIC, part, offsets[part], key, value))
+                offsets[part] += 1
+                if relevant is None:
+                    continue
+                imp = _decode(value)
+                scorer.truth[(imp["query"], imp["title"])] = relevant
+                population.append((now, part, imp["query"], not relevant))
+        await proc.process(batch)
+    return _compare(population, ports, planner, min_window_sample)
+
+
+def _decode(value: bytes) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(value))
+
+
+def _compare(
+    population: list[tuple[datetime, int, str, bool]],
+    ports: MemoryPorts,
+    planner: Planner,
+    min_window_sample: int,
+) -> SimulationResult:
+    truth: dict[tuple[datetime, str], list[int]] = defaultdict(lambda: [0, 0])
+    for when, part, query, bad in population:
+        plan = ports.plans[(TOPIC, part, planner.epoch(when))].plan
+        cell = truth[
+            (when.replace(second=0, microsecond=0), plan.tiers.get(normalise_query(query), "tail"))
+        ]
+        cell[0] += 1
+        cell[1] += bad
+    sums: dict[tuple[datetime, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])
+    for row in ports.rows.values():
+        s = sums[(row.event_time.replace(second=0, microsecond=0), row.tier)]
+        s[0] += 1
+        s[1] += row.is_bad
+        s[2] += row.sample_weight
+        s[3] += row.sample_weight * row.is_bad
+        s[4] += row.sample_weight**2
+    windows = []
+    for (window, tier), (total, bad) in sorted(truth.items()):
+        if (window, tier) not in sums:
+            continue
+        n, b, sw, swb, sw2 = sums[(window, tier)]
+        est = RateEstimate.from_sums(int(n), int(b), sw, swb, sw2)
+        windows.append(WindowCheck(window, tier, bad / total, est, est.n_eff >= min_window_sample))
+    return SimulationResult(len(population), len(ports.rows), windows)
