@@ -184,13 +184,13 @@ def _compare(
     min_window_sample: int,
 ) -> SimulationResult:
     truth: dict[tuple[datetime, str], list[int]] = defaultdict(lambda: [0, 0])
-    for when, part, query, bad in population:
+    for when, part, query, is_bad in population:
         plan = ports.plans[(TOPIC, part, planner.epoch(when))].plan
         cell = truth[
             (when.replace(second=0, microsecond=0), plan.tiers.get(normalise_query(query), "tail"))
         ]
         cell[0] += 1
-        cell[1] += bad
+        cell[1] += int(is_bad)
     sums: dict[tuple[datetime, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])
     for row in ports.rows.values():
         s = sums[(row.event_time.replace(second=0, microsecond=0), row.tier)]
