@@ -22,7 +22,7 @@ from relmon.errors import ServiceError
 from relmon.settings import Settings
 from schemas.models import ScoredImpression
 from schemas.ubi import UbiQuery
-from streams.plans import PlanKey, StoredPlan
+from streams.plans import Checkpoint, PlanKey, StoredPlan
 from streams.sampling import SamplingPlan
 
 log = logging.getLogger(__name__)
@@ -158,74 +158,53 @@ def existing_impressions(client: Client, impression_ids: Sequence[str]) -> set[s
     return {str(row[0]) for row in result.result_rows}
 
 
-PLAN_COLUMNS = [
-    "topic",
-    "partition",
-    "epoch",
-    "plan_id",
-    "budget_factor",
-    "tiers",
-    "sketch",
-    "created_at",
-]
+PLAN_COLUMNS = ["topic", "partition", "epoch", "plan_id", "budget_factor", "tiers", "created_at"]
+CHECKPOINT_COLUMNS = ["topic", "partition", "offset", "last_epoch", "state", "created_at"]
 
 
 def save_plans(client: Client, plans: Sequence[StoredPlan]) -> None:
     """Store sampling plans."""
     now = datetime.now(UTC)
-    data = [
-        [
-            p.key[0],
-            p.key[1],
-            p.key[2],
-            p.plan.plan_id,
-            p.plan.budget_factor,
-            p.plan.to_json(),
-            p.sketch,
-            now,
-        ]
-        for p in plans
-    ]
+    data = [[*p.key, p.plan.plan_id, p.plan.budget_factor, p.plan.to_json(), now] for p in plans]
     if data:
         client.insert("sampling_plans", data, column_names=PLAN_COLUMNS)
-
-
-def _plan_rows(client: Client, where: str, parameters: dict[str, Any]) -> list[StoredPlan]:
-    result = client.query(
-        "SELECT topic, partition, epoch, plan_id, budget_factor, tiers, sketch "
-        f"FROM sampling_plans FINAL WHERE {where}",
-        parameters=parameters,
-    )
-    return [
-        StoredPlan(
-            (str(topic), int(partition), int(epoch)),
-            SamplingPlan.from_row(str(plan_id), str(tiers), float(factor)),
-            str(sketch),
-        )
-        for topic, partition, epoch, plan_id, factor, tiers, sketch in result.result_rows
-    ]
 
 
 def load_plans(client: Client, keys: Sequence[PlanKey]) -> dict[PlanKey, StoredPlan]:
     """Stored sampling plans of ``keys``."""
     if not keys:
         return {}
-    rows = _plan_rows(
-        client,
-        "(topic, partition, epoch) IN {keys:Array(Tuple(String, UInt32, Int64))}",
-        {"keys": [tuple(k) for k in keys]},
+    result = client.query(
+        "SELECT topic, partition, epoch, plan_id, budget_factor, tiers FROM sampling_plans FINAL "
+        "WHERE (topic, partition, epoch) IN {keys:Array(Tuple(String, UInt32, Int64))}",
+        parameters={"keys": [tuple(k) for k in keys]},
     )
-    return {p.key: p for p in rows}
+    out = {}
+    for topic, partition, epoch, plan_id, factor, tiers in result.result_rows:
+        key = (str(topic), int(partition), int(epoch))
+        out[key] = StoredPlan(key, SamplingPlan.from_row(str(plan_id), str(tiers), float(factor)))
+    return out
 
 
-def latest_plan(client: Client, topic: str, partition: int) -> StoredPlan | None:
-    """The newest stored plan of a partition."""
-    rows = _plan_rows(
-        client,
-        "topic = {topic:String} AND partition = {partition:UInt32} ORDER BY epoch DESC LIMIT 1",
-        {"topic": topic, "partition": partition},
+def save_checkpoints(client: Client, checkpoints: Sequence[Checkpoint]) -> None:
+    """Store sketch checkpoints."""
+    now = datetime.now(UTC)
+    data = [[c.topic, c.partition, c.offset, c.last_epoch, c.state, now] for c in checkpoints]
+    if data:
+        client.insert("sketch_checkpoints", data, column_names=CHECKPOINT_COLUMNS)
+
+
+def latest_checkpoint(client: Client, topic: str, partition: int) -> Checkpoint | None:
+    """The checkpoint of a partition with the highest offset."""
+    result = client.query(
+        "SELECT offset, last_epoch, state FROM sketch_checkpoints "
+        "WHERE topic = {topic:String} AND partition = {partition:UInt32} "
+        "ORDER BY offset DESC LIMIT 1",
+        parameters={"topic": topic, "partition": partition},
     )
-    return rows[0] if rows else None
+    for offset, last_epoch, state in result.result_rows:
+        return Checkpoint(topic, partition, int(offset), int(last_epoch), str(state))
+    return None
 
 
 def count_scored(client: Client) -> int:

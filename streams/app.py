@@ -29,7 +29,7 @@ from schemas.models import DeadLetter, ReviewRequest, ScoredImpression, hash_id
 from schemas.ubi import UbiQuery
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.metrics import Metrics
-from streams.plans import PlanKey, Planner, PlannerConfig, StoredPlan
+from streams.plans import Checkpoint, PlanKey, Planner, PlannerConfig, StoredPlan
 from streams.processor import ImpressionProcessor, RawRecord, dead_letter
 from streams.sampling import SamplingRates
 
@@ -127,11 +127,14 @@ class _FaustPorts:
     async def load_plans(self, keys: list[PlanKey]) -> dict[PlanKey, StoredPlan]:
         return await self._io_call(db.load_plans, keys)
 
-    async def latest_plan(self, topic: str, partition: int) -> StoredPlan | None:
-        return await self._io_call(db.latest_plan, topic, partition)
-
     async def save_plans(self, plans: list[StoredPlan]) -> None:
         await self._io_call(db.save_plans, plans)
+
+    async def latest_checkpoint(self, topic: str, partition: int) -> Checkpoint | None:
+        return await self._io_call(db.latest_checkpoint, topic, partition)
+
+    async def save_checkpoints(self, checkpoints: list[Checkpoint]) -> None:
+        await self._io_call(db.save_checkpoints, checkpoints)
 
     async def ack(self, records: list[RawRecord]) -> None:
         for record in records:

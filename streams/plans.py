@@ -1,19 +1,26 @@
-"""Sampling plans per (topic, partition, event-time epoch), persisted before first use.
+"""Sampling plans and popularity sketches per partition, replayable exactly after a crash.
 
-A plan freezes what the sampler needs besides the record itself: the query tiers (from the
-partition's popularity sketch) and the scoring-budget factor. The first time a worker meets a
-record of epoch E on partition P it loads plan (P, E) from the store, or creates and stores it,
-and only then decides. A record replayed after a crash therefore meets the same plan and gets the
-same decision, whichever worker owns the partition by then. Each stored plan carries its sketch,
-so a new owner of the partition continues from the popularity seen so far.
+A *plan* freezes what sampling needs besides the record itself: the query tiers (from the
+partition's popularity sketch) and the scoring-budget factor, for one (topic, partition,
+event-time epoch). The first record of an epoch met on a partition, in offset order, creates the
+plan from the sketch as it stands just before that record; plans are stored before they are used,
+and a record replayed later finds its stored plan.
+
+The sketch of a partition is a function of the partition's records in offset order. It is saved
+in *checkpoints* (topic, partition, next offset, state); the worker acks records only once a
+checkpoint covers them, so the committed offset never passes the latest checkpoint. After a
+restart the worker restores the latest checkpoint and does not count records below its offset
+again: the sketch then evolves exactly as in a run without the crash, and so do new plans.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -23,58 +30,90 @@ from streams.sketch import SpaceSaving, normalise_query, tiers_from
 
 PlanKey = tuple[str, int, int]
 """(topic, partition, epoch index)"""
+Partition = tuple[str, int]
+Seen = tuple[str, int, int, datetime, str | None]
+"""(topic, partition, offset, event time, query text or None if not known yet)"""
 
 
 @dataclass(frozen=True)
 class StoredPlan:
-    """A plan as stored: its key, the plan, and the sketch state it was made from."""
+    """A plan and its key."""
 
     key: PlanKey
     plan: SamplingPlan
-    sketch: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The sketch of a partition after counting every record below ``offset``."""
+
+    topic: str
+    partition: int
+    offset: int
+    last_epoch: int
+    state: str
+    """compressed JSON of :meth:`SpaceSaving.state`"""
+
+    @staticmethod
+    def pack(sketch: SpaceSaving) -> str:
+        """Compress a sketch's exact state."""
+        raw = json.dumps(sketch.state(), separators=(",", ":")).encode()
+        return base64.b64encode(zlib.compress(raw, 6)).decode()
+
+    def sketch(self, capacity: int, decay: float) -> SpaceSaving:
+        """The sketch this checkpoint holds."""
+        state = json.loads(zlib.decompress(base64.b64decode(self.state)))
+        return SpaceSaving.from_state(state, capacity, decay)
 
 
 class PlanStore(Protocol):
-    """Where plans live (ClickHouse in the worker, a dict in tests)."""
+    """Where plans and checkpoints live (ClickHouse in the worker, dicts in tests)."""
 
     async def load_plans(self, keys: list[PlanKey]) -> dict[PlanKey, StoredPlan]:
         """Stored plans for ``keys`` (missing keys absent)."""
 
-    async def latest_plan(self, topic: str, partition: int) -> StoredPlan | None:
-        """The newest stored plan of a partition, to resume its sketch."""
-
     async def save_plans(self, plans: list[StoredPlan]) -> None:
         """Store new plans (before they are used)."""
+
+    async def latest_checkpoint(self, topic: str, partition: int) -> Checkpoint | None:
+        """The newest checkpoint of a partition."""
+
+    async def save_checkpoints(self, checkpoints: list[Checkpoint]) -> None:
+        """Store checkpoints."""
 
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """Tiering and budget parameters."""
+    """Tiering, budget and checkpoint parameters."""
 
     epoch_s: int = 60
     head_share: float = 0.01
     torso_share: float = 0.0015
-    sketch_capacity: int = 5000
+    sketch_capacity: int = 2000
     sketch_decay: float = 0.7
     budget_pps: float = 0.0
-    sketch_keep: int = 2000
+    checkpoint_interval_s: float = 5.0
 
 
 @dataclass
-class _Partition:
+class _Part:
     sketch: SpaceSaving
     last_epoch: int = -1
-    resumed: bool = False
+    count_from: int = 0
+    """records below this offset are in the restored checkpoint already"""
+    next_offset: int = 0
+    checkpointed: int = 0
+    checkpointed_at: float = 0.0
 
 
 class Planner:
-    """Keeps per-partition sketches and the plans in force."""
+    """Per-partition sketches, the plans in force, and their checkpoints."""
 
     def __init__(self, config: PlannerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
         self._plans: dict[PlanKey, SamplingPlan] = {}
-        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._parts: dict[Partition, _Part] = {}
         self._demand_ewma = 0.0
         self._demand_at = clock()
 
@@ -82,17 +121,9 @@ class Planner:
         """Epoch index of an event time."""
         return int(event_time.timestamp() // self.config.epoch_s)
 
-    def _part(self, topic: str, partition: int) -> _Partition:
-        part = self._parts.get((topic, partition))
-        if part is None:
-            part = self._parts[(topic, partition)] = _Partition(self._new_sketch())
-        return part
-
-    def observe(self, topic: str, partition: int, queries: Iterable[str]) -> None:
-        """Count query texts seen on a partition (every impression, sampled or not)."""
-        sketch = self._part(topic, partition).sketch
-        for query in queries:
-            sketch.add(normalise_query(query))
+    def plan(self, key: PlanKey) -> SamplingPlan:
+        """The plan of a key prepared earlier."""
+        return self._plans[key]
 
     def note_demand(self, pairs: int) -> None:
         """Record how many pairs the base rates asked to score (for the budget factor)."""
@@ -108,79 +139,135 @@ class Planner:
             return 1.0
         return round(self.config.budget_pps / self._demand_ewma, 4)
 
-    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+    def forget(self, partitions: Iterable[Partition]) -> None:
         """Drop state of revoked partitions."""
         gone = set(partitions)
         self._plans = {k: v for k, v in self._plans.items() if (k[0], k[1]) not in gone}
         for tp in gone:
             self._parts.pop(tp, None)
 
-    def _new_sketch(self) -> SpaceSaving:
-        return SpaceSaving(self.config.sketch_capacity, self.config.sketch_decay)
+    async def load(self, seen: Sequence[Seen], store: PlanStore) -> None:
+        """Fetch what :meth:`advance` needs: stored plans and checkpoints.
 
-    async def plans_for(self, keys: set[PlanKey], store: PlanStore) -> dict[PlanKey, SamplingPlan]:
-        """The plan of every key: cached, stored, or created and stored now."""
-        missing = sorted(k for k in keys if k not in self._plans)
+        It has no side effect but caching, so it can be retried.
+        """
+        cfg = self.config
+        for tp in sorted({(t, p) for t, p, _, _, _ in seen} - set(self._parts)):
+            cp = await store.latest_checkpoint(*tp)
+            part = _Part(SpaceSaving(cfg.sketch_capacity, cfg.sketch_decay))
+            if cp is not None:
+                part = _Part(
+                    cp.sketch(cfg.sketch_capacity, cfg.sketch_decay),
+                    last_epoch=cp.last_epoch,
+                    count_from=cp.offset,
+                    next_offset=cp.offset,
+                    checkpointed=cp.offset,
+                )
+            part.checkpointed_at = self._clock()
+            self._parts[tp] = part
+        missing = sorted({(t, p, self.epoch(w)) for t, p, _, w, _ in seen} - set(self._plans))
         if missing:
             for key, stored in (await store.load_plans(missing)).items():
                 self._plans[key] = stored.plan
-            created = []
-            for key in sorted(k for k in missing if k not in self._plans):
-                created.append(await self._create(key, store))
-            if created:
-                await store.save_plans(created)
-                for stored in created:
-                    self._plans[stored.key] = stored.plan
-        return {k: self._plans[k] for k in keys}
 
-    async def _resume(self, part: _Partition, topic: str, partition: int, store: PlanStore) -> None:
-        """Continue from the sketch of the partition's newest stored plan, adding local counts."""
-        part.resumed = True
-        latest = await store.latest_plan(topic, partition)
-        if latest is None:
-            return
-        cfg = self.config
-        sketch = SpaceSaving.from_state(
-            json.loads(latest.sketch), cfg.sketch_capacity, cfg.sketch_decay
-        )
-        for item, count in part.sketch.top(cfg.sketch_capacity):
-            sketch.add(item, count)
-        part.sketch, part.last_epoch = sketch, max(part.last_epoch, latest.key[2])
+    def advance(self, seen: Sequence[Seen]) -> list[StoredPlan]:
+        """Walk first-seen impressions in offset order, creating plans and counting queries.
 
-    async def _create(self, key: PlanKey, store: PlanStore) -> StoredPlan:
-        topic, partition, epoch = key
-        part = self._part(topic, partition)
-        if not part.resumed:
-            await self._resume(part, topic, partition, store)
-        if 0 <= part.last_epoch < epoch:
-            for _ in range(min(epoch - part.last_epoch, 20)):
-                part.sketch.decay_step()
-        part.last_epoch = max(epoch, part.last_epoch)
+        A missing plan is made from the sketch as it stands before its first record. Returns
+        the new plans, to be stored before use.
+        """
+        created: list[StoredPlan] = []
+        for topic, partition, offset, when, query in sorted(seen, key=lambda s: s[:3]):
+            part = self._parts[(topic, partition)]
+            key = (topic, partition, self.epoch(when))
+            fresh = offset >= part.count_from  # not in the restored checkpoint yet
+            if fresh and 0 <= part.last_epoch < key[2]:  # age the counts once per epoch
+                for _ in range(min(key[2] - part.last_epoch, 20)):
+                    part.sketch.decay_step()
+            if fresh:
+                part.last_epoch = max(part.last_epoch, key[2])
+            if key not in self._plans:
+                plan = self._new_plan(part, key)
+                self._plans[key] = plan
+                created.append(StoredPlan(key, plan))
+            if fresh:
+                if query is not None:
+                    part.sketch.add(normalise_query(query))
+                part.next_offset = max(part.next_offset, offset + 1)
+        return created
+
+    def _new_plan(self, part: _Part, key: PlanKey) -> SamplingPlan:
+        epoch = key[2]
         cfg = self.config
-        plan = SamplingPlan(
-            plan_id=f"{topic}/{partition}/{epoch}/{uuid.uuid4().hex[:8]}",
-            tiers=tiers_from(part.sketch, cfg.head_share, cfg.torso_share),
-            budget_factor=self.budget_factor(),
+        tiers = tiers_from(part.sketch, cfg.head_share, cfg.torso_share)
+        factor = self.budget_factor()
+        content = json.dumps([sorted(tiers.items()), factor]).encode()
+        digest = hashlib.blake2b(content, digest_size=4).hexdigest()  # content-addressed id
+        return SamplingPlan(
+            plan_id=f"{key[0]}/{key[1]}/{epoch}/{digest}", tiers=tiers, budget_factor=factor
         )
-        return StoredPlan(key, plan, json.dumps(part.sketch.state(cfg.sketch_keep)))
+
+    def due_checkpoints(self, force: bool = False) -> list[Checkpoint]:
+        """Checkpoints of partitions that counted records since their last one."""
+        now = self._clock()
+        out = []
+        for (topic, partition), part in sorted(self._parts.items()):
+            if part.next_offset <= part.checkpointed:
+                continue
+            if not force and now - part.checkpointed_at < self.config.checkpoint_interval_s:
+                continue
+            out.append(
+                Checkpoint(
+                    topic,
+                    partition,
+                    part.next_offset,
+                    part.last_epoch,
+                    Checkpoint.pack(part.sketch),
+                )
+            )
+        return out
+
+    def checkpointed(self, checkpoints: Iterable[Checkpoint]) -> None:
+        """Note that ``checkpoints`` were stored."""
+        now = self._clock()
+        for cp in checkpoints:
+            part = self._parts.get((cp.topic, cp.partition))
+            if part is not None:
+                part.checkpointed = max(part.checkpointed, cp.offset)
+                part.checkpointed_at = now
+
+    def covered(self, topic: str, partition: int) -> int:
+        """Records of a partition below this offset are in a stored checkpoint.
+
+        -1: the partition has no sketch, so there is nothing to cover.
+        """
+        part = self._parts.get((topic, partition))
+        return part.checkpointed if part is not None else -1
 
 
 class MemoryPlanStore:
-    """Plans in a dict (tests, and a stand-in when no store is configured)."""
+    """Plans and checkpoints in dicts (tests)."""
 
     def __init__(self) -> None:
         self.plans: dict[PlanKey, StoredPlan] = {}
+        self.checkpoints: dict[Partition, Checkpoint] = {}
 
     async def load_plans(self, keys: list[PlanKey]) -> dict[PlanKey, StoredPlan]:
         """Stored plans for ``keys``."""
         return {k: self.plans[k] for k in keys if k in self.plans}
 
-    async def latest_plan(self, topic: str, partition: int) -> StoredPlan | None:
-        """The newest plan of a partition."""
-        mine = [p for k, p in self.plans.items() if (k[0], k[1]) == (topic, partition)]
-        return max(mine, key=lambda p: p.key[2]) if mine else None
-
     async def save_plans(self, plans: list[StoredPlan]) -> None:
         """Keep new plans."""
         for plan in plans:
             self.plans[plan.key] = plan
+
+    async def latest_checkpoint(self, topic: str, partition: int) -> Checkpoint | None:
+        """The newest checkpoint of a partition."""
+        return self.checkpoints.get((topic, partition))
+
+    async def save_checkpoints(self, checkpoints: list[Checkpoint]) -> None:
+        """Keep the newest checkpoint per partition."""
+        for cp in checkpoints:
+            old = self.checkpoints.get((cp.topic, cp.partition))
+            if old is None or cp.offset >= old.offset:
+                self.checkpoints[(cp.topic, cp.partition)] = cp

@@ -37,7 +37,7 @@ from schemas.models import DeadLetter, DeadLetterKind, Impression, ReviewRequest
 from schemas.ubi import UbiImpression, UbiOtherEvent, UbiQuery, decode_record
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import PlanKey, Planner, PlanStore
+from streams.plans import Planner, PlanStore
 from streams.sampling import SamplingRates, sampled
 from streams.sketch import Tier
 
@@ -151,6 +151,8 @@ class ImpressionProcessor:
         self._queries: OrderedDict[str, str] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._pending: list[_Pending] = []
+        self._held: list[RawRecord] = []
+        self._counted: set[tuple[str, int, int]] = set()  # in a sketch, maybe not checkpointed
         self._lock = asyncio.Lock()
 
     @property
@@ -189,9 +191,13 @@ class ImpressionProcessor:
             await self._finish(out)
 
     async def retry_pending(self) -> None:
-        """Retry impressions that wait for the catalogue or a query; expire overdue ones."""
+        """Retry impressions that wait for the catalogue or a query; expire overdue ones.
+
+        Also stores due sketch checkpoints and acks what they cover.
+        """
         async with self._lock:
             if not self._pending:
+                await self._release()
                 return
             waiting, self._pending = self._pending, []
             out = _Outcome()
@@ -202,6 +208,8 @@ class ImpressionProcessor:
         """Forget pending records of revoked partitions (their new owner re-reads them)."""
         gone = set(partitions)
         self._planner.forget(gone)
+        self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
+        self._counted = {c for c in self._counted if c[:2] not in gone}
         before = len(self._pending)
         self._pending = [
             p for p in self._pending if (p.record.topic, p.record.partition) not in gone
@@ -226,6 +234,8 @@ class ImpressionProcessor:
             found = await self._retrying(self._ports.lookup_queries, missing, what="query lookup")
             for query_id, text in found.items():
                 self._remember_query(query_id, text)
+        if fresh and waiting:
+            await self._prepare_plans(waiting)
         now = self._clock()
         for pending in waiting:
             item = pending.item
@@ -257,18 +267,32 @@ class ImpressionProcessor:
             else:
                 self._pending.append(pending)
 
-    async def _sample(self, ready: list[tuple[RawRecord, Impression]]) -> list[_Draw]:
+    async def _prepare_plans(self, waiting: list[_Pending]) -> None:
+        """Count first-seen impressions in their partition's sketch; store missing plans.
+
+        See :mod:`streams.plans`.
+        """
+        seen = []
+        for p in waiting:
+            item = p.item
+            query = (
+                self._queries.get(item.query_id) if isinstance(item, UbiImpression) else item.query
+            )
+            when = item.timestamp if isinstance(item, UbiImpression) else item.event_time
+            seen.append((p.record.topic, p.record.partition, p.record.offset, when, query))
+            self._counted.add((p.record.topic, p.record.partition, p.record.offset))
+        await self._retrying(lambda s: self._planner.load(s, self._ports), seen, what="plan lookup")
+        created = self._planner.advance(seen)
+        if created:
+            await self._retrying(self._ports.save_plans, created, what="plan store")
+
+    def _sample(self, ready: list[tuple[RawRecord, Impression]]) -> list[_Draw]:
         """Decide which impressions are sampled, under the plan of their partition and epoch."""
-        keys: dict[int, PlanKey] = {
-            i: (r.topic, r.partition, self._planner.epoch(imp.event_time))
-            for i, (r, imp) in enumerate(ready)
-        }
-        plans = await self._retrying(
-            lambda k: self._planner.plans_for(k, self._ports), set(keys.values()), what="plans"
-        )
         draws, demand = [], 0
-        for i, (_, imp) in enumerate(ready):
-            plan = plans[keys[i]]
+        for record, imp in ready:
+            plan = self._planner.plan(
+                (record.topic, record.partition, self._planner.epoch(imp.event_time))
+            )
             tier = plan.tier(imp.query)
             base = self._rates.base_probability(tier, imp.position, imp.category)
             demand += sampled(imp.query_id, base)
@@ -276,16 +300,11 @@ class ImpressionProcessor:
             if sampled(imp.query_id, p):
                 draws.append(_Draw(imp, p, tier, plan.plan_id))
         self._planner.note_demand(demand)
-        by_partition: dict[tuple[str, int], list[str]] = {}
-        for r, imp in ready:
-            by_partition.setdefault((r.topic, r.partition), []).append(imp.query)
-        for (topic, partition), queries in by_partition.items():
-            self._planner.observe(topic, partition, queries)
         return draws
 
     async def _finish(self, out: _Outcome) -> None:
         rows: list[ScoredImpression] = []
-        draws = await self._sample(out.ready) if out.ready else []
+        draws = self._sample(out.ready) if out.ready else []
         self._metrics.inc("sampled", len(draws))
         if draws:
             stored = await self._retrying(
@@ -325,9 +344,31 @@ class ImpressionProcessor:
             await self._retrying(self._write, (rows, out.queries), what="ClickHouse write")
             self._metrics.inc("rows_written", len(rows))
             self._metrics.inc("ubi_queries", len(out.queries))
-        if out.done:
-            await self._ports.ack(out.done)
+        self._held.extend(out.done)
+        await self._release()
         self._metrics.set("pending", len(self._pending))
+
+    async def _release(self, force: bool = False) -> None:
+        """Store due sketch checkpoints, then ack the done records they cover.
+
+        Records outside any sketch are acked at once; commits never pass the latest checkpoint.
+        """
+        checkpoints = self._planner.due_checkpoints(force)
+        if checkpoints:
+            await self._retrying(self._ports.save_checkpoints, checkpoints, what="checkpoints")
+            self._planner.checkpointed(checkpoints)
+        ready: list[RawRecord] = []
+        held: list[RawRecord] = []
+        for record in self._held:
+            tpo = (record.topic, record.partition, record.offset)
+            if tpo in self._counted and record.offset >= self._planner.covered(*tpo[:2]):
+                held.append(record)
+            else:
+                self._counted.discard(tpo)
+                ready.append(record)
+        self._held = held
+        if ready:
+            await self._ports.ack(ready)
 
     async def _write(self, args: tuple[list[ScoredImpression], list[UbiQuery]]) -> None:
         await self._ports.write(*args)

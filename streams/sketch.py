@@ -78,10 +78,9 @@ class SpaceSaving:
         """The ``n`` largest counters, largest first (ties by item for determinism)."""
         return heapq.nsmallest(n, self._counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
-    def state(self, n: int | None = None) -> dict[str, object]:
-        """A JSON-able snapshot (the top ``n`` counters and the total)."""
-        items = self.top(n or self.capacity)
-        return {"total": self.total, "counts": [[k, round(v, 6)] for k, v in items]}
+    def state(self) -> dict[str, object]:
+        """The exact state, JSON-able (counts as exact floats, so a restore is lossless)."""
+        return {"total": self.total, "counts": sorted(self._counts.items())}
 
     @classmethod
     def from_state(
@@ -91,7 +90,7 @@ class SpaceSaving:
         sketch = cls(capacity, decay)
         counts = state.get("counts", [])
         assert isinstance(counts, list)
-        for item, count in counts[:capacity]:
+        for item, count in counts:
             sketch._counts[str(item)] = float(count)
         sketch._rebuild()
         total = state.get("total", 0.0)

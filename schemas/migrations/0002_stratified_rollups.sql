@@ -4,7 +4,8 @@ ALTER TABLE scored_impressions ADD COLUMN IF NOT EXISTS position_bucket LowCardi
 ALTER TABLE scored_impressions ADD COLUMN IF NOT EXISTS plan_id String DEFAULT '' AFTER position_bucket;
 ALTER TABLE scored_impressions MODIFY TTL toDateTime(event_time) + INTERVAL 30 DAY;
 
--- Sampling plans per partition and event-time epoch, stored before first use (see streams/plans.py).
+-- Sampling plans per partition and event-time epoch, stored before first use, and checkpoints of
+-- each partition's popularity sketch (see streams/plans.py).
 CREATE TABLE IF NOT EXISTS sampling_plans
 (
     topic String,
@@ -13,12 +14,24 @@ CREATE TABLE IF NOT EXISTS sampling_plans
     plan_id String,
     budget_factor Float64,
     tiers String,
-    sketch String,
     created_at DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(created_at)
 ORDER BY (topic, partition, epoch)
 TTL toDateTime(created_at) + INTERVAL 30 DAY;
+
+CREATE TABLE IF NOT EXISTS sketch_checkpoints
+(
+    topic String,
+    partition UInt32,
+    offset Int64,
+    last_epoch Int64,
+    state String,
+    created_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(created_at)
+ORDER BY (topic, partition, offset)
+TTL toDateTime(created_at) + INTERVAL 1 DAY;
 
 -- Hourly and daily roll-ups, filled by materialized views as rows arrive. The worker writes each
 -- impression once (it skips rows already stored), so the sums count each impression once.
