@@ -11,7 +11,15 @@ import numpy as np
 
 from scoring.scorer import Provider, Scorer
 
-__all__ = ["binary_metrics", "evaluate_model", "pearson", "roc_auc"]
+__all__ = [
+    "binary_metrics",
+    "evaluate_model",
+    "fit_polarisation",
+    "grade_distributions",
+    "pearson",
+    "reliability",
+    "roc_auc",
+]
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -79,6 +87,74 @@ def pearson(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) ->
     return float((x * y).sum() / denom) if denom else float("nan")
 
 
+def reliability(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, bins: int = 10
+) -> dict[str, Any]:
+    """Reliability curve over ``bins`` equal-width score bins, and the expected calibration error.
+
+    ECE is the count-weighted mean of ``|observed rate - mean score|`` over the non-empty bins.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    which = np.minimum((s * bins).astype(int), bins - 1)
+    curve, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        n = int(m.sum())
+        if not n:
+            continue
+        mean_score, rate = float(s[m].mean()), float(y[m].mean())
+        curve.append(
+            {"bin": [b / bins, (b + 1) / bins], "n": n, "mean_score": mean_score, "rate": rate}
+        )
+        ece += n / len(s) * abs(rate - mean_score)
+    return {"ece": ece, "curve": curve}
+
+
+def grade_distributions(
+    grades: Sequence[str], scores: Sequence[float] | np.ndarray, threshold: float
+) -> dict[str, dict[str, float]]:
+    """Per grade: count, mean, 10/50/90th percentiles and the share scoring below threshold."""
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(grades)
+    out = {}
+    for grade in sorted(set(grades)):
+        x = s[g == grade]
+        p10, p50, p90 = np.percentile(x, [10, 50, 90])
+        out[grade or "?"] = {
+            "n": len(x),
+            "mean": float(x.mean()),
+            "p10": float(p10),
+            "p50": float(p50),
+            "p90": float(p90),
+            "below_threshold": float((x < threshold).mean()),
+        }
+    return out
+
+
+def fit_polarisation(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[float, float]:
+    """Fit ``alpha, beta`` of ``sigmoid(alpha * (s - beta))`` by maximum likelihood (Newton).
+
+    A one-feature logistic regression of the labels on the scores, with a tiny ridge so it
+    converges on separable data.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    x = np.asarray(scores, dtype=np.float64)
+    a, b = 1.0, 0.0  # logit = a * x + b
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        w = p * (1 - p)
+        g = np.array([((p - y) * x).sum() + 1e-3 * a, (p - y).sum()])
+        h = np.array([[(w * x * x).sum() + 1e-3, (w * x).sum()], [(w * x).sum(), w.sum()]])
+        step = np.linalg.solve(h + 1e-9 * np.eye(2), g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(a), float(-b / a) if a else 0.5
+
+
 def evaluate_model(
     model_dir: Path | str,
     pairs_with_labels: Sequence[tuple[str, str, int]],
@@ -89,8 +165,14 @@ def evaluate_model(
     batch_size: int = 32,
     intra_op_threads: int = 0,
     max_length: int = 64,
+    grades: Sequence[str] | None = None,
+    fit_calibration: bool = True,
 ) -> dict[str, Any]:
     """Score labelled pairs with each model variant present in ``model_dir``.
+
+    Each variant's entry also holds ``calibration`` (reliability curve, ECE) and, when
+    ``grades`` (one per pair) are given, ``by_grade`` score distributions; ``polarisation`` is
+    the alpha/beta fitted on the fp32 scores.
 
     Returns ``{"n": ..., "positives": ..., "threshold": ..., "<variant>": {auc, accuracy,
     precision, recall, f1, pairs_per_s, provider}, "agreement": {...}}``; ``agreement`` (fp32 vs
@@ -130,12 +212,21 @@ def evaluate_model(
             **binary_metrics(labels, scores[variant], threshold),
             "pairs_per_s": len(pairs) / elapsed if elapsed > 0 else float("inf"),
             "provider": scorer.provider,
+            "model_version": scorer.model_version,
+            "calibration": reliability(labels, scores[variant]),
         }
+        if grades is not None:
+            result[variant]["by_grade"] = grade_distributions(grades, scores[variant], threshold)
     if "fp32" in scores and "int8" in scores:
         a, b = scores["fp32"], scores["int8"]
         result["agreement"] = {
             "pearson": pearson(a, b),
             "same_decision": float(((a >= threshold) == (b >= threshold)).mean()),
             "max_abs_diff": float(np.abs(a - b).max()) if len(a) else 0.0,
+            "mean_abs_diff": float(np.abs(a - b).mean()) if len(a) else 0.0,
+            "auc_drop": result["fp32"]["auc"] - result["int8"]["auc"],
         }
+    if "fp32" in scores and fit_calibration:
+        alpha, beta = fit_polarisation(labels, scores["fp32"])
+        result["polarisation"] = {"alpha": alpha, "beta": beta}
     return result

