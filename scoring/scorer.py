@@ -162,6 +162,9 @@ class Scorer:
         # int8/fp16 scores differ slightly from fp32: the variant is part of the row's version
         base = str(card["model_version"])
         version = base if chosen == "fp32" else f"{base}-{chosen}"
+        digest = (card.get("sha256") or {}).get(_FILES[chosen])
+        if chosen != "fp32" and digest:  # a re-quantised file gets a version of its own
+            version = f"{version}.{digest[:8]}"
         self.calibration: tuple[float, float] | None = self._calibration(calibration, card)
         self.model_version: str = f"{version}-cal" if self.calibration else version
         self._inputs = {i.name for i in self._session.get_inputs()}

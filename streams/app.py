@@ -180,6 +180,7 @@ class RelmonWorker:
             planner=Planner(planner_config(settings)),
             rates=sampling_rates(settings),
             threshold=settings.bad_threshold,
+            category_thresholds=settings.category_thresholds,
             model_version=scorer.model_version,
             metrics=self.metrics,
             retry_s=settings.unknown_product_retry_s,

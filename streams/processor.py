@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -131,6 +131,7 @@ class ImpressionProcessor:
         planner: Planner,
         rates: SamplingRates,
         threshold: float,
+        category_thresholds: Mapping[str, float] | None = None,
         model_version: str,
         metrics: Metrics,
         retry_s: float = 10.0,
@@ -143,6 +144,7 @@ class ImpressionProcessor:
         self._planner = planner
         self._rates = rates
         self._threshold = threshold
+        self._category_thresholds = dict(category_thresholds or {})
         self._model_version = model_version
         self._metrics = metrics
         self._retry_s = retry_s
@@ -321,7 +323,9 @@ class ImpressionProcessor:
                         ScoredImpression.of(
                             d.impression,
                             score=float(np.clip(score, 0.0, 1.0)),
-                            threshold=self._threshold,
+                            threshold=self._category_thresholds.get(
+                                d.impression.category or "", self._threshold
+                            ),
                             model_version=self._model_version,
                             sample_rate=d.probability,
                             scored_at=now,
