@@ -400,6 +400,7 @@ def _quantise_static(model_dir: Path, pairs: list[tuple[str, str]]) -> None:
 
     from scoring.scorer import Scorer
 
+    model_dir = model_dir.resolve()  # the working directory changes below
     scorer = Scorer(model_dir, provider="cpu", variant="fp32", max_length=64)
     feeds = [feed for _, feed in scorer._batches(pairs, 32)]
 
