@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -153,7 +153,11 @@ class ImpressionProcessor:
         self._queries: OrderedDict[str, str] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._pending: list[_Pending] = []
-        self._held: list[RawRecord] = []
+        # Acks go out strictly in offset order per partition (Faust commits the first run of
+        # acked offsets it finds, even past an unacked one): every consumed offset is queued,
+        # done records wait until everything before them is done and checkpoint-covered.
+        self._queue: dict[tuple[str, int], deque[int]] = defaultdict(deque)
+        self._done: dict[tuple[str, int, int], RawRecord] = {}
         self._counted: set[tuple[str, int, int]] = set()  # in a sketch, maybe not checkpointed
         self._lock = asyncio.Lock()
 
@@ -167,6 +171,8 @@ class ImpressionProcessor:
         async with self._lock:
             self._metrics.inc("batches")
             self._metrics.inc("consumed", len(records))
+            for record in records:
+                self._queue[(record.topic, record.partition)].append(record.offset)
             out = _Outcome()
             items: list[tuple[RawRecord, Impression | UbiImpression]] = []
             for record in records:
@@ -210,7 +216,9 @@ class ImpressionProcessor:
         """Forget pending records of revoked partitions (their new owner re-reads them)."""
         gone = set(partitions)
         self._planner.forget(gone)
-        self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
+        for tp in gone:
+            self._queue.pop(tp, None)
+        self._done = {k: v for k, v in self._done.items() if k[:2] not in gone}
         self._counted = {c for c in self._counted if c[:2] not in gone}
         before = len(self._pending)
         self._pending = [
@@ -348,7 +356,8 @@ class ImpressionProcessor:
             await self._retrying(self._write, (rows, out.queries), what="ClickHouse write")
             self._metrics.inc("rows_written", len(rows))
             self._metrics.inc("ubi_queries", len(out.queries))
-        self._held.extend(out.done)
+        for record in out.done:
+            self._done[(record.topic, record.partition, record.offset)] = record
         await self._release()
         self._metrics.set("pending", len(self._pending))
 
@@ -362,15 +371,15 @@ class ImpressionProcessor:
             await self._retrying(self._ports.save_checkpoints, checkpoints, what="checkpoints")
             self._planner.checkpointed(checkpoints)
         ready: list[RawRecord] = []
-        held: list[RawRecord] = []
-        for record in self._held:
-            tpo = (record.topic, record.partition, record.offset)
-            if tpo in self._counted and record.offset >= self._planner.covered(*tpo[:2]):
-                held.append(record)
-            else:
+        for tp, queue in self._queue.items():
+            covered = self._planner.covered(*tp)
+            while queue:
+                tpo = (*tp, queue[0])
+                if tpo not in self._done or (tpo in self._counted and tpo[2] >= covered):
+                    break
+                queue.popleft()
                 self._counted.discard(tpo)
-                ready.append(record)
-        self._held = held
+                ready.append(self._done.pop(tpo))
         if ready:
             await self._ports.ack(ready)
 
