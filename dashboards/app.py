@@ -30,7 +30,7 @@ def _client() -> Client:
 @st.cache_data(ttl=5)
 def _series(minutes: int) -> pd.DataFrame:
     since = datetime.now(UTC) - timedelta(minutes=minutes)
-    return queries.rate_series(_client(), since)
+    return queries.rate_series(_client(), since, min_sample=get_settings().min_window_sample)
 
 
 @st.cache_data(ttl=5)
@@ -46,6 +46,7 @@ def _rate_chart(frame: pd.DataFrame) -> alt.LayerChart:
     )
     line = base.mark_line(point=True).encode(
         y="rate:Q",
+        color=alt.condition("datum.judged", alt.value("#1f77b4"), alt.value("#bbbbbb")),
         tooltip=[
             alt.Tooltip("window_start:T", title="minute"),
             alt.Tooltip("rate:Q", format=".1%", title="weighted rate"),
@@ -53,6 +54,7 @@ def _rate_chart(frame: pd.DataFrame) -> alt.LayerChart:
             alt.Tooltip("ci_high:Q", format=".1%", title="95% high"),
             alt.Tooltip("sampled:Q", title="sampled"),
             alt.Tooltip("bad:Q", title="bad"),
+            alt.Tooltip("judged:N", title="enough sample to judge"),
         ],
     )
     return band + line
@@ -100,6 +102,10 @@ def main() -> None:
             f"n = {int(last['sampled'])}",
         )
         st.subheader("Bad-case rate per minute (weighted, 95% interval)")
+        st.caption(
+            "Band: 95% interval. Grey points: windows too thin to judge "
+            f"(effective sample below {get_settings().min_window_sample})."
+        )
         st.altair_chart(_rate_chart(series), use_container_width=True)
         st.altair_chart(_volume_chart(series), use_container_width=True)
         table = series.assign(
@@ -108,7 +114,8 @@ def main() -> None:
                 f"{a:.1%} to {b:.1%}"
                 for a, b in zip(series["ci_low"], series["ci_high"], strict=True)
             ],
-        )[["window_start", "sampled", "bad", "rate", "interval"]]
+            judged=series["judged"].map({True: "yes", False: "too thin"}),
+        )[["window_start", "sampled", "bad", "rate", "interval", "judged"]]
         st.dataframe(table.iloc[::-1], hide_index=True, use_container_width=True)
         st.subheader("Latest low-score cases")
         st.dataframe(bad, hide_index=True, use_container_width=True)

@@ -10,8 +10,13 @@ from clickhouse_connect.driver.client import Client
 from relmon.stats import RateEstimate
 
 
-def rate_series(client: Client, since: datetime, window_s: int = 60) -> pd.DataFrame:
-    """Bad-case rate per window (all segments together) with sample size and 95% interval."""
+def rate_series(
+    client: Client, since: datetime, window_s: int = 60, min_sample: int = 30
+) -> pd.DataFrame:
+    """Bad-case rate per window (all segments together) with sample size and 95% interval.
+
+    ``judged`` is False for windows whose effective sample is below ``min_sample``.
+    """
     result = client.query(
         "SELECT toStartOfInterval(event_time, toIntervalSecond({w:UInt32})) AS window_start, "
         "count() AS sampled, sum(is_bad) AS bad, sum(sample_weight) AS sum_w, "
@@ -31,10 +36,11 @@ def rate_series(client: Client, since: datetime, window_s: int = 60) -> pd.DataF
                 "rate": est.rate,
                 "ci_low": est.ci_low,
                 "ci_high": est.ci_high,
+                "judged": est.n_eff >= min_sample,
             }
         )
     return pd.DataFrame(
-        rows, columns=["window_start", "sampled", "bad", "rate", "ci_low", "ci_high"]
+        rows, columns=["window_start", "sampled", "bad", "rate", "ci_low", "ci_high", "judged"]
     )
 
 

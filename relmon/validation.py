@@ -53,7 +53,9 @@ class OracleScorer:
     def __init__(self) -> None:
         self.truth: dict[tuple[str, str], bool] = {}
 
-    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+    def predict(
+        self, pairs: list[tuple[str, str]], batch_size: int = 32, keys: list[str] | None = None
+    ) -> np.ndarray:
         """1.0 for relevant pairs, 0.0 for irrelevant ones."""
         return np.asarray([1.0 if self.truth[p] else 0.0 for p in pairs], dtype=np.float32)
 

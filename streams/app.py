@@ -68,8 +68,10 @@ class ScorerLike(Protocol):
     model_version: str
     provider: str
 
-    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
-        """Scores in [0, 1]."""
+    def predict(
+        self, pairs: list[tuple[str, str]], batch_size: int = 32, keys: list[str] | None = None
+    ) -> np.ndarray:
+        """Scores in [0, 1]; ``keys`` (product ids) let the scorer cache head-query pairs."""
 
 
 def metrics_path(settings: Settings, pid: int | None = None) -> Path:
@@ -86,10 +88,12 @@ class _FaustPorts:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="relmon-store")
         self.stream: Any = None
 
-    async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         scorer, size = self._w.scorer, self._w.settings.batch_size
-        return await loop.run_in_executor(self._infer, scorer.predict, pairs, size)
+        return await loop.run_in_executor(
+            self._infer, lambda: scorer.predict(pairs, size, keys=keys)
+        )
 
     async def _send(self, topic: faust.types.TopicT, items: list[tuple[bytes, bytes]]) -> None:
         futures = [await topic.send(key=key, value=value) for key, value in items]
@@ -239,6 +243,10 @@ class RelmonWorker:
         if self.ports.stream is not None:
             await self.processor.retry_pending()
         self.metrics.set("catalog_products", len(self.catalog))
+        stats = getattr(self.scorer, "stats", None)
+        if callable(stats):
+            for name, value in stats().items():
+                self.metrics.set(name, value)
         self.metrics.write(metrics_path(self.settings))
 
     async def _on_start(self) -> None:

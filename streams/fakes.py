@@ -24,7 +24,9 @@ class OverlapScorer:
     model_version = "fake-overlap-1"
     provider = "CPUExecutionProvider"
 
-    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+    def predict(
+        self, pairs: list[tuple[str, str]], batch_size: int = 32, keys: list[str] | None = None
+    ) -> np.ndarray:
         """Scores in [0, 1]."""
         out = []
         for query, title in pairs:
@@ -47,7 +49,7 @@ class MemoryPorts(MemoryPlanStore):
         self.acked: list[RawRecord] = []
         self.fail_writes = fail_writes
 
-    async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
         """Score with the fake scorer."""
         return self.scorer.predict(pairs)
 

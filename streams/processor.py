@@ -61,8 +61,8 @@ class RawRecord:
 class Ports(PlanStore, Protocol):
     """What the processor needs from the outside world (plans included)."""
 
-    async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        """Scores in [0, 1] of (query, title) pairs."""
+    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
+        """Scores in [0, 1] of (query, title) pairs; ``keys`` are their product ids."""
 
     async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Deliver dead letters (return once the broker has them)."""
@@ -320,11 +320,18 @@ class ImpressionProcessor:
             stored = await self._retrying(
                 self._ports.existing, [d.impression.impression_id for d in draws], what="lookup"
             )
-            fresh = [d for d in draws if d.impression.impression_id not in stored]
+            fresh: list[_Draw] = []
+            for d in draws:  # skip stored rows and copies within the batch: one row each
+                if d.impression.impression_id not in stored:
+                    stored.add(d.impression.impression_id)
+                    fresh.append(d)
             self._metrics.inc("already_stored", len(draws) - len(fresh))
             if fresh:
                 pairs = [(d.impression.query, d.impression.title or "") for d in fresh]
-                scores = await self._retrying(self._ports.score, pairs, what="scoring")
+                keys = [d.impression.product_id for d in fresh]
+                scores = await self._retrying(
+                    lambda p: self._ports.score(p, keys), pairs, what="scoring"
+                )
                 now = datetime.now(UTC)
                 for d, score in zip(fresh, scores, strict=True):
                     rows.append(
