@@ -169,6 +169,21 @@ class Settings(BaseSettings):
         "(model version, query, product id, title); 0 = no cache.",
     )
 
+    review_uncertain_band: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="RELMON_REVIEW_UNCERTAIN_BAND: rows scoring less than this above the "
+        "threshold are sent for review as uncertain.",
+    )
+    review_audit_share: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="RELMON_REVIEW_AUDIT_SHARE: share of confident rows sent for review as an "
+        "audit sample (so the student's misses can be estimated).",
+    )
+
     # --- Stream processing -----------------------------------------------------------------
     sampling_mode: Literal["stratified", "uniform"] = Field(
         default="stratified",

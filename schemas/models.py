@@ -183,13 +183,33 @@ class ReviewRequest(_Record):
     threshold: float
     model_version: str
     reason: ReviewReason
-    priority: float = Field(description="higher first: how far below the threshold")
-    sample_weight: float
+    priority: float = Field(
+        description="higher first: bad cases by how far below the threshold, then uncertain "
+        "ones, audits last"
+    )
+    sample_weight: float = Field(description="the row's weight: 1 / inclusion probability")
+    review_weight: float = Field(
+        default=1.0,
+        description="weight of this review among the scored rows: 1 / probability that the row "
+        "was sent for review (audits are a random share of confident rows)",
+    )
+    tier: str = "tail"
+    locale: str = "en-US"
+    position: int = 1
     event_time: datetime
 
     @classmethod
-    def of(cls, row: ScoredImpression, reason: ReviewReason = "below_threshold") -> ReviewRequest:
+    def of(
+        cls,
+        row: ScoredImpression,
+        reason: ReviewReason = "below_threshold",
+        review_probability: float = 1.0,
+    ) -> ReviewRequest:
         """Build the review request for a scored row."""
+        margin = row.threshold - row.score
+        priority = {"below_threshold": 2.0 + margin, "uncertain": 1.0 - abs(margin)}.get(
+            reason, 0.0
+        )
         return cls(
             impression_id=row.impression_id,
             query_id=row.query_id,
@@ -201,8 +221,12 @@ class ReviewRequest(_Record):
             threshold=row.threshold,
             model_version=row.model_version,
             reason=reason,
-            priority=round(max(0.0, row.threshold - row.score), 6),
+            priority=round(priority, 6),
             sample_weight=row.sample_weight,
+            review_weight=1.0 / review_probability,
+            tier=row.tier,
+            locale=row.locale,
+            position=row.position,
             event_time=row.event_time,
         )
 

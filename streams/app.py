@@ -185,6 +185,8 @@ class RelmonWorker:
             rates=sampling_rates(settings),
             threshold=settings.bad_threshold,
             category_thresholds=settings.category_thresholds,
+            uncertain_band=settings.review_uncertain_band,
+            audit_share=settings.review_audit_share,
             model_version=scorer.model_version,
             metrics=self.metrics,
             retry_s=settings.unknown_product_retry_s,

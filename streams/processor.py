@@ -38,7 +38,7 @@ from schemas.ubi import UbiImpression, UbiOtherEvent, UbiQuery, decode_record
 from streams.catalog import Catalog
 from streams.metrics import Metrics
 from streams.plans import Planner, PlanStore
-from streams.sampling import SamplingRates, sampled
+from streams.sampling import SamplingRates, sampled, unit_hash
 from streams.sketch import Tier
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,8 @@ class ImpressionProcessor:
         rates: SamplingRates,
         threshold: float,
         category_thresholds: Mapping[str, float] | None = None,
+        uncertain_band: float = 0.0,
+        audit_share: float = 0.0,
         model_version: str,
         metrics: Metrics,
         retry_s: float = 10.0,
@@ -145,6 +147,8 @@ class ImpressionProcessor:
         self._rates = rates
         self._threshold = threshold
         self._category_thresholds = dict(category_thresholds or {})
+        self._uncertain_band = uncertain_band
+        self._audit_share = audit_share
         self._model_version = model_version
         self._metrics = metrics
         self._retry_s = retry_s
@@ -350,7 +354,7 @@ class ImpressionProcessor:
                         )
                     )
                 self._metrics.inc("scored", len(rows))
-        reviews = [ReviewRequest.of(row) for row in rows if row.is_bad]
+        reviews = [r for r in map(self._review, rows) if r is not None]
         if out.letters:
             await self._retrying(self._ports.send_dead_letters, out.letters, what="dead letters")
             self._metrics.inc("dead_lettered", len(out.letters))
@@ -389,6 +393,20 @@ class ImpressionProcessor:
                 ready.append(self._done.pop(tpo))
         if ready:
             await self._ports.ack(ready)
+
+    def _review(self, row: ScoredImpression) -> ReviewRequest | None:
+        """The review request of a row, if any.
+
+        Every bad case, every uncertain one (within ``uncertain_band`` above the threshold),
+        and a deterministic random ``audit_share`` of the rest.
+        """
+        if row.is_bad:
+            return ReviewRequest.of(row, "below_threshold")
+        if row.score < row.threshold + self._uncertain_band:
+            return ReviewRequest.of(row, "uncertain")
+        if self._audit_share > 0 and unit_hash("audit:" + row.impression_id) < self._audit_share:
+            return ReviewRequest.of(row, "audit", review_probability=self._audit_share)
+        return None
 
     async def _write(self, args: tuple[list[ScoredImpression], list[UbiQuery]]) -> None:
         await self._ports.write(*args)

@@ -132,9 +132,16 @@ def test_impressions_end_to_end(settings, start_worker):
         ReviewRequest.model_validate_json(v)
         for _, v in read_topic(s, s.topic_review, idle_s=3.0, timeout_s=60)
     ]
-    # every bad row was sent for review once, and nothing else was
-    assert sorted(r.impression_id for r in reviews) == sorted(bad_ids)
-    assert all(r.score < r.threshold for r in reviews)
+    # every bad row was sent for review once; the rest of the reviews are uncertain or audits
+    by_reason = defaultdict(list)
+    for r in reviews:
+        by_reason[r.reason].append(r)
+    assert sorted(r.impression_id for r in by_reason["below_threshold"]) == sorted(bad_ids)
+    assert all(r.score < r.threshold for r in by_reason["below_threshold"])
+    band = s.review_uncertain_band
+    assert all(r.threshold <= r.score < r.threshold + band for r in by_reason["uncertain"])
+    assert all(r.score >= r.threshold + band for r in by_reason["audit"])
+    assert len({r.impression_id for r in reviews}) == len(reviews)
     client.close()
 
 

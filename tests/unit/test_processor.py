@@ -387,3 +387,44 @@ def test_rows_already_stored_are_not_scored_or_reviewed_again():
     run(proc.process(batch))
     assert ports.row_writes == 5 and len(ports.reviews) == 5
     assert metrics.get("already_stored") == 5 and len(ports.acked) == 10
+
+
+def test_reviews_cover_bad_uncertain_and_an_audit_share():
+    ports = MemoryPorts()
+    proc = ImpressionProcessor(
+        ports=ports,
+        catalog=Catalog(),
+        planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
+        rates=SamplingRates(uniform=1.0),
+        threshold=0.5,
+        uncertain_band=0.2,
+        audit_share=0.1,
+        model_version="m",
+        metrics=Metrics(),
+        clock=Clock(),
+        backoff_max_s=0.05,
+    )
+    titles = {"bad": "Oak Dining Table", "unsure": "Blue Velvet Chair", "good": "Blue Velvet Sofa"}
+    records = []
+    for i in range(600):
+        kind = ["bad", "unsure", "good"][i % 3]
+        records.append(record(native(i, query="blue velvet sofa", title=titles[kind]), i))
+    run(proc.process(records))
+    reasons = {}
+    for review in ports.reviews:
+        reasons.setdefault(review.reason, []).append(review)
+    scores = {r.impression_id: r.score for r in ports.rows.values()}
+    assert {r.impression_id for r in reasons["below_threshold"]} == {
+        i for i, s in scores.items() if s < 0.5
+    }
+    assert {r.impression_id for r in reasons["uncertain"]} == {
+        i for i, s in scores.items() if 0.5 <= s < 0.7
+    }
+    audits = reasons["audit"]
+    confident = [i for i, s in scores.items() if s >= 0.7]
+    assert 0.05 < len(audits) / len(confident) < 0.15
+    assert all(r.review_weight == pytest.approx(10) for r in audits)
+    assert max(r.priority for r in audits) < min(r.priority for r in reasons["uncertain"])
+    assert min(r.priority for r in reasons["uncertain"]) <= max(
+        r.priority for r in reasons["below_threshold"]
+    )

@@ -208,7 +208,9 @@ def test_scored_review_and_dead_letter():
     )
     assert row.is_bad and row.sample_weight == 4.0 and row.category == "Lamps"
     review = ReviewRequest.of(row)
-    assert review.reason == "below_threshold" and review.priority == pytest.approx(0.3)
+    assert review.reason == "below_threshold" and review.priority == pytest.approx(2.3)
+    audit = ReviewRequest.of(row, "audit", review_probability=0.02)
+    assert audit.review_weight == pytest.approx(50) and audit.priority < review.priority
     jsonschema.validate(json.loads(review.to_bytes()), generate()["review_request"])
     letter = DeadLetter.of(
         kind="malformed", reason="bad", topic="t", partition=1, offset=7, value=b"\x00\xffraw"
