@@ -111,6 +111,7 @@ def ensure_topics(settings: Settings) -> None:
                 (settings.topic_catalog, {"cleanup.policy": "compact"}),
                 (settings.topic_review, {}),
                 (settings.topic_dlq, {}),
+                (settings.topic_labels, {}),
             )
             if name not in existing
         ]

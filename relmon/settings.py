@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         default="relmon.dlq",
         description="RELMON_TOPIC_DLQ: dead-letter topic for events relmon cannot process.",
     )
+    topic_labels: str = Field(
+        default="relmon.teacher-labels",
+        description="RELMON_TOPIC_LABELS: topic of teacher verdicts (one JSON record per judged "
+        "review case).",
+    )
     topic_partitions: int = Field(
         default=4,
         ge=1,
@@ -284,6 +289,73 @@ class Settings(BaseSettings):
         default=None,
         description="RELMON_CATALOG_FILE: JSON Lines catalogue loaded at worker start "
         "(product_id, title, category, brand, attributes).",
+    )
+
+    # --- Teacher (LLM judge over an OpenAI-compatible chat-completions API) ----------------
+    teacher_base_url: str = Field(
+        default="",
+        description="RELMON_TEACHER_BASE_URL: base URL of an OpenAI-compatible API, e.g. "
+        "http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp server, OpenAI); empty = no LLM "
+        "judge, `relmon teacher` only fills the review queue for people.",
+    )
+    teacher_model: str = Field(
+        default="", description="RELMON_TEACHER_MODEL: model name sent to the chat API."
+    )
+    teacher_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="RELMON_TEACHER_API_KEY: bearer token of the chat API (empty = none).",
+    )
+    teacher_group: str = Field(
+        default="relmon-teacher",
+        description="RELMON_TEACHER_GROUP: Kafka consumer group of `relmon teacher`.",
+    )
+    teacher_concurrency: int = Field(
+        default=4, ge=1, le=256, description="RELMON_TEACHER_CONCURRENCY: requests in flight."
+    )
+    teacher_rate_per_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="RELMON_TEACHER_RATE_PER_S: chat requests per second (0 = no limit).",
+    )
+    teacher_daily_budget: int = Field(
+        default=10_000,
+        ge=0,
+        description="RELMON_TEACHER_DAILY_BUDGET: chat requests per UTC day (0 = no limit); "
+        "over budget, cases stay in the review queue for people.",
+    )
+    teacher_timeout_s: float = Field(
+        default=60.0, gt=0, description="RELMON_TEACHER_TIMEOUT_S: timeout of one chat request."
+    )
+    teacher_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="RELMON_TEACHER_MAX_ATTEMPTS: tries of one request on 429, 5xx, timeouts.",
+    )
+    teacher_parse_retries: int = Field(
+        default=2,
+        ge=0,
+        description="RELMON_TEACHER_PARSE_RETRIES: re-asks when an answer is not the JSON asked.",
+    )
+    teacher_backoff_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="RELMON_TEACHER_BACKOFF_S: first backoff delay (doubles, full jitter).",
+    )
+    teacher_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="RELMON_TEACHER_BACKOFF_MAX_S: longest backoff delay."
+    )
+    teacher_max_tokens: int = Field(
+        default=768, ge=16, description="RELMON_TEACHER_MAX_TOKENS: max tokens of an answer."
+    )
+    teacher_json_mode: bool = Field(
+        default=True,
+        description='RELMON_TEACHER_JSON_MODE: send response_format {"type": "json_object"}.',
+    )
+    teacher_cache_size: int = Field(
+        default=50_000,
+        ge=0,
+        description="RELMON_TEACHER_CACHE_SIZE: verdicts kept in memory, keyed by (query, "
+        "product, prompt version); the store is asked on a miss.",
     )
 
     # --- Dashboard -------------------------------------------------------------------------
