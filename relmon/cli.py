@@ -11,21 +11,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 from relmon.errors import ConfigError, RelmonError
+from relmon.runtime import ManagedProcess
 from relmon.settings import Settings, get_settings
 
 log = logging.getLogger("relmon")
+
+
+def _foreground(proc: ManagedProcess, banner: str) -> int:
+    """Start a child, print where it is, and wait for it; Ctrl-C stops it cleanly."""
+    proc.start()
+    print(f"{banner} (pid {proc.pid}, log {proc.log_path})")
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return proc.stop() or 0
 
 
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.kafka import broker_process
 
     port = args.port if args.port is not None else settings.broker_port
-    proc = broker_process(settings, port).start()
-    print(f"tansu broker on {settings.bind_host}:{port} (pid {proc.pid}, log {proc.log_path})")
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return proc.stop() or 0
+    return _foreground(
+        broker_process(settings, port), f"tansu broker on {settings.bind_host}:{port}"
+    )
 
 
 def _cmd_store(args: argparse.Namespace, settings: Settings) -> int:
@@ -117,12 +125,8 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.demo import dashboard_process
 
     port = args.port if args.port is not None else settings.dashboard_port
-    proc = dashboard_process(settings, port).start()
-    print(f"dashboard on http://{settings.bind_host}:{port}")
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return proc.stop() or 0
+    url = f"http://{settings.bind_host}:{port}"
+    return _foreground(dashboard_process(settings, port), f"dashboard on {url}")
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
