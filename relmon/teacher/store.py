@@ -1,0 +1,161 @@
+"""ClickHouse reads and writes of the teacher loop (bound parameters only).
+
+Tables (``schemas/migrations/0003_teacher.sql``): ``review_queue`` (review requests, one row per
+impression) and ``verdicts`` (teacher and human grades, one row per impression, judge, judge id
+and prompt version). Both are ReplacingMergeTrees read with FINAL, so replays are idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pandas as pd
+from clickhouse_connect.driver.client import Client
+
+from relmon.teacher.judge import CachedGrade, CacheKey
+from relmon.teacher.verdict import Verdict
+from schemas.models import ReviewRequest
+
+__all__ = [
+    "QUEUE_COLUMNS",
+    "VERDICT_COLUMNS",
+    "count_verdicts",
+    "insert_queue",
+    "insert_verdicts",
+    "lookup_cached",
+    "queue_frame",
+    "requests_spent_today",
+    "verdict_frame",
+]
+
+QUEUE_COLUMNS = [
+    "impression_id",
+    "query_id",
+    "query",
+    "product_id",
+    "title",
+    "category",
+    "score",
+    "threshold",
+    "model_version",
+    "reason",
+    "priority",
+    "sample_weight",
+    "review_weight",
+    "tier",
+    "locale",
+    "position",
+    "event_time",
+    "received_at",
+]
+VERDICT_COLUMNS = [c for c in Verdict.model_fields if c != "schema_version"]
+
+
+def insert_queue(client: Client, requests: Sequence[ReviewRequest]) -> None:
+    """Store review requests in the queue (idempotent by impression id)."""
+    if not requests:
+        return
+    now = datetime.now(UTC)
+    data = [[getattr(r, c) for c in QUEUE_COLUMNS[:-1]] + [now] for r in requests]
+    client.insert("review_queue", data, column_names=QUEUE_COLUMNS)
+
+
+def insert_verdicts(client: Client, verdicts: Sequence[Verdict]) -> None:
+    """Store verdicts (idempotent by impression, judge, judge id and prompt version)."""
+    if not verdicts:
+        return
+    data = [[getattr(v, c) for c in VERDICT_COLUMNS] for v in verdicts]
+    client.insert("verdicts", data, column_names=VERDICT_COLUMNS)
+
+
+def lookup_cached(client: Client, keys: Sequence[CacheKey]) -> dict[CacheKey, CachedGrade]:
+    """Earlier teacher verdicts of (normalised query, product id, prompt version) keys."""
+    if not keys:
+        return {}
+    result = client.query(
+        "SELECT nq, product_id, prompt_version, argMax(grade, judged_at), "
+        "argMax(rationale, judged_at) FROM ("
+        "SELECT arrayStringConcat(splitByWhitespace(lower(query)), ' ') AS nq, product_id, "
+        "prompt_version, grade, rationale, judged_at FROM verdicts FINAL "
+        "WHERE judge = 'teacher' AND (product_id, prompt_version) IN "
+        "{pairs:Array(Tuple(String, String))}) "
+        "WHERE (nq, product_id, prompt_version) IN {keys:Array(Tuple(String, String, String))} "
+        "GROUP BY nq, product_id, prompt_version",
+        parameters={
+            "pairs": sorted({(k[1], k[2]) for k in keys}),
+            "keys": [tuple(k) for k in keys],
+        },
+    )
+    return {
+        (str(q), str(p), str(v)): CachedGrade(g, str(r)) for q, p, v, g, r in result.result_rows
+    }
+
+
+def requests_spent_today(client: Client) -> int:
+    """Chat requests the teacher made today (UTC), to seed the daily budget after a restart."""
+    value = client.command(
+        "SELECT sum(calls) FROM verdicts FINAL WHERE judge = 'teacher' "
+        "AND toDate(judged_at, 'UTC') = toDate(now(), 'UTC')"
+    )
+    return int(value or 0)  # type: ignore[arg-type]
+
+
+def count_verdicts(client: Client, judge: str | None = None) -> int:
+    """Number of stored verdicts (of one judge kind, if given)."""
+    result = client.query(
+        "SELECT count() FROM verdicts FINAL WHERE {judge:String} = '' OR judge = {judge:String}",
+        parameters={"judge": judge or ""},
+    )
+    return int(result.result_rows[0][0])
+
+
+def queue_frame(client: Client, *, pending_only: bool = True, limit: int = 200) -> pd.DataFrame:
+    """The review queue by priority, with the latest teacher verdict of each case.
+
+    ``pending_only`` leaves out cases a person has graded already.
+    """
+    result = client.query(
+        "SELECT q.impression_id AS impression_id, q.priority AS priority, q.reason AS reason, "
+        "q.query AS query, q.title AS title, q.category AS category, q.score AS score, "
+        "q.threshold AS threshold, q.model_version AS model_version, q.tier AS tier, "
+        "q.locale AS locale, q.event_time AS event_time, "
+        "t.grade AS teacher_grade, t.rationale AS teacher_rationale, t.judge_id AS teacher "
+        "FROM review_queue AS q FINAL "
+        "LEFT JOIN (SELECT impression_id, argMax(grade, judged_at) AS grade, "
+        "argMax(rationale, judged_at) AS rationale, argMax(judge_id, judged_at) AS judge_id "
+        "FROM verdicts FINAL WHERE judge = 'teacher' GROUP BY impression_id) AS t "
+        "ON t.impression_id = q.impression_id "
+        "WHERE NOT {pending:Bool} OR q.impression_id NOT IN "
+        "(SELECT impression_id FROM verdicts WHERE judge = 'human') "
+        "ORDER BY q.priority DESC, q.event_time DESC, q.impression_id "
+        "LIMIT {limit:UInt32} SETTINGS join_use_nulls = 1",
+        parameters={"pending": pending_only, "limit": limit},
+    )
+    return pd.DataFrame(result.result_rows, columns=list(result.column_names))
+
+
+def queue_request(client: Client, impression_id: str) -> ReviewRequest | None:
+    """The stored review request of one impression."""
+    cols = QUEUE_COLUMNS[:-1]
+    result = client.query(
+        f"SELECT {', '.join(cols)} FROM review_queue FINAL "
+        "WHERE impression_id = {id:String} LIMIT 1",
+        parameters={"id": impression_id},
+    )
+    for row in result.result_rows:
+        data = dict(zip(cols, row, strict=True))
+        data["score"] = float(data["score"])
+        data["threshold"] = float(data["threshold"])
+        return ReviewRequest(**data)
+    return None
+
+
+def verdict_frame(client: Client, since: datetime | None = None) -> pd.DataFrame:
+    """All verdicts (optionally judged since ``since``), one row each."""
+    result = client.query(
+        "SELECT * EXCEPT (rationale) FROM verdicts FINAL "
+        "WHERE judged_at >= {since:DateTime64(3, 'UTC')} ORDER BY judged_at",
+        parameters={"since": since or datetime(1970, 1, 1, tzinfo=UTC)},
+    )
+    return pd.DataFrame(result.result_rows, columns=list(result.column_names))
