@@ -272,6 +272,46 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_teacher(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon import db
+    from relmon.kafka import ensure_topics
+    from relmon.teacher import TeacherConsumer, build_judge
+
+    ensure_topics(settings)
+    db.migrate(settings)
+    client = db.connect(settings)
+    judge = build_judge(settings, client)
+    if judge is None:
+        log.warning(
+            "RELMON_TEACHER_BASE_URL is not set: no LLM judge; review cases only fill the "
+            "review queue for people (dashboard)"
+        )
+    else:
+        log.info("teacher %s at %s", settings.teacher_model, settings.teacher_base_url)
+    consumer = TeacherConsumer(settings, judge, client=client)
+    try:
+        consumer.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+        print(json.dumps(consumer.totals.counts, sort_keys=True))
+    return 0
+
+
+def _cmd_export_distill(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon import db
+    from relmon.teacher import export_distill
+
+    client = db.connect(settings)
+    try:
+        counts = export_distill(client, Path(args.out), include_teacher=not args.human_only)
+    finally:
+        client.close()
+    print(json.dumps({"out": str(Path(args.out).resolve()), **counts}, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``relmon``."""
     parser = argparse.ArgumentParser(
@@ -373,6 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--card-out", default=None, help="write card.json/card.md here (default: model dir)"
     )
     q.set_defaults(func=_cmd_model_eval)
+
+    p = sub.add_parser(
+        "teacher", help="judge review cases with an LLM (chat completions) and store verdicts"
+    )
+    p.set_defaults(func=_cmd_teacher)
+
+    p = sub.add_parser("export", help="export data for the next model")
+    export_sub = p.add_subparsers(dest="export_command", required=True, metavar="ACTION")
+    q = export_sub.add_parser(
+        "distill", help="teacher- and human-labelled pairs as JSON Lines for `model build --data`"
+    )
+    q.add_argument("--out", required=True, help="output file (.jsonl)")
+    q.add_argument("--human-only", action="store_true", help="leave out the teacher's verdicts")
+    q.set_defaults(func=_cmd_export_distill)
     return parser
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import pandas as pd
 from clickhouse_connect.driver.client import Client
 
+from relmon.teacher.agreement import Reviewed
 from relmon.teacher.judge import CachedGrade, CacheKey
 from relmon.teacher.verdict import Verdict
 from schemas.models import ReviewRequest
@@ -25,7 +27,10 @@ __all__ = [
     "insert_verdicts",
     "lookup_cached",
     "queue_frame",
+    "queue_request",
     "requests_spent_today",
+    "reviewed_cases",
+    "student_sums",
     "verdict_frame",
 ]
 
@@ -159,3 +164,36 @@ def verdict_frame(client: Client, since: datetime | None = None) -> pd.DataFrame
         parameters={"since": since or datetime(1970, 1, 1, tzinfo=UTC)},
     )
     return pd.DataFrame(result.result_rows, columns=list(result.column_names))
+
+
+Segment = Literal["all", "category", "tier", "locale"]
+_SEGMENT_SQL = {"all": "'all'", "category": "category", "tier": "tier", "locale": "locale"}
+
+
+def student_sums(client: Client, segment: Segment, since: datetime) -> pd.DataFrame:
+    """The scored rows' sums per segment (``segment, sampled, bad, sum_w, sum_w_bad, sum_w2``)."""
+    expr = _SEGMENT_SQL[segment]  # a fixed expression chosen from a whitelist, never user text
+    result = client.query(
+        f"SELECT toString({expr}) AS segment, count() AS sampled, sum(is_bad) AS bad, "
+        "sum(sample_weight) AS sum_w, sum(sample_weight * is_bad) AS sum_w_bad, "
+        "sum(sample_weight * sample_weight) AS sum_w2 FROM scored_impressions FINAL "
+        "WHERE event_time >= {since:DateTime64(3, 'UTC')} GROUP BY segment ORDER BY segment",
+        parameters={"since": since},
+    )
+    return pd.DataFrame(result.result_rows, columns=list(result.column_names))
+
+
+def reviewed_cases(client: Client, segment: Segment, since: datetime) -> list[Reviewed]:
+    """Verified review cases since ``since``: a person's latest grade, else the teacher's."""
+    expr = _SEGMENT_SQL[segment]
+    result = client.query(
+        f"SELECT toString({expr}) AS segment, student_bad, "
+        "argMax(is_bad, (judge = 'human', judged_at)) AS ref_bad, "
+        "any(sample_weight * review_weight) AS w FROM verdicts FINAL "
+        "WHERE event_time >= {since:DateTime64(3, 'UTC')} "
+        "GROUP BY impression_id, segment, student_bad",
+        parameters={"since": since},
+    )
+    return [
+        Reviewed(bool(sb), bool(rb), float(w), str(seg)) for seg, sb, rb, w in result.result_rows
+    ]
