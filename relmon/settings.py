@@ -367,6 +367,144 @@ class Settings(BaseSettings):
         description="RELMON_BIND_HOST: address local services listen on.",
     )
 
+    # --- Alerts (relmon/alerts) -------------------------------------------------------------
+    topic_alerts: str = Field(
+        default="relmon.alerts",
+        description="RELMON_TOPIC_ALERTS: topic of alert events (fired, resolved); the alert "
+        "runners' leader election uses the single-partition topic <this>.leader.",
+    )
+    alert_sinks: str = Field(
+        default="kafka,clickhouse,webhook",
+        description="RELMON_ALERT_SINKS: comma separated sinks of alert events: kafka, "
+        "clickhouse, webhook (the webhook only when RELMON_ALERT_WEBHOOK_URL is set).",
+    )
+    alert_webhook_url: SecretStr = Field(
+        default=SecretStr(""),
+        description="RELMON_ALERT_WEBHOOK_URL: Slack-compatible incoming webhook for alerts "
+        "(secret; masked when printed); empty = no webhook.",
+    )
+    alert_webhook_retries: int = Field(
+        default=4,
+        ge=0,
+        description="RELMON_ALERT_WEBHOOK_RETRIES: retries of a failed webhook call.",
+    )
+    alert_webhook_backoff_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="RELMON_ALERT_WEBHOOK_BACKOFF_S: first retry delay, doubled at each retry.",
+    )
+    alert_window_s: int = Field(
+        default=300,
+        ge=10,
+        description="RELMON_ALERT_WINDOW_S: length of the windows the alert detectors judge.",
+    )
+    alert_lateness_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="RELMON_ALERT_LATENESS_S: a window is judged once its end is this old "
+        "(room for late events and scoring).",
+    )
+    alert_interval_s: float = Field(
+        default=15.0,
+        gt=0.0,
+        description="RELMON_ALERT_INTERVAL_S: how often the alert runner looks for closed windows.",
+    )
+    alert_baseline_windows: int = Field(
+        default=48,
+        ge=2,
+        description="RELMON_ALERT_BASELINE_WINDOWS: windows in a segment's rolling baseline.",
+    )
+    alert_min_baseline_windows: int = Field(
+        default=6,
+        ge=1,
+        description="RELMON_ALERT_MIN_BASELINE_WINDOWS: windows of baseline needed before a "
+        "segment is tested.",
+    )
+    alert_min_sample: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="RELMON_ALERT_MIN_SAMPLE: effective sample a window needs to be tested.",
+    )
+    alert_min_baseline_sample: float = Field(
+        default=200.0,
+        gt=0.0,
+        description="RELMON_ALERT_MIN_BASELINE_SAMPLE: effective sample a baseline needs.",
+    )
+    alert_min_bad: int = Field(
+        default=3,
+        ge=0,
+        description="RELMON_ALERT_MIN_BAD: bad rows a window needs before it can alert.",
+    )
+    alert_min_lift: float = Field(
+        default=1.25,
+        ge=1.0,
+        description="RELMON_ALERT_MIN_LIFT: a window alerts only at this multiple of its "
+        "baseline rate or more.",
+    )
+    alert_fdr: float = Field(
+        default=0.0001,
+        gt=0.0,
+        lt=1.0,
+        description="RELMON_ALERT_FDR: Benjamini-Hochberg false discovery rate of the per-window "
+        "z-tests across segments.",
+    )
+    alert_ewma_lambda: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="RELMON_ALERT_EWMA_LAMBDA: smoothing of the EWMA detector.",
+    )
+    alert_ewma_limit: float = Field(
+        default=4.5,
+        gt=0.0,
+        description="RELMON_ALERT_EWMA_LIMIT: EWMA control limit in standard deviations.",
+    )
+    alert_cusum_k: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="RELMON_ALERT_CUSUM_K: CUSUM allowance (half the shift to detect, in sd).",
+    )
+    alert_cusum_h: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="RELMON_ALERT_CUSUM_H: CUSUM decision threshold.",
+    )
+    alert_resolve_windows: int = Field(
+        default=2,
+        ge=1,
+        description="RELMON_ALERT_RESOLVE_WINDOWS: windows in a row back at baseline that "
+        "resolve an alert.",
+    )
+    alert_cooldown_windows: int = Field(
+        default=6,
+        ge=0,
+        description="RELMON_ALERT_COOLDOWN_WINDOWS: a segment re-alarming this soon after its "
+        "alert resolved reopens that alert instead of paging again.",
+    )
+    alerts_in_worker: bool = Field(
+        default=False,
+        description="RELMON_ALERTS_IN_WORKER: also run the alert runner inside each worker "
+        "(only the elected leader acts).",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="RELMON_METRICS_PORT: Prometheus metrics port of the worker on "
+        "RELMON_BIND_HOST; 0 = no endpoint.",
+    )
+
+    @field_validator("alert_sinks")
+    @classmethod
+    def _check_sinks(cls, value: str) -> str:
+        names = {n.strip() for n in value.split(",") if n.strip()}
+        unknown = names - {"kafka", "clickhouse", "webhook"}
+        if unknown:
+            raise ValueError(
+                f"unknown alert sinks {sorted(unknown)}: use kafka, clickhouse, webhook"
+            )
+        return value
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
