@@ -22,6 +22,7 @@ from schemas.models import ReviewRequest
 __all__ = [
     "QUEUE_COLUMNS",
     "VERDICT_COLUMNS",
+    "Segment",
     "count_verdicts",
     "insert_queue",
     "insert_verdicts",
