@@ -145,6 +145,36 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from relmon.alerts.runner import AlertRunner, KafkaLeader
+    from relmon.db import migrate
+
+    migrate(settings)
+    if args.once:
+        runner = AlertRunner(settings)
+        try:
+            events = runner.run_once()
+        finally:
+            runner.close()
+        for event in events:
+            print(json.dumps({"event": event.kind, **event.alert.to_dict()}, default=str))
+        return 0
+    runner = AlertRunner(settings, leader=KafkaLeader(settings))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"alert runner (leader election on topic {settings.topic_alerts}.leader)")
+    try:
+        runner.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.close()
+    return 0
+
+
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.db import migrate
 
@@ -370,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="run the Streamlit dashboard")
     p.add_argument("--port", type=int, default=None, help="port (default RELMON_DASHBOARD_PORT)")
     p.set_defaults(func=_cmd_dashboard)
+
+    p = sub.add_parser("alerts", help="detect bad-case-rate spikes and send alerts (leader only)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="judge the closed windows once, without leader election, and print the events",
+    )
+    p.set_defaults(func=_cmd_alerts)
 
     p = sub.add_parser("migrate", help="create the ClickHouse database and tables")
     p.set_defaults(func=_cmd_migrate)
