@@ -1,0 +1,298 @@
+"""Spike detection on per-window segment sums: a pure function of the sums, no I/O.
+
+Input per window is, for every segment, the five sums a GROUP BY gives (rows, bad rows, sum of
+weights, weighted bad, sum of squared weights), from ClickHouse in production
+(:func:`relmon.alerts.runner.query_window_sums`) or from simulated rows
+(:func:`window_sums`). Segments are ``("overall", "all")`` and one per value of each of tier,
+category, locale, position bucket and model version.
+
+For each segment and window the detector compares the window's weighted (Horvitz-Thompson) rate
+with a rolling baseline, the sums of the segment's previous ``baseline_windows`` windows:
+
+- **z-test**: ``z = (p - p0) / sqrt(p0 (1 - p0) (1/n + 1/n0))`` on Kish effective sample sizes,
+  divided by ``sqrt(phi)``, where ``phi`` (>= 1) is the segment's own mean of ``z^2`` over recent
+  in-control windows (it absorbs overdispersion, e.g. result pages sampled together). One-sided
+  p-values of all segments tested in the window are corrected with **Benjamini-Hochberg** at
+  ``fdr``.
+- **EWMA** of the standardised z: alarm above ``ewma_limit * sqrt(lambda / (2 - lambda))``.
+- **CUSUM**: ``S = max(0, S + z - k)``, alarm above ``h``.
+
+A segment is tested only with an effective sample of at least ``min_sample`` in the window and
+``min_baseline_sample`` over at least ``min_baseline_windows`` windows of baseline (minimum-sample
+guard), and flagged only if the window has ``min_bad`` bad rows and its rate is at least
+``min_lift`` times the baseline. Once flagged, the segment is *alarmed*: its baseline is
+frozen (a spike never becomes the new normal), EWMA and CUSUM restart, and it stays alarmed until
+``resolve_windows`` windows in a row are no longer significantly above the frozen baseline
+(one-sided p >= ``resolve_p``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from relmon.stats import RateEstimate
+
+__all__ = [
+    "SEGMENT_DIMENSIONS",
+    "Detector",
+    "DetectorConfig",
+    "Segment",
+    "SegmentTest",
+    "Sums",
+    "benjamini_hochberg",
+    "rollup",
+    "window_sums",
+]
+
+SEGMENT_DIMENSIONS = ("tier", "category", "locale", "position_bucket", "model_version")
+Segment = tuple[str, str]
+OVERALL: Segment = ("overall", "all")
+
+
+@dataclass(frozen=True)
+class Sums:
+    """The sums behind a weighted rate."""
+
+    sampled: int = 0
+    bad: int = 0
+    sum_w: float = 0.0
+    sum_w_bad: float = 0.0
+    sum_w2: float = 0.0
+
+    def __add__(self, other: Sums) -> Sums:
+        return Sums(
+            self.sampled + other.sampled,
+            self.bad + other.bad,
+            self.sum_w + other.sum_w,
+            self.sum_w_bad + other.sum_w_bad,
+            self.sum_w2 + other.sum_w2,
+        )
+
+    def __sub__(self, other: Sums) -> Sums:
+        return Sums(
+            self.sampled - other.sampled,
+            self.bad - other.bad,
+            self.sum_w - other.sum_w,
+            self.sum_w_bad - other.sum_w_bad,
+            self.sum_w2 - other.sum_w2,
+        )
+
+    def estimate(self) -> RateEstimate:
+        """The rate, effective sample size and 95% interval."""
+        return RateEstimate.from_sums(
+            self.sampled, self.bad, self.sum_w, self.sum_w_bad, self.sum_w2
+        )
+
+
+def rollup(cells: Iterable[tuple[Mapping[str, str], Sums]]) -> dict[Segment, Sums]:
+    """Sum finest-grain cells (a value per dimension) into every segment of one window."""
+    out: dict[Segment, Sums] = {}
+    for dims, sums in cells:
+        for segment in (OVERALL, *((d, str(dims[d])) for d in SEGMENT_DIMENSIONS)):
+            out[segment] = out.get(segment, Sums()) + sums
+    return out
+
+
+def window_sums(rows: Iterable[Any], window_s: int) -> dict[datetime, dict[Segment, Sums]]:
+    """Per-window segment sums of scored rows (objects with the ``scored_impressions`` fields)."""
+    cells: dict[datetime, list[tuple[Mapping[str, str], Sums]]] = {}
+    for row in rows:
+        t = row.event_time
+        start = t - timedelta(seconds=(t.timestamp() % window_s))
+        start = start.replace(microsecond=0)
+        w = float(row.sample_weight)
+        bad = int(row.is_bad)
+        dims = {d: str(getattr(row, d)) for d in SEGMENT_DIMENSIONS}
+        cells.setdefault(start, []).append((dims, Sums(1, bad, w, w * bad, w * w)))
+    return {start: rollup(c) for start, c in sorted(cells.items())}
+
+
+def _norm_sf(z: float) -> float:
+    """One-sided upper-tail probability of the standard normal."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def benjamini_hochberg(p_values: Sequence[float], q: float) -> list[bool]:
+    """Which hypotheses are rejected by the Benjamini-Hochberg step-up procedure at FDR ``q``."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    cutoff = -1
+    for rank, i in enumerate(order, 1):
+        if p_values[i] <= q * rank / m:
+            cutoff = rank
+    rejected = [False] * m
+    for rank, i in enumerate(order, 1):
+        if rank <= cutoff:
+            rejected[i] = True
+    return rejected
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Sensitivity of the detectors (see the module docstring)."""
+
+    baseline_windows: int = 48
+    min_sample: float = 30.0
+    min_baseline_sample: float = 200.0
+    min_baseline_windows: int = 6
+    min_bad: int = 3
+    fdr: float = 0.0001
+    min_lift: float = 1.25
+    ewma_lambda: float = 0.2
+    ewma_limit: float = 4.5
+    cusum_k: float = 0.5
+    cusum_h: float = 10.0
+    resolve_windows: int = 2
+    resolve_p: float = 0.05
+    dispersion_min_windows: int = 12
+
+
+@dataclass(frozen=True)
+class SegmentTest:
+    """What the detectors said about one segment in one window."""
+
+    segment: Segment
+    window_start: datetime
+    current: RateEstimate
+    baseline: RateEstimate
+    z: float
+    p_value: float
+    ewma: float
+    cusum: float
+    detectors: tuple[str, ...]
+    alarmed: bool
+    started: bool
+    resolved: bool
+
+
+@dataclass
+class _State:
+    history: deque[Sums]
+    baseline: Sums = field(default_factory=Sums)
+    ewma: float = 0.0
+    cusum: float = 0.0
+    z2: deque[float] = field(default_factory=lambda: deque(maxlen=48))
+    alarmed: bool = False
+    frozen: Sums | None = None
+    calm: int = 0
+
+
+class Detector:
+    """Rolling-baseline spike detector over all segments; feed it one window at a time."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._states: dict[Segment, _State] = {}
+
+    def alarmed(self) -> set[Segment]:
+        """Segments currently alarmed."""
+        return {s for s, st in self._states.items() if st.alarmed}
+
+    def _state(self, segment: Segment) -> _State:
+        st = self._states.get(segment)
+        if st is None:
+            st = _State(history=deque(maxlen=self.config.baseline_windows))
+            st.z2 = deque(maxlen=self.config.baseline_windows)
+            self._states[segment] = st
+        return st
+
+    def step(self, window_start: datetime, sums: Mapping[Segment, Sums]) -> list[SegmentTest]:
+        """Evaluate one window; return a test per segment that was tested or is alarmed."""
+        cfg = self.config
+        candidates: list[tuple[Segment, _State, Sums, Sums, float, float]] = []
+        for segment in sorted(set(sums) | set(self._states)):
+            st = self._state(segment)
+            cur = sums.get(segment, Sums())
+            base = st.frozen if st.frozen is not None else st.baseline
+            cur_est, base_est = cur.estimate(), base.estimate()
+            if (
+                cur_est.n_eff < cfg.min_sample
+                or base_est.n_eff < cfg.min_baseline_sample
+                or (st.frozen is None and len(st.history) < cfg.min_baseline_windows)
+            ):
+                candidates.append((segment, st, cur, base, math.nan, 1.0))
+                continue
+            p0 = min(max(base_est.rate, 0.005), 0.995)
+            se = math.sqrt(p0 * (1 - p0) * (1 / cur_est.n_eff + 1 / base_est.n_eff))
+            z = (cur_est.rate - base_est.rate) / se
+            z /= math.sqrt(self._dispersion(st))
+            candidates.append((segment, st, cur, base, z, _norm_sf(z)))
+        tested = [c for c in candidates if not math.isnan(c[4])]
+        rejected = dict(
+            zip(
+                [c[0] for c in tested],
+                benjamini_hochberg([c[5] for c in tested], cfg.fdr),
+                strict=True,
+            )
+        )
+        ewma_limit = cfg.ewma_limit * math.sqrt(cfg.ewma_lambda / (2 - cfg.ewma_lambda))
+        out: list[SegmentTest] = []
+        for segment, st, cur, base, z, p in candidates:
+            is_tested = not math.isnan(z)
+            detectors: list[str] = []
+            started = resolved = False
+            if is_tested and not st.alarmed:
+                st.ewma = cfg.ewma_lambda * z + (1 - cfg.ewma_lambda) * st.ewma
+                st.cusum = max(0.0, st.cusum + z - cfg.cusum_k)
+                lifted = (
+                    cur.bad >= cfg.min_bad
+                    and cur.estimate().rate >= cfg.min_lift * base.estimate().rate
+                )
+                if lifted and rejected.get(segment, False):
+                    detectors.append("z-test")
+                if lifted and st.ewma > ewma_limit:
+                    detectors.append("ewma")
+                if lifted and st.cusum > cfg.cusum_h:
+                    detectors.append("cusum")
+                if detectors:
+                    st.alarmed, started = True, True
+                    st.frozen = base
+                    st.ewma = st.cusum = 0.0
+                    st.calm = 0
+                else:
+                    st.z2.append(z * z)
+            elif st.alarmed:
+                if is_tested and p < cfg.resolve_p:
+                    st.calm = 0
+                else:
+                    st.calm += 1
+                if st.calm >= cfg.resolve_windows:
+                    st.alarmed, resolved = False, True
+                    st.frozen = None
+                    st.ewma = st.cusum = 0.0
+            if not st.alarmed and not started and not resolved:
+                self._roll(st, cur)
+            if is_tested or st.alarmed or started or resolved:
+                out.append(
+                    SegmentTest(
+                        segment,
+                        window_start,
+                        cur.estimate(),
+                        base.estimate(),
+                        z,
+                        p,
+                        st.ewma,
+                        st.cusum,
+                        tuple(detectors),
+                        st.alarmed,
+                        started,
+                        resolved,
+                    )
+                )
+        return out
+
+    def _roll(self, st: _State, cur: Sums) -> None:
+        if st.history.maxlen is not None and len(st.history) == st.history.maxlen:
+            st.baseline = st.baseline - st.history[0]
+        st.history.append(cur)
+        st.baseline = st.baseline + cur
+
+    def _dispersion(self, st: _State) -> float:
+        if len(st.z2) < self.config.dispersion_min_windows:
+            return 1.0
+        return min(max(sum(st.z2) / len(st.z2), 1.0), 9.0)
