@@ -51,7 +51,11 @@ def _corrected(segment: store.Segment, days: int) -> pd.DataFrame:
 
 
 def _label(row: pd.Series) -> str:
-    return f"{row['priority']:.2f} · {row['reason']} · {row['query']} → {row['title']}"
+    # unique per case: Streamlit maps a selectbox's shown label back to its option
+    return (
+        f"{row['priority']:.2f} · {row['reason']} · {row['query']} → {row['title']} "
+        f"[{row['impression_id']}]"
+    )
 
 
 def _save_grade(impression_id: str, reviewer: str, grade: str) -> str | None:
