@@ -303,6 +303,8 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_teacher(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
     from relmon import db
     from relmon.kafka import ensure_topics
     from relmon.teacher import TeacherConsumer, build_judge
@@ -319,6 +321,7 @@ def _cmd_teacher(args: argparse.Namespace, settings: Settings) -> int:
     else:
         log.info("teacher %s at %s", settings.teacher_model, settings.teacher_base_url)
     consumer = TeacherConsumer(settings, judge, client=client)
+    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())  # finish the batch, then stop
     try:
         consumer.run()
     except KeyboardInterrupt:
