@@ -479,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter
     try:
         settings = get_settings()
         return int(args.func(args, settings) or 0)
