@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from relmon.alerts import AlertBook, Detector, DetectorConfig, window_sums
@@ -46,9 +47,20 @@ def run(rows_by_window, window_s, config):
     return fired, book
 
 
+def _sums(minutes, pages_per_minute, seed, scenario, window_s):
+    rows = simulate_rows(
+        minutes=minutes,
+        pages_per_minute=pages_per_minute,
+        seed=seed,
+        scenario=scenario,
+        start=START,
+    )
+    return len(rows), window_sums(rows, window_s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--window-s", type=int, default=300)
+    parser.add_argument("--window-s", type=int, default=600)
     parser.add_argument("--pages-per-minute", type=int, default=120)
     parser.add_argument("--hours", type=float, default=24.0, help="stationary replay length")
     parser.add_argument("--seed", type=int, default=11)
@@ -65,16 +77,18 @@ def main() -> None:
     spike_scenario = Scenario(
         tier_bad_share=BASE, category_bad_share=CATEGORIES, shifts=tuple(shifts)
     )
-    rows = simulate_rows(
-        minutes=180,
-        pages_per_minute=args.pages_per_minute,
-        seed=args.seed,
-        scenario=spike_scenario,
-        start=START,
-    )
-    fired, book = run(window_sums(rows, w), w, config)
+    minutes = int(args.hours * 60)
+    calm_scenario = Scenario(tier_bad_share=BASE, category_bad_share=CATEGORIES)
+    with ProcessPoolExecutor(2) as pool:
+        spike_job = pool.submit(_sums, 200, args.pages_per_minute, args.seed, spike_scenario, w)
+        calm_job = pool.submit(
+            _sums, minutes, args.pages_per_minute, args.seed + 1, calm_scenario, w
+        )
+        n_rows, spike_sums = spike_job.result()
+        n_calm, calm_sums = calm_job.result()
+    fired, book = run(spike_sums, w, config)
     delays = []
-    print(f"spike replay: {len(rows)} scored rows, 180 simulated minutes, {w} s windows")
+    print(f"spike replay: {n_rows} scored rows, 200 simulated minutes, {w} s windows")
     for category, at, _until in spikes:
         spike_window = START + timedelta(seconds=at)
         hits = [t for t, a in fired if a.segment == ("category", category) and t >= spike_window]
@@ -95,18 +109,10 @@ def main() -> None:
     ]
     print(f"  other alerts in the spike replay: {[a.segment for a in others]}")
 
-    minutes = int(args.hours * 60)
-    calm = simulate_rows(
-        minutes=minutes,
-        pages_per_minute=args.pages_per_minute,
-        seed=args.seed + 1,
-        scenario=Scenario(tier_bad_share=BASE, category_bad_share=CATEGORIES),
-        start=START,
-    )
-    calm_fired, _ = run(window_sums(calm, w), w, config)
+    calm_fired, _ = run(calm_sums, w, config)
     per_day = len(calm_fired) / (minutes / 1440)
     print(
-        f"stationary replay: {len(calm)} scored rows, {minutes} simulated minutes: "
+        f"stationary replay: {n_calm} scored rows, {minutes} simulated minutes: "
         f"{len(calm_fired)} alert(s) {[a.segment for _t, a in calm_fired]}"
     )
     detected = [d for d in delays if d is not None]

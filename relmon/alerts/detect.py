@@ -10,8 +10,8 @@ For each segment and window the detector compares the window's weighted (Horvitz
 with a rolling baseline, the sums of the segment's previous ``baseline_windows`` windows:
 
 - **z-test**: ``z = (p - p0) / sqrt(p0 (1 - p0) (1/n + 1/n0))`` on Kish effective sample sizes,
-  divided by ``sqrt(phi)``, where ``phi`` (>= 1) is the segment's own mean of ``z^2`` over recent
-  in-control windows (it absorbs overdispersion, e.g. result pages sampled together). One-sided
+  divided by ``sqrt(phi)``, where ``phi`` (>= 1) is the mean ``z^2`` of the segment's own baseline
+  windows against the baseline (overdispersion: a segment's true rate moves with its query mix). One-sided
   p-values of all segments tested in the window are corrected with **Benjamini-Hochberg** at
   ``fdr``.
 - **EWMA** of the standardised z: alarm above ``ewma_limit * sqrt(lambda / (2 - lambda))``.
@@ -149,7 +149,7 @@ class DetectorConfig:
     cusum_h: float = 10.0
     resolve_windows: int = 2
     resolve_p: float = 0.05
-    dispersion_min_windows: int = 12
+    dispersion_prior: int = 4
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,6 @@ class _State:
     baseline: Sums = field(default_factory=Sums)
     ewma: float = 0.0
     cusum: float = 0.0
-    z2: deque[float] = field(default_factory=lambda: deque(maxlen=48))
     alarmed: bool = False
     frozen: Sums | None = None
     calm: int = 0
@@ -197,7 +196,6 @@ class Detector:
         st = self._states.get(segment)
         if st is None:
             st = _State(history=deque(maxlen=self.config.baseline_windows))
-            st.z2 = deque(maxlen=self.config.baseline_windows)
             self._states[segment] = st
         return st
 
@@ -220,7 +218,7 @@ class Detector:
             p0 = min(max(base_est.rate, 0.005), 0.995)
             se = math.sqrt(p0 * (1 - p0) * (1 / cur_est.n_eff + 1 / base_est.n_eff))
             z = (cur_est.rate - base_est.rate) / se
-            z /= math.sqrt(self._dispersion(st))
+            z /= math.sqrt(self._dispersion(st, p0, base_est.n_eff))
             candidates.append((segment, st, cur, base, z, _norm_sf(z)))
         tested = [c for c in candidates if not math.isnan(c[4])]
         rejected = dict(
@@ -254,8 +252,6 @@ class Detector:
                     st.frozen = base
                     st.ewma = st.cusum = 0.0
                     st.calm = 0
-                else:
-                    st.z2.append(z * z)
             elif st.alarmed:
                 if is_tested and p < cfg.resolve_p:
                     st.calm = 0
@@ -292,7 +288,20 @@ class Detector:
         st.history.append(cur)
         st.baseline = st.baseline + cur
 
-    def _dispersion(self, st: _State) -> float:
-        if len(st.z2) < self.config.dispersion_min_windows:
-            return 1.0
-        return min(max(sum(st.z2) / len(st.z2), 1.0), 9.0)
+    def _dispersion(self, st: _State, p0: float, n0: float) -> float:
+        """Overdispersion of the segment's own baseline windows: mean z^2, shrunk towards 1.
+
+        A segment's true rate moves from window to window with its mix (which queries, which
+        tiers); a binomial z would call that movement significant. ``phi`` measures it on the
+        baseline windows themselves, with ``dispersion_prior`` pseudo-windows at 1.
+        """
+        cfg = self.config
+        total, count = float(cfg.dispersion_prior), float(cfg.dispersion_prior)
+        for h in st.history:
+            est = h.estimate()
+            if est.n_eff < cfg.min_sample:
+                continue
+            var = p0 * (1 - p0) * (1 / est.n_eff + 1 / n0)
+            total += (est.rate - p0) ** 2 / var
+            count += 1
+        return min(max(total / count, 1.0), 25.0)

@@ -1,0 +1,119 @@
+"""Overview page: the weighted bad-case rate over time with its 95% band, by tier, and volume."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboards import data
+from relmon.errors import RelmonError
+from relmon.settings import get_settings
+
+__all__ = ["render"]
+
+
+def _rate_chart(frame: pd.DataFrame, title: str) -> alt.LayerChart:
+    base = alt.Chart(frame).encode(x=alt.X("window_start:T", title=title))
+    band = base.mark_area(opacity=0.25).encode(
+        y=alt.Y("ci_low:Q", title="bad-case rate", axis=alt.Axis(format="%")),
+        y2="ci_high:Q",
+    )
+    line = base.mark_line(point=True).encode(
+        y="rate:Q",
+        color=alt.condition("datum.judged", alt.value("#1f77b4"), alt.value("#bbbbbb")),
+        tooltip=[
+            alt.Tooltip("window_start:T", title="window"),
+            alt.Tooltip("rate:Q", format=".1%", title="weighted rate"),
+            alt.Tooltip("ci_low:Q", format=".1%", title="95% low"),
+            alt.Tooltip("ci_high:Q", format=".1%", title="95% high"),
+            alt.Tooltip("sampled:Q", title="sampled"),
+            alt.Tooltip("bad:Q", title="bad"),
+            alt.Tooltip("judged:N", title="enough sample to judge"),
+        ],
+    )
+    return (band + line).properties(height=260)
+
+
+def _tier_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    return (
+        alt.Chart(frame[frame["judged"]])
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("window_start:T", title=title),
+            y=alt.Y("rate:Q", title="bad-case rate", axis=alt.Axis(format="%")),
+            color=alt.Color("tier:N", title="tier"),
+            tooltip=["tier", alt.Tooltip("rate:Q", format=".1%"), "sampled"],
+        )
+        .properties(height=220)
+    )
+
+
+def _volume_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("window_start:T", title=title),
+            y=alt.Y("sampled:Q", title="sampled impressions"),
+            color=alt.Color("tier:N", title="tier"),
+        )
+        .properties(height=140)
+    )
+
+
+def render() -> None:
+    """Render the overview page."""
+    st.title("relmon: search relevance, live")
+    f = data.filters()
+    bucket = "minute" if f.bucket_s == 60 else f"{f.bucket_s // 60}-minute window"
+    axis = f"{bucket} (UTC)"
+    try:
+        cells = data.cells(f, ("tier",))
+        bad = data.bad_cases(f)
+    except RelmonError as exc:
+        st.error(f"cannot read ClickHouse: {exc}")
+        return
+    if cells.empty:
+        st.info("No scored impressions yet: waiting for traffic.")
+        return
+    series = data.rates(cells, ["window_start"])
+    by_tier = data.rates(cells, ["window_start", "tier"])
+    total, bad_n = int(series["sampled"].sum()), int(series["bad"].sum())
+    last = series.iloc[-1]
+    cols = st.columns(4)
+    cols[0].metric("sampled impressions", f"{total:,}")
+    cols[1].metric("bad cases", f"{bad_n:,}")
+    cols[2].metric(
+        f"latest {'minute' if f.bucket_s == 60 else 'window'}",
+        f"{last['rate']:.1%}",
+        help=f"95% interval {last['ci_low']:.1%} to {last['ci_high']:.1%}, "
+        f"n = {int(last['sampled'])}",
+    )
+    whole = data.rates(cells, [])
+    cols[3].metric(
+        "rate over the range",
+        f"{whole['rate'].iloc[0]:.1%}",
+        help=f"95% interval {whole['ci_low'].iloc[0]:.1%} to {whole['ci_high'].iloc[0]:.1%}",
+    )
+    st.subheader(f"Bad-case rate per {bucket} (weighted, 95% interval)")
+    st.caption(
+        "Band: 95% interval. Grey points: windows too thin to judge "
+        f"(effective sample below {get_settings().min_window_sample})."
+    )
+    st.altair_chart(_rate_chart(series, axis), use_container_width=True)
+    st.subheader("By query tier")
+    st.altair_chart(_tier_chart(by_tier, axis), use_container_width=True)
+    st.subheader("Traffic volume (sampled impressions)")
+    st.altair_chart(_volume_chart(by_tier, axis), use_container_width=True)
+    table = series.assign(
+        rate=series["rate"].map("{:.1%}".format),
+        interval=[
+            f"{a:.1%} to {b:.1%}" for a, b in zip(series["ci_low"], series["ci_high"], strict=True)
+        ],
+        judged=series["judged"].map({True: "yes", False: "too thin"}),
+    )[["window_start", "sampled", "bad", "rate", "interval", "judged"]]
+    with st.expander("rates per window (table)"):
+        st.dataframe(table.iloc[::-1], hide_index=True, use_container_width=True)
+    st.subheader("Latest low-score cases")
+    st.dataframe(bad, hide_index=True, use_container_width=True)
