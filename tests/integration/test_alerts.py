@@ -1,0 +1,151 @@
+"""A spike injected into replay traffic fires an alert that reaches a webhook, Kafka, ClickHouse
+and the dashboard; leader election lets exactly one runner act."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from relmon import db, get_settings
+from relmon.alerts.runner import AlertRunner, KafkaLeader
+from relmon.alerts.simulate import simulate_rows
+from relmon.kafka import read_topic
+from relmon.runtime import wait_until
+from relmon.scenario import Scenario, Shift
+
+pytestmark = pytest.mark.integration
+WINDOW_S = 600
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    bodies: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    _Receiver.bodies = []
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/slack", _Receiver.bodies
+    server.shutdown()
+    server.server_close()
+
+
+def _spiked_replay(now: datetime):
+    """100 simulated minutes ending at ``now``; Wall Art's bad-case rate goes 0.2 -> 0.5."""
+    start = datetime.fromtimestamp((int(now.timestamp()) // WINDOW_S - 10) * WINDOW_S, UTC)
+    scenario = Scenario(
+        tier_bad_share={"head": 0.05, "torso": 0.15, "tail": 0.3},
+        category_bad_share={"Wall Art": 0.2},
+        shifts=(Shift(at_s=80 * 60, category="Wall Art", bad_share=0.5),),
+    )
+    rows = simulate_rows(minutes=100, pages_per_minute=60, seed=5, scenario=scenario, start=start)
+    return rows, start + timedelta(minutes=80)
+
+
+def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(settings, receiver, monkeypatch):
+    url, bodies = receiver
+    now = datetime.now(UTC)
+    rows, spike_at = _spiked_replay(now)
+    s = settings.with_overrides(
+        alert_window_s=WINDOW_S,
+        alert_lateness_s=0,
+        alert_webhook_url=url,
+        alert_webhook_backoff_s=0.1,
+    )
+    db.migrate(s)
+    client = db.connect(s)
+    db.insert_scored(client, rows)
+
+    runner = AlertRunner(s)
+    events = runner.run_once(now=spike_at + timedelta(seconds=2 * WINDOW_S))
+    runner.close()
+    fired = [e.alert for e in events if e.kind == "fired"]
+    wall_art = [a for a in fired if a.segment == ("category", "Wall Art")]
+    assert len(wall_art) == 1, [a.segment for a in fired]
+    alert = wall_art[0]
+    assert alert.started_at in (spike_at, spike_at + timedelta(seconds=WINDOW_S))
+    assert alert.observed.rate > 0.35 and alert.baseline.rate < 0.3
+    assert alert.top_queries and alert.examples
+    assert all(ex["score"] < ex["threshold"] for ex in alert.examples)
+
+    hooks = [b for b in bodies if b["relmon"]["alert_id"] == alert.alert_id]
+    assert len(hooks) == 1 and "category=Wall Art" in hooks[0]["text"]
+    assert hooks[0]["relmon"]["event"] == "fired" and hooks[0]["relmon"]["top_queries"]
+
+    records = [json.loads(v) for _k, v in read_topic(s, s.topic_alerts, expect=len(fired))]
+    assert alert.alert_id in {r["alert_id"] for r in records}
+
+    stored = client.query(
+        "SELECT status, dimension, value, observed_sampled FROM alerts FINAL "
+        "WHERE alert_id = {a:String}",
+        parameters={"a": alert.alert_id},
+    ).result_rows
+    assert stored and stored[0][:3] == ("firing", "category", "Wall Art")
+
+    # a restarted runner (or a new leader) warms up from the store and does not page again
+    again = AlertRunner(s)
+    second = again.run_once(now=spike_at + timedelta(seconds=2 * WINDOW_S))
+    again.close()
+    assert not [e for e in second if e.kind == "fired" and e.alert.alert_id == alert.alert_id]
+    assert len([b for b in bodies if b["relmon"]["alert_id"] == alert.alert_id]) == 1
+    client.close()
+
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(s.clickhouse_port))
+    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", s.clickhouse_database)
+    get_settings.cache_clear()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_string(
+            "from dashboards import alerts_page\nalerts_page.render()", default_timeout=30
+        ).run()
+    finally:
+        get_settings.cache_clear()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Alerts"]
+    labels = [e.label for e in at.expander]
+    assert any("FIRING: category = Wall Art" in label for label in labels), labels
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["open alerts"]) >= 1
+
+
+def test_exactly_one_runner_leads(settings):
+    s = settings.with_overrides(topic_alerts=f"{settings.topic_impressions}.alerts")
+    a = KafkaLeader(s)
+    b = KafkaLeader(s)
+    try:
+        state: dict[str, bool] = {}
+
+        def one_leader() -> bool:
+            state["a"], state["b"] = a.is_leader(), b.is_leader()
+            return state["a"] != state["b"]
+
+        wait_until(one_leader, timeout=60, interval=0.1, what="one leader")
+        leader, follower = (a, b) if state["a"] else (b, a)
+        assert not follower.is_leader()
+        leader.close()
+        wait_until(follower.is_leader, timeout=60, interval=0.1, what="failover")
+    finally:
+        for x in (a, b):
+            try:
+                x.close()
+            except Exception:
+                pass
