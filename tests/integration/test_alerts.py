@@ -3,6 +3,7 @@ and the dashboard; leader election lets exactly one runner act."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -145,7 +146,5 @@ def test_exactly_one_runner_leads(settings):
         wait_until(follower.is_leader, timeout=60, interval=0.1, what="failover")
     finally:
         for x in (a, b):
-            try:
+            with contextlib.suppress(Exception):  # one of them is closed already
                 x.close()
-            except Exception:
-                pass
