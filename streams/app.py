@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,9 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 
 from relmon import db
+from relmon.alerts.runner import start_alert_thread
 from relmon.kafka import ensure_topics, producer
+from relmon.prometheus import LatencyHistogram, MetricsServer, exposition
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression, hash_id
 from schemas.ubi import UbiQuery
@@ -91,9 +94,12 @@ class _FaustPorts:
     async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         scorer, size = self._w.scorer, self._w.settings.batch_size
-        return await loop.run_in_executor(
+        started = time.perf_counter()
+        scores = await loop.run_in_executor(
             self._infer, lambda: scorer.predict(pairs, size, keys=keys)
         )
+        self._w.score_latency.observe(time.perf_counter() - started)
+        return scores
 
     async def _send(self, topic: faust.types.TopicT, items: list[tuple[bytes, bytes]]) -> None:
         futures = [await topic.send(key=key, value=value) for key, value in items]
@@ -172,6 +178,7 @@ class RelmonWorker:
         self.metrics = Metrics()
         self.metrics.set("model_version", scorer.model_version)
         self.metrics.set("provider", scorer.provider)
+        self.score_latency = LatencyHistogram()
         products = load_catalog_file(settings.catalog_file) if settings.catalog_file else []
         self.catalog = Catalog(products)
         self._client: Client | None = None
@@ -249,7 +256,12 @@ class RelmonWorker:
         if callable(stats):
             for name, value in stats().items():
                 self.metrics.set(name, value)
+        self.metrics.set("score_latency_p50_ms", self.score_latency.quantile(0.5) * 1000)
+        self.metrics.set("score_latency_p99_ms", self.score_latency.quantile(0.99) * 1000)
         self.metrics.write(metrics_path(self.settings))
+
+    def _prometheus(self) -> str:
+        return exposition(self.metrics.snapshot(), {"relmon_score_seconds": self.score_latency})
 
     async def _on_start(self) -> None:
         if not self.follower.is_alive():
@@ -292,9 +304,21 @@ class RelmonWorker:
         """Run the worker in the foreground until SIGTERM / SIGINT."""
         self.prepare()
         worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)
+        # Additions for issue #6: Prometheus /metrics and the leader-only alert runner.
+        server = stop_alerts = None
+        if self.settings.metrics_port:
+            server = MetricsServer(
+                self.settings.bind_host, self.settings.metrics_port, self._prometheus
+            ).start()
+        if self.settings.alerts_in_worker:
+            stop_alerts = start_alert_thread(self.settings)
         try:
             worker.execute_from_commandline()
         finally:
+            if server is not None:
+                server.stop()
+            if stop_alerts is not None:
+                stop_alerts()
             self.follower.stop()
             self.ports.close()
             self.metrics.write(metrics_path(self.settings))

@@ -10,10 +10,10 @@ For each segment and window the detector compares the window's weighted (Horvitz
 with a rolling baseline, the sums of the segment's previous ``baseline_windows`` windows:
 
 - **z-test**: ``z = (p - p0) / sqrt(p0 (1 - p0) (1/n + 1/n0))`` on Kish effective sample sizes,
-  divided by ``sqrt(phi)``, where ``phi`` (>= 1) is the mean ``z^2`` of the segment's own baseline
-  windows against the baseline (overdispersion: a segment's true rate moves with its query mix). One-sided
-  p-values of all segments tested in the window are corrected with **Benjamini-Hochberg** at
-  ``fdr``.
+  divided by ``sqrt(phi)``, where ``phi`` (>= 1) is the mean ``z^2`` of the segment's own
+  baseline windows against the baseline (overdispersion: a segment's true rate moves with its
+  query mix). One-sided p-values of all segments tested in the window are corrected with
+  **Benjamini-Hochberg** at ``fdr``.
 - **EWMA** of the standardised z: alarm above ``ewma_limit * sqrt(lambda / (2 - lambda))``.
 - **CUSUM**: ``S = max(0, S + z - k)``, alarm above ``h``.
 

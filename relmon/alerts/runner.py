@@ -39,6 +39,7 @@ __all__ = [
     "detector_config",
     "enrich",
     "query_window_sums",
+    "start_alert_thread",
 ]
 
 log = logging.getLogger(__name__)
@@ -381,3 +382,28 @@ class AlertRunner:
                 close()
         if self._own_client is not None:
             self._own_client.close()
+
+
+def start_alert_thread(settings: Settings) -> Callable[[], None]:
+    """Run a leader-elected :class:`AlertRunner` in a daemon thread; return its stopper."""
+    stop = threading.Event()
+
+    def main() -> None:
+        try:
+            runner = AlertRunner(settings, leader=KafkaLeader(settings))
+        except RelmonError as exc:
+            log.error("alert runner not started: %s", exc)
+            return
+        try:
+            runner.run(stop)
+        finally:
+            runner.close()
+
+    thread = threading.Thread(target=main, name="relmon-alerts", daemon=True)
+    thread.start()
+
+    def stopper() -> None:
+        stop.set()
+        thread.join(timeout=10)
+
+    return stopper
