@@ -68,8 +68,8 @@ def rows(settings):
 
 
 def test_sigkill_ten_times_changes_nothing(settings, start_worker):
-    # fp32: its scores do not depend on batch-mates, so the two runs score alike
-    base = settings.with_overrides(model_variant="fp32", unknown_product_retry_s=2.0)
+    # the default (static int8) model: a pair's score does not depend on its batch-mates
+    base = settings.with_overrides(unknown_product_retry_s=2.0)
     ends = produce(base, pages=200)
     clean = base.with_overrides(
         consumer_group=base.consumer_group + "-clean",
