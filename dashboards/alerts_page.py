@@ -50,11 +50,11 @@ def render() -> None:
             tops = json.loads(row.top_queries or "[]")
             if tops:
                 st.markdown("**Top offending queries**")
-                st.dataframe(tops, hide_index=True, use_container_width=True)
+                st.dataframe(tops, hide_index=True, width="stretch")
             examples = json.loads(row.examples or "[]")
             if examples:
                 st.markdown("**Example bad cases**")
-                st.dataframe(examples, hide_index=True, use_container_width=True)
+                st.dataframe(examples, hide_index=True, width="stretch")
     st.subheader("Past alerts")
     if past.empty:
         st.info("No resolved alerts in this range.")
@@ -72,5 +72,5 @@ def render() -> None:
                 ]
             ],
             hide_index=True,
-            use_container_width=True,
+            width="stretch",
         )

@@ -11,27 +11,38 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 
 import streamlit as st
 
 from dashboards import alerts_page, drilldown, health, overview, segments
 
+PageSpec = tuple[str, str, Callable[[], None]]
 
-def pages() -> list[st.Page]:
-    """The dashboard's pages, in menu order."""
-    out = [
-        st.Page(overview.render, title="Overview", url_path="overview", default=True),
-        st.Page(segments.render, title="Segments", url_path="segments"),
-        st.Page(drilldown.render, title="Drill-down", url_path="drilldown"),
-        st.Page(alerts_page.render, title="Alerts", url_path="alerts"),
+
+def page_specs() -> list[PageSpec]:
+    """(title, url path, render function) of each page, in menu order."""
+    out: list[PageSpec] = [
+        ("Overview", "overview", overview.render),
+        ("Segments", "segments", segments.render),
+        ("Drill-down", "drilldown", drilldown.render),
+        ("Alerts", "alerts", alerts_page.render),
     ]
     if importlib.util.find_spec("dashboards.review") is not None:
         review = importlib.import_module("dashboards.review")
-        out.append(st.Page(review.render, title="Review queue", url_path="review"))
+        out.append(("Review queue", "review", review.render))
         if hasattr(review, "render_agreement"):
-            out.append(st.Page(review.render_agreement, title="Agreement", url_path="agreement"))
-    out.append(st.Page(health.render, title="Pipeline health", url_path="health"))
+            out.append(("Agreement", "agreement", review.render_agreement))
+    out.append(("Pipeline health", "health", health.render))
     return out
+
+
+def pages() -> list[st.Page]:
+    """The dashboard's pages for ``st.navigation`` (the first is the default)."""
+    return [
+        st.Page(render, title=title, url_path=path, default=i == 0)
+        for i, (title, path, render) in enumerate(page_specs())
+    ]
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def render() -> None:
     if worst.empty:
         st.info("No bad cases in this range and segment.")
         return
-    st.dataframe(worst, hide_index=True, use_container_width=True)
+    st.dataframe(worst, hide_index=True, width="stretch")
     choice = st.selectbox("query", ["(all queries)", *worst["query"].tolist()], key="dd_query")
     query = None if choice == "(all queries)" else str(choice)
     st.subheader("Example bad pairs")
@@ -32,4 +32,4 @@ def render() -> None:
         "Lowest-scoring pairs first"
         + (", with the teacher's verdict where one exists." if verdicts else ".")
     )
-    st.dataframe(data.examples(f, query), hide_index=True, use_container_width=True)
+    st.dataframe(data.examples(f, query), hide_index=True, width="stretch")

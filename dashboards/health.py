@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from relmon import lag
 from relmon.settings import get_settings
 from streams.metrics import read_metrics
 
@@ -57,52 +58,27 @@ def worker_frame(run_dir: Path) -> pd.DataFrame:
 
 @st.cache_data(ttl=10)
 def consumer_lag(bootstrap: str, topic: str, group: str) -> pd.DataFrame:
-    """Per partition: committed offset, highest offset read back, lag, and ListOffsets' answer."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-
-    servers = bootstrap.split(",")
-    admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=5000)
-    try:
-        committed = {
-            tp.partition: meta.offset
-            for tp, meta in admin.list_consumer_group_offsets(group).items()
-            if tp.topic == topic
-        }
-    finally:
-        admin.close()
-    consumer = KafkaConsumer(
-        bootstrap_servers=servers, group_id=None, enable_auto_commit=False, max_poll_records=5000
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        reported = consumer.end_offsets(tps)
-        highest = {tp.partition: reported[tp] - 1 for tp in tps}
-        for tp in tps:
-            consumer.seek(tp, max(reported[tp] - 1, 0))
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=300)
-            if not batch:
-                break
-            for tp, records in batch.items():
-                highest[tp.partition] = max(highest[tp.partition], records[-1].offset)
-    finally:
-        consumer.close()
-    rows = []
-    for tp in tps:
-        end = highest[tp.partition] + 1
-        done = committed.get(tp.partition, 0)
-        rows.append(
+    """Per partition: committed offset, highest offset read back + 1, lag, ListOffsets' answer."""
+    rows = lag.consumer_lag(bootstrap.split(","), topic, group)
+    return pd.DataFrame(
+        [
             {
-                "partition": tp.partition,
-                "committed": done,
-                "highest_offset_seen_plus_1": end,
-                "lag": max(end - done, 0),
-                "list_offsets_latest (untrusted)": reported[tp],
+                "partition": r.partition,
+                "committed": r.committed,
+                "highest_offset_seen_plus_1": r.end,
+                "lag": r.lag,
+                "list_offsets_latest (untrusted)": r.list_offsets_latest,
             }
-        )
-    return pd.DataFrame(rows)
+            for r in rows
+        ],
+        columns=[
+            "partition",
+            "committed",
+            "highest_offset_seen_plus_1",
+            "lag",
+            "list_offsets_latest (untrusted)",
+        ],
+    )
 
 
 def render() -> None:
@@ -130,7 +106,7 @@ def render() -> None:
             f"{len(live)} live worker(s) of {len(workers)} file(s); impressions/s is the "
             "average over each worker's uptime."
         )
-        st.dataframe(workers, hide_index=True, use_container_width=True)
+        st.dataframe(workers, hide_index=True, width="stretch")
     st.subheader("Consumer lag per partition")
     st.caption(
         "Lag = highest offset actually read back from the partition + 1 - the group's committed "
@@ -139,9 +115,9 @@ def render() -> None:
         "several records."
     )
     try:
-        lag = consumer_lag(s.kafka_bootstrap, s.topic_impressions, s.consumer_group)
+        frame = consumer_lag(s.kafka_bootstrap, s.topic_impressions, s.consumer_group)
     except Exception as exc:  # the page must render even when Kafka is down
         st.warning(f"cannot read consumer lag from Kafka at {s.kafka_bootstrap}: {exc}")
         return
-    st.metric("total lag (records)", f"{int(lag['lag'].sum()) if not lag.empty else 0:,}")
-    st.dataframe(lag, hide_index=True, use_container_width=True)
+    st.metric("total lag (records)", f"{int(frame['lag'].sum()) if not frame.empty else 0:,}")
+    st.dataframe(frame, hide_index=True, width="stretch")

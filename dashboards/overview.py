@@ -101,11 +101,11 @@ def render() -> None:
         "Band: 95% interval. Grey points: windows too thin to judge "
         f"(effective sample below {get_settings().min_window_sample})."
     )
-    st.altair_chart(_rate_chart(series, axis), use_container_width=True)
+    st.altair_chart(_rate_chart(series, axis), width="stretch")
     st.subheader("By query tier")
-    st.altair_chart(_tier_chart(by_tier, axis), use_container_width=True)
+    st.altair_chart(_tier_chart(by_tier, axis), width="stretch")
     st.subheader("Traffic volume (sampled impressions)")
-    st.altair_chart(_volume_chart(by_tier, axis), use_container_width=True)
+    st.altair_chart(_volume_chart(by_tier, axis), width="stretch")
     table = series.assign(
         rate=series["rate"].map("{:.1%}".format),
         interval=[
@@ -114,6 +114,6 @@ def render() -> None:
         judged=series["judged"].map({True: "yes", False: "too thin"}),
     )[["window_start", "sampled", "bad", "rate", "interval", "judged"]]
     with st.expander("rates per window (table)"):
-        st.dataframe(table.iloc[::-1], hide_index=True, use_container_width=True)
+        st.dataframe(table.iloc[::-1], hide_index=True, width="stretch")
     st.subheader("Latest low-score cases")
-    st.dataframe(bad, hide_index=True, use_container_width=True)
+    st.dataframe(bad, hide_index=True, width="stretch")

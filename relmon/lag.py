@@ -35,7 +35,7 @@ def consumer_lag(
     try:
         committed = {
             tp.partition: meta.offset
-            for tp, meta in admin.list_consumer_group_offsets(group).items()
+            for tp, meta in admin.list_group_offsets({group: None}).get(group, {}).items()
             if tp.topic == topic
         }
     finally:

@@ -442,7 +442,7 @@ class Settings(BaseSettings):
         "baseline rate or more.",
     )
     alert_fdr: float = Field(
-        default=0.0001,
+        default=1e-6,
         gt=0.0,
         lt=1.0,
         description="RELMON_ALERT_FDR: Benjamini-Hochberg false discovery rate of the per-window "

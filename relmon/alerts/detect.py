@@ -141,7 +141,7 @@ class DetectorConfig:
     min_baseline_sample: float = 200.0
     min_baseline_windows: int = 6
     min_bad: int = 3
-    fdr: float = 0.0001
+    fdr: float = 1e-6
     min_lift: float = 1.25
     ewma_lambda: float = 0.2
     ewma_limit: float = 4.5

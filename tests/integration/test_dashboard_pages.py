@@ -1,0 +1,172 @@
+"""Every dashboard page against the real local store, through Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from relmon import db, get_settings
+from relmon.kafka import producer
+from schemas import Impression, ScoredImpression
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def page_env(settings, monkeypatch):
+    db.migrate(settings)
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
+    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
+    monkeypatch.setenv("RELMON_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("RELMON_TOPIC_IMPRESSIONS", settings.topic_impressions)
+    monkeypatch.setenv("RELMON_CONSUMER_GROUP", settings.consumer_group)
+    monkeypatch.setenv("RELMON_HOME", str(settings.home))
+    get_settings.cache_clear()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+def seed(settings) -> None:
+    now = datetime.now(UTC) - timedelta(minutes=3)
+    out = []
+    for i in range(120):
+        category = "Desks" if i % 2 else "Area Rugs"
+        bad = i % 4 == 0
+        imp = Impression(
+            impression_id=f"s{i}",
+            query_id=f"q{i}",
+            query="oak desk" if category == "Desks" else "wool rug",
+            product_id=f"p{i}",
+            title="Shag Rug" if bad else "Oak Writing Desk",
+            category=category,
+            position=1 + i % 10,
+            event_time=now + timedelta(seconds=i),
+        )
+        row = ScoredImpression.of(
+            imp,
+            score=0.1 if bad else 0.9,
+            threshold=0.5,
+            model_version="m-test",
+            sample_rate=1.0,
+            scored_at=now,
+        )
+        out.append(row.model_copy(update={"tier": "head" if i % 3 == 0 else "tail"}))
+    client = db.connect(settings)
+    db.insert_scored(client, out)
+    client.close()
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_string(
+        f"from dashboards import {name}\n{name}.render()", default_timeout=30
+    ).run()
+
+
+def test_overview_shows_rates_tiers_and_volume(page_env):
+    seed(page_env)
+    at = page("overview")
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["sampled impressions"] == "120"
+    assert metrics["bad cases"] == "30"
+    assert metrics["rate over the range"] == "25.0%"
+    headers = [h.value for h in at.subheader]
+    assert "By query tier" in headers and "Traffic volume (sampled impressions)" in headers
+    assert len(at.get("vega_lite_chart")) == 3
+
+
+def test_overview_filters_by_segment(page_env):
+    seed(page_env)
+    at = AppTest.from_string(
+        "from dashboards import overview\noverview.render()", default_timeout=30
+    ).run()
+    at.sidebar.multiselect(key="f_cat").select("Desks").run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["sampled impressions"] == "60"
+    assert metrics["bad cases"] == "0"
+
+
+def test_segments_heatmap(page_env):
+    seed(page_env)
+    at = page("segments")
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Segments"]
+    assert "Bad-case rate by category and tier" in [h.value for h in at.subheader]
+    assert len(at.get("vega_lite_chart")) == 1
+    table = at.dataframe[0].value
+    rates = dict(zip(table["category"], table["rate"], strict=True))
+    assert rates == {"Area Rugs": 0.5, "Desks": 0.0}
+
+
+def test_drilldown_worst_queries_and_examples(page_env):
+    seed(page_env)
+    at = page("drilldown")
+    assert not at.exception
+    worst = at.dataframe[0].value
+    assert list(worst["query"]) == ["wool rug"] and int(worst["bad"].iloc[0]) == 30
+    examples = at.dataframe[1].value
+    assert len(examples) == 30 and set(examples["title"]) == {"Shag Rug"}
+    assert (examples["score"] < examples["threshold"]).all()
+
+
+def test_alerts_page_without_alerts(page_env):
+    at = page("alerts_page")
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Alerts"]
+    assert any("No open alerts" in s.value for s in at.success)
+
+
+def test_health_page_counts_lag_honestly(page_env):
+    s = page_env
+    run = s.home / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "worker-g-1.json").write_text(
+        json.dumps(
+            {
+                "consumed": 200,
+                "impressions": 180,
+                "dead_lettered": 4,
+                "uptime_s": 20.0,
+                "pending": 0,
+                "model_version": "minilm-ce-test-int8",
+                "provider": "CPUExecutionProvider",
+                "cache_hit_rate": 0.5,
+                "score_latency_p50_ms": 25.0,
+            }
+        )
+    )
+    p = producer(s, linger_ms=200)
+    for i in range(20):
+        p.send(s.topic_impressions, key=b"k", value=b"v%d" % i, partition=0)
+    p.flush()
+    p.close()
+    at = page("health")
+    assert not at.exception
+    assert not at.warning, [w.value for w in at.warning]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["impressions/s"] == "9.0"
+    assert metrics["DLQ rate"] == "2.00%"
+    assert metrics["cache hit rate"] == "50.0%"
+    assert metrics["model version"] == "minilm-ce-test-int8"
+    assert metrics["scoring latency p50"] == "25 ms"
+    assert metrics["total lag (records)"] == "20"
+    lag = at.dataframe[-1].value
+    assert int(lag.loc[lag["partition"] == 0, "highest_offset_seen_plus_1"].iloc[0]) == 20
+
+
+def test_review_queue_is_mounted_when_installed():
+    from dashboards import app
+
+    titles = [title for title, _path, _render in app.page_specs()]
+    assert titles[:4] == ["Overview", "Segments", "Drill-down", "Alerts"]
+    assert titles[-1] == "Pipeline health"
+    installed = importlib.util.find_spec("dashboards.review") is not None
+    assert ("Review queue" in titles) == installed
