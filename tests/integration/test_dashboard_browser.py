@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import shutil
 import subprocess
 import time
@@ -47,7 +48,7 @@ EXPECT = {
     "alerts": ["Alerts", "FIRING: category = Area Rugs", "open alerts"],
     "review": ["Review queue"],
     "agreement": ["Agreement"],
-    "health": ["Pipeline health", "Consumer lag per partition", "ListOffsets"],
+    "health": ["Pipeline health", "impressions/s", "total lag (records)", "ListOffsets"],
 }
 
 
@@ -87,6 +88,11 @@ def live_dashboard(settings):
     client = db.connect(settings)
     ClickHouseSink(lambda: client).send(AlertEvent("fired", _alert()))
     client.close()
+    run = settings.home / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "worker-browser-1.json").write_text(
+        json.dumps({"consumed": 100, "impressions": 90, "uptime_s": 10.0, "model_version": "m"})
+    )
     port = free_port()
     with dashboard_process(settings, port):
         yield f"http://127.0.0.1:{port}"
