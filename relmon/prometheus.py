@@ -12,12 +12,14 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from relmon.lag import consumer_lag
 from streams.metrics import COUNTERS
 
-__all__ = ["LatencyHistogram", "MetricsServer", "exposition"]
+__all__ = ["CachedLag", "LatencyHistogram", "MetricsServer", "exposition"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,30 @@ def exposition(
         lines.append("# TYPE relmon_consumer_lag gauge")
         lines += [f'relmon_consumer_lag{{partition="{p}"}} {n}' for p, n in sorted(lag.items())]
     return "\n".join(lines) + "\n"
+
+
+class CachedLag:
+    """The consumer group's lag per partition (:mod:`relmon.lag`), refreshed at most every ttl."""
+
+    def __init__(self, servers: list[str], topic: str, group: str, ttl_s: float = 15.0) -> None:
+        self._args = (servers, topic, group)
+        self._ttl = ttl_s
+        self._at = -ttl_s
+        self._value: dict[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[int, int] | None:
+        """Lag by partition, or None while Kafka cannot be read."""
+        with self._lock:
+            if time.monotonic() - self._at >= self._ttl:
+                self._at = time.monotonic()
+                try:
+                    rows = consumer_lag(*self._args, read_s=1.0)
+                    self._value = {r.partition: r.lag for r in rows}
+                except Exception as exc:  # a scrape must not fail because Kafka is slow
+                    log.warning("consumer lag unavailable: %s", exc)
+                    self._value = None
+            return self._value
 
 
 class MetricsServer:

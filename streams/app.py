@@ -26,7 +26,7 @@ from clickhouse_connect.driver.client import Client
 from relmon import db
 from relmon.alerts.runner import start_alert_thread
 from relmon.kafka import ensure_topics, producer
-from relmon.prometheus import LatencyHistogram, MetricsServer, exposition
+from relmon.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression, hash_id
 from schemas.ubi import UbiQuery
@@ -179,6 +179,9 @@ class RelmonWorker:
         self.metrics.set("model_version", scorer.model_version)
         self.metrics.set("provider", scorer.provider)
         self.score_latency = LatencyHistogram()
+        self.lag = CachedLag(
+            settings.kafka_servers, settings.topic_impressions, settings.consumer_group
+        )
         products = load_catalog_file(settings.catalog_file) if settings.catalog_file else []
         self.catalog = Catalog(products)
         self._client: Client | None = None
@@ -261,7 +264,9 @@ class RelmonWorker:
         self.metrics.write(metrics_path(self.settings))
 
     def _prometheus(self) -> str:
-        return exposition(self.metrics.snapshot(), {"relmon_score_seconds": self.score_latency})
+        return exposition(
+            self.metrics.snapshot(), {"relmon_score_seconds": self.score_latency}, self.lag.get()
+        )
 
     async def _on_start(self) -> None:
         if not self.follower.is_alive():

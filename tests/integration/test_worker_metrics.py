@@ -1,0 +1,34 @@
+"""The worker's Prometheus endpoint, on a real worker process."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from relmon.runtime import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_serves_prometheus_metrics(settings, start_worker):
+    port = free_port()
+    start_worker(s=settings.with_overrides(metrics_port=port))
+    url = f"http://127.0.0.1:{port}/metrics"
+    body: dict[str, str] = {}
+
+    def scraped() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body["text"] = resp.read().decode()
+        except OSError:
+            return False
+        return "relmon_consumer_lag{" in body["text"]
+
+    wait_until(scraped, timeout=60, interval=0.5, what="worker /metrics with lag")
+    lines = body["text"].splitlines()
+    assert "relmon_consumed_total 0" in lines
+    info = [line for line in lines if line.startswith("relmon_worker_info{")]
+    assert len(info) == 1 and "model_version=" in info[0]
+    assert 'relmon_score_seconds_bucket{le="+Inf"} 0' in lines
+    assert any(line.startswith("relmon_dead_lettered_total ") for line in lines)
