@@ -83,14 +83,10 @@ def build_judge(settings: Settings, client: Client | None = None) -> LlmJudge | 
         budget=DailyBudget(settings.teacher_daily_budget, spent_today=spent),
         max_connections=settings.teacher_concurrency,
     )
-    lookup_client = db.connect(settings) if client is not None else None
-    lock = threading.Lock()
 
     def lookup(keys: Sequence[CacheKey]) -> dict[CacheKey, CachedGrade]:
-        if lookup_client is None:
-            return {}
-        with lock:
-            return store.lookup_cached(lookup_client, keys)
+        # called from the consumer's thread (before the judging threads start)
+        return store.lookup_cached(client, keys) if client is not None else {}
 
     return LlmJudge(
         chat,
