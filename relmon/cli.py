@@ -309,6 +309,8 @@ def _cmd_teacher(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.kafka import ensure_topics
     from relmon.teacher import TeacherConsumer, build_judge
 
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     ensure_topics(settings)
     db.migrate(settings)
     client = db.connect(settings)
