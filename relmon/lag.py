@@ -31,7 +31,9 @@ def consumer_lag(
     servers: list[str], topic: str, group: str, read_s: float = 3.0
 ) -> list[PartitionLag]:
     """Lag of consumer group ``group`` on every partition of ``topic``."""
-    admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=5000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=servers, request_timeout_ms=5000, bootstrap_timeout_ms=3000
+    )
     try:
         committed = {
             tp.partition: meta.offset
@@ -41,7 +43,11 @@ def consumer_lag(
     finally:
         admin.close()
     consumer = KafkaConsumer(
-        bootstrap_servers=servers, group_id=None, enable_auto_commit=False, max_poll_records=5000
+        bootstrap_servers=servers,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        bootstrap_timeout_ms=3000,
     )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
