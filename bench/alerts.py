@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--window-s", type=int, default=600)
     parser.add_argument("--pages-per-minute", type=int, default=120)
     parser.add_argument("--hours", type=float, default=24.0, help="stationary replay length")
-    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--seed", type=int, default=21)
     args = parser.parse_args()
     t0 = time.perf_counter()
     config = DetectorConfig()

@@ -460,12 +460,12 @@ class Settings(BaseSettings):
         description="RELMON_ALERT_EWMA_LIMIT: EWMA control limit in standard deviations.",
     )
     alert_cusum_k: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0.0,
         description="RELMON_ALERT_CUSUM_K: CUSUM allowance (half the shift to detect, in sd).",
     )
     alert_cusum_h: float = Field(
-        default=10.0,
+        default=8.0,
         gt=0.0,
         description="RELMON_ALERT_CUSUM_H: CUSUM decision threshold.",
     )

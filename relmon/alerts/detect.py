@@ -145,8 +145,8 @@ class DetectorConfig:
     min_lift: float = 1.25
     ewma_lambda: float = 0.2
     ewma_limit: float = 4.5
-    cusum_k: float = 0.5
-    cusum_h: float = 10.0
+    cusum_k: float = 1.0
+    cusum_h: float = 8.0
     resolve_windows: int = 2
     resolve_p: float = 0.05
     dispersion_prior: int = 4
