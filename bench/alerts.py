@@ -65,12 +65,12 @@ def main() -> None:
     parser.add_argument("--window-s", type=int, default=600)
     parser.add_argument("--pages-per-minute", type=int, default=120)
     parser.add_argument("--hours", type=float, default=24.0, help="stationary replay length")
-    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--seed", type=int, default=31)
     args = parser.parse_args()
     t0 = time.perf_counter()
     config = DetectorConfig()
     w = args.window_s
-    spikes = [("Wall Art", 60 * 60, 100 * 60), ("Accent Chairs", 130 * 60, None)]
+    spikes = [("Wall Art", 120 * 60, 160 * 60), ("Accent Chairs", 200 * 60, None)]
     shifts = []
     for category, at, until in spikes:
         shifts.append(Shift(at_s=at, category=category, bad_share=2 * CATEGORIES[category]))
@@ -82,7 +82,7 @@ def main() -> None:
     minutes = int(args.hours * 60)
     calm_scenario = Scenario(tier_bad_share=BASE, category_bad_share=CATEGORIES)
     with ProcessPoolExecutor(2) as pool:
-        spike_job = pool.submit(_sums, 200, args.pages_per_minute, args.seed, spike_scenario, w)
+        spike_job = pool.submit(_sums, 260, args.pages_per_minute, args.seed, spike_scenario, w)
         calm_job = pool.submit(
             _sums, minutes, args.pages_per_minute, args.seed + 1, calm_scenario, w
         )
@@ -90,7 +90,7 @@ def main() -> None:
         n_calm, calm_sums = calm_job.result()
     fired, book = run(spike_sums, w, config)
     delays = []
-    print(f"spike replay: {n_rows} scored rows, 200 simulated minutes, {w} s windows")
+    print(f"spike replay: {n_rows} scored rows, 260 simulated minutes, {w} s windows")
     for category, at, _until in spikes:
         spike_window = START + timedelta(seconds=at)
         hits = [t for t, a in fired if a.segment == ("category", category) and t >= spike_window]

@@ -414,6 +414,12 @@ class Settings(BaseSettings):
         ge=2,
         description="RELMON_ALERT_BASELINE_WINDOWS: windows in a segment's rolling baseline.",
     )
+    alert_baseline_gap: int = Field(
+        default=3,
+        ge=0,
+        description="RELMON_ALERT_BASELINE_GAP: newest windows left out of the baseline, so a "
+        "spike's first windows do not raise their own baseline.",
+    )
     alert_min_baseline_windows: int = Field(
         default=6,
         ge=1,
@@ -455,7 +461,7 @@ class Settings(BaseSettings):
         description="RELMON_ALERT_EWMA_LAMBDA: smoothing of the EWMA detector.",
     )
     alert_ewma_limit: float = Field(
-        default=4.5,
+        default=5.0,
         gt=0.0,
         description="RELMON_ALERT_EWMA_LIMIT: EWMA control limit in standard deviations.",
     )

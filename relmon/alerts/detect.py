@@ -7,7 +7,8 @@ weights, weighted bad, sum of squared weights), from ClickHouse in production
 category, locale, position bucket and model version.
 
 For each segment and window the detector compares the window's weighted (Horvitz-Thompson) rate
-with a rolling baseline, the sums of the segment's previous ``baseline_windows`` windows:
+with a rolling baseline, the sums of the segment's ``baseline_windows`` windows before the last
+``baseline_gap`` ones (the gap keeps the first windows of a spike out of its own baseline):
 
 - **z-test**: ``z = (p - p0) / sqrt(p0 (1 - p0) (1/n + 1/n0))`` on Kish effective sample sizes,
   divided by ``sqrt(phi)``, where ``phi`` (>= 1) is the mean ``z^2`` of the segment's own
@@ -137,6 +138,7 @@ class DetectorConfig:
     """Sensitivity of the detectors (see the module docstring)."""
 
     baseline_windows: int = 48
+    baseline_gap: int = 3
     min_sample: float = 30.0
     min_baseline_sample: float = 200.0
     min_baseline_windows: int = 6
@@ -144,7 +146,7 @@ class DetectorConfig:
     fdr: float = 1e-6
     min_lift: float = 1.25
     ewma_lambda: float = 0.2
-    ewma_limit: float = 4.5
+    ewma_limit: float = 5.0
     cusum_k: float = 1.0
     cusum_h: float = 8.0
     resolve_windows: int = 2
@@ -195,7 +197,8 @@ class Detector:
     def _state(self, segment: Segment) -> _State:
         st = self._states.get(segment)
         if st is None:
-            st = _State(history=deque(maxlen=self.config.baseline_windows))
+            cfg = self.config
+            st = _State(history=deque(maxlen=cfg.baseline_windows + cfg.baseline_gap))
             self._states[segment] = st
         return st
 
@@ -211,7 +214,7 @@ class Detector:
             if (
                 cur_est.n_eff < cfg.min_sample
                 or base_est.n_eff < cfg.min_baseline_sample
-                or (st.frozen is None and len(st.history) < cfg.min_baseline_windows)
+                or (st.frozen is None and len(self._window(st)) < cfg.min_baseline_windows)
             ):
                 candidates.append((segment, st, cur, base, math.nan, 1.0))
                 continue
@@ -282,11 +285,17 @@ class Detector:
                 )
         return out
 
+    def _window(self, st: _State) -> list[Sums]:
+        """The baseline windows: the history without its newest ``baseline_gap`` windows."""
+        gap = self.config.baseline_gap
+        return list(st.history)[: max(len(st.history) - gap, 0)]
+
     def _roll(self, st: _State, cur: Sums) -> None:
-        if st.history.maxlen is not None and len(st.history) == st.history.maxlen:
-            st.baseline = st.baseline - st.history[0]
         st.history.append(cur)
-        st.baseline = st.baseline + cur
+        total = Sums()
+        for h in self._window(st):
+            total = total + h
+        st.baseline = total
 
     def _dispersion(self, st: _State, p0: float, n0: float) -> float:
         """Overdispersion of the segment's own baseline windows: mean z^2, shrunk towards 1.
@@ -297,7 +306,7 @@ class Detector:
         """
         cfg = self.config
         total, count = float(cfg.dispersion_prior), float(cfg.dispersion_prior)
-        for h in st.history:
+        for h in self._window(st):
             est = h.estimate()
             if est.n_eff < cfg.min_sample:
                 continue

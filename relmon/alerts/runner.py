@@ -49,6 +49,7 @@ def detector_config(s: Settings) -> DetectorConfig:
     """The detector sensitivity configured in ``s``."""
     return DetectorConfig(
         baseline_windows=s.alert_baseline_windows,
+        baseline_gap=s.alert_baseline_gap,
         min_baseline_windows=s.alert_min_baseline_windows,
         min_sample=s.alert_min_sample,
         min_baseline_sample=s.alert_min_baseline_sample,
@@ -289,7 +290,8 @@ class AlertRunner:
         until = _floor(now - timedelta(seconds=s.alert_lateness_s), w)
         first = self._next is None
         if self._next is None:
-            self._next = until - timedelta(seconds=w * (s.alert_baseline_windows + 1))
+            warm = s.alert_baseline_windows + s.alert_baseline_gap + 1
+            self._next = until - timedelta(seconds=w * warm)
             restored, self._sent = load_alerts(self._client(), self._next)
             for alert in restored:
                 self.book.open[alert.segment] = alert
