@@ -1,8 +1,8 @@
 """How fast do the dashboard pages render over a week of data?
 
-Run: ``python bench/dashboard_week.py`` (a few minutes). Starts a local store in a temporary
-directory, seeds a week of scored rows (``--rows-per-minute`` per minute of event time, 40
-categories, 3 tiers, 3 locales) plus a few alerts, then renders every page with Streamlit's
+Run: ``python bench/dashboard_week.py`` (a few minutes). Starts a local store (in a temporary
+directory) and broker, seeds a week of scored rows (``--rows-per-minute`` per minute of event
+time, 40 categories, 3 tiers, 3 locales), then renders every page with Streamlit's
 AppTest at the "7 days" and "24 hours" ranges and prints the wall time of each render (queries
 and page code; the browser's drawing is not included). The last line is one JSON object.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from relmon import db
 from relmon.demo import store_process
+from relmon.kafka import broker_process, ensure_topics
 from relmon.runtime import free_port
 from relmon.settings import load_settings
 
@@ -107,16 +108,22 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="relmon-week-"))
     settings = load_settings(
-        home=home, clickhouse_port=free_port(), store_dir=home / "store", clickhouse_database="week"
+        home=home,
+        clickhouse_port=free_port(),
+        store_dir=home / "store",
+        clickhouse_database="week",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
     )
     for key, value in {
         "RELMON_HOME": str(home),
         "RELMON_CLICKHOUSE_PORT": str(settings.clickhouse_port),
         "RELMON_CLICKHOUSE_DATABASE": "week",
-        "RELMON_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "RELMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
     }.items():
         os.environ[key] = value
-    with store_process(settings):
+    port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+    with store_process(settings), broker_process(settings, port):
+        ensure_topics(settings)
         db.migrate(settings)
         t0 = time.perf_counter()
         rows = seed(settings, args.rows_per_minute, args.days)
