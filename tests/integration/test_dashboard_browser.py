@@ -41,6 +41,14 @@ FLAGS = [
     "--hide-scrollbars",
     "--window-size=1400,1600",
 ]
+# Still busy: the script is running, placeholders are shown, or a dataframe has no canvas yet.
+BUSY = (
+    "!!document.querySelector('[data-testid=stStatusWidget]') || "
+    "!!document.querySelector('[data-testid=stSkeleton]') || "
+    "Array.from(document.querySelectorAll('[data-testid=stDataFrame]'))"
+    ".some(e => e.offsetParent !== null && !e.closest('details:not([open])') && "
+    "(!e.querySelector('canvas') || e.getBoundingClientRect().width < 50))"
+)
 EXPECT = {
     "overview": ["relmon: search relevance, live", "sampled impressions", "By query tier"],
     "segments": ["Segments", "Bad-case rate by category and tier"],
@@ -163,7 +171,7 @@ class Browser:
                     running = await self._call(
                         ws,
                         "Runtime.evaluate",
-                        expression="!!document.querySelector('[data-testid=stStatusWidget]')",
+                        expression=BUSY,
                         returnByValue=True,
                     )
                     if all(t in text for t in expect) and not running["result"]["value"]:
