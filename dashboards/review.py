@@ -15,9 +15,12 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import streamlit as st
 from clickhouse_connect.driver.client import Client
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from relmon import db
 from relmon.errors import RelmonError
+from relmon.kafka import producer
 from relmon.settings import get_settings
 from relmon.teacher import agreement, store
 from relmon.teacher.verdict import GRADES, Verdict
@@ -58,13 +61,33 @@ def _label(row: pd.Series) -> str:
     )
 
 
-def _save_grade(impression_id: str, reviewer: str, grade: str) -> str | None:
-    """Store a person's grade; return an error message or None."""
+def _save_grade(impression_id: str, reviewer: str, grade: str) -> tuple[str | None, str | None]:
+    """Store a person's grade, then send it to the labels topic like a teacher verdict.
+
+    Returns (error: nothing stored, warning: stored but not sent).
+    """
     request = store.queue_request(_client(), impression_id)
     if request is None:
-        return f"case {impression_id} is no longer in the queue"
+        return f"case {impression_id} is no longer in the queue", None
     verdict = Verdict.of(request, judge="human", judge_id=reviewer, grade=grade)  # type: ignore[arg-type]
     store.insert_verdicts(_client(), [verdict])
+    return None, _publish(verdict)
+
+
+@st.cache_resource
+def _labels_producer() -> KafkaProducer:
+    return producer(get_settings(), max_block_ms=5000)
+
+
+def _publish(verdict: Verdict) -> str | None:
+    """Send a verdict to the labels topic; return a warning if Kafka cannot take it."""
+    settings = get_settings()
+    try:
+        _labels_producer().send(
+            settings.topic_labels, key=verdict.impression_id.encode(), value=verdict.to_bytes()
+        ).get(10)
+    except (KafkaError, RelmonError) as exc:
+        return f"grade stored, but not sent to {settings.topic_labels}: {exc}"
     return None
 
 
@@ -120,13 +143,15 @@ def render() -> None:
             st.error("choose a grade")
         else:
             st.session_state["reviewer"] = reviewer.strip()
-            error = _save_grade(str(picked), reviewer.strip(), grade)
+            error, warning = _save_grade(str(picked), reviewer.strip(), grade)
             if error:
                 st.error(error)
             else:
                 _queue.clear()
                 _verdicts.clear()
                 st.success(f"saved: {grade} by {reviewer.strip()}")
+                if warning:
+                    st.warning(warning)
 
 
 def _matrix(title: str, table: pd.DataFrame) -> None:

@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from relmon import db, get_settings
+from relmon.kafka import read_topic
 from relmon.teacher import Verdict, store
 from schemas import Impression, ReviewRequest, ScoredImpression
 
@@ -20,6 +21,8 @@ def page_env(settings, monkeypatch, tmp_path):
     db.migrate(settings)
     monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
     monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
+    monkeypatch.setenv("RELMON_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("RELMON_TOPIC_LABELS", settings.topic_review + ".labels")
     get_settings.cache_clear()
     st.cache_data.clear()
     st.cache_resource.clear()
@@ -115,6 +118,17 @@ def test_people_grade_the_queue_by_priority(page_env):
         "FROM verdicts FINAL WHERE judge = 'human'"
     ).result_rows
     assert stored == [(picked, "alice", "Complement", 1, 1, 1.0)]
+    assert not at.warning  # ... and sent to the labels topic like a teacher verdict
+    (label,) = [
+        Verdict.model_validate_json(v)
+        for _, v in read_topic(get_settings(), get_settings().topic_labels, expect=1, timeout_s=30)
+    ]
+    assert (label.impression_id, label.judge, label.judge_id, label.grade) == (
+        picked,
+        "human",
+        "alice",
+        "Complement",
+    )
     assert len(store.queue_frame(client)) == 3
     after = AppTest.from_file(review_page, default_timeout=30).run()
     assert len(after.dataframe[0].value) == 3
