@@ -11,12 +11,12 @@ the true rate over *all* impressions of that window and tier.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 
@@ -95,41 +95,40 @@ class SimulationResult:
         return statistics.fmean(widths) if widths else float("nan")
 
 
-def simulate(
+@dataclass
+class Replay:
+    """What an in-memory replay leaves behind."""
+
+    ports: MemoryPorts
+    planner: Planner
+    population: list[tuple[datetime, int, str, bool]]
+    """every impression: (event time, partition, query, truly bad)"""
+
+
+def replay_in_memory(
+    catalog: SyntheticCatalog,
     *,
-    minutes: int = 60,
-    pages_per_minute: int = 120,
-    seed: int = 7,
-    scenario: Scenario = DEFAULT_SCENARIO,
-    rates: SamplingRates | None = None,
-    min_window_sample: int = 30,
-    start: datetime | None = None,
-) -> SimulationResult:
-    """Replay ``minutes`` of simulated traffic through the processor; compare with the truth."""
-    return asyncio.run(
-        _simulate(
-            minutes,
-            pages_per_minute,
-            seed,
-            scenario,
-            rates or SamplingRates(),
-            min_window_sample,
-            start,
-        )
-    )
-
-
-async def _simulate(
     minutes: int,
     pages_per_minute: int,
     seed: int,
     scenario: Scenario,
     rates: SamplingRates,
-    min_window_sample: int,
+    start: datetime | None = None,
+) -> Replay:
+    """Push ``minutes`` of the scenario's traffic through the real processor, in memory."""
+    return asyncio.run(_replay(catalog, minutes, pages_per_minute, seed, scenario, rates, start))
+
+
+async def _replay(
+    catalog: SyntheticCatalog,
+    minutes: int,
+    pages_per_minute: int,
+    seed: int,
+    scenario: Scenario,
+    rates: SamplingRates,
     start: datetime | None,
-) -> SimulationResult:
+) -> Replay:
     t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
-    catalog = SyntheticCatalog.generate(seed=seed)
     gen = TrafficGenerator(
         catalog,
         ReplayConfig(
@@ -166,17 +165,34 @@ async def _simulate(
                 offsets[part] += 1
                 if relevant is None:
                     continue
-                imp = _decode(value)
+                imp = json.loads(value)
                 scorer.truth[(imp["query"], imp["title"])] = relevant
                 population.append((now, part, imp["query"], not relevant))
         await proc.process(batch)
-    return _compare(population, ports, planner, min_window_sample)
+    return Replay(ports, planner, population)
 
 
-def _decode(value: bytes) -> dict[str, Any]:
-    import json
-
-    return dict(json.loads(value))
+def simulate(
+    *,
+    minutes: int = 60,
+    pages_per_minute: int = 120,
+    seed: int = 7,
+    scenario: Scenario = DEFAULT_SCENARIO,
+    rates: SamplingRates | None = None,
+    min_window_sample: int = 30,
+    start: datetime | None = None,
+) -> SimulationResult:
+    """Replay ``minutes`` of simulated traffic through the processor; compare with the truth."""
+    replay = replay_in_memory(
+        SyntheticCatalog.generate(seed=seed),
+        minutes=minutes,
+        pages_per_minute=pages_per_minute,
+        seed=seed,
+        scenario=scenario,
+        rates=rates or SamplingRates(),
+        start=start,
+    )
+    return _compare(replay.population, replay.ports, replay.planner, min_window_sample)
 
 
 def _compare(

@@ -17,24 +17,15 @@ shift of that category's stored bad-case rate, which is what the alert detectors
 
 from __future__ import annotations
 
-import asyncio
-import json
 import random
-import zlib
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from relmon.replay import ReplayConfig, TrafficGenerator
 from relmon.scenario import Scenario
 from relmon.synth import Product, Query, SyntheticCatalog
-from relmon.validation import PARTITIONS, TOPIC, OracleScorer
+from relmon.validation import replay_in_memory
 from schemas.models import ScoredImpression
-from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
-from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord
 from streams.sampling import SamplingRates
 
 __all__ = ["simulate_rows"]
@@ -52,18 +43,19 @@ def simulate_rows(
     catalog_seed: int = 7,
 ) -> list[ScoredImpression]:
     """Replay ``minutes`` of simulated traffic through the processor; return the scored rows."""
-    return asyncio.run(
-        _simulate(
-            minutes,
-            pages_per_minute,
-            seed,
-            scenario,
-            start,
-            rates or SamplingRates(),
-            misfiled_negatives,
-            catalog_seed,
-        )
+    catalog = SyntheticCatalog.generate(seed=catalog_seed)
+    if misfiled_negatives:
+        _misfile(catalog)
+    replay = replay_in_memory(
+        catalog,
+        minutes=minutes,
+        pages_per_minute=pages_per_minute,
+        seed=seed,
+        scenario=scenario,
+        rates=rates or SamplingRates(),
+        start=start,
     )
+    return sorted(replay.ports.rows.values(), key=lambda r: (r.event_time, r.impression_id))
 
 
 def _misfile(catalog: SyntheticCatalog) -> None:
@@ -75,56 +67,3 @@ def _misfile(catalog: SyntheticCatalog) -> None:
         return replace(product, product_id=f"mis-{product.product_id}", category=query.category)
 
     catalog.irrelevant_for = irrelevant_for  # type: ignore[method-assign]
-
-
-async def _simulate(
-    minutes: int,
-    pages_per_minute: int,
-    seed: int,
-    scenario: Scenario,
-    start: datetime | None,
-    rates: SamplingRates,
-    misfiled_negatives: bool,
-    catalog_seed: int,
-) -> list[ScoredImpression]:
-    t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
-    catalog = SyntheticCatalog.generate(seed=catalog_seed)
-    if misfiled_negatives:
-        _misfile(catalog)
-    gen = TrafficGenerator(
-        catalog,
-        ReplayConfig(
-            seed=seed,
-            ubi_share=0.0,
-            catalog_share=0.0,
-            malformed_share=0.0,
-            unknown_product_share=0.0,
-            scenario=scenario,
-        ),
-    )
-    scorer = OracleScorer()
-    ports = MemoryPorts(scorer=scorer)  # type: ignore[arg-type]
-    proc = ImpressionProcessor(
-        ports=ports,
-        catalog=Catalog(),
-        planner=Planner(PlannerConfig()),
-        rates=rates,
-        threshold=0.5,
-        model_version="oracle",
-        metrics=Metrics(),
-    )
-    offsets = [0] * PARTITIONS
-    step = timedelta(minutes=1) / pages_per_minute
-    for minute in range(minutes):
-        batch: list[RawRecord] = []
-        for i in range(pages_per_minute):
-            now = t0 + minute * timedelta(minutes=1) + i * step
-            for key, value, relevant in gen.labelled_page(now, (now - t0).total_seconds()):
-                part = zlib.crc32(key) % PARTITIONS
-                batch.append(RawRecord(TOPIC, part, offsets[part], key, value))
-                offsets[part] += 1
-                if relevant is not None:
-                    imp = json.loads(value)
-                    scorer.truth[(imp["query"], imp["title"])] = relevant
-        await proc.process(batch)
-    return sorted(ports.rows.values(), key=lambda r: (r.event_time, r.impression_id))
