@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from relmon.demo import env_of, store_process, worker_process
 from relmon.kafka import broker_process, ensure_topics
 from relmon.runtime import ManagedProcess, free_port
 from relmon.settings import Settings, load_settings
+from schemas import Impression, ScoredImpression
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "relmon-minilm-ce"
@@ -87,6 +89,40 @@ def start_worker(settings: Settings, model_dir: Path) -> Iterator[object]:
     yield start
     for proc in reversed(started):
         proc.stop()
+
+
+def make_scored_rows(n_good: int, n_bad: int) -> list[ScoredImpression]:
+    """Rows of an oak-desk query: ``n_good`` relevant desks (0.9), then ``n_bad`` rugs (0.1)."""
+    now = datetime.now(UTC) - timedelta(minutes=2)
+    out = []
+    for i in range(n_good + n_bad):
+        imp = Impression(
+            impression_id=f"d{i}",
+            query_id=f"q{i}",
+            query="oak desk",
+            product_id=f"p{i}",
+            title="Oak Writing Desk" if i < n_good else "Shag Rug",
+            category="Desks",
+            position=1 + i % 10,
+            event_time=now,
+        )
+        out.append(
+            ScoredImpression.of(
+                imp,
+                score=0.9 if i < n_good else 0.1,
+                threshold=0.5,
+                model_version="m-test",
+                sample_rate=1.0,
+                scored_at=now,
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def scored_rows() -> object:
+    """:func:`make_scored_rows`, for tests that seed the store with known rows."""
+    return make_scored_rows
 
 
 __all__ = ["env_of"]

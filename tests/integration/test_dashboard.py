@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ from streamlit.testing.v1 import AppTest
 
 import dashboards
 from relmon import db, get_settings
-from schemas import Impression, ScoredImpression
 
 pytestmark = pytest.mark.integration
 APP = str(Path(dashboards.__file__).parent / "app.py")
@@ -29,42 +27,15 @@ def dashboard_env(settings, monkeypatch):
     get_settings.cache_clear()
 
 
-def rows(n_good: int, n_bad: int) -> list[ScoredImpression]:
-    now = datetime.now(UTC) - timedelta(minutes=2)
-    out = []
-    for i in range(n_good + n_bad):
-        imp = Impression(
-            impression_id=f"d{i}",
-            query_id=f"q{i}",
-            query="oak desk",
-            product_id=f"p{i}",
-            title="Oak Writing Desk" if i < n_good else "Shag Rug",
-            category="Desks",
-            position=1 + i % 10,
-            event_time=now,
-        )
-        out.append(
-            ScoredImpression.of(
-                imp,
-                score=0.9 if i < n_good else 0.1,
-                threshold=0.5,
-                model_version="m-test",
-                sample_rate=1.0,
-                scored_at=now,
-            )
-        )
-    return out
-
-
 def test_empty_store_says_it_waits(dashboard_env):
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert not at.exception
     assert any("waiting for traffic" in info.value for info in at.info)
 
 
-def test_rates_and_bad_cases_are_shown(dashboard_env):
+def test_rates_and_bad_cases_are_shown(dashboard_env, scored_rows):
     client = db.connect(dashboard_env)
-    db.insert_scored(client, rows(n_good=30, n_bad=10))
+    db.insert_scored(client, scored_rows(n_good=30, n_bad=10))
     client.close()
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert not at.exception

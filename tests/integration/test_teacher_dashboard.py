@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -11,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from relmon import db, get_settings
 from relmon.kafka import read_topic
 from relmon.teacher import Verdict, store
-from schemas import Impression, ReviewRequest, ScoredImpression
+from schemas import ReviewRequest
 
 pytestmark = pytest.mark.integration
 
@@ -36,40 +34,13 @@ def page_env(settings, monkeypatch, tmp_path):
     get_settings.cache_clear()
 
 
-def scored(n_good: int, n_bad: int) -> list[ScoredImpression]:
-    now = datetime.now(UTC) - timedelta(minutes=2)
-    out = []
-    for i in range(n_good + n_bad):
-        imp = Impression(
-            impression_id=f"d{i}",
-            query_id=f"q{i}",
-            query="oak desk",
-            product_id=f"p{i}",
-            title="Oak Writing Desk" if i < n_good else "Shag Rug",
-            category="Desks",
-            position=1 + i % 10,
-            event_time=now,
-        )
-        out.append(
-            ScoredImpression.of(
-                imp,
-                score=0.9 if i < n_good else 0.1,
-                threshold=0.5,
-                model_version="m-test",
-                sample_rate=1.0,
-                scored_at=now,
-            )
-        )
-    return out
-
-
-def test_people_grade_the_queue_by_priority(page_env):
+def test_people_grade_the_queue_by_priority(page_env, scored_rows):
     client, review_page, _ = page_env
     empty = AppTest.from_file(review_page, default_timeout=30).run()
     assert not empty.exception
     assert any("review queue is empty" in i.value for i in empty.info)
 
-    rows = scored(n_good=3, n_bad=3)
+    rows = scored_rows(n_good=3, n_bad=3)
     requests = [ReviewRequest.of(r, "below_threshold") for r in rows[3:]]
     requests.append(ReviewRequest.of(rows[0], "audit", review_probability=0.02))
     store.insert_queue(client, requests)
@@ -135,12 +106,12 @@ def test_people_grade_the_queue_by_priority(page_env):
     assert after.selectbox[0].value != picked
 
 
-def test_agreement_and_corrected_rates_are_shown(page_env):
+def test_agreement_and_corrected_rates_are_shown(page_env, scored_rows):
     client, _, agree_page = page_env
     at = AppTest.from_file(agree_page, default_timeout=30).run()
     assert not at.exception and any("No verdicts yet" in i.value for i in at.info)
 
-    rows = scored(n_good=40, n_bad=10)
+    rows = scored_rows(n_good=40, n_bad=10)
     db.insert_scored(client, rows)
     flagged = [ReviewRequest.of(r, "below_threshold") for r in rows[40:]]
     audits = [ReviewRequest.of(r, "audit", review_probability=0.25) for r in rows[:10]]
