@@ -4,7 +4,8 @@
 counters of :mod:`streams.metrics` as ``relmon_<name>_total``, numeric gauges as
 ``relmon_<name>`` (pending, cache hit rate, ...), string gauges (model version, provider) as
 labels of ``relmon_worker_info``, the scoring latency histogram ``relmon_score_seconds``, and
-``relmon_consumer_lag{partition}`` when a lag source is given.
+``relmon_consumer_lag{partition}`` when a lag source is given, and with the alert runner in the
+worker ``relmon_alert_runner_leader`` (1 on the elected leader) and ``relmon_alert_runner_rounds``.
 """
 
 from __future__ import annotations

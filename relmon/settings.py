@@ -454,6 +454,13 @@ class Settings(BaseSettings):
         description="RELMON_ALERT_FDR: Benjamini-Hochberg false discovery rate of the per-window "
         "z-tests across segments.",
     )
+    alert_scan_windows: int = Field(
+        default=3,
+        ge=1,
+        description="RELMON_ALERT_SCAN_WINDOWS: the z-test also judges the sums of the last 2 .. "
+        "this many windows (at most RELMON_ALERT_BASELINE_GAP + 1), so a spike too small to "
+        "show in one window of a small segment shows in two or three.",
+    )
     alert_ewma_lambda: float = Field(
         default=0.2,
         gt=0.0,
@@ -528,6 +535,12 @@ class Settings(BaseSettings):
         if self.heartbeat_interval_s >= self.session_timeout_s:
             raise ValueError(
                 "RELMON_HEARTBEAT_INTERVAL_S must be smaller than RELMON_SESSION_TIMEOUT_S"
+            )
+        if self.alert_scan_windows > self.alert_baseline_gap + 1:
+            raise ValueError(
+                f"RELMON_ALERT_SCAN_WINDOWS={self.alert_scan_windows} must be at most "
+                f"RELMON_ALERT_BASELINE_GAP + 1 = {self.alert_baseline_gap + 1} (a scanned window "
+                "must not be in the baseline): lower it or raise the gap"
             )
         return self
 

@@ -24,7 +24,7 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 
 from relmon import db
-from relmon.alerts.runner import start_alert_thread
+from relmon.alerts.runner import AlertThread
 from relmon.kafka import ensure_topics, producer
 from relmon.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
 from relmon.settings import Settings
@@ -186,6 +186,7 @@ class RelmonWorker:
         self.catalog = Catalog(products)
         self._client: Client | None = None
         self._dlq_producer: Any = None
+        self.alerts: AlertThread | None = None
         self.app = self._make_app()
         self.ports = _FaustPorts(self)
         self.processor = ImpressionProcessor(
@@ -264,9 +265,11 @@ class RelmonWorker:
         self.metrics.write(metrics_path(self.settings))
 
     def _prometheus(self) -> str:
-        return exposition(
-            self.metrics.snapshot(), {"relmon_score_seconds": self.score_latency}, self.lag.get()
-        )
+        snapshot: dict[str, float | int | str] = dict(self.metrics.snapshot())
+        if self.alerts is not None:
+            snapshot["alert_runner_leader"] = int(self.alerts.leading)
+            snapshot["alert_runner_rounds"] = self.alerts.rounds
+        return exposition(snapshot, {"relmon_score_seconds": self.score_latency}, self.lag.get())
 
     async def _on_start(self) -> None:
         if not self.follower.is_alive():
@@ -310,20 +313,20 @@ class RelmonWorker:
         self.prepare()
         worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)
         # Additions for issue #6: Prometheus /metrics and the leader-only alert runner.
-        server = stop_alerts = None
+        server = None
         if self.settings.metrics_port:
             server = MetricsServer(
                 self.settings.bind_host, self.settings.metrics_port, self._prometheus
             ).start()
         if self.settings.alerts_in_worker:
-            stop_alerts = start_alert_thread(self.settings)
+            self.alerts = AlertThread(self.settings).start()
         try:
             worker.execute_from_commandline()
         finally:
             if server is not None:
                 server.stop()
-            if stop_alerts is not None:
-                stop_alerts()
+            if self.alerts is not None:
+                self.alerts.stop()
             self.follower.stop()
             self.ports.close()
             self.metrics.write(metrics_path(self.settings))

@@ -3,10 +3,14 @@ and fail, never skip, when they cannot."""
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -126,3 +130,28 @@ def scored_rows() -> object:
 
 
 __all__ = ["env_of"]
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    bodies: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """A Slack-style webhook receiver on 127.0.0.1: its URL and the JSON bodies it got."""
+    _Receiver.bodies = []
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/slack", _Receiver.bodies
+    server.shutdown()
+    server.server_close()

@@ -13,7 +13,10 @@ with a rolling baseline, the sums of the segment's ``baseline_windows`` windows 
 - **z-test**: ``z = (p - p0) / sqrt(p0 (1 - p0) (1/n + 1/n0))`` on Kish effective sample sizes,
   divided by ``sqrt(phi)``, where ``phi`` (>= 1) is the mean ``z^2`` of the segment's own
   baseline windows against the baseline (overdispersion: a segment's true rate moves with its
-  query mix). One-sided p-values of all segments tested in the window are corrected with
+  query mix). The same test is also run on the sums of the last 2 .. ``scan_windows`` windows
+  (a scan over short spans: a spike too small to show in one window of a small segment shows in
+  two or three), and the segment's p-value is the smallest over the spans times their number
+  (Bonferroni). One-sided p-values of all segments tested in the window are then corrected with
   **Benjamini-Hochberg** at ``fdr``.
 - **EWMA** of the standardised z: alarm above ``ewma_limit * sqrt(lambda / (2 - lambda))``.
 - **CUSUM**: ``S = max(0, S + z - k)``, alarm above ``h``.
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -144,6 +147,7 @@ class DetectorConfig:
     min_baseline_windows: int = 6
     min_bad: int = 3
     fdr: float = 1e-6
+    scan_windows: int = 3
     min_lift: float = 1.25
     ewma_lambda: float = 0.2
     ewma_limit: float = 5.0
@@ -152,6 +156,14 @@ class DetectorConfig:
     resolve_windows: int = 2
     resolve_p: float = 0.05
     dispersion_prior: int = 4
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.scan_windows <= self.baseline_gap + 1:
+            msg = (
+                f"scan_windows={self.scan_windows} must be between 1 and baseline_gap + 1 "
+                f"({self.baseline_gap + 1}): a scanned window must not be in the baseline"
+            )
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,7 @@ class SegmentTest:
     baseline: RateEstimate
     z: float
     p_value: float
+    span: int
     ewma: float
     cusum: float
     detectors: tuple[str, ...]
@@ -181,6 +194,18 @@ class _State:
     alarmed: bool = False
     frozen: Sums | None = None
     calm: int = 0
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    segment: Segment
+    state: _State
+    current: Sums
+    base: Sums
+    z: float = math.nan
+    p: float = 1.0
+    span: int = 1
+    span_sums: Sums = field(default_factory=Sums)
 
 
 class Detector:
@@ -205,50 +230,56 @@ class Detector:
     def step(self, window_start: datetime, sums: Mapping[Segment, Sums]) -> list[SegmentTest]:
         """Evaluate one window; return a test per segment that was tested or is alarmed."""
         cfg = self.config
-        candidates: list[tuple[Segment, _State, Sums, Sums, float, float]] = []
+        candidates: list[_Candidate] = []
         for segment in sorted(set(sums) | set(self._states)):
             st = self._state(segment)
             cur = sums.get(segment, Sums())
             base = st.frozen if st.frozen is not None else st.baseline
-            cur_est, base_est = cur.estimate(), base.estimate()
             if (
-                cur_est.n_eff < cfg.min_sample
-                or base_est.n_eff < cfg.min_baseline_sample
+                cur.estimate().n_eff < cfg.min_sample
+                or base.estimate().n_eff < cfg.min_baseline_sample
                 or (st.frozen is None and len(self._window(st)) < cfg.min_baseline_windows)
             ):
-                candidates.append((segment, st, cur, base, math.nan, 1.0))
+                candidates.append(_Candidate(segment, st, cur, base))
                 continue
-            p0 = min(max(base_est.rate, 0.005), 0.995)
-            se = math.sqrt(p0 * (1 - p0) * (1 / cur_est.n_eff + 1 / base_est.n_eff))
-            z = (cur_est.rate - base_est.rate) / se
-            z /= math.sqrt(self._dispersion(st, p0, base_est.n_eff))
-            candidates.append((segment, st, cur, base, z, _norm_sf(z)))
-        tested = [c for c in candidates if not math.isnan(c[4])]
+            z_of = self._z_against(st, base)
+            z = z_of(cur)
+            # The scan: the current window and the (k - 1) before it, which are in the history
+            # but not yet in the baseline (k <= baseline_gap + 1). An alarmed segment's history
+            # is paused, so it is judged on the current window alone.
+            spans = [(1, z, cur)]
+            if st.frozen is None:
+                recent = list(st.history)[::-1]
+                span_sums = cur
+                for k in range(2, min(cfg.scan_windows, len(recent) + 1) + 1):
+                    span_sums = span_sums + recent[k - 2]
+                    spans.append((k, z_of(span_sums), span_sums))
+            span, span_z, span_sums = max(spans, key=lambda s: s[1])
+            p = min(1.0, len(spans) * _norm_sf(span_z))
+            candidates.append(_Candidate(segment, st, cur, base, z, p, span, span_sums))
+        tested = [c for c in candidates if not math.isnan(c.z)]
         rejected = dict(
             zip(
-                [c[0] for c in tested],
-                benjamini_hochberg([c[5] for c in tested], cfg.fdr),
+                [c.segment for c in tested],
+                benjamini_hochberg([c.p for c in tested], cfg.fdr),
                 strict=True,
             )
         )
         ewma_limit = cfg.ewma_limit * math.sqrt(cfg.ewma_lambda / (2 - cfg.ewma_lambda))
         out: list[SegmentTest] = []
-        for segment, st, cur, base, z, p in candidates:
+        for c in candidates:
+            segment, st, cur, base, z, p = c.segment, c.state, c.current, c.base, c.z, c.p
             is_tested = not math.isnan(z)
             detectors: list[str] = []
             started = resolved = False
             if is_tested and not st.alarmed:
                 st.ewma = cfg.ewma_lambda * z + (1 - cfg.ewma_lambda) * st.ewma
                 st.cusum = max(0.0, st.cusum + z - cfg.cusum_k)
-                lifted = (
-                    cur.bad >= cfg.min_bad
-                    and cur.estimate().rate >= cfg.min_lift * base.estimate().rate
-                )
-                if lifted and rejected.get(segment, False):
-                    detectors.append("z-test")
-                if lifted and st.ewma > ewma_limit:
+                if self._lifted(c.span_sums, base) and rejected.get(segment, False):
+                    detectors.append("z-test" if c.span == 1 else f"z-test-{c.span}w")
+                if self._lifted(cur, base) and st.ewma > ewma_limit:
                     detectors.append("ewma")
-                if lifted and st.cusum > cfg.cusum_h:
+                if self._lifted(cur, base) and st.cusum > cfg.cusum_h:
                     detectors.append("cusum")
                 if detectors:
                     st.alarmed, started = True, True
@@ -275,6 +306,7 @@ class Detector:
                         base.estimate(),
                         z,
                         p,
+                        c.span,
                         st.ewma,
                         st.cusum,
                         tuple(detectors),
@@ -284,6 +316,26 @@ class Detector:
                     )
                 )
         return out
+
+    def _lifted(self, sums: Sums, base: Sums) -> bool:
+        """The minimum-bad and minimum-lift guards."""
+        cfg = self.config
+        return (
+            sums.bad >= cfg.min_bad and sums.estimate().rate >= cfg.min_lift * base.estimate().rate
+        )
+
+    def _z_against(self, st: _State, base: Sums) -> Callable[[Sums], float]:
+        """The overdispersion-scaled z of some sums against the segment's baseline."""
+        base_est = base.estimate()
+        p0 = min(max(base_est.rate, 0.005), 0.995)
+        phi = self._dispersion(st, p0, base_est.n_eff)
+
+        def z_of(sums: Sums) -> float:
+            est = sums.estimate()
+            se = math.sqrt(p0 * (1 - p0) * (1 / est.n_eff + 1 / base_est.n_eff))
+            return (est.rate - base_est.rate) / se / math.sqrt(phi)
+
+        return z_of
 
     def _window(self, st: _State) -> list[Sums]:
         """The baseline windows: the history without its newest ``baseline_gap`` windows."""

@@ -34,12 +34,12 @@ from relmon.stats import RateEstimate
 
 __all__ = [
     "AlertRunner",
+    "AlertThread",
     "AlwaysLeader",
     "KafkaLeader",
     "detector_config",
     "enrich",
     "query_window_sums",
-    "start_alert_thread",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def detector_config(s: Settings) -> DetectorConfig:
         min_baseline_sample=s.alert_min_baseline_sample,
         min_bad=s.alert_min_bad,
         fdr=s.alert_fdr,
+        scan_windows=s.alert_scan_windows,
         min_lift=s.alert_min_lift,
         ewma_lambda=s.alert_ewma_lambda,
         ewma_limit=s.alert_ewma_limit,
@@ -226,7 +227,7 @@ class KafkaLeader:
                 enable_auto_commit=False,
                 session_timeout_ms=int(settings.session_timeout_s * 1000),
                 heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
-                max_poll_interval_ms=max(60_000, int(settings.alert_interval_s * 4000)),
+                max_poll_interval_ms=60_000,
             )
         except KafkaError as exc:
             raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
@@ -238,15 +239,38 @@ class KafkaLeader:
                 "(delete it and let relmon create it)"
             )
         self._consumer.subscribe([self.topic])
+        self._leading = False
+        self._closed = threading.Event()
+        # The group protocol needs a consumer that polls all the time: polled only once per
+        # alert interval, kafka-python keeps re-joining the group and never settles (measured
+        # against tansu with a 1 s gap). So one thread owns the consumer and polls it.
+        self._thread = threading.Thread(
+            target=self._poll_forever, name="relmon-alerts-leader", daemon=True
+        )
+        self._thread.start()
 
-    def is_leader(self, timeout_ms: int = 200) -> bool:
-        """Drive the group protocol; True while this member holds the partition."""
-        self._consumer.poll(timeout_ms=timeout_ms)
-        return bool(self._consumer.assignment())
+    def _poll_forever(self) -> None:
+        try:
+            while not self._closed.is_set():
+                try:
+                    self._consumer.poll(timeout_ms=100)
+                    self._leading = bool(self._consumer.assignment())
+                except Exception as exc:  # keep electing; a broker hiccup must not end it
+                    self._leading = False
+                    log.warning("leader election: %s", exc)
+                    self._closed.wait(1.0)
+        finally:
+            self._leading = False
+            self._consumer.close()
+
+    def is_leader(self) -> bool:
+        """True while this member holds the leader topic's partition."""
+        return self._leading and self._thread.is_alive()
 
     def close(self) -> None:
         """Leave the group (another member takes over at once)."""
-        self._consumer.close()
+        self._closed.set()
+        self._thread.join(timeout=30)
 
 
 class AlertRunner:
@@ -355,8 +379,11 @@ class AlertRunner:
                     log.error("alert sink %s failed (%s): %s", sink.name, event.kind, exc)
         return out
 
-    def run(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set: while leader, judge new windows every interval."""
+    def run(self, stop: threading.Event, on_round: Callable[[bool], None] | None = None) -> None:
+        """Until ``stop`` is set: while leader, judge new windows every interval.
+
+        ``on_round(leading)`` is called after every round.
+        """
         leading = False
         while not stop.is_set():
             try:
@@ -373,6 +400,8 @@ class AlertRunner:
                             log.warning("alert %s: %s", event.kind, event.alert.title())
             except RelmonError as exc:
                 log.error("alert runner: %s", exc)
+            if on_round is not None:
+                on_round(leading)
             stop.wait(self.settings.alert_interval_s)
 
     def close(self) -> None:
@@ -386,26 +415,50 @@ class AlertRunner:
             self._own_client.close()
 
 
-def start_alert_thread(settings: Settings) -> Callable[[], None]:
-    """Run a leader-elected :class:`AlertRunner` in a daemon thread; return its stopper."""
-    stop = threading.Event()
+class AlertThread:
+    """A leader-elected :class:`AlertRunner` in a daemon thread (the worker's alert runner).
 
-    def main() -> None:
+    ``leading`` and ``rounds`` (windows looked at while leading) say what it is doing, for the
+    worker's metrics and for tests; ``error`` holds why it could not start, if it could not.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.leading = False
+        self.rounds = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="relmon-alerts", daemon=True)
+
+    def start(self) -> AlertThread:
+        """Start the thread; return ``self``."""
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
         try:
-            runner = AlertRunner(settings, leader=KafkaLeader(settings))
+            runner = AlertRunner(self.settings, leader=KafkaLeader(self.settings))
         except RelmonError as exc:
+            self.error = str(exc)
             log.error("alert runner not started: %s", exc)
             return
+        log.info("alert runner started (leader election on %s.leader)", self.settings.topic_alerts)
         try:
-            runner.run(stop)
+            runner.run(self._stop, on_round=self._on_round)
+        except Exception:
+            log.exception("alert runner stopped by an unexpected error")
+            raise
         finally:
+            self.leading = False
             runner.close()
 
-    thread = threading.Thread(target=main, name="relmon-alerts", daemon=True)
-    thread.start()
+    def _on_round(self, leading: bool) -> None:
+        self.leading = leading
+        if leading:
+            self.rounds += 1
 
-    def stopper() -> None:
-        stop.set()
-        thread.join(timeout=10)
-
-    return stopper
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and join (leaving the leader group, so another worker takes over at once)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)

@@ -152,12 +152,16 @@ class KafkaSink:
             self._producer.close()
 
 
+def _duration(seconds: int) -> str:
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
+
+
 def slack_payload(event: AlertEvent) -> dict[str, Any]:
     """Slack incoming-webhook JSON for an event, with the full alert under ``relmon``."""
     a = event.alert
     lines = [
         a.title(),
-        f"window {a.window_s // 60} min from {a.started_at:%Y-%m-%d %H:%M} UTC; "
+        f"window {_duration(a.window_s)} from {a.started_at:%Y-%m-%d %H:%M} UTC; "
         f"detectors: {', '.join(a.detectors) or '-'}; p = {a.p_value:.2g}",
     ]
     if a.top_queries:

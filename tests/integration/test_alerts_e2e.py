@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import ClassVar
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from relmon import db, get_settings
-from relmon.alerts.runner import AlertRunner, KafkaLeader
+from relmon.alerts.runner import AlertRunner, AlertThread, KafkaLeader
 from relmon.alerts.simulate import simulate_rows
 from relmon.kafka import read_topic
 from relmon.runtime import wait_until
@@ -23,30 +20,6 @@ from relmon.scenario import Scenario, Shift
 
 pytestmark = pytest.mark.integration
 WINDOW_S = 600
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    bodies: ClassVar[list[dict]] = []
-
-    def do_POST(self):
-        length = int(self.headers["Content-Length"])
-        type(self).bodies.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def receiver():
-    _Receiver.bodies = []
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/slack", _Receiver.bodies
-    server.shutdown()
-    server.server_close()
 
 
 def _spiked_replay(now: datetime):
@@ -61,8 +34,10 @@ def _spiked_replay(now: datetime):
     return rows, start + timedelta(minutes=80)
 
 
-def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(settings, receiver, monkeypatch):
-    url, bodies = receiver
+def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(
+    settings, webhook_receiver, monkeypatch
+):
+    url, bodies = webhook_receiver
     now = datetime.now(UTC)
     rows, spike_at = _spiked_replay(now)
     s = settings.with_overrides(
@@ -148,3 +123,46 @@ def test_exactly_one_runner_leads(settings):
         for x in (a, b):
             with contextlib.suppress(Exception):  # one of them is closed already
                 x.close()
+
+
+def test_alert_threads_in_workers_page_once_and_hand_over(settings, webhook_receiver):
+    """`RELMON_ALERTS_IN_WORKER`: two workers' alert threads elect one leader; only it pages.
+    When it stops, the other takes over, warms up from the store and does not page again."""
+    url, bodies = webhook_receiver
+    now = datetime.now(UTC)
+    rows, _spike_at = _spiked_replay(now)
+    s = settings.with_overrides(
+        topic_alerts=f"{settings.topic_impressions}.alerts",
+        alert_window_s=WINDOW_S,
+        alert_lateness_s=0,
+        alert_interval_s=1.0,  # kafka-python never settled in the group when polled this rarely
+        alert_webhook_url=url,
+        alert_webhook_backoff_s=0.1,
+    )
+    db.migrate(s)
+    client = db.connect(s)
+    db.insert_scored(client, rows)
+    client.close()
+
+    def wall_art_pages() -> list[dict]:
+        return [
+            b["relmon"]
+            for b in list(bodies)
+            if b["relmon"]["event"] == "fired" and b["relmon"]["value"] == "Wall Art"
+        ]
+
+    a = AlertThread(s).start()
+    b = AlertThread(s).start()
+    try:
+        wait_until(lambda: bool(wall_art_pages()), timeout=120, what="a page from a worker")
+        wait_until(lambda: a.leading != b.leading, timeout=60, what="exactly one leader")
+        leader, follower = (a, b) if a.leading else (b, a)
+        assert follower.rounds == 0 and follower.error is None
+        leader.stop()
+        assert not leader.leading
+        wait_until(lambda: follower.rounds >= 3, timeout=120, what="the follower taking over")
+        assert follower.leading
+    finally:
+        a.stop()
+        b.stop()
+    assert len(wall_art_pages()) == 1, wall_art_pages()

@@ -105,6 +105,45 @@ def test_cusum_catches_a_sustained_small_shift_the_window_test_misses():
     assert {"cusum", "ewma"} & set(fired[0][1].detectors)
 
 
+def _exact_window(rates: dict[str, float], n: int = 100) -> dict:
+    """A window whose bad counts are exactly ``rate * n`` (no sampling noise)."""
+    cells = []
+    for category, rate in rates.items():
+        bad = round(rate * n)
+        dims = {
+            "tier": "tail",
+            "category": category,
+            "locale": "en-US",
+            "position_bucket": "top",
+            "model_version": "m",
+        }
+        cells.append((dims, Sums(n, bad, float(n), float(bad), float(n))))
+    return rollup(cells)
+
+
+@pytest.mark.parametrize(("scan", "fires_at"), [(1, None), (2, 11), (3, 12)])
+def test_scan_over_recent_windows_catches_a_lift_too_small_for_one_window(scan, fires_at):
+    # 0.15 -> 0.26 on 100 rows a window: z ~ 2.9 per window, too little at this FDR; two or
+    # three windows together carry it (EWMA and CUSUM are switched off to isolate the z-test)
+    config = DetectorConfig(scan_windows=scan, ewma_limit=1e9, cusum_h=1e9, fdr=1e-3)
+    det = Detector(config)
+    started = []
+    for i in range(16):
+        rates = {"A": 0.26 if i >= 10 else 0.15, "B": 0.15}
+        for t in det.step(T0 + timedelta(seconds=W * i), _exact_window(rates)):
+            if t.started and t.segment == ("category", "A"):
+                started.append((i, t.span, t.detectors))
+    if fires_at is None:
+        assert started == []
+    else:
+        assert started == [(fires_at, scan, (f"z-test-{scan}w",))]
+
+
+def test_scan_may_not_reach_into_the_baseline():
+    with pytest.raises(ValueError, match="scan_windows=5 must be between 1 and baseline_gap"):
+        DetectorConfig(scan_windows=5, baseline_gap=3)
+
+
 def test_flapping_segment_reopens_instead_of_paging_again():
     def rates(i):
         return {"A": 0.45 if 20 <= i < 23 or 26 <= i < 28 else 0.2}

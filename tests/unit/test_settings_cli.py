@@ -54,6 +54,7 @@ def test_every_field_documents_its_environment_variable():
         ("RELMON_CLICKHOUSE_DATABASE", "drop table;", "RELMON_CLICKHOUSE_DATABASE"),
         ("RELMON_PROVIDER", "tpu", "RELMON_PROVIDER"),
         ("RELMON_HEARTBEAT_INTERVAL_S", "10", "RELMON_HEARTBEAT_INTERVAL_S"),
+        ("RELMON_ALERT_SCAN_WINDOWS", "9", "RELMON_ALERT_SCAN_WINDOWS=9 must be at most"),
     ],
 )
 def test_config_errors_name_the_variable(monkeypatch, env, value, fragment):
