@@ -131,6 +131,7 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.demo import DemoOptions, run_demo
+    from relmon.scenario import Scenario
 
     result = run_demo(
         settings,
@@ -139,6 +140,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             dashboard=not args.no_dashboard,
             rate=args.rate,
             seed=args.seed,
+            scenario=Scenario.load(Path(args.scenario)) if args.scenario else None,
+            alerts=not args.no_alerts,
         ),
     )
     print(json.dumps(result, sort_keys=True))
@@ -367,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.add_argument("--rate", type=float, default=100.0, help="impressions per second")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic")
+    p.add_argument(
+        "--scenario",
+        default=None,
+        help="JSON scenario of the replayed traffic (true bad shares, shifts: see "
+        "scenarios/); spikes in it page through the alert runner",
+    )
+    p.add_argument(
+        "--no-alerts", action="store_true", help="do not run the alert runner in the worker"
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("broker", help="run the embedded tansu Kafka broker")

@@ -1,7 +1,8 @@
 """``relmon demo``: the whole pipeline on this machine.
 
-Starts the local store, the tansu broker, one worker and (optionally) the dashboard as child
-processes, replays synthetic traffic in this process, and on the way out (duration reached or
+Starts the local store, the tansu broker, one worker (running the alert runner too, unless
+``--no-alerts``) and (optionally) the dashboard as child processes, replays synthetic traffic
+(optionally a scenario with spikes) in this process, and on the way out (duration reached or
 Ctrl-C) drains the worker, stops every child it started by PID, and returns the counts.
 """
 
@@ -23,6 +24,7 @@ from relmon.errors import ServiceError
 from relmon.kafka import ensure_topics
 from relmon.replay import ReplayConfig, replay
 from relmon.runtime import ManagedProcess, free_port, port_open, relmon_argv, wait_until
+from relmon.scenario import Scenario
 from relmon.settings import Settings
 from streams.metrics import read_metrics
 
@@ -38,6 +40,9 @@ class DemoOptions:
     rate: float = 100.0
     seed: int = 7
     drain_timeout_s: float = 180.0
+    scenario: Scenario | None = None
+    alerts: bool = True
+    """run the leader-elected alert runner inside the worker (RELMON_ALERTS_IN_WORKER)"""
 
 
 def _port(preferred: int, host: str) -> int:
@@ -142,6 +147,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         kafka_bootstrap=f"{host}:{_port(settings.broker_port, host)}",
         clickhouse_host=host,
         clickhouse_port=_port(settings.clickhouse_port, host),
+        alerts_in_worker=settings.alerts_in_worker or options.alerts,
     )
     broker_port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
     from relmon.kafka import broker_process
@@ -158,12 +164,22 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         db.migrate(settings)
         worker = worker_process(settings).start()
         started.append(worker)
-        _say(f"worker  pid {worker.pid} (log {worker.log_path})")
+        alerting = (
+            f"; alert runner on {settings.alert_window_s} s windows"
+            if settings.alerts_in_worker
+            else ""
+        )
+        _say(f"worker  pid {worker.pid} (log {worker.log_path}){alerting}")
         if options.dashboard:
             port = _port(settings.dashboard_port, host)
             started.append(dashboard_process(settings, port).start())
             _say(f"dashboard  http://{host}:{port}")
-        config = ReplayConfig(seed=options.seed, rate=options.rate, duration_s=options.duration_s)
+        config = ReplayConfig(
+            seed=options.seed,
+            rate=options.rate,
+            duration_s=options.duration_s,
+            scenario=options.scenario,
+        )
         _write_pids(settings, started)
         _say("replaying synthetic traffic" + ("" if options.duration_s else "; Ctrl-C to stop"))
         counts = replay(settings, config, progress=_progress(settings))

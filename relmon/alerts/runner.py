@@ -70,6 +70,18 @@ def _floor(t: datetime, window_s: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+def stored_watermark(client: Client) -> datetime | None:
+    """The newest event time in ``scored_impressions`` (None while it is empty)."""
+    rows = client.query(
+        "SELECT count(), max(event_time) FROM scored_impressions "
+        "WHERE event_time > now64(3) - toIntervalDay(2)"
+    ).result_rows
+    if not rows or not rows[0][0]:
+        return None
+    newest: datetime = rows[0][1]
+    return newest if newest.tzinfo else newest.replace(tzinfo=UTC)
+
+
 def query_window_sums(
     client: Client, since: datetime, until: datetime, window_s: int
 ) -> dict[datetime, dict[tuple[str, str], Sums]]:
@@ -307,11 +319,20 @@ class AlertRunner:
         self._sent: set[str] = set()
 
     def run_once(self, now: datetime | None = None) -> list[AlertEvent]:
-        """Judge every window closed by ``now`` not judged yet; send and return the events."""
+        """Judge the windows not judged yet that are closed; send and return the events.
+
+        A window is closed once ``now`` is ``RELMON_ALERT_LATENESS_S`` past its end and the
+        newest stored event time is past it too.
+        """
         s = self.settings
         w = s.alert_window_s
         now = now or datetime.now(UTC)
         until = _floor(now - timedelta(seconds=s.alert_lateness_s), w)
+        # ...and only windows the stored data has moved past: a worker running behind must not
+        # get a window judged on the part of it already written
+        watermark = stored_watermark(self._client())
+        if watermark is not None:
+            until = min(until, _floor(watermark, w))
         first = self._next is None
         if self._next is None:
             warm = s.alert_baseline_windows + s.alert_baseline_gap + 1

@@ -23,14 +23,16 @@ WINDOW_S = 600
 
 
 def _spiked_replay(now: datetime):
-    """100 simulated minutes ending at ``now``; Wall Art's bad-case rate goes 0.2 -> 0.5."""
+    """110 simulated minutes from 100-110 minutes before ``now`` (the last ones run past it, so
+    the stored data has moved past the windows judged at ``now``); Wall Art's bad-case rate
+    goes 0.2 -> 0.5 at minute 80."""
     start = datetime.fromtimestamp((int(now.timestamp()) // WINDOW_S - 10) * WINDOW_S, UTC)
     scenario = Scenario(
         tier_bad_share={"head": 0.05, "torso": 0.15, "tail": 0.3},
         category_bad_share={"Wall Art": 0.2},
         shifts=(Shift(at_s=80 * 60, category="Wall Art", bad_share=0.5),),
     )
-    rows = simulate_rows(minutes=100, pages_per_minute=60, seed=5, scenario=scenario, start=start)
+    rows = simulate_rows(minutes=110, pages_per_minute=60, seed=5, scenario=scenario, start=start)
     return rows, start + timedelta(minutes=80)
 
 
@@ -166,3 +168,36 @@ def test_alert_threads_in_workers_page_once_and_hand_over(settings, webhook_rece
         a.stop()
         b.stop()
     assert len(wall_art_pages()) == 1, wall_art_pages()
+
+
+def test_a_window_is_judged_only_once_the_stored_data_has_moved_past_it(settings):
+    """A worker running behind has written half of the spike's first window: that window (and
+    the empty ones after it) wait; once the rest is stored the alert carries the full window."""
+    now = datetime.now(UTC)
+    rows, spike_at = _spiked_replay(now)
+    s = settings.with_overrides(
+        alert_window_s=WINDOW_S, alert_lateness_s=0, alert_sinks="clickhouse"
+    )
+    db.migrate(s)
+    client = db.connect(s)
+    half = spike_at + timedelta(seconds=WINDOW_S / 2)
+    db.insert_scored(client, [r for r in rows if r.event_time < half])
+    runner = AlertRunner(s)
+    try:
+        later = spike_at + timedelta(seconds=3 * WINDOW_S)
+        early = runner.run_once(now=later)
+        assert not [e for e in early if e.alert.started_at >= spike_at], early
+        db.insert_scored(client, [r for r in rows if r.event_time >= half])
+        fired = [e.alert for e in runner.run_once(now=later) if e.kind == "fired"]
+    finally:
+        runner.close()
+        client.close()
+    wall_art = [a for a in fired if a.segment == ("category", "Wall Art")]
+    assert len(wall_art) == 1, [a.segment for a in fired]
+    window_end = wall_art[0].started_at + timedelta(seconds=WINDOW_S)
+    in_window = [
+        r
+        for r in rows
+        if r.category == "Wall Art" and wall_art[0].started_at <= r.event_time < window_end
+    ]
+    assert wall_art[0].observed.sampled == len(in_window)

@@ -7,14 +7,22 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
 
+from relmon import db, get_settings
 from relmon.demo import worker_totals
-from relmon.runtime import wait_until
+from relmon.runtime import free_port, wait_until
+from relmon.scenario import Scenario
 from relmon.settings import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+SPIKE_SCENARIO = Path(__file__).parents[2] / "scenarios" / "tail-regression.json"
+WINDOW_S = 10
 
 
 def demo_env(tmp_path, model_dir):
@@ -101,3 +109,84 @@ def test_ctrl_c_stops_every_child(tmp_path, model_dir):
     children = {name: pid for name, pid in pids.items() if name != "demo"}
     assert {"store", "broker", "worker"} <= set(children)
     assert not [name for name, pid in children.items() if pid_alive(pid)]
+
+
+def test_spike_in_demo_traffic_pages_from_the_worker_and_shows_on_dashboard(
+    tmp_path, model_dir, webhook_receiver, monkeypatch
+):
+    """The documented spike scenario (a ranker regression that doubles the tail queries' bad
+    share two minutes in), replayed by `relmon demo`, is scored by the worker; the alert runner
+    inside the worker (elected leader) pages the webhook; the alert is on the dashboard's alerts
+    page, read from the demo's store."""
+    url, bodies = webhook_receiver
+    env = demo_env(tmp_path, model_dir)
+    store_port = free_port("127.0.0.1")
+    env.update(
+        RELMON_CLICKHOUSE_PORT=str(store_port),
+        RELMON_ALERT_WINDOW_S=str(WINDOW_S),
+        RELMON_ALERT_LATENESS_S="5",
+        RELMON_ALERT_INTERVAL_S="1",
+        RELMON_ALERT_WEBHOOK_URL=url,
+        RELMON_ALERT_WEBHOOK_BACKOFF_S="0.2",
+    )
+    argv = [sys.executable, "-m", "relmon", "demo", "--no-dashboard", "--rate", "100"]
+    proc = subprocess.Popen(
+        [*argv, "--scenario", str(SPIKE_SCENARIO)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def tail_fired() -> list[dict]:
+        return [
+            b["relmon"]
+            for b in list(bodies)
+            if b["relmon"]["event"] == "fired"
+            and (b["relmon"]["dimension"], b["relmon"]["value"]) == ("tier", "tail")
+        ]
+
+    try:
+        wait_until(
+            lambda: bool(tail_fired()),
+            timeout=420,
+            interval=1,
+            what="a tail-tier alert at the webhook",
+            alive=lambda: proc.poll() is None,
+        )
+        alert = tail_fired()[0]
+        settings = load_settings(home=tmp_path / "home", clickhouse_port=store_port)
+        client = db.connect(settings)
+        try:
+            first = client.query("SELECT min(event_time) FROM scored_impressions").result_rows
+        finally:
+            client.close()
+        replay_start = first[0][0].replace(tzinfo=UTC)
+        spike_at = replay_start + timedelta(seconds=Scenario.load(SPIKE_SCENARIO).shifts[0].at_s)
+        started = datetime.fromisoformat(alert["started_at"])
+        # not before the shift (allowing the window the shift falls in), within 3 windows of it
+        assert spike_at - timedelta(seconds=WINDOW_S) <= started
+        assert started <= spike_at + timedelta(seconds=3 * WINDOW_S), (spike_at, alert)
+        assert alert["observed"]["rate"] > alert["baseline"]["rate"] * 1.25
+        assert alert["top_queries"] and alert["examples"]
+
+        monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(store_port))
+        monkeypatch.setenv("RELMON_HOME", str(tmp_path / "home"))
+        get_settings.cache_clear()
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        try:
+            at = AppTest.from_string(
+                "from dashboards import alerts_page\nalerts_page.render()", default_timeout=30
+            ).run()
+        finally:
+            get_settings.cache_clear()
+        assert not at.exception
+        labels = [e.label for e in at.expander]
+        assert any("FIRING: tier = tail" in label for label in labels), labels
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()[-3000:] if proc.stderr else ""
