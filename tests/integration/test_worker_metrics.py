@@ -12,8 +12,15 @@ pytestmark = pytest.mark.integration
 
 
 def test_worker_serves_prometheus_metrics(settings, start_worker):
+    """Also: the worker's own alert runner (RELMON_ALERTS_IN_WORKER) gets elected leader."""
     port = free_port()
-    start_worker(s=settings.with_overrides(metrics_port=port))
+    s = settings.with_overrides(
+        metrics_port=port,
+        alerts_in_worker=True,
+        alert_interval_s=1.0,
+        topic_alerts=f"{settings.topic_impressions}.alerts",
+    )
+    start_worker(s=s)
     url = f"http://127.0.0.1:{port}/metrics"
     body: dict[str, str] = {}
 
@@ -23,9 +30,11 @@ def test_worker_serves_prometheus_metrics(settings, start_worker):
                 body["text"] = resp.read().decode()
         except OSError:
             return False
-        return "relmon_consumer_lag{" in body["text"]
+        return "relmon_consumer_lag{" in body["text"] and (
+            "relmon_alert_runner_leader 1" in body["text"].splitlines()
+        )
 
-    wait_until(scraped, timeout=60, interval=0.5, what="worker /metrics with lag")
+    wait_until(scraped, timeout=90, interval=0.5, what="worker /metrics with lag and leader")
     lines = body["text"].splitlines()
     assert "relmon_consumed_total 0" in lines
     info = [line for line in lines if line.startswith("relmon_worker_info{")]
