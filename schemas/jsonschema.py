@@ -24,10 +24,17 @@ MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+def _models() -> dict[str, type[BaseModel]]:
+    # the labels topic's record lives with the teacher (it builds on ReviewRequest from here)
+    from relmon.teacher.verdict import Verdict
+
+    return {**MODELS, "verdict": Verdict}
+
+
 def generate() -> dict[str, dict[str, Any]]:
     """Return the JSON Schema of every record type, keyed by file stem."""
     out = {}
-    for name, model in MODELS.items():
+    for name, model in _models().items():
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://relmon.dev/schemas/v1/{name}.schema.json"

@@ -7,6 +7,7 @@ import pytest
 
 import schemas
 from relmon.errors import DecodeError
+from relmon.teacher.verdict import Verdict
 from schemas import Impression, UbiImpression, UbiOtherEvent, UbiQuery, decode_record
 from schemas.jsonschema import SHIPPED_DIR, generate, render
 from schemas.models import CatalogProduct, DeadLetter, ReviewRequest, ScoredImpression
@@ -212,6 +213,14 @@ def test_scored_review_and_dead_letter():
     audit = ReviewRequest.of(row, "audit", review_probability=0.02)
     assert audit.review_weight == pytest.approx(50) and audit.priority < review.priority
     jsonschema.validate(json.loads(review.to_bytes()), generate()["review_request"])
+    # the labels topic's record (teacher or person) against the shipped verdict schema
+    verdict_schema = json.loads((SHIPPED_DIR / "verdict.schema.json").read_text())
+    verdict = Verdict.of(review, judge="human", judge_id="ana", grade="Irrelevant")
+    label = json.loads(verdict.to_bytes())
+    jsonschema.validate(label, verdict_schema)
+    assert label["is_bad"] and label["student_bad"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**label, "grade": "Bad"}, verdict_schema)
     letter = DeadLetter.of(
         kind="malformed", reason="bad", topic="t", partition=1, offset=7, value=b"\x00\xffraw"
     )
