@@ -224,12 +224,16 @@ class TeacherConsumer:
         result.queued, result.dead_lettered = len(requests), len(letters)
         verdicts: list[Verdict] = []
         if self.judge is not None and requests:
+            spent: list[tuple[str, str, int]] = []
             for outcome in self.judge.judge(requests):
                 if outcome.verdict is not None:
                     verdicts.append(outcome.verdict)
                 else:
                     result.unjudged += 1
+                    if outcome.calls:
+                        spent.append((outcome.request.impression_id, outcome.status, outcome.calls))
             store.insert_verdicts(self._client, verdicts)
+            store.insert_spend(self._client, spent)
             futures += [
                 self._producer.send(
                     self.settings.topic_labels,

@@ -51,6 +51,8 @@ class JudgeOutcome:
     verdict: Verdict | None
     status: Literal["judged", "cached", "malformed", "over_budget"]
     error: str = ""
+    calls: int = 0
+    """chat requests spent on a case left without a verdict (a verdict carries its own)"""
 
 
 @dataclass
@@ -170,7 +172,7 @@ class LlmJudge:
                 result = self.client.complete(messages)
             except BudgetExhausted as exc:
                 self.stats.inc("over_budget")
-                return JudgeOutcome(request, None, "over_budget", str(exc))
+                return JudgeOutcome(request, None, "over_budget", str(exc), calls)
             calls += result.calls
             latency += result.latency_ms
             try:
@@ -202,4 +204,4 @@ class LlmJudge:
             return JudgeOutcome(request, verdict, "judged")
         self.stats.inc("malformed")
         log.warning("no valid answer for %s: %s", request.impression_id, error)
-        return JudgeOutcome(request, None, "malformed", error)
+        return JudgeOutcome(request, None, "malformed", error, calls)

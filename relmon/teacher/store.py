@@ -98,11 +98,31 @@ def lookup_cached(client: Client, keys: Sequence[CacheKey]) -> dict[CacheKey, Ca
     }
 
 
+def insert_spend(client: Client, spent: Sequence[tuple[str, str, int]]) -> None:
+    """Record chat requests spent on cases left without a verdict.
+
+    ``spent`` holds (impression id, status, calls). Every attempt is a row: a replayed case that
+    is asked again really spends again.
+    """
+    if not spent:
+        return
+    now = datetime.now(UTC)
+    client.insert(
+        "teacher_spend",
+        [[iid, status, calls, now] for iid, status, calls in spent],
+        column_names=["impression_id", "status", "calls", "spent_at"],
+    )
+
+
 def requests_spent_today(client: Client) -> int:
-    """Chat requests the teacher made today (UTC), to seed the daily budget after a restart."""
+    """Chat requests the teacher made today (UTC), to seed the daily budget after a restart.
+
+    Those behind today's verdicts plus those spent on cases that got none (malformed answers).
+    """
     value = client.command(
-        "SELECT sum(calls) FROM verdicts FINAL WHERE judge = 'teacher' "
-        "AND toDate(judged_at, 'UTC') = toDate(now(), 'UTC')"
+        "SELECT (SELECT sum(calls) FROM verdicts FINAL WHERE judge = 'teacher' "
+        "AND toDate(judged_at, 'UTC') = toDate(now(), 'UTC')) + (SELECT sum(calls) "
+        "FROM teacher_spend WHERE toDate(spent_at, 'UTC') = toDate(now(), 'UTC'))"
     )
     return int(value or 0)  # type: ignore[arg-type]
 

@@ -212,3 +212,31 @@ def test_without_llm_the_queue_fills_and_people_labels_export(teacher_settings, 
     assert c.product_id == cases[2].product_id
     assert export_distill(client, out, include_teacher=False)["pairs"] == 2
     client.close()
+
+
+def test_calls_on_answers_that_stay_malformed_count_against_the_budget_after_restart(
+    teacher_settings,
+):
+    s = teacher_settings
+    case = reviews(1, prefix="spend")[0]
+    produce(s, s.topic_review, [case.to_bytes()])
+    attempts = s.teacher_parse_retries + 1
+    with FakeChatServer(faults=["malformed"] * attempts, api_key="sk-relmon") as server:
+        s = s.with_overrides(
+            teacher_base_url=server.url,
+            teacher_model="fake-judge",
+            teacher_api_key="sk-relmon",
+            teacher_daily_budget=10,
+        )
+        client = db.connect(s)
+        consumer = TeacherConsumer(s, build_judge(s, client), client=client)
+        run_until(consumer, lambda: consumer.totals.counts.get("unjudged", 0) >= 1)
+        consumer.close()
+        assert len(server.requests) == attempts
+        assert store.count_verdicts(client, "teacher") == 0
+        assert store.requests_spent_today(client) == attempts
+        restarted = build_judge(s, client)
+        assert restarted is not None
+        assert restarted.client.budget.spent == attempts
+        restarted.close()
+        client.close()
