@@ -155,3 +155,26 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
     yield f"http://127.0.0.1:{server.server_port}/slack", _Receiver.bodies
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def dashboard_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """Render one dashboard page with AppTest against the store and home of ``settings``."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from relmon import get_settings
+
+    def render(name: str, settings: Settings) -> AppTest:
+        monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
+        monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
+        monkeypatch.setenv("RELMON_HOME", str(settings.home))
+        get_settings.cache_clear()
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        return AppTest.from_string(
+            f"from dashboards import {name}\n{name}.render()", default_timeout=30
+        ).run()
+
+    yield render
+    get_settings.cache_clear()

@@ -8,10 +8,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
-from relmon import db, get_settings
+from relmon import db
 from relmon.alerts.runner import AlertRunner, AlertThread, KafkaLeader
 from relmon.alerts.simulate import simulate_rows
 from relmon.kafka import read_topic
@@ -37,7 +35,7 @@ def _spiked_replay(now: datetime):
 
 
 def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(
-    settings, webhook_receiver, monkeypatch
+    settings, webhook_receiver, dashboard_page
 ):
     url, bodies = webhook_receiver
     now = datetime.now(UTC)
@@ -86,17 +84,7 @@ def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(
     assert len([b for b in bodies if b["relmon"]["alert_id"] == alert.alert_id]) == 1
     client.close()
 
-    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(s.clickhouse_port))
-    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", s.clickhouse_database)
-    get_settings.cache_clear()
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    try:
-        at = AppTest.from_string(
-            "from dashboards import alerts_page\nalerts_page.render()", default_timeout=30
-        ).run()
-    finally:
-        get_settings.cache_clear()
+    at = dashboard_page("alerts_page", s)
     assert not at.exception
     assert [t.value for t in at.title] == ["Alerts"]
     labels = [e.label for e in at.expander]

@@ -11,10 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
-from relmon import db, get_settings
+from relmon import db
 from relmon.demo import worker_totals
 from relmon.runtime import free_port, wait_until
 from relmon.scenario import Scenario
@@ -112,7 +110,7 @@ def test_ctrl_c_stops_every_child(tmp_path, model_dir):
 
 
 def test_spike_in_demo_traffic_pages_from_the_worker_and_shows_on_dashboard(
-    tmp_path, model_dir, webhook_receiver, monkeypatch
+    tmp_path, model_dir, webhook_receiver, dashboard_page
 ):
     """The documented spike scenario (a ranker regression that doubles the tail queries' bad
     share two minutes in), replayed by `relmon demo`, is scored by the worker; the alert runner
@@ -170,17 +168,7 @@ def test_spike_in_demo_traffic_pages_from_the_worker_and_shows_on_dashboard(
         assert alert["observed"]["rate"] > alert["baseline"]["rate"] * 1.25
         assert alert["top_queries"] and alert["examples"]
 
-        monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(store_port))
-        monkeypatch.setenv("RELMON_HOME", str(tmp_path / "home"))
-        get_settings.cache_clear()
-        st.cache_data.clear()
-        st.cache_resource.clear()
-        try:
-            at = AppTest.from_string(
-                "from dashboards import alerts_page\nalerts_page.render()", default_timeout=30
-            ).run()
-        finally:
-            get_settings.cache_clear()
+        at = dashboard_page("alerts_page", settings)
         assert not at.exception
         labels = [e.label for e in at.expander]
         assert any("FIRING: tier = tail" in label for label in labels), labels

@@ -43,10 +43,11 @@ def test_benjamini_hochberg_matches_the_textbook_example():
     assert benjamini_hochberg([], 0.05) == []
 
 
-def _window(rng: random.Random, rates: dict[str, float], n: int) -> dict:
+def _window(rng: random.Random | None, rates: dict[str, float], n: int) -> dict:
+    """A window of ``n`` rows per category; without ``rng`` exactly ``rate * n`` are bad."""
     cells = []
     for category, rate in rates.items():
-        bad = sum(rng.random() < rate for _ in range(n))
+        bad = round(rate * n) if rng is None else sum(rng.random() < rate for _ in range(n))
         dims = {
             "tier": "tail",
             "category": category,
@@ -105,22 +106,6 @@ def test_cusum_catches_a_sustained_small_shift_the_window_test_misses():
     assert {"cusum", "ewma"} & set(fired[0][1].detectors)
 
 
-def _exact_window(rates: dict[str, float], n: int = 100) -> dict:
-    """A window whose bad counts are exactly ``rate * n`` (no sampling noise)."""
-    cells = []
-    for category, rate in rates.items():
-        bad = round(rate * n)
-        dims = {
-            "tier": "tail",
-            "category": category,
-            "locale": "en-US",
-            "position_bucket": "top",
-            "model_version": "m",
-        }
-        cells.append((dims, Sums(n, bad, float(n), float(bad), float(n))))
-    return rollup(cells)
-
-
 @pytest.mark.parametrize(("scan", "fires_at"), [(1, None), (2, 11), (3, 12)])
 def test_scan_over_recent_windows_catches_a_lift_too_small_for_one_window(scan, fires_at):
     # 0.15 -> 0.26 on 100 rows a window: z ~ 2.9 per window, too little at this FDR; two or
@@ -130,7 +115,7 @@ def test_scan_over_recent_windows_catches_a_lift_too_small_for_one_window(scan, 
     started = []
     for i in range(16):
         rates = {"A": 0.26 if i >= 10 else 0.15, "B": 0.15}
-        for t in det.step(T0 + timedelta(seconds=W * i), _exact_window(rates)):
+        for t in det.step(T0 + timedelta(seconds=W * i), _window(None, rates, 100)):
             if t.started and t.segment == ("category", "A"):
                 started.append((i, t.span, t.detectors))
     if fires_at is None:
