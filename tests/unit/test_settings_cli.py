@@ -135,6 +135,7 @@ def test_compose_agrees_with_settings():
         load_settings(
             **{k.removeprefix("RELMON_").lower(): v for k, v in env.items() if "${" not in v}
         )
+    assert services["worker"]["environment"]["RELMON_ALERTS_IN_WORKER"] == "true"
     dash = services["dashboard"]
     assert f"127.0.0.1:{dash['environment']['RELMON_DASHBOARD_PORT']}:" in dash["ports"][0]
     for service in services.values():
