@@ -29,6 +29,27 @@ def demo_env(tmp_path, model_dir):
     return env
 
 
+def start_demo(argv: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
+    """`relmon demo` as a child that Ctrl-C (SIGINT) stops, with its output in ``logs``.
+
+    A shell without job control starts background jobs with SIGINT ignored, and Python keeps
+    an ignored SIGINT ignored: the child gets the default disposition back so the test does not
+    depend on how the suite itself was started.
+    """
+    with (logs / "demo.out").open("w") as out, (logs / "demo.err").open("w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "relmon", "demo", *argv],
+            env=env,
+            stdout=out,
+            stderr=err,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+
+def demo_stderr(logs: Path) -> str:
+    return (logs / "demo.err").read_text()[-3000:]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -81,13 +102,7 @@ def test_timed_demo_prints_consistent_counts(tmp_path, model_dir):
 
 def test_ctrl_c_stops_every_child(tmp_path, model_dir):
     env = demo_env(tmp_path, model_dir)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relmon", "demo", "--no-dashboard", "--rate", "40"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_demo(["--no-dashboard", "--rate", "40"], env, tmp_path)
     settings = load_settings(home=tmp_path / "home")
     pids_file = settings.home / "run" / "demo-pids.json"
     try:
@@ -127,14 +142,8 @@ def test_spike_in_demo_traffic_pages_from_the_worker_and_shows_on_dashboard(
         RELMON_ALERT_WEBHOOK_URL=url,
         RELMON_ALERT_WEBHOOK_BACKOFF_S="0.2",
     )
-    argv = [sys.executable, "-m", "relmon", "demo", "--no-dashboard", "--rate", "100"]
-    proc = subprocess.Popen(
-        [*argv, "--scenario", str(SPIKE_SCENARIO)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = ["--no-dashboard", "--rate", "100", "--scenario", str(SPIKE_SCENARIO)]
+    proc = start_demo(argv, env, tmp_path)
 
     def tail_fired() -> list[dict]:
         return [
@@ -177,4 +186,4 @@ def test_spike_in_demo_traffic_pages_from_the_worker_and_shows_on_dashboard(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, proc.stderr.read()[-3000:] if proc.stderr else ""
+    assert proc.returncode == 0, demo_stderr(tmp_path)
