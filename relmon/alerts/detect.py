@@ -277,10 +277,11 @@ class Detector:
                 st.cusum = max(0.0, st.cusum + z - cfg.cusum_k)
                 if self._lifted(c.span_sums, base) and rejected.get(segment, False):
                     detectors.append("z-test" if c.span == 1 else f"z-test-{c.span}w")
-                if self._lifted(cur, base) and st.ewma > ewma_limit:
-                    detectors.append("ewma")
-                if self._lifted(cur, base) and st.cusum > cfg.cusum_h:
-                    detectors.append("cusum")
+                if self._lifted(cur, base):
+                    if st.ewma > ewma_limit:
+                        detectors.append("ewma")
+                    if st.cusum > cfg.cusum_h:
+                        detectors.append("cusum")
                 if detectors:
                     st.alarmed, started = True, True
                     st.frozen = base
