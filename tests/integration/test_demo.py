@@ -21,6 +21,8 @@ from relmon.settings import load_settings
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SPIKE_SCENARIO = Path(__file__).parents[2] / "scenarios" / "tail-regression.json"
 WINDOW_S = 10
+# An AVX2-only EPYC fired in the 4th window after the shift (35 s, 39 s); 3 was too tight.
+MAX_DELAY_WINDOWS = 6
 
 
 def demo_env(tmp_path, model_dir):
@@ -171,9 +173,15 @@ def test_spike_in_demo_traffic_pages_from_the_worker_and_shows_on_dashboard(
         replay_start = first[0][0].replace(tzinfo=UTC)
         spike_at = replay_start + timedelta(seconds=Scenario.load(SPIKE_SCENARIO).shifts[0].at_s)
         started = datetime.fromisoformat(alert["started_at"])
-        # not before the shift (allowing the window the shift falls in), within 3 windows of it
+        # Not before the shift (allowing the window the shift falls in), and soon after it. How
+        # many windows the test needs is a statistical property of the scores (they differ a
+        # little between CPUs: int8 kernels with and without VNNI), measured over many seeds by
+        # bench/alerts.py; here the alert must come from the spike, not from the baseline.
         assert spike_at - timedelta(seconds=WINDOW_S) <= started
-        assert started <= spike_at + timedelta(seconds=3 * WINDOW_S), (spike_at, alert)
+        assert started <= spike_at + timedelta(seconds=MAX_DELAY_WINDOWS * WINDOW_S), (
+            spike_at,
+            alert,
+        )
         assert alert["observed"]["rate"] > alert["baseline"]["rate"] * 1.25
         assert alert["top_queries"] and alert["examples"]
 
