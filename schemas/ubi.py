@@ -6,55 +6,72 @@ The impressions topic may carry three kinds of JSON objects:
 - a UBI query record (``query_id`` + ``user_query``, top level or under ``ext.ubi``), which tells
   the query text of later UBI events;
 - a UBI event with ``action_name`` ``"impression"``: the product is
-  ``event_attributes.object.object_id`` at ``event_attributes.position.ordinal`` (1-based).
+  ``event_attributes.object.object_id`` at ``event_attributes.position.ordinal``. UBI streams
+  number results from 0 (OpenSearch's UBI sample does; the UBI schema sets no minimum), so
+  relmon's 1-based position is ``ordinal - base + 1`` with ``base`` 0 by default
+  (``RELMON_UBI_POSITION_BASE=1`` for streams that number from 1).
 
 UBI events carry neither product text nor query text: the worker fills both in from the catalogue
 and from the UBI query records. Other UBI actions (click, add_to_cart, ...) are accepted and
 ignored by scoring.
+
+:func:`decode_record` never raises anything but :class:`~relmon.errors.DecodeError` (kind
+``malformed`` or ``invalid``, the message says why and names the field): whatever the bytes, one
+record can only become one dead letter. Types are as strict as the published JSON Schemas: no
+numbers for date-times, no strings, booleans or fractions for integers.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Any
+import re
+from itertools import accumulate
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relmon.errors import DecodeError
-from schemas.models import Id, Impression, hash_id, utc
+from schemas.models import DateTime, Id, Impression, JsonInt, Text, hash_id, json_type
 
 MAX_RECORD_BYTES = 1_000_000
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a record may have (checked before parsing)."""
+UBI_POSITION_BASE = 0
+"""Default number of the first UBI result (``event_attributes.position.ordinal``)."""
+MAX_POSITION = 10_000
+
+_UBI = ConfigDict(frozen=True, str_strip_whitespace=True)
 
 
 class UbiQuery(BaseModel):
     """A UBI query record: what the user searched for under ``query_id``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _UBI
 
     query_id: Id
-    user_query: str = Field(min_length=1, max_length=2000)
+    user_query: Text
     client_id: str | None = None
-    timestamp: datetime | None = None
+    timestamp: DateTime | None = None
     application: str | None = None
 
 
 class UbiImpression(BaseModel):
     """A UBI ``impression`` event, before its query text and product text are known."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _UBI
 
     query_id: Id
     object_id: Id
-    position: int = Field(ge=1, le=10_000)
-    timestamp: datetime
+    ordinal: JsonInt = Field(description="event_attributes.position.ordinal as sent")
+    position: int = Field(ge=1, le=MAX_POSITION, description="relmon's 1-based position")
+    timestamp: DateTime
     session_hash: str | None = None
-    locale: str = "en-US"
+    locale: str = Field(default="en-US", max_length=32)
 
     @property
     def impression_id(self) -> str:
         """A deterministic id: the same event always maps to the same impression."""
-        return f"ubi:{self.query_id}:{self.position}:{self.object_id}"
+        return f"ubi:{self.query_id}:{self.ordinal}:{self.object_id}"
 
     def with_query(self, user_query: str) -> Impression:
         """Return the relmon impression once the query text is known."""
@@ -64,7 +81,7 @@ class UbiImpression(BaseModel):
             query=user_query,
             product_id=self.object_id,
             position=self.position,
-            event_time=utc(self.timestamp),
+            event_time=self.timestamp,
             session_hash=self.session_hash,
             locale=self.locale,
             action="impression",
@@ -82,72 +99,180 @@ class UbiOtherEvent(BaseModel):
 
 InputRecord = Impression | UbiQuery | UbiImpression | UbiOtherEvent
 
+# --- Parsing: bytes to one JSON object ---------------------------------------------------------
 
-def _ubi_event(obj: dict[str, Any]) -> UbiImpression | UbiOtherEvent:
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [1 if chr(b) in "[{" else -1 for b in range(256)]
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def json_depth_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays and objects in ``raw`` nest deeper than ``limit``.
+
+    Brackets in strings do not count. Linear and in C: a count first, a bracket scan only when
+    that is not enough.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _malformed(reason: str) -> NoReturn:
+    raise DecodeError(reason, "malformed")
+
+
+def parse_object(raw: bytes | None) -> dict[str, Any]:
+    """Parse one record value into a JSON object, or raise a ``malformed`` DecodeError."""
+    if raw is None:
+        _malformed("empty record (null value)")
+    if len(raw) > MAX_RECORD_BYTES:
+        _malformed(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
+    if json_depth_exceeds(raw):
+        _malformed(f"not JSON relmon accepts: nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _malformed(f"not JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
+    try:
+        obj = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, >4300-digit integers
+        _malformed(f"not JSON: {exc}")
+    if not isinstance(obj, dict):
+        _malformed(f"expected a JSON object, got {json_type(obj)}")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            _malformed("not JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
+    return obj
+
+
+# --- Validation: one JSON object to one input record --------------------------------------------
+
+
+def _invalid(reason: str) -> NoReturn:
+    raise DecodeError(reason, "invalid")
+
+
+def _ordinal(position: object, base: int) -> int:
+    if not isinstance(position, dict) or "ordinal" not in position:
+        _invalid("UBI impression: event_attributes.position.ordinal missing")
+    ordinal = position["ordinal"]
+    if isinstance(ordinal, bool) or not isinstance(ordinal, int):
+        _invalid(
+            "UBI impression: event_attributes.position.ordinal must be an integer, "
+            f"not {json_type(ordinal)}"
+        )
+    if not base <= ordinal < base + MAX_POSITION:
+        _invalid(
+            f"UBI impression: event_attributes.position.ordinal must be between {base} and "
+            f"{base + MAX_POSITION - 1} (RELMON_UBI_POSITION_BASE={base})"
+        )
+    return ordinal
+
+
+def _object_id(target: object) -> str:
+    if not isinstance(target, dict) or "object_id" not in target:
+        _invalid("UBI impression: event_attributes.object.object_id missing")
+    object_id = target["object_id"]
+    if isinstance(object_id, bool) or not isinstance(object_id, str | int):
+        _invalid(
+            "UBI impression: event_attributes.object.object_id must be a string or an integer, "
+            f"not {json_type(object_id)}"
+        )
+    return str(object_id)
+
+
+def _optional_string(obj: dict[str, Any], name: str, where: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        _invalid(f"UBI event: {where}{name} must be a string, not {json_type(value)}")
+    return value
+
+
+def _ubi_event(obj: dict[str, Any], base: int) -> UbiImpression | UbiOtherEvent:
     action = obj.get("action_name")
     if not isinstance(action, str):
-        raise DecodeError("UBI event: action_name must be a string")
+        _invalid(f"UBI event: action_name must be a string, not {json_type(action)}")
     if action != "impression":
         return UbiOtherEvent(action_name=action)
     attrs = obj.get("event_attributes")
     if not isinstance(attrs, dict):
-        raise DecodeError("UBI impression: event_attributes missing")
-    target = attrs.get("object") or {}
-    position = attrs.get("position") or {}
-    if not isinstance(target, dict) or "object_id" not in target:
-        raise DecodeError("UBI impression: event_attributes.object.object_id missing")
-    if not isinstance(position, dict) or "ordinal" not in position:
-        raise DecodeError("UBI impression: event_attributes.position.ordinal missing")
-    if not obj.get("query_id"):
-        raise DecodeError("UBI impression: query_id missing")
-    who = obj.get("session_id") or obj.get("client_id")
-    return UbiImpression(
-        query_id=str(obj["query_id"]),
-        object_id=str(target["object_id"]),
-        position=position["ordinal"],
-        timestamp=obj.get("timestamp"),  # type: ignore[arg-type]
-        session_hash=hash_id(str(who)) if who else None,
-        locale=str(attrs.get("locale") or "en-US"),
+        _invalid("UBI impression: event_attributes missing")
+    ordinal = _ordinal(attrs.get("position"), base)
+    object_id = _object_id(attrs.get("object"))
+    if obj.get("query_id") is None:
+        _invalid("UBI impression: query_id missing")
+    session = _optional_string(obj, "session_id", "")
+    client = _optional_string(obj, "client_id", "")
+    who = session or client
+    return UbiImpression.model_validate(
+        {
+            "query_id": obj["query_id"],
+            "object_id": object_id,
+            "ordinal": ordinal,
+            "position": ordinal - base + 1,
+            "timestamp": obj.get("timestamp"),
+            "session_hash": hash_id(who) if who else None,
+            "locale": _optional_string(attrs, "locale", "event_attributes.") or "en-US",
+        }
     )
 
 
 def _ubi_query(obj: dict[str, Any]) -> UbiQuery:
-    inner = obj.get("ext", {}).get("ubi", obj) if isinstance(obj.get("ext"), dict) else obj
+    ext = obj.get("ext")
+    inner = ext.get("ubi", obj) if isinstance(ext, dict) else obj
     if not isinstance(inner, dict):
-        raise DecodeError("UBI query: ext.ubi must be an object")
-    return UbiQuery(
-        query_id=inner.get("query_id"),  # type: ignore[arg-type]
-        user_query=inner.get("user_query"),  # type: ignore[arg-type]
-        client_id=inner.get("client_id"),
-        timestamp=inner.get("timestamp"),
-        application=inner.get("application"),
-    )
+        _invalid(f"UBI query: ext.ubi must be an object, not {json_type(inner)}")
+    fields = ("query_id", "user_query", "client_id", "timestamp", "application")
+    return UbiQuery.model_validate({k: inner[k] for k in fields if k in inner})
 
 
-def decode_record(raw: bytes | None) -> InputRecord:
-    """Decode one record of the impressions topic, or raise :class:`DecodeError` saying why."""
-    if raw is None:
-        raise DecodeError("empty record (null value)", "malformed")
-    if len(raw) > MAX_RECORD_BYTES:
-        raise DecodeError(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}", "malformed")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"not JSON: {exc}", "malformed") from None
-    if not isinstance(obj, dict):
-        raise DecodeError(f"expected a JSON object, got {type(obj).__name__}", "malformed")
+def _validation_reason(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "record"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid {where}: {first['msg'].removeprefix('Value error, ')}{more}"
+
+
+def _validate(obj: dict[str, Any], base: int) -> InputRecord:
     try:
         if "impression_id" in obj:
             return Impression.model_validate(obj)
         if "action_name" in obj:
-            return _ubi_event(obj)
+            return _ubi_event(obj, base)
         if "user_query" in obj or isinstance(obj.get("ext"), dict):
             return _ubi_query(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "record"
-        raise DecodeError(f"invalid {where}: {first['msg']}") from None
-    raise DecodeError(
+        _invalid(_validation_reason(exc))
+    _invalid(
         "unknown record: expected a relmon impression (impression_id), a UBI event "
         "(action_name) or a UBI query (user_query)"
     )
+
+
+def decode_record(raw: bytes | None, *, ubi_position_base: int = UBI_POSITION_BASE) -> InputRecord:
+    """Decode one record of the impressions topic, or raise :class:`DecodeError` saying why.
+
+    ``ubi_position_base`` is the ordinal of a UBI stream's first result (0 or 1). Any failure,
+    expected or not, is a DecodeError: ``malformed`` while parsing, ``invalid`` after.
+    """
+    try:
+        obj = parse_object(raw)
+    except DecodeError:
+        raise
+    except Exception as exc:  # one record must never break its batch
+        _malformed(f"cannot parse record: {type(exc).__name__}: {exc}")
+    try:
+        return _validate(obj, ubi_position_base)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        _invalid(f"cannot validate record: {type(exc).__name__}: {exc}")

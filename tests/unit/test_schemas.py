@@ -114,7 +114,9 @@ def test_ubi_impression_valid_against_ubi_schema_and_decoded():
     jsonschema.validate(event, EVENT_SCHEMA)
     decoded = decode_record(json.dumps(event).encode())
     assert isinstance(decoded, UbiImpression)
-    assert (decoded.query_id, decoded.object_id, decoded.position) == ("q-123", "SKU-42", 3)
+    # UBI ordinals count from 0 by default: ordinal 3 is relmon's 1-based position 4
+    assert (decoded.query_id, decoded.object_id, decoded.position) == ("q-123", "SKU-42", 4)
+    assert decoded.impression_id == "ubi:q-123:3:SKU-42"
     assert decoded.session_hash and "s-9" not in decoded.session_hash
     imp = decoded.with_query("toner")
     assert imp.needs_catalog and imp.source == "ubi" and imp.query == "toner"
@@ -163,11 +165,11 @@ def test_other_ubi_events_are_recognised():
         (
             json.dumps(
                 ubi_impression(
-                    event_attributes={"object": {"object_id": "x"}, "position": {"ordinal": 0}}
+                    event_attributes={"object": {"object_id": "x"}, "position": {"ordinal": -1}}
                 )
             ).encode(),
             "invalid",
-            "position",
+            "event_attributes.position.ordinal",
         ),
         (
             b'{"impression_id": "i", "query_id": "q", "query": "", "product_id": "p",'
@@ -245,3 +247,231 @@ def test_scoring_requires_enrichment():
             sample_rate=1.0,
             scored_at=datetime.now(UTC),
         )
+
+
+# --- issue 11: nothing lost, nothing hangs -------------------------------------------------------
+
+
+def native_impression(**over):
+    record = {
+        "impression_id": "i",
+        "query_id": "q",
+        "query": "velvet sofa",
+        "product_id": "p",
+        "position": 2,
+        "event_time": "2024-05-16T12:34:56Z",
+    }
+    record.update(over)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"[" * 10_000 + b"]" * 10_000, "nested deeper than 64"),
+        (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "nested deeper than 64"),
+        (b"[" * 10_000, "nested deeper than 64"),
+        (b'{"impression_id": ' + b"7" * 4_301 + b"}", "4300 digits"),
+        (b'{"impression_id": "i", "position": NaN}', "NaN is not a JSON number"),
+        (b'{"impression_id": "i", "position": -Infinity}', "Infinity is not a JSON number"),
+        (b'{"impression_id": "\\ud800"}', "lone UTF-16 surrogate"),
+        ('{"impression_id": "i"}'.encode("utf-16"), "not UTF-8"),
+        (b"\xef\xbb\xbf{}", "not JSON"),
+    ],
+)
+def test_hostile_json_is_malformed_not_a_crash(raw, fragment):
+    with pytest.raises(DecodeError) as info:
+        decode_record(raw)
+    assert info.value.kind == "malformed"
+    assert fragment in str(info.value)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    event = ubi_impression(message="[" * 5_000 + "{" * 5_000)
+    assert isinstance(decode_record(json.dumps(event).encode()), UbiImpression)
+    deep = {"a": [[[[{"b": [1]}]]]]}
+    assert not schemas.ubi.json_depth_exceeds(json.dumps(deep).encode(), 7)
+    assert schemas.ubi.json_depth_exceeds(json.dumps(deep).encode(), 6)
+
+
+@pytest.mark.parametrize(
+    ("target", "record", "kind"),
+    [
+        ("schemas.ubi.json.loads", native_impression(), "malformed"),
+        ("schemas.ubi.Impression.model_validate", native_impression(), "invalid"),
+        ("schemas.ubi.hash_id", ubi_impression(), "invalid"),
+    ],
+)
+def test_any_failure_while_decoding_is_a_decode_error(monkeypatch, target, record, kind):
+    def boom(*args, **kwargs):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(target, boom)
+    with pytest.raises(DecodeError, match="RuntimeError: unexpected") as info:
+        decode_record(json.dumps(record).encode())
+    assert info.value.kind == kind
+
+
+def opensearch_impression(ordinal):
+    """An impression event shaped like OpenSearch's UBI sample (ESCI-derived: ASINs, from 0)."""
+    event = json.loads((UBI / "event-opensearch.json").read_text())
+    event["action_name"] = "impression"
+    event["event_attributes"] = {
+        "object": {"object_id": "B07QXV6N1B", "object_id_field": "asin"},
+        "position": {"ordinal": ordinal},
+    }
+    jsonschema.validate(event, EVENT_SCHEMA)
+    return json.dumps(event).encode()
+
+
+def test_ubi_ordinals_count_from_zero_by_default():
+    first = decode_record(opensearch_impression(0))
+    assert isinstance(first, UbiImpression)
+    assert (first.ordinal, first.position, first.object_id) == (0, 1, "B07QXV6N1B")
+    assert first.with_query("usb c cable").position == 1
+    assert decode_record(opensearch_impression(9)).position == 10
+
+
+def test_ubi_position_base_one_for_streams_numbering_from_one():
+    assert decode_record(opensearch_impression(1), ubi_position_base=1).position == 1
+    with pytest.raises(DecodeError) as info:
+        decode_record(opensearch_impression(0), ubi_position_base=1)
+    assert info.value.kind == "invalid"
+    assert "event_attributes.position.ordinal" in str(info.value)
+    assert "RELMON_UBI_POSITION_BASE=1" in str(info.value)
+    # the id names the event as sent, whatever the base: replays stay idempotent
+    zero = decode_record(opensearch_impression(1))
+    one = decode_record(opensearch_impression(1), ubi_position_base=1)
+    assert zero.impression_id == one.impression_id
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"event_time": 123}, "event_time"),
+        ({"event_time": 1714564800.5}, "event_time"),
+        ({"event_time": "1714564800"}, "event_time"),
+        ({"event_time": "2024-05-16"}, "event_time"),
+        ({"event_time": True}, "event_time"),
+        ({"event_time": "9999-12-31T23:59:59-05:00"}, "event_time"),
+        ({"position": "3"}, "position"),
+        ({"position": 3.0}, "position"),
+        ({"position": 2.5}, "position"),
+        ({"position": True}, "position"),
+        ({"schema_version": True}, "schema_version"),
+        ({"query_id": 5}, "query_id"),
+        ({"attributes": {"size": 3}}, "attributes.size"),
+        ({"locale": None}, "locale"),
+    ],
+)
+def test_native_impression_types_are_as_strict_as_the_schema(change, field):
+    record = native_impression(**change)
+    with pytest.raises(DecodeError) as info:
+        decode_record(json.dumps(record).encode())
+    assert info.value.kind == "invalid"
+    assert str(info.value).startswith(f"invalid {field}:")
+    # jsonschema does not assert formats, and JSON Schema counts 3.0 as an integer: relmon
+    # refuses both (a producer that sends 3.0 for a rank has a bug worth seeing)
+    if not isinstance(change.get("event_time"), str) and change != {"position": 3.0}:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(record, generate()["impression"])
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"timestamp": 1714564800}, "timestamp"),
+        ({"timestamp": "1714564800"}, "timestamp"),
+        ({"query_id": 42}, "query_id"),
+        ({"session_id": 42}, "session_id"),
+        ({"client_id": ["c"]}, "client_id"),
+        (
+            {"event_attributes": {"object": {"object_id": True}, "position": {"ordinal": 1}}},
+            "object_id",
+        ),
+        (
+            {"event_attributes": {"object": {"object_id": None}, "position": {"ordinal": 1}}},
+            "object_id",
+        ),
+        (
+            {"event_attributes": {"object": {"object_id": "x"}, "position": {"ordinal": "1"}}},
+            "ordinal",
+        ),
+        (
+            {"event_attributes": {"object": {"object_id": "x"}, "position": {"ordinal": 1.0}}},
+            "ordinal",
+        ),
+        (
+            {"event_attributes": {"object": {"object_id": "x"}, "position": {"ordinal": True}}},
+            "ordinal",
+        ),
+        ({"event_attributes": {"object": "x", "position": {"ordinal": 1}}}, "object_id"),
+    ],
+)
+def test_ubi_impression_types_are_as_strict_as_the_ubi_schema(change, fragment):
+    event = ubi_impression(**change)
+    with pytest.raises(DecodeError) as info:
+        decode_record(json.dumps(event).encode())
+    assert info.value.kind == "invalid" and fragment in str(info.value)
+    ordinal = change.get("event_attributes", {}).get("position", {}).get("ordinal")
+    if not isinstance(change.get("timestamp"), str) and not isinstance(ordinal, float):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(event, EVENT_SCHEMA)
+
+
+def test_ubi_query_timestamp_must_be_a_date_time_string():
+    with pytest.raises(DecodeError, match="invalid timestamp"):
+        decode_record(json.dumps({"query_id": "q", "user_query": "sofa", "timestamp": 5}).encode())
+
+
+def test_ubi_values_relmon_would_refuse_later_are_refused_when_decoded():
+    # these used to pass decoding and crash the batch when the impression was built
+    for event in (
+        ubi_impression(
+            event_attributes={**ubi_impression()["event_attributes"], "locale": "x" * 40}
+        ),
+        ubi_impression(query_id="   "),
+    ):
+        with pytest.raises(DecodeError):
+            decode_record(json.dumps(event).encode())
+    with pytest.raises(DecodeError, match="user_query"):
+        decode_record(json.dumps({"query_id": "q", "user_query": "   "}).encode())
+
+
+def test_dead_letter_of_a_large_record_is_truncated_with_size_and_sha256():
+    import hashlib
+
+    value = bytes(range(256)) * 3_000  # 768,000 bytes: ~1 MB once base64
+    key = b"k" * 5_000
+    letter = DeadLetter.of(
+        kind="malformed",
+        reason="not JSON",
+        topic="t",
+        partition=1,
+        offset=7,
+        value=value,
+        key=key,
+        max_bytes=100_000,
+    )
+    size = len(letter.to_bytes())
+    assert 99_000 < size <= 100_000
+    assert letter.truncated and value.startswith(letter.original)
+    assert letter.value_size == len(value) and letter.key_size == len(key)
+    assert letter.value_sha256 == hashlib.sha256(value).hexdigest()
+    parsed = DeadLetter.model_validate_json(letter.to_bytes())
+    assert parsed == letter
+    jsonschema.validate(json.loads(letter.to_bytes()), generate()["dead_letter"])
+    whole = DeadLetter.of(
+        kind="malformed", reason="r", topic="t", partition=0, offset=0, value=value[:1000]
+    )
+    assert not whole.truncated and whole.original == value[:1000] and whole.value_size == 1000
+    stripped = letter.without_original("refused")
+    assert stripped.original == b"" and stripped.truncated and "refused" in stripped.reason
+    assert stripped.value_sha256 == letter.value_sha256 and stripped.value_size == len(value)
+
+
+def test_default_dead_letter_limit_keeps_letters_under_a_megabyte():
+    letter = DeadLetter.of(
+        kind="malformed", reason="r", topic="t", partition=0, offset=0, value=b"x" * 1_000_000
+    )
+    assert letter.truncated and len(letter.to_bytes()) <= 512 * 1024
