@@ -290,6 +290,21 @@ class Settings(BaseSettings):
         description="RELMON_CATALOG_FILE: JSON Lines catalogue loaded at worker start "
         "(product_id, title, category, brand, attributes).",
     )
+    ubi_position_base: int = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="RELMON_UBI_POSITION_BASE: event_attributes.position.ordinal of the first "
+        "result in UBI events: 0 (OpenSearch's UBI sample) or 1; relmon's position is "
+        "ordinal - base + 1.",
+    )
+    dlq_max_bytes: int = Field(
+        default=512 * 1024,
+        ge=4096,
+        description="RELMON_DLQ_MAX_BYTES: largest dead letter; a letter that would be larger "
+        "keeps only a prefix of the original bytes (with their size and sha256). Keep it under "
+        "the broker's message limit (1 MB by default).",
+    )
 
     # --- Teacher (LLM judge over an OpenAI-compatible chat-completions API) ----------------
     teacher_base_url: str = Field(

@@ -201,6 +201,8 @@ class RelmonWorker:
             model_version=scorer.model_version,
             metrics=self.metrics,
             retry_s=settings.unknown_product_retry_s,
+            ubi_position_base=settings.ubi_position_base,
+            dead_letter_max_bytes=settings.dlq_max_bytes,
         )
         self.follower = CatalogFollower(
             self.catalog,
@@ -293,7 +295,12 @@ class RelmonWorker:
         reason: str,
     ) -> None:
         self.metrics.inc("catalog_invalid")
-        letter = dead_letter(RawRecord(topic, partition, offset, key, value), "invalid", reason)
+        letter = dead_letter(
+            RawRecord(topic, partition, offset, key, value),
+            "invalid",
+            reason,
+            self.settings.dlq_max_bytes,
+        )
         if self._dlq_producer is None:
             self._dlq_producer = producer(self.settings)
         self._dlq_producer.send(self.settings.topic_dlq, key=key, value=letter.to_bytes()).get(30)

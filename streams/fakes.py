@@ -35,11 +35,26 @@ class OverlapScorer:
         return np.asarray(out, dtype=np.float32)
 
 
-class MemoryPorts(MemoryPlanStore):
-    """Processor ports that keep everything in lists; ``fail_writes`` makes writes fail N times."""
+class MessageSizeTooLargeError(Exception):
+    """What a Kafka producer raises for a message over the broker's size limit (same name)."""
 
-    def __init__(self, scorer: OverlapScorer | None = None, fail_writes: int = 0) -> None:
+    retriable = False
+
+
+class MemoryPorts(MemoryPlanStore):
+    """Processor ports that keep everything in lists; ``fail_writes`` makes writes fail N times.
+
+    Like a Kafka broker, they refuse a dead letter larger than ``max_message_bytes`` serialised.
+    """
+
+    def __init__(
+        self,
+        scorer: OverlapScorer | None = None,
+        fail_writes: int = 0,
+        max_message_bytes: int = 1_048_576,
+    ) -> None:
         super().__init__()
+        self.max_message_bytes = max_message_bytes
         self.scorer = scorer or OverlapScorer()
         self.dead_letters: list[DeadLetter] = []
         self.reviews: list[ReviewRequest] = []
@@ -54,7 +69,13 @@ class MemoryPorts(MemoryPlanStore):
         return self.scorer.predict(pairs)
 
     async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Keep dead letters."""
+        """Keep dead letters; refuse the batch if one is over ``max_message_bytes``."""
+        for letter in letters:
+            size = len(letter.to_bytes())
+            if size > self.max_message_bytes:
+                raise MessageSizeTooLargeError(
+                    f"the message is {size} bytes, more than {self.max_message_bytes} (fake)"
+                )
         self.dead_letters.extend(letters)
 
     async def send_reviews(self, reviews: list[ReviewRequest]) -> None:

@@ -6,7 +6,9 @@ Framework-free: the Faust agent (:mod:`streams.app`) feeds it raw records and pr
 
 Per batch, in this order, so that a crash at any point loses nothing:
 
-1. every record is decoded and validated; bad ones become dead letters (original bytes kept);
+1. every record is decoded and validated; bad ones become dead letters (original bytes kept, a
+   prefix of them with size and sha256 when the letter would exceed ``dead_letter_max_bytes``).
+   Any failure on one record, expected or not, dead-letters that record alone;
 2. UBI query records are remembered (memory and ClickHouse);
 3. impressions get their query text (UBI) and product text (catalogue); an impression whose
    product or query is not known yet waits up to ``retry_s`` (its offset is not committed
@@ -17,6 +19,11 @@ Per batch, in this order, so that a crash at any point loses nothing:
 5. dead letters and review requests are sent and their delivery awaited; rows are written to
    ClickHouse (each impression once: rows already stored by an earlier try are skipped);
 6. only then are the records acked, so their offsets can be committed.
+
+Sends and writes are retried with backoff until they succeed (a broker or store outage stalls the
+batch, nothing is lost), except dead letters the broker refuses for good (too large: see
+:func:`refused_for_good`): those are sent again without their original bytes, so offsets keep
+moving.
 """
 
 from __future__ import annotations
@@ -33,8 +40,22 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from relmon.errors import DecodeError
-from schemas.models import DeadLetter, DeadLetterKind, Impression, ReviewRequest, ScoredImpression
-from schemas.ubi import UbiImpression, UbiOtherEvent, UbiQuery, decode_record
+from schemas.models import (
+    DEAD_LETTER_MAX_BYTES,
+    DeadLetter,
+    DeadLetterKind,
+    Impression,
+    ReviewRequest,
+    ScoredImpression,
+)
+from schemas.ubi import (
+    UBI_POSITION_BASE,
+    InputRecord,
+    UbiImpression,
+    UbiOtherEvent,
+    UbiQuery,
+    decode_record,
+)
 from streams.catalog import Catalog
 from streams.metrics import Metrics
 from streams.plans import Planner, PlanStore
@@ -106,8 +127,13 @@ class _Outcome:
     queries: list[UbiQuery] = field(default_factory=list)
 
 
-def dead_letter(record: RawRecord, kind: DeadLetterKind, reason: str) -> DeadLetter:
-    """The dead letter of ``record``, keeping its original bytes and coordinates."""
+def dead_letter(
+    record: RawRecord,
+    kind: DeadLetterKind,
+    reason: str,
+    max_bytes: int = DEAD_LETTER_MAX_BYTES,
+) -> DeadLetter:
+    """The dead letter of ``record``, keeping its original bytes (or a prefix) and coordinates."""
     return DeadLetter.of(
         kind=kind,
         reason=reason,
@@ -117,7 +143,36 @@ def dead_letter(record: RawRecord, kind: DeadLetterKind, reason: str) -> DeadLet
         value=record.value or b"",
         key=record.key,
         timestamp_ms=record.timestamp_ms,
+        max_bytes=max_bytes,
     )
+
+
+_REFUSED_FOR_GOOD = frozenset(
+    {
+        "MessageSizeTooLargeError",
+        "RecordListTooLargeError",
+        "RecordTooLargeError",
+        "RecordBatchTooLargeError",
+        "InvalidRecordError",
+    }
+)
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether a send failed because of the messages themselves (too large, invalid record).
+
+    Sending the same messages again can never succeed. Other errors (timeouts, connections, a
+    broker or topic not available yet, authorisation) may pass once the cluster or its
+    configuration is fixed, so they are retried.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # the exception, its causes and contexts
+        if seen is None:
+            break
+        if _REFUSED_FOR_GOOD.intersection(t.__name__ for t in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class ImpressionProcessor:
@@ -140,6 +195,8 @@ class ImpressionProcessor:
         query_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         backoff_max_s: float = 30.0,
+        ubi_position_base: int = UBI_POSITION_BASE,
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self._ports = ports
         self._catalog = catalog
@@ -154,6 +211,8 @@ class ImpressionProcessor:
         self._retry_s = retry_s
         self._clock = clock
         self._backoff_max_s = backoff_max_s
+        self._ubi_position_base = ubi_position_base
+        self._dead_letter_max_bytes = dead_letter_max_bytes
         self._queries: OrderedDict[str, str] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._pending: list[_Pending] = []
@@ -178,26 +237,7 @@ class ImpressionProcessor:
             for record in records:
                 self._queue[(record.topic, record.partition)].append(record.offset)
             out = _Outcome()
-            items: list[tuple[RawRecord, Impression | UbiImpression]] = []
-            for record in records:
-                try:
-                    decoded = decode_record(record.value)
-                except DecodeError as exc:
-                    kind: DeadLetterKind = "malformed" if exc.kind == "malformed" else "invalid"
-                    out.letters.append(dead_letter(record, kind, str(exc)))
-                    out.done.append(record)
-                    continue
-                self._metrics.inc("decoded")
-                if isinstance(decoded, UbiQuery):
-                    self._remember_query(decoded.query_id, decoded.user_query)
-                    out.queries.append(decoded)
-                    out.done.append(record)
-                elif isinstance(decoded, UbiOtherEvent):
-                    self._metrics.inc("ignored_events")
-                    out.done.append(record)
-                else:
-                    self._metrics.inc("impressions")
-                    items.append((record, decoded))
+            items = self._decode_all(records, out)
             deadline = self._clock() + self._retry_s
             await self._resolve([_Pending(r, i, deadline) for r, i in items], out, fresh=True)
             await self._finish(out)
@@ -230,6 +270,45 @@ class ImpressionProcessor:
         ]
         return before - len(self._pending)
 
+    def _decode_all(
+        self, records: Sequence[RawRecord], out: _Outcome
+    ) -> list[tuple[RawRecord, Impression | UbiImpression]]:
+        """Decode every record: UBI queries are remembered, other events and bad records done."""
+        items: list[tuple[RawRecord, Impression | UbiImpression]] = []
+        for record in records:
+            decoded = self._decode(record, out)
+            if decoded is None:
+                continue
+            self._metrics.inc("decoded")
+            if isinstance(decoded, UbiQuery):
+                self._remember_query(decoded.query_id, decoded.user_query)
+                out.queries.append(decoded)
+                out.done.append(record)
+            elif isinstance(decoded, UbiOtherEvent):
+                self._metrics.inc("ignored_events")
+                out.done.append(record)
+            else:
+                self._metrics.inc("impressions")
+                items.append((record, decoded))
+        return items
+
+    def _decode(self, record: RawRecord, out: _Outcome) -> InputRecord | None:
+        """The decoded record, or None once it is dead-lettered (whatever went wrong)."""
+        try:
+            return decode_record(record.value, ubi_position_base=self._ubi_position_base)
+        except DecodeError as exc:
+            kind: DeadLetterKind = "malformed" if exc.kind == "malformed" else "invalid"
+            self._reject(record, out, kind, str(exc))
+        except Exception as exc:  # decode_record raises DecodeError only; a bug stops no batch
+            log.exception("decoding %s:%d:%d failed", record.topic, record.partition, record.offset)
+            self._reject(record, out, "invalid", f"decoder failed: {type(exc).__name__}: {exc}")
+        return None
+
+    def _reject(self, record: RawRecord, out: _Outcome, kind: DeadLetterKind, reason: str) -> None:
+        """Dead-letter one record and mark it done."""
+        out.letters.append(dead_letter(record, kind, reason, self._dead_letter_max_bytes))
+        out.done.append(record)
+
     def _remember_query(self, query_id: str, text: str) -> None:
         self._queries[query_id] = text
         self._queries.move_to_end(query_id)
@@ -252,34 +331,44 @@ class ImpressionProcessor:
             await self._prepare_plans(waiting)
         now = self._clock()
         for pending in waiting:
-            item = pending.item
-            problem: tuple[DeadLetterKind, str] | None = None
-            if isinstance(item, UbiImpression):
-                text = self._queries.get(item.query_id)
-                if text is None:
-                    problem = ("unknown_query", f"unknown query_id {item.query_id!r}")
-                else:
-                    item = pending.item = item.with_query(text)
-            if problem is None and isinstance(item, Impression) and item.needs_catalog:
-                product = self._catalog.get(item.product_id)
-                if product is None:
-                    problem = ("unknown_product", f"unknown product {item.product_id!r}")
-                else:
-                    item = item.enriched(product)
-            if problem is None:
-                assert isinstance(item, Impression)
+            try:
+                item, problem = self._complete(pending)
+            except Exception as exc:  # one record's failure must not stop its batch
+                log.exception("completing %s failed", pending.record)
+                reason = f"cannot complete the impression: {type(exc).__name__}: {exc}"
+                self._reject(pending.record, out, "invalid", reason)
+                continue
+            if item is not None:
                 out.ready.append((pending.record, item))
                 out.done.append(pending.record)
                 continue
+            assert problem is not None
             kind, reason = problem
             if fresh:
                 self._metrics.inc(f"{kind}_seen")
             if now >= pending.deadline:
-                waited = f"; not found within {self._retry_s:g} s"
-                out.letters.append(dead_letter(pending.record, kind, reason + waited))
-                out.done.append(pending.record)
+                self._reject(
+                    pending.record, out, kind, f"{reason}; not found within {self._retry_s:g} s"
+                )
             else:
                 self._pending.append(pending)
+
+    def _complete(
+        self, pending: _Pending
+    ) -> tuple[Impression | None, tuple[DeadLetterKind, str] | None]:
+        """The impression with its query and product text, or what is still unknown."""
+        item = pending.item
+        if isinstance(item, UbiImpression):
+            text = self._queries.get(item.query_id)
+            if text is None:
+                return None, ("unknown_query", f"unknown query_id {item.query_id!r}")
+            item = pending.item = item.with_query(text)
+        if item.needs_catalog:
+            product = self._catalog.get(item.product_id)
+            if product is None:
+                return None, ("unknown_product", f"unknown product {item.product_id!r}")
+            item = item.enriched(product)
+        return item, None
 
     async def _prepare_plans(self, waiting: list[_Pending]) -> None:
         """Count first-seen impressions in their partition's sketch; store missing plans.
@@ -356,7 +445,7 @@ class ImpressionProcessor:
                 self._metrics.inc("scored", len(rows))
         reviews = [r for r in map(self._review, rows) if r is not None]
         if out.letters:
-            await self._retrying(self._ports.send_dead_letters, out.letters, what="dead letters")
+            await self._send_dead_letters(out.letters)
             self._metrics.inc("dead_lettered", len(out.letters))
             for letter in out.letters:
                 self._metrics.inc(f"dead_lettered_{letter.kind}")
@@ -411,8 +500,47 @@ class ImpressionProcessor:
     async def _write(self, args: tuple[list[ScoredImpression], list[UbiQuery]]) -> None:
         await self._ports.write(*args)
 
-    async def _retrying(self, fn: Callable[[T], Awaitable[Any]], arg: T, *, what: str) -> Any:
-        """Call ``fn(arg)`` until it succeeds, backing off exponentially (at-least-once)."""
+    async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Deliver dead letters; one the broker refuses for good goes alone, then stripped."""
+        send = self._ports.send_dead_letters
+        try:
+            await self._retrying(send, letters, what="dead letters", give_up=refused_for_good)
+        except Exception as exc:
+            log.error("the broker refused dead letters (%s); sending them one by one", exc)
+            for letter in letters:
+                await self._send_dead_letter_alone(letter)
+
+    async def _send_dead_letter_alone(self, letter: DeadLetter) -> None:
+        """Deliver one letter; refused for good, deliver it without its original bytes."""
+        send = self._ports.send_dead_letters
+        try:
+            await self._retrying(send, [letter], what="dead letter", give_up=refused_for_good)
+            return
+        except Exception as exc:
+            stripped = letter.without_original(f"the broker refused the letter: {exc}")
+        try:
+            await self._retrying(send, [stripped], what="dead letter", give_up=refused_for_good)
+            self._metrics.inc("dead_letters_stripped")
+        except Exception as exc:
+            self._metrics.inc("dead_letters_unsent")
+            log.error(
+                "the broker refused a dead letter even without its original bytes (%s): %s",
+                exc,
+                stripped.to_bytes().decode(),
+            )
+
+    async def _retrying(
+        self,
+        fn: Callable[[T], Awaitable[Any]],
+        arg: T,
+        *,
+        what: str,
+        give_up: Callable[[Exception], bool] | None = None,
+    ) -> Any:
+        """Call ``fn(arg)`` until it succeeds, backing off exponentially (at-least-once).
+
+        An error for which ``give_up`` is true is raised at once instead.
+        """
         delay = 0.2
         while True:
             try:
@@ -420,6 +548,9 @@ class ImpressionProcessor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if give_up is not None and give_up(exc):
+                    self._metrics.inc("send_refused")
+                    raise
                 self._metrics.inc("store_errors" if "ClickHouse" in what else "send_errors")
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 await asyncio.sleep(delay)

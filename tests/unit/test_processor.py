@@ -428,3 +428,186 @@ def test_reviews_cover_bad_uncertain_and_an_audit_share():
     assert min(r.priority for r in reasons["uncertain"]) <= max(
         r.priority for r in reasons["below_threshold"]
     )
+
+
+# --- issue 11: nothing lost, nothing hangs -------------------------------------------------------
+
+
+def within(coro, seconds=10.0):
+    """Run ``coro``, failing (instead of hanging) if it does not finish in time."""
+    return run(asyncio.wait_for(coro, seconds))
+
+
+def test_hostile_records_are_dead_lettered_alone_and_the_batch_goes_on():
+    proc, ports, _ = make()
+    hostile = [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"impression_id": ' + b"9" * 5_000 + b"}",
+        json.dumps(
+            {
+                **json.loads(ubi_event("u1", "p1", 0)),
+                "event_attributes": {
+                    "object": {"object_id": "p1"},
+                    "position": {"ordinal": 0},
+                    "locale": "x" * 40,
+                },
+            }
+        ).encode(),
+    ]
+    records = [
+        record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 0),
+        *[record(raw, offset) for offset, raw in enumerate(hostile, 1)],
+        record(native(4), 4),
+    ]
+    within(proc.process(records))
+    assert set(ports.rows) == {"i4"}
+    letters = {d.offset: d for d in ports.dead_letters}
+    assert set(letters) == {1, 2, 3}
+    assert "nested deeper" in letters[1].reason and "4300 digits" in letters[2].reason
+    assert letters[3].kind == "invalid" and "locale" in letters[3].reason
+    assert all(letters[o].original == records[o].value for o in letters)
+    assert sorted(r.offset for r in ports.acked) == list(range(5))
+
+
+def test_a_decoder_failure_dead_letters_that_record_only(monkeypatch):
+    import streams.processor as processor
+
+    real = processor.decode_record
+
+    def flaky(raw, **kwargs):
+        if raw == b'{"boom": 1}':
+            raise MemoryError("fake")
+        return real(raw, **kwargs)
+
+    monkeypatch.setattr(processor, "decode_record", flaky)
+    proc, ports, _ = make()
+    within(proc.process([record(b'{"boom": 1}', 0), record(native(1), 1)]))
+    (letter,) = ports.dead_letters
+    assert letter.kind == "invalid" and "MemoryError" in letter.reason
+    assert set(ports.rows) == {"i1"} and len(ports.acked) == 2
+
+
+def test_a_failure_completing_one_impression_dead_letters_it_only(monkeypatch):
+    from schemas.ubi import UbiImpression
+
+    def boom(self, text):
+        raise ValueError("cannot build")
+
+    monkeypatch.setattr(UbiImpression, "with_query", boom)
+    proc, ports, _ = make()
+    batch = [
+        record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 0),
+        record(ubi_event("u1", "p1", 0), 1),
+        record(native(2), 2),
+    ]
+    within(proc.process(batch))
+    (letter,) = ports.dead_letters
+    assert letter.offset == 1 and "cannot build" in letter.reason
+    assert set(ports.rows) == {"i2"} and len(ports.acked) == 3
+
+
+def test_a_record_too_large_for_the_broker_is_dead_lettered_truncated():
+    import hashlib
+
+    proc, ports, metrics = make()  # the fake broker refuses messages over 1 MiB
+    value = b'{"impression_id": "' + b"x" * 900_000 + b'"'
+    within(proc.process([record(value, 0), record(native(1), 1)]))
+    (letter,) = ports.dead_letters
+    assert letter.kind == "malformed" and letter.truncated
+    assert len(letter.to_bytes()) <= 512 * 1024
+    assert letter.value_size == len(value)
+    assert letter.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert value.startswith(letter.original) and len(letter.original) > 300_000
+    assert len(ports.acked) == 2 and metrics.get("send_errors") == 0
+
+
+def test_dead_letters_the_broker_refuses_for_good_are_sent_without_the_original():
+    # a limit set above what the broker takes: the broker refuses, nothing retries forever
+    ports = MemoryPorts(max_message_bytes=20_000)
+    proc, ports, metrics = make(ports=ports)
+    big = b"{" + b"x" * 50_000
+    within(proc.process([record(big, 0), record(b"{small", 1), record(native(2), 2)]))
+    letters = {d.offset: d for d in ports.dead_letters}
+    assert set(letters) == {0, 1}
+    assert letters[1].original == b"{small" and not letters[1].truncated
+    assert letters[0].original == b"" and letters[0].truncated
+    assert letters[0].value_size == len(big) and "refused" in letters[0].reason
+    assert metrics.get("dead_letters_stripped") == 1
+    assert sorted(r.offset for r in ports.acked) == [0, 1, 2]
+
+
+def test_a_dead_letter_refused_even_stripped_is_logged_and_offsets_move(caplog):
+    ports = MemoryPorts(max_message_bytes=10)
+    proc, ports, metrics = make(ports=ports)
+    within(proc.process([record(b"{bad", 0), record(native(1), 1)]))
+    assert ports.dead_letters == []
+    assert metrics.get("dead_letters_unsent") == 1
+    assert any('"offset":0' in r.getMessage() for r in caplog.records)
+    assert sorted(r.offset for r in ports.acked) == [0, 1]
+
+
+def test_transient_dead_letter_failures_are_still_retried():
+    class Flaky(MemoryPorts):
+        failures = 2
+
+        async def send_dead_letters(self, letters):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("broker away (fake)")
+            await super().send_dead_letters(letters)
+
+    proc, ports, metrics = make(ports=Flaky())
+    within(proc.process([record(b"{bad", 0)]))
+    (letter,) = ports.dead_letters
+    assert letter.original == b"{bad" and not letter.truncated
+    assert metrics.get("send_errors") == 2 and len(ports.acked) == 1
+
+
+def test_ubi_ordinals_from_zero_become_positions_from_one():
+    proc, ports, _ = make()
+    within(
+        proc.process(
+            [
+                record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 0),
+                record(ubi_event("u1", "p1", 0), 1),
+            ]
+        )
+    )
+    assert ports.dead_letters == []
+    assert ports.rows["ubi:u1:0:p1"].position == 1
+    assert ports.rows["ubi:u1:0:p1"].position_bucket == "top"
+
+
+def test_ubi_position_base_one():
+    ports = MemoryPorts()
+    proc = ImpressionProcessor(
+        ports=ports,
+        catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
+        planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=Clock()),
+        rates=SamplingRates(uniform=1.0),
+        threshold=0.5,
+        model_version="m",
+        metrics=Metrics(),
+        clock=Clock(),
+        backoff_max_s=0.05,
+        ubi_position_base=1,
+    )
+    batch = [
+        record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 0),
+        record(ubi_event("u1", "p1", 1), 1),
+        record(ubi_event("u1", "p1", 0), 2),
+    ]
+    within(proc.process(batch))
+    assert ports.rows["ubi:u1:1:p1"].position == 1
+    (letter,) = ports.dead_letters
+    assert letter.offset == 2 and "RELMON_UBI_POSITION_BASE=1" in letter.reason
+
+
+def test_numeric_event_time_is_dead_lettered_naming_the_field():
+    proc, ports, _ = make()
+    raw = json.loads(native(0))
+    raw["event_time"] = 123
+    within(proc.process([record(json.dumps(raw).encode(), 0)]))
+    (letter,) = ports.dead_letters
+    assert letter.kind == "invalid" and letter.reason.startswith("invalid event_time:")
+    assert ports.rows == {}
