@@ -32,13 +32,17 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def connect(settings: Settings, *, database: str | None = None, **kwargs: Any) -> Client:
-    """Open a clickhouse-connect client to the configured ClickHouse (or local store)."""
+    """Open a clickhouse-connect client to the configured ClickHouse (or local store).
+
+    The password is RELMON_CLICKHOUSE_PASSWORD, else the one the local store generated
+    (:meth:`Settings.clickhouse_password_value`).
+    """
     try:
         return clickhouse_connect.get_client(
             host=settings.clickhouse_host,
             port=settings.clickhouse_port,
             username=settings.clickhouse_user,
-            password=settings.clickhouse_password.get_secret_value(),
+            password=settings.clickhouse_password_value(),
             database=database if database is not None else settings.clickhouse_database,
             secure=settings.clickhouse_secure,
             compress=False,

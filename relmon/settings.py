@@ -107,7 +107,9 @@ class Settings(BaseSettings):
         default="default", description="RELMON_CLICKHOUSE_USER: ClickHouse user."
     )
     clickhouse_password: SecretStr = Field(
-        default=SecretStr(""), description="RELMON_CLICKHOUSE_PASSWORD: ClickHouse password."
+        default=SecretStr(""),
+        description="RELMON_CLICKHOUSE_PASSWORD: ClickHouse password (empty = the local store's "
+        "generated password, read from the file beside its data directory).",
     )
     clickhouse_database: str = Field(
         default="relmon",
@@ -565,6 +567,25 @@ class Settings(BaseSettings):
         return (self.store_dir or self.home / "store").resolve()
 
     @property
+    def store_password_file(self) -> Path:
+        """The file holding the local store's generated password (see :func:`password_file_of`)."""
+        return password_file_of(self.store_path)
+
+    def clickhouse_password_value(self) -> str:
+        """The ClickHouse password to send.
+
+        RELMON_CLICKHOUSE_PASSWORD if set, else the local store's generated password (read at
+        each call, so a component started before the store finds it; empty if there is none).
+        """
+        explicit = self.clickhouse_password.get_secret_value()
+        if explicit:
+            return explicit
+        try:
+            return self.store_password_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+
+    @property
     def kafka_servers(self) -> list[str]:
         """Bootstrap servers as a list."""
         return [s.strip() for s in self.kafka_bootstrap.split(",")]
@@ -574,6 +595,14 @@ class Settings(BaseSettings):
         data = self.model_dump()
         data.update(changes)
         return load_settings(**data)
+
+
+def password_file_of(store_dir: Path) -> Path:
+    """Where the local store on ``store_dir`` keeps its generated password.
+
+    Beside the data directory (``$RELMON_HOME/store.password`` by default), mode 0600.
+    """
+    return store_dir.parent / f"{store_dir.name}.password"
 
 
 def load_settings(**overrides: object) -> Settings:

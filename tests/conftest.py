@@ -49,7 +49,10 @@ def broker(base_settings: Settings) -> Iterator[ManagedProcess]:
 
 @pytest.fixture(scope="session")
 def store(base_settings: Settings) -> Iterator[ManagedProcess]:
-    with store_process(base_settings) as proc:
+    with store_process(base_settings) as proc, pytest.MonkeyPatch.context() as env:
+        # Settings built from the environment alone (the dashboard pages' get_settings(), with a
+        # per-test RELMON_HOME) cannot find the password file beside the session store's data.
+        env.setenv("RELMON_CLICKHOUSE_PASSWORD", base_settings.clickhouse_password_value())
         yield proc
 
 

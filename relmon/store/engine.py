@@ -6,12 +6,22 @@ has its own session state (``USE``, ``SET``) and handles run queries in parallel
 calls on one handle are serialised by chdb. The store keeps one *anchor* handle open for
 its lifetime (closing the last handle shuts the engine down) and gives every request a
 fresh handle, so a request's database and settings can never leak into another's.
+
+Every statement is checked before it runs (:mod:`relmon.store.policy`): one statement only,
+told by ClickHouse's own parser given the text as a bound value (chdb runs every statement of
+a multi-statement text, where a ClickHouse server refuses them), and nothing in its
+``EXPLAIN AST`` that reaches files, URLs or other servers. INSERT data never passes through
+the SQL parser: it is spooled to a file the statement reads with ``FROM INFILE``, so a refused
+insert raises ClickHouse's error (chdb's streaming insert reports every row written even when
+the table refused the block, e.g. "Too many partitions").
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +30,11 @@ from typing import Any
 import chdb
 
 from relmon.errors import ServiceError
-from relmon.store import protocol
+from relmon.store import policy, protocol
 from relmon.store.protocol import (
+    ACCESS_DENIED,
+    BAD_ARGUMENTS,
+    SYNTAX_ERROR,
     UNKNOWN_FORMAT,
     StoreError,
     engine_error,
@@ -35,7 +48,7 @@ logger = logging.getLogger(__name__)
 # Format names chdb's Python layer turns into Python objects instead of bytes.
 _PYTHON_ONLY_FORMATS = frozenset({"dataframe", "datastore", "arrowtable"})
 
-_INSERT_CHUNK = 1 << 20
+_SPOOL_DIR = "relmon_spool"  # inside the data directory: INSERT data waiting for FROM INFILE
 _open_dirs: set[Path] = set()
 _open_dirs_lock = threading.Lock()
 
@@ -67,12 +80,23 @@ class Engine:
                 raise ServiceError(_open_failure(self.data_dir, str(ex))) from ex
             _open_dirs.add(self.data_dir)
         self.version, self.timezone = self._probe()
+        self._denied = policy.denied_sources(self._source_names())
+        self._spool = self.data_dir / _SPOOL_DIR
+        self._spool.mkdir(mode=0o700, exist_ok=True)
         logger.info("chdb %s opened %s (timezone %s)", self.version, self.data_dir, self.timezone)
 
     def _probe(self) -> tuple[str, str]:
         raw = self._anchor.query("SELECT version(), timezone()", "TabSeparated").bytes()
         version, _, zone = raw.decode().strip().partition("\t")
         return version, zone
+
+    def _source_names(self) -> list[str]:
+        raw = self._anchor.query(
+            "SELECT name FROM system.table_functions UNION ALL SELECT name FROM "
+            "system.table_engines",
+            "TabSeparatedRaw",
+        ).bytes()
+        return raw.decode().split()
 
     def execute(
         self,
@@ -82,38 +106,86 @@ class Engine:
         settings: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
         default_format: str | None = None,
+        readonly: int = 0,
     ) -> QueryResult:
-        """Run one statement (an INSERT may carry its data after ``FORMAT x``) on a fresh handle.
+        """Check and run one statement (an INSERT may carry data after ``FORMAT x``/``VALUES``).
+
+        ``readonly`` (1 or 2) is set before the request's own settings, so they cannot lift it.
 
         Raises:
-            StoreError: the engine rejected the statement, database, a setting or a parameter.
+            StoreError: the store refused the statement (:mod:`relmon.store.policy`), or the
+                engine rejected it, its database, a setting or a parameter.
 
         """
         is_insert, explicit_format = statement_kind(sql)
         if default_format and default_format.lower() in _PYTHON_ONLY_FORMATS:
             raise StoreError(UNKNOWN_FORMAT, f"Unknown format {default_format}")
+        for name, value in (settings or {}).items():
+            refused = policy.setting_refusal(name, value)
+            if refused:
+                raise StoreError(ACCESS_DENIED, f"The store does not allow {refused}")
+        parts = protocol.split_insert(sql) if is_insert else None
+        text = _text(f"{parts[0]} FORMAT {parts[1]}".encode() if parts else sql)
+        refused = policy.text_refusal(text)
+        if refused:
+            raise StoreError(ACCESS_DENIED, f"The store does not allow {refused}")
         conn = chdb.connect(str(self.data_dir))
         try:
+            # Forced settings first: their names are refused in the request's settings and SQL.
+            for name, value in policy.FORCED_SETTINGS.items():
+                _run(conn, f"SET {name} = {quote_string(value)}", "TabSeparated")
+            if readonly:
+                _run(conn, f"SET readonly = {int(readonly)}", "TabSeparated")
             if database:
                 _run(conn, f"USE {quote_identifier(database)}", "TabSeparated")
             for name, value in (settings or {}).items():
                 _run(conn, f"SET {name} = {quote_string(value)}", "TabSeparated")
-            parts = protocol.split_insert(sql) if is_insert else None
+            self._check(conn, text, params)
             if parts is not None:
-                return _insert(conn, *parts)
+                return self._insert(conn, *parts, params)
             if explicit_format or default_format or is_insert:
                 fmt = explicit_format or default_format or "TabSeparated"
-                result = _run(conn, sql, default_format or "TabSeparated", params)
+                result = _run(conn, text, default_format or "TabSeparated", params)
                 return QueryResult(result.bytes(), None if is_insert else fmt, _summary(result))
             # A statement without FORMAT answers TabSeparated if it produces a result set.
             # Asking for names tells "empty result set" (a names line) from "no result set".
-            result = _run(conn, sql, "TabSeparatedWithNames", params)
+            result = _run(conn, text, "TabSeparatedWithNames", params)
             body = result.bytes()
             if not body:
                 return QueryResult(b"", None, _summary(result))
             return QueryResult(body[body.find(b"\n") + 1 :], "TabSeparated", _summary(result))
         finally:
             conn.close()
+
+    def _check(self, conn: Any, text: str, params: dict[str, str] | None) -> None:
+        """Refuse ``text`` unless it is one statement that reaches nothing outside the store."""
+        try:  # the text is a bound value here: parsed, never run
+            _run(conn, "SELECT formatQuery({q:String})", "Null", {"q": _escape_param(text)})
+        except StoreError as ex:
+            if "Multi-statements" in ex.message:
+                raise StoreError(
+                    SYNTAX_ERROR, "Multi-statements are not allowed: send one statement"
+                ) from None
+        ast = _run(conn, "EXPLAIN AST " + text, "TabSeparatedRaw", params).bytes().decode()
+        refused = policy.ast_refusal(ast, self._denied)
+        if refused:
+            raise StoreError(
+                ACCESS_DENIED,
+                f"The store does not allow {refused}: it reaches only its own tables",
+            )
+
+    def _insert(
+        self, conn: Any, statement: str, fmt: str, data: bytes, params: dict[str, str] | None
+    ) -> QueryResult:
+        """Run an INSERT whose data reaches the engine as a file, never as SQL text."""
+        fd, path = tempfile.mkstemp(prefix="insert-", suffix=".data", dir=self._spool)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            result = _run(conn, protocol.insert_from_file(statement, fmt, path), "Null", params)
+        finally:
+            os.unlink(path)
+        return QueryResult(b"", None, _summary(result))
 
     def close(self) -> None:
         """Close the anchor handle: the engine shuts down and flushes its data."""
@@ -131,19 +203,22 @@ def _run(conn: Any, sql: str | bytes, fmt: str, params: dict[str, str] | None = 
         raise engine_error(str(ex)) from ex
 
 
-def _insert(conn: Any, statement: str, fmt: str, data: bytes) -> QueryResult:
-    """Stream inline INSERT data: chdb's query() truncates binary data inlined in SQL."""
+def _text(sql: bytes) -> str:
     try:
-        inserter = conn.send_insert(statement, fmt)
-        with inserter:
-            view = memoryview(data)
-            for offset in range(0, len(view), _INSERT_CHUNK):
-                inserter.append(view[offset : offset + _INSERT_CHUNK])
-            done = inserter.finish()
-    except RuntimeError as ex:
-        raise engine_error(str(ex)) from ex
-    summary = {"written_rows": str(done.rows_written), "written_bytes": str(done.bytes_written)}
-    return QueryResult(b"", None, {**summary, "elapsed_ns": str(int(done.elapsed * 1e9))})
+        return sql.decode()
+    except UnicodeDecodeError as ex:
+        raise StoreError(BAD_ARGUMENTS, f"The query is not valid UTF-8: {ex}") from None
+
+
+def _escape_param(value: str) -> str:
+    """Escape a bound String value the way the engine parses it (TSV escaping)."""
+    return (
+        value.replace("\\", "\\\\")
+        .replace("\n", "\\n")
+        .replace("\t", "\\t")
+        .replace("\r", "\\r")
+        .replace("\0", "\\0")
+    )
 
 
 def _summary(result: Any) -> dict[str, str]:

@@ -11,7 +11,7 @@ import base64
 import gzip
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesParser
@@ -57,11 +57,14 @@ _ENGINE_CODE_RE = re.compile(r"Code: (\d+)\. DB::Exception: ")
 _ERROR_NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]+)\)")
 _TRAILERS_RE = re.compile(r"(?:\.?\s*\([A-Z][A-Z0-9_]+\)|\s*\(version [^)]*\))+\.?\s*$")
 _TRAILING_FORMAT_RE = re.compile(rb"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
-_INSERT_TOKEN_RE = re.compile(
+_SQL_TOKEN_RE = re.compile(
     rb"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`|--[^\n]*|/\*.*?\*/"
-    rb"|\bFORMAT(?=\s+(\w+))",
-    re.IGNORECASE | re.DOTALL,
+    rb"|\w+|\S",
+    re.DOTALL,
 )
+_FORMAT_NAME_RE = re.compile(rb"\s+(\w+)")
+# Tokens after which FORMAT, VALUES or SETTINGS is a name, not a keyword.
+_NAME_POSITIONS = frozenset({b"INTO", b"TABLE", b"FUNCTION", b"."})
 MAX_STATEMENT_BYTES = 256 * 1024  # ClickHouse's max_query_size: where inline data must start
 _LEADING_COMMENTS_RE = re.compile(rb"^(?:\s+|--[^\n]*\n|/\*.*?\*/)*", re.DOTALL)
 
@@ -71,7 +74,9 @@ UNKNOWN_FORMAT = 73
 BAD_ARGUMENTS = 36
 NOT_IMPLEMENTED = 48
 UNKNOWN_SETTING = 115
+READONLY = 164
 ABORTED = 236
+ACCESS_DENIED = 497
 AUTHENTICATION_FAILED = 516
 STD_EXCEPTION = 1001
 
@@ -81,7 +86,9 @@ _ERROR_NAMES = {
     BAD_ARGUMENTS: "BAD_ARGUMENTS",
     NOT_IMPLEMENTED: "NOT_IMPLEMENTED",
     UNKNOWN_SETTING: "UNKNOWN_SETTING",
+    READONLY: "READONLY",
     ABORTED: "ABORTED",
+    ACCESS_DENIED: "ACCESS_DENIED",
     AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED",
     STD_EXCEPTION: "STD_EXCEPTION",
 }
@@ -106,7 +113,7 @@ class StoreError(Exception):
         """The HTTP status ClickHouse answers with for this error code."""
         if self._status is not None:
             return self._status
-        if self.code == AUTHENTICATION_FAILED:
+        if self.code in (AUTHENTICATION_FAILED, ACCESS_DENIED, READONLY):
             return 403
         if self.code in _BAD_REQUEST_CODES:
             return 400
@@ -274,23 +281,66 @@ def statement_kind(sql: bytes) -> tuple[bool, str | None]:
     return False, match.group(1).decode() if match else None
 
 
-def split_insert(sql: bytes) -> tuple[str, str, bytes] | None:
-    """Split ``INSERT ... FORMAT fmt <data>`` into (statement, fmt, data); None if no FORMAT.
-
-    Quoted strings, identifiers and comments are skipped while looking for FORMAT. As in
-    ClickHouse, the data starts after the first newline following the format name, or after
-    the whitespace if there is no newline in it.
-    """
-    for match in _INSERT_TOKEN_RE.finditer(sql, 0, min(len(sql), MAX_STATEMENT_BYTES)):
-        fmt = match.group(1)
-        if fmt is None or fmt.upper() == b"FORMAT":
+def _sql_tokens(sql: bytes, limit: int) -> Iterator[tuple[re.Match[bytes], int]]:
+    """Tokens of ``sql`` up to ``limit`` with their parenthesis depth; no strings or comments."""
+    depth = 0
+    for match in _SQL_TOKEN_RE.finditer(sql, 0, limit):
+        token = match.group()
+        if token[:1] in (b"'", b'"', b"`") or token[:2] in (b"--", b"/*"):
             continue
-        rest = match.end(1)
-        blank_end = rest + len(sql[rest : rest + 64]) - len(sql[rest : rest + 64].lstrip())
-        newline = sql.find(b"\n", rest, blank_end)
-        start = newline + 1 if newline >= 0 else blank_end
-        return sql[: match.start()].decode(), fmt.decode(), sql[start:]
+        if token == b")":
+            depth -= 1
+        yield match, depth
+        if token == b"(":
+            depth += 1
+
+
+def split_insert(sql: bytes) -> tuple[str, str, bytes] | None:
+    """Split an INSERT with inline data into (statement, format, data); None if it has none.
+
+    ``INSERT ... FORMAT fmt <data>`` and ``INSERT ... VALUES <data>`` (format ``Values``) carry
+    data; ``INSERT ... SELECT`` does not. Quoted strings, identifiers and comments are skipped
+    while looking for FORMAT or VALUES. As in ClickHouse, FORMAT's data starts after the first
+    newline following the format name, or after the whitespace if there is no newline in it.
+    """
+    previous = b""
+    for match, depth in _sql_tokens(sql, min(len(sql), MAX_STATEMENT_BYTES)):
+        word = match.group().upper()
+        if depth == 0 and previous not in _NAME_POSITIONS:
+            if word in (b"SELECT", b"WITH"):
+                return None
+            if word == b"VALUES":
+                return sql[: match.start()].decode(), "Values", sql[match.end() :]
+            named = _FORMAT_NAME_RE.match(sql, match.end()) if word == b"FORMAT" else None
+            if named:
+                rest = named.end(1)
+                window = sql[rest : rest + 64]
+                blank_end = rest + len(window) - len(window.lstrip())
+                newline = sql.find(b"\n", rest, blank_end)
+                start = newline + 1 if newline >= 0 else blank_end
+                return sql[: match.start()].decode(), named.group(1).decode(), sql[start:]
+        previous = word
     return None
+
+
+def insert_from_file(statement: str, fmt: str, path: str) -> str:
+    """``statement`` (an INSERT head from :func:`split_insert`) reading its data from ``path``.
+
+    ``FROM INFILE`` goes before the statement's own SETTINGS clause, as ClickHouse's grammar
+    wants: ``INSERT INTO t (a) FROM INFILE 'p' COMPRESSION 'none' SETTINGS ... FORMAT fmt``.
+    """
+    raw = statement.encode()
+    previous = b""
+    cut = len(raw)
+    for match, depth in _sql_tokens(raw, len(raw)):
+        word = match.group().upper()
+        if depth == 0 and word == b"SETTINGS" and previous not in _NAME_POSITIONS:
+            cut = match.start()
+            break
+        previous = word
+    head, tail = raw[:cut].decode().rstrip(), raw[cut:].decode().strip()
+    infile = f"FROM INFILE {quote_string(path)} COMPRESSION 'none'"
+    return " ".join(part for part in (head, infile, tail, f"FORMAT {fmt}") if part)
 
 
 def quote_identifier(name: str) -> str:

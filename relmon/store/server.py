@@ -8,6 +8,12 @@ engine; other URL parameters applied as settings; compressed responses when
 ``enable_http_compression=1``; the ``X-ClickHouse-*`` headers clickhouse-connect reads.
 Anything else is answered with a ClickHouse-style error. Sessions are not kept: every
 request runs on a fresh engine handle.
+
+Every query needs the password (by default generated at first start and kept in
+:func:`~relmon.settings.password_file_of` the data directory). Requests naming a foreign
+``Host`` or coming from a foreign web page (``Origin``) are refused, GET queries run read-only
+whatever their URL says, and the engine refuses statements that reach outside the store
+(:mod:`relmon.store.policy`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from relmon.errors import ServiceError
-from relmon.store import protocol
+from relmon.settings import password_file_of
+from relmon.store import policy, protocol
 from relmon.store.engine import Engine, QueryResult
 from relmon.store.protocol import StoreError
 
@@ -38,6 +45,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
     timeout = 30  # seconds an idle keep-alive connection stays open, like ClickHouse
+    # Headers and body go out as separate writes; with Nagle's algorithm the body waited for
+    # the client's delayed ACK (~40 ms per query).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -57,6 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
         try:
+            self._check_caller()
             if url.path == "/ping" and self.command in ("GET", "HEAD"):
                 self._send(200, b"Ok.\n", {"Content-Type": "text/html; charset=UTF-8"})
             elif url.path != "/" or self.command not in ("GET", "POST"):
@@ -76,6 +87,24 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("unexpected store error")
             self.close_connection = True
             self._send_error(StoreError(protocol.STD_EXCEPTION, f"{type(ex).__name__}: {ex}"))
+
+    def _check_caller(self) -> None:
+        """Refuse requests addressed to a foreign host name or sent by a foreign web page."""
+        host = self.headers.get("Host")
+        if not policy.host_allowed(host, self.server.bind_host):
+            self.close_connection = True
+            raise StoreError(
+                protocol.ACCESS_DENIED,
+                f"Host {host!r} is not this store's address: it answers to loopback names and "
+                "addresses only",
+            )
+        origin = self.headers.get("Origin")
+        if not policy.origin_allowed(origin):
+            self.close_connection = True
+            raise StoreError(
+                protocol.ACCESS_DENIED,
+                f"Requests from web pages of {origin!r} are not allowed",
+            )
 
     def _query(self, url_params: dict[str, str]) -> None:
         raw_body = self._read_body()  # read first, so the connection stays usable on errors
@@ -97,9 +126,15 @@ class _Handler(BaseHTTPRequestHandler):
         sql = query + b"\n" + body if query and body else query or body
         if not sql.strip():
             raise StoreError(protocol.SYNTAX_ERROR, "Empty query")
-        settings = options.settings
-        if self.command == "GET":
-            settings = {"readonly": "2", **settings}  # ClickHouse runs GET queries read-only
+        settings = dict(options.settings)
+        readonly = 0
+        if self.command == "GET":  # ClickHouse runs GET queries read-only; a URL cannot lift it
+            level = settings.pop("readonly", "2") or "2"
+            if level not in ("1", "2"):
+                raise StoreError(
+                    protocol.READONLY, "Cannot modify 'readonly' setting in readonly mode"
+                )
+            readonly = int(level)
         with self.server.request_slot():
             result = self.server.engine.execute(
                 sql,
@@ -107,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
                 settings=settings,
                 params=options.params,
                 default_format=options.default_format,
+                readonly=readonly,
             )
         self._send_result(result, options.query_id or str(uuid.uuid4()), settings, url_params)
 
@@ -191,10 +227,13 @@ class _Handler(BaseHTTPRequestHandler):
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine, password: str) -> None:
+    def __init__(
+        self, address: tuple[str, int], engine: Engine, password: str, bind_host: str
+    ) -> None:
         super().__init__(address, _Handler)
         self.engine = engine
         self.password = password
+        self.bind_host = bind_host
         self._active = 0
         self._closing = False
         self._idle = threading.Condition()
@@ -230,10 +269,15 @@ class _Slot:
 class StoreServer:
     """Owns a chdb data directory and serves it over ClickHouse's HTTP interface.
 
+    Without a ``password``, the store uses the one in ``password_file`` (default
+    :func:`~relmon.settings.password_file_of` the data directory), creating it at first start.
+
     Example::
 
         with StoreServer(Path("/var/lib/relmon/store")) as store:
-            client = clickhouse_connect.get_client(host="127.0.0.1", port=store.port)
+            client = clickhouse_connect.get_client(
+                host="127.0.0.1", port=store.port, password=store.password
+            )
     """
 
     def __init__(
@@ -242,13 +286,20 @@ class StoreServer:
         host: str = "127.0.0.1",
         port: int = 0,
         password: str | None = None,
+        password_file: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self._port = port
         self._password = password or ""
+        self.password_file = password_file or password_file_of(self.data_dir.resolve())
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def password(self) -> str:
+        """The password clients must present (known once started, if generated)."""
+        return self._password
 
     @property
     def port(self) -> int:
@@ -264,9 +315,11 @@ class StoreServer:
         """
         if self._httpd is not None:
             return self
+        if not self._password:
+            self._password = policy.load_or_create_password(self.password_file)
         engine = Engine(self.data_dir)
         try:
-            httpd = _HTTPServer((self.host, self._port), engine, self._password)
+            httpd = _HTTPServer((self.host, self._port), engine, self._password, self.host)
         except OSError as ex:
             engine.close()
             raise ServiceError(
@@ -310,11 +363,16 @@ class StoreServer:
 
 
 def serve(
-    data_dir: Path, host: str = "127.0.0.1", port: int = 8123, password: str | None = None
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8123,
+    password: str | None = None,
+    password_file: Path | None = None,
 ) -> None:
     """Run the store in the foreground until SIGTERM or SIGINT, then shut down cleanly.
 
-    Must be called from the main thread (it installs signal handlers).
+    Must be called from the main thread (it installs signal handlers). Without a password,
+    the generated one in ``password_file`` is used (see :class:`StoreServer`).
     """
     stopping = threading.Event()
 
@@ -324,7 +382,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with StoreServer(data_dir, host, port, password):
+        with StoreServer(data_dir, host, port, password, password_file):
             stopping.wait()
     finally:
         for sig, handler in previous.items():

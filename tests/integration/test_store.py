@@ -52,7 +52,12 @@ def store(tmp_path: Path) -> Iterator[StoreServer]:
 
 
 def connect(server: StoreServer, **kwargs: Any) -> Client:
+    kwargs.setdefault("password", server.password)
     return clickhouse_connect.get_client(host="127.0.0.1", port=server.port, **kwargs)
+
+
+def auth(server: StoreServer) -> dict[str, str]:
+    return {"X-ClickHouse-User": "default", "X-ClickHouse-Key": server.password}
 
 
 def make_rows(n: int, start: int = 0) -> list[list[object]]:
@@ -78,9 +83,15 @@ def create_events(server: StoreServer) -> Client:
     return client
 
 
-def http_get(server: StoreServer, path: str) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    server: StoreServer, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}{path}",
+        headers=auth(server) if headers is None else headers,
+    )
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as ex:
         return ex.code, dict(ex.headers), ex.read()
@@ -140,7 +151,7 @@ def test_compressed_response_when_client_accepts_it(store: StoreServer) -> None:
         "POST",
         "/?enable_http_compression=1",
         body=b"SELECT number FROM numbers(3)",
-        headers={"Accept-Encoding": "lz4"},
+        headers={"Accept-Encoding": "lz4", **auth(store)},
     )
     response = conn.getresponse()
     assert response.status == 200
@@ -206,12 +217,16 @@ def test_unsupported_requests_get_clean_errors(store: StoreServer) -> None:
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (501, "48")
 
     conn = http.client.HTTPConnection("127.0.0.1", store.port, timeout=10)
-    conn.request("POST", "/", body=b"SELECT 1", headers={"Content-Encoding": "snappy"})
+    conn.request(
+        "POST", "/", body=b"SELECT 1", headers={"Content-Encoding": "snappy", **auth(store)}
+    )
     response = conn.getresponse()
     assert (response.status, response.getheader("X-ClickHouse-Exception-Code")) == (501, "48")
     response.read()
     conn.putrequest("POST", "/")
     conn.putheader("Transfer-Encoding", "chunked")
+    for name, value in auth(store).items():
+        conn.putheader(name, value)
     conn.endheaders(b"zz\r\nSELECT 1\r\n0\r\n\r\n")
     response = conn.getresponse()
     assert (response.status, response.getheader("X-ClickHouse-Exception-Code")) == (400, "36")
@@ -225,7 +240,7 @@ def test_wrong_password_is_rejected(tmp_path: Path) -> None:
             connect(server, password="wrong")
         assert err.value.code == 516
         with pytest.raises(DatabaseError) as err:
-            connect(server)
+            connect(server, password="")
         assert err.value.code == 516
         assert connect(server, password="s3cret").command("SELECT 1") == 1
         with pytest.raises(DatabaseError) as err:
@@ -237,7 +252,7 @@ def test_wrong_password_is_rejected(tmp_path: Path) -> None:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.read() == b"2\n"
-        status, headers, _ = http_get(server, "/?query=SELECT+2&user=default&password=nope")
+        status, headers, _ = http_get(server, "/?query=SELECT+2&user=default&password=nope", {})
         assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "516")
 
 
@@ -257,8 +272,10 @@ WRITER = textwrap.dedent(
     import sys
     import clickhouse_connect
 
-    port, writer, batches, size = (int(arg) for arg in sys.argv[1:])
-    client = clickhouse_connect.get_client(host="127.0.0.1", port=port, database="relmon")
+    port, writer, batches, size = (int(arg) for arg in sys.argv[1:5])
+    client = clickhouse_connect.get_client(
+        host="127.0.0.1", port=port, database="relmon", password=sys.argv[5]
+    )
     print("ready", flush=True)
     sys.stdin.readline()
     for batch in range(batches):
@@ -280,7 +297,13 @@ def test_two_writer_processes_and_a_reader(store: StoreServer) -> None:
     batches, size = 25, 400
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(store.port), str(w), str(batches), str(size)],
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                *(str(arg) for arg in (store.port, w, batches, size)),
+                store.password,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -375,7 +398,8 @@ def test_serve_runs_until_sigterm_and_flushes(tmp_path: Path) -> None:
                 port = int(line.rsplit(":", 1)[1])
                 break
         assert port, "serve() never reported its port"
-        client = clickhouse_connect.get_client(host="127.0.0.1", port=port)
+        password = (tmp_path / "store.password").read_text().strip()
+        client = clickhouse_connect.get_client(host="127.0.0.1", port=port, password=password)
         client.command("CREATE TABLE kept (a UInt32) ENGINE = MergeTree ORDER BY a")
         client.insert("kept", [[1], [2], [3]])
         proc.send_signal(signal.SIGTERM)
@@ -391,7 +415,12 @@ def test_serve_runs_until_sigterm_and_flushes(tmp_path: Path) -> None:
 
 def test_summary_and_query_id_headers(store: StoreServer) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", store.port, timeout=10)
-    conn.request("POST", "/?query_id=abc-1", body=b"SELECT number FROM numbers(5) FORMAT JSON")
+    conn.request(
+        "POST",
+        "/?query_id=abc-1",
+        body=b"SELECT number FROM numbers(5) FORMAT JSON",
+        headers=auth(store),
+    )
     response = conn.getresponse()
     body = json.loads(response.read())
     assert body["rows"] == 5
@@ -400,3 +429,59 @@ def test_summary_and_query_id_headers(store: StoreServer) -> None:
     assert response.getheader("X-ClickHouse-Timezone") == "Etc/UTC"
     assert json.loads(response.getheader("X-ClickHouse-Summary") or "{}")["read_rows"] == "5"
     conn.close()
+
+
+def test_insert_the_engine_refuses_is_an_error_and_nothing_counts_as_written(
+    store: StoreServer,
+) -> None:
+    # chdb's streaming insert reported these 150 rows written although the table refused the
+    # block, and the store answered 200: a worker would have committed rows never saved.
+    client = connect(store)
+    client.command(
+        "CREATE TABLE daily (day Date, n UInt32) ENGINE = MergeTree PARTITION BY day ORDER BY n"
+    )
+    rows = [[datetime(2024, 1, 1) + timedelta(days=i), i] for i in range(150)]
+    with pytest.raises(DatabaseError) as err:
+        client.insert("daily", rows, column_names=["day", "n"])
+    assert err.value.code == 252
+    assert "Too many partitions for single INSERT block (more than 100)" in str(err.value)
+    assert "(TOO_MANY_PARTS)" in str(err.value)
+    assert client.command("SELECT count() FROM daily") == 0
+
+    conn = http.client.HTTPConnection("127.0.0.1", store.port, timeout=10)
+    data = b"\n".join(
+        f"{(datetime(2024, 1, 1) + timedelta(days=i)):%F}\t{i}".encode() for i in range(150)
+    )
+    conn.request("POST", "/?query=INSERT+INTO+daily+FORMAT+TSV", body=data, headers=auth(store))
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 500
+    assert response.getheader("X-ClickHouse-Exception-Code") == "252"
+    assert response.getheader("X-ClickHouse-Summary") is None
+    assert body.startswith(b"Code: 252. DB::Exception: Too many partitions")
+    assert body.rstrip().endswith(b"(TOO_MANY_PARTS) (version 26.9)")
+    conn.close()
+    assert client.insert("daily", rows[:100], column_names=["day", "n"]).written_rows == 100
+    assert client.command("SELECT count() FROM daily") == 100
+
+
+def test_constraint_and_materialized_view_failures_fail_the_insert(store: StoreServer) -> None:
+    client = connect(store)
+    client.command(
+        "CREATE TABLE checked (n UInt32, CONSTRAINT small CHECK n < 10) "
+        "ENGINE = MergeTree ORDER BY n"
+    )
+    with pytest.raises(DatabaseError) as err:
+        client.insert("checked", [[1], [50]], column_names=["n"])
+    assert err.value.code == 469  # VIOLATED_CONSTRAINT
+    client.command("CREATE TABLE target (n UInt32) ENGINE = MergeTree ORDER BY n")
+    client.command(
+        "CREATE MATERIALIZED VIEW guard TO target AS "
+        "SELECT n + throwIf(n > 3, 'too big') AS n FROM checked"
+    )
+    with pytest.raises(DatabaseError) as err:
+        client.command("INSERT INTO checked VALUES (7)")
+    assert err.value.code == 395  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
+    assert client.command("SELECT count() FROM target") == 0
+    client.command("INSERT INTO checked VALUES (2), (3)")
+    assert client.command("SELECT sum(n) FROM target") == 5

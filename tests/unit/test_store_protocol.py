@@ -117,6 +117,9 @@ def test_http_status_follows_clickhouse() -> None:
     assert StoreError(62, "x").http_status == 400
     assert StoreError(241, "x").http_status == 500
     assert StoreError(48, "x", status=404).http_status == 404
+    assert StoreError(497, "x").http_status == 403  # ACCESS_DENIED
+    assert StoreError(164, "x").http_status == 403  # READONLY
+    assert StoreError(252, "x").http_status == 500  # TOO_MANY_PARTS
 
 
 def test_split_insert_finds_format_and_data_start() -> None:
@@ -137,7 +140,30 @@ def test_split_insert_finds_format_and_data_start() -> None:
         "TSV",
         b"1\t2",
     )
-    assert protocol.split_insert(b"INSERT INTO t VALUES (1)") is None
+    # VALUES data is data too: it never reaches the SQL parser, so "; DROP ..." cannot run
+    assert protocol.split_insert(b"INSERT INTO t VALUES (1); DROP TABLE t") == (
+        "INSERT INTO t ",
+        "Values",
+        b" (1); DROP TABLE t",
+    )
+    assert protocol.split_insert(b"INSERT INTO values (values) SETTINGS a = 1 VALUES (1)") == (
+        "INSERT INTO values (values) SETTINGS a = 1 ",
+        "Values",
+        b" (1)",
+    )
+    assert protocol.split_insert(b"INSERT INTO t SELECT * FROM values('a UInt8', 1)") is None
+    assert protocol.split_insert(b"INSERT INTO t WITH 1 AS x SELECT x FORMAT TSV") is None
+
+
+def test_insert_from_file_puts_infile_before_the_settings_clause() -> None:
+    assert protocol.insert_from_file("INSERT INTO t (a, b) ", "Native", "/s/x.data") == (
+        "INSERT INTO t (a, b) FROM INFILE '/s/x.data' COMPRESSION 'none' FORMAT Native"
+    )
+    statement = "INSERT INTO db.settings (settings) SETTINGS async_insert = 0 "
+    assert protocol.insert_from_file(statement, "Values", "/s/it's") == (
+        "INSERT INTO db.settings (settings) FROM INFILE '/s/it\\'s' COMPRESSION 'none' "
+        "SETTINGS async_insert = 0 FORMAT Values"
+    )
 
 
 def test_statement_kind() -> None:
