@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib import resources
 from typing import Any
 
@@ -108,12 +108,49 @@ def migrate(settings: Settings) -> list[str]:
     return applied
 
 
+# ClickHouse refuses an INSERT block touching more partitions than this
+# (max_partitions_per_insert_block, error 252 "Too many partitions").
+MAX_PARTITIONS_PER_INSERT = 100
+
+
+def partition_day(event_time: datetime) -> date:
+    """The UTC day of ``event_time``: ``scored_impressions``' partition (naive means UTC)."""
+    if event_time.tzinfo is None:
+        return event_time.date()
+    return event_time.astimezone(UTC).date()
+
+
 def insert_scored(client: Client, rows: Sequence[ScoredImpression]) -> None:
-    """Write scored rows (idempotent: the table keeps one row per impression_id)."""
+    """Write scored rows (idempotent: the table keeps one row per impression_id).
+
+    The table is partitioned by day of event time, and ClickHouse refuses one insert spanning
+    more than :data:`MAX_PARTITIONS_PER_INSERT` days, so rows of more days (a replay of old
+    traffic beside live traffic) go in one insert per 100 days. Such an insert skips the rows
+    stored already, so a retry after a failure in the middle does not add them to the
+    roll-ups a second time.
+    """
     if not rows:
         return
-    data = [[getattr(row, col) for col in SCORED_COLUMNS] for row in rows]
-    client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
+    by_day: dict[date, list[ScoredImpression]] = {}
+    for row in rows:
+        by_day.setdefault(partition_day(row.event_time), []).append(row)
+    days = sorted(by_day)
+    if len(days) <= MAX_PARTITIONS_PER_INSERT:  # the usual case: one insert, rows in order
+        data = [[getattr(row, col) for col in SCORED_COLUMNS] for row in rows]
+        client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
+        return
+    for first in range(0, len(days), MAX_PARTITIONS_PER_INSERT):
+        chunk = [
+            row for day in days[first : first + MAX_PARTITIONS_PER_INSERT] for row in by_day[day]
+        ]
+        stored = existing_impressions(client, [row.impression_id for row in chunk])
+        data = [
+            [getattr(row, col) for col in SCORED_COLUMNS]
+            for row in chunk
+            if row.impression_id not in stored
+        ]
+        if data:
+            client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
 
 
 def insert_ubi_queries(client: Client, queries: Iterable[UbiQuery], client_hash: Any) -> None:

@@ -1,0 +1,101 @@
+"""The worker's writes to a real local store (relmon.db against relmon's migrated schema)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from relmon import db
+from relmon.settings import Settings, load_settings
+from relmon.store import StoreServer
+from schemas import Impression, ScoredImpression
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("db-home")
+    with StoreServer(home / "store") as server:
+        settings = load_settings(home=home, clickhouse_port=server.port, clickhouse_password="")
+        db.migrate(settings)
+        yield settings
+
+
+def rows_on_days(days: int, prefix: str) -> list[ScoredImpression]:
+    """One scored row per day (UTC), the first 29 days ago (raw rows expire after 30 days)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    out = []
+    for i in range(days):
+        imp = Impression(
+            impression_id=f"{prefix}{i}",
+            query_id=f"q{i}",
+            query="oak desk",
+            product_id=f"p{i}",
+            title="Oak Writing Desk",
+            category="Desks",
+            position=1,
+            event_time=now + timedelta(days=i - 29),
+        )
+        row = ScoredImpression.of(
+            imp, score=0.9, threshold=0.5, model_version="m", sample_rate=1.0, scored_at=now
+        )
+        out.append(row)
+    return out
+
+
+def stored(settings: Settings, prefix: str) -> int:
+    client = db.connect(settings)
+    try:
+        return int(
+            client.command(  # type: ignore[arg-type]
+                "SELECT count() FROM scored_impressions FINAL WHERE startsWith(impression_id, "
+                "{p:String})",
+                parameters={"p": prefix},
+            )
+        )
+    finally:
+        client.close()
+
+
+def test_rows_of_150_days_are_all_stored(migrated: Settings) -> None:
+    # One insert spanning more than 100 daily partitions is refused by ClickHouse ("Too many
+    # partitions"); the worker would retry it forever.
+    rows = rows_on_days(150, "old-and-new-")
+    assert len({db.partition_day(r.event_time) for r in rows}) == 150
+    client = db.connect(migrated)
+    try:
+        db.insert_scored(client, rows)
+        assert stored(migrated, "old-and-new-") == 150
+        rollup = client.command(
+            "SELECT sum(sampled) FROM bad_case_rollup_1d WHERE model_version = 'm'"
+        )
+        assert rollup == 150
+        db.insert_scored(client, rows)  # a retry of the whole write adds nothing to the roll-up
+        assert stored(migrated, "old-and-new-") == 150
+        assert (
+            client.command("SELECT sum(sampled) FROM bad_case_rollup_1d WHERE model_version = 'm'")
+            == 150
+        )
+    finally:
+        client.close()
+
+
+def test_a_usual_batch_is_one_insert(migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = db.connect(migrated)
+    calls: list[int] = []
+    insert = client.insert
+    monkeypatch.setattr(
+        client, "insert", lambda *a, **k: calls.append(len(a[1])) or insert(*a, **k)
+    )
+    db.insert_scored(client, rows_on_days(100, "usual-"))
+    assert calls == [100]
+    assert stored(migrated, "usual-") == 100
+    client.close()
+
+
+def test_password_path_is_beside_the_store(migrated: Settings) -> None:
+    assert migrated.store_password_file == Path(migrated.home) / "store.password"
