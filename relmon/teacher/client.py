@@ -7,6 +7,10 @@ for the :class:`RateLimiter`, is counted against the :class:`DailyBudget`, times
 is honoured, capped at the longest backoff). Other 4xx answers are the caller's mistake and are
 not retried.
 
+Error texts never carry the API key: a server that echoes the request (its ``Authorization``
+header included) in an error body would otherwise have it printed by ``relmon teacher`` and
+logged. :func:`redact` removes the key, any bearer token and ``api_key=``-style values.
+
 Errors::
 
     ServiceError
@@ -19,9 +23,10 @@ Errors::
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -39,9 +44,32 @@ __all__ = [
     "TeacherRejected",
     "TeacherUnavailable",
     "backoff_delay",
+    "redact",
 ]
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_BEARER_RE = re.compile(r"\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+_KEY_VALUE_RE = re.compile(
+    r"""(["']?\b(?:api[_-]?key|x-api-key|access[_-]?token|token|secret|password)["']?\s*[:=]\s*["']?)"""
+    r"""[^\s"'&,;}]+""",
+    re.IGNORECASE,
+)
+_USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without ``secrets``, bearer/basic credentials, ``key=value`` secrets, URL users.
+
+    Apply it to a whole text before shortening it: a cut could leave a key's prefix.
+    """
+    text = _BEARER_RE.sub(rf"\1\2{REDACTED}", text)
+    text = _KEY_VALUE_RE.sub(rf"\1{REDACTED}", text)
+    text = _USERINFO_RE.sub(rf"\1{REDACTED}@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 class TeacherUnavailable(ServiceError):
@@ -173,6 +201,8 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self.model = model
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._secrets = (api_key,) if api_key else ()
+        self._shown_url = self.redact(self._url)
         self._http = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(timeout_s),
@@ -198,6 +228,10 @@ class ChatClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def redact(self, text: str) -> str:
+        """``text`` without this client's API key or any other credential (:func:`redact`)."""
+        return redact(text, self._secrets)
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -228,7 +262,7 @@ class ChatClient:
                 self._count("timeouts")
                 last_error = f"timeout ({type(exc).__name__})"
             except httpx.TransportError as exc:
-                last_error = f"transport error: {exc}"
+                last_error = self.redact(f"transport error: {exc}")
             else:
                 if response.status_code == 200:
                     content = _content(response)
@@ -241,8 +275,8 @@ class ChatClient:
                     retry_after = _retry_after(response)
                 else:
                     raise TeacherRejected(
-                        f"chat API {self._url} answered HTTP {response.status_code}: "
-                        f"{response.text[:300]} (check RELMON_TEACHER_BASE_URL, "
+                        f"chat API {self._shown_url} answered HTTP {response.status_code}: "
+                        f"{self.redact(response.text)[:300]} (check RELMON_TEACHER_BASE_URL, "
                         "RELMON_TEACHER_MODEL, RELMON_TEACHER_API_KEY)"
                     )
             if attempt + 1 < self._max_attempts:
@@ -251,7 +285,9 @@ class ChatClient:
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, self._backoff_max_s))
                 self._sleep(delay)
-        raise TeacherUnavailable(f"chat API {self._url} failed {calls} times; last: {last_error}")
+        raise TeacherUnavailable(
+            f"chat API {self._shown_url} failed {calls} times; last: {last_error}"
+        )
 
 
 def _content(response: httpx.Response) -> str | None:

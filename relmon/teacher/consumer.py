@@ -34,7 +34,7 @@ from relmon.errors import ConfigError, ServiceError
 from relmon.kafka import producer as make_producer
 from relmon.settings import Settings
 from relmon.teacher import store
-from relmon.teacher.client import ChatClient, DailyBudget, RateLimiter, backoff_delay
+from relmon.teacher.client import ChatClient, DailyBudget, RateLimiter, backoff_delay, redact
 from relmon.teacher.judge import CachedGrade, CacheKey, LlmJudge
 from relmon.teacher.verdict import Verdict
 from schemas.models import DeadLetter, DeadLetterKind, ReviewRequest
@@ -170,7 +170,9 @@ class TeacherConsumer:
                 self.settings.teacher_backoff_s,
                 self.settings.teacher_backoff_max_s,
             )
-            log.warning("teacher batch failed (%s); retrying in %.1f s", exc, delay)
+            secret = self.settings.teacher_api_key.get_secret_value()
+            reason = redact(str(exc), [secret])
+            log.warning("teacher batch failed (%s); retrying in %.1f s", reason, delay)
             self._stop.wait(delay)
             return None
         self._failures = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
+from relmon.teacher.judge import normalise_query
 from relmon.teacher.verdict import grade_target
 
 __all__ = ["export_distill", "training_rows"]
@@ -42,7 +43,7 @@ def training_rows(client: Client, *, include_teacher: bool = True) -> list[dict[
             "product_id": str(pid),
             "source": source,
         }
-        key = (" ".join(str(query).lower().split()), str(pid))
+        key = (normalise_query(str(query)), str(pid))
         if key not in best or rank >= best[key][0]:
             best[key] = (rank, row)
     return [row for _, row in best.values()]

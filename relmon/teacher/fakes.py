@@ -6,7 +6,9 @@ user turn with ``grader`` (default: word overlap of query and title) and follows
 faults first, one per request: ``"429"`` (with ``Retry-After: 0``), ``"500"``, ``"hang"`` (no
 answer until ``hang_s`` passes, so the client times out), ``"malformed"`` (an answer that is not
 JSON), ``"bad_grade"`` (JSON with a grade outside ESCI), ``"garbage"`` (a 200 whose body is not
-JSON) and ``"think"`` (a reasoning preamble and a fenced JSON answer, which is valid).
+JSON), ``"think"`` (a reasoning preamble and a fenced JSON answer, which is valid) and
+``"echo_auth[:n]"`` (a 400 whose body echoes the request's headers, ``Authorization``
+included, after a message padded by ``n`` characters).
 """
 
 from __future__ import annotations
@@ -159,6 +161,14 @@ class FakeChatServer:
                     return
                 if fault == "500":
                     self._send(500, b'{"error": {"message": "boom"}}', {})
+                    return
+                if fault.startswith("echo_auth"):  # echoes the request's headers, as some do
+                    padding = int(fault.partition(":")[2] or 0)
+                    echoed = {
+                        "error": {"message": "unknown model" + "." * padding},
+                        "request_headers": dict(self.headers.items()),
+                    }
+                    self._send(400, json.dumps(echoed).encode(), {})
                     return
                 if fault == "hang":
                     fake._release.wait(fake.hang_s)

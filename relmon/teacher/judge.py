@@ -1,6 +1,7 @@
 """The LLM judge: review cases in, verdicts out, with a cache and bounded concurrency.
 
-A case is looked up in the verdict cache by (normalised query, product id, prompt version):
+A case is looked up in the verdict cache by (normalised query, product id, prompt version; the
+query normalised by :func:`normalise_query`, in Python on both sides of the lookup):
 first in memory (LRU), then through ``lookup`` (the store's earlier verdicts, so restarts and
 replays do not pay twice). Misses are judged concurrently (``concurrency`` threads; the
 :class:`~relmon.teacher.client.ChatClient` adds the rate limit, budget, timeouts and backoff).
@@ -11,6 +12,7 @@ budget is spent, the case gets no teacher verdict and stays in the review queue 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,16 +25,25 @@ from relmon.teacher.prompt import PROMPT_VERSION, build_messages, parse_answer, 
 from relmon.teacher.verdict import Grade, Verdict
 from schemas.models import ReviewRequest
 
-__all__ = ["CacheKey", "CachedGrade", "JudgeOutcome", "LlmJudge", "cache_key"]
+__all__ = ["CacheKey", "CachedGrade", "JudgeOutcome", "LlmJudge", "cache_key", "normalise_query"]
 
 log = logging.getLogger(__name__)
 
 CacheKey = tuple[str, str, str]
 
 
+def normalise_query(query: str) -> str:
+    """The query as the verdict cache compares it: NFKC, case-folded, single spaces.
+
+    Full Unicode case folding ("CAFÉ" and "café", "STRASSE" and "straße" are one query), so it
+    is done here and not in SQL, whose lower() folds ASCII letters only.
+    """
+    return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
+
+
 def cache_key(request: ReviewRequest, prompt_version: str = PROMPT_VERSION) -> CacheKey:
     """(normalised query, product id, prompt version)."""
-    return (" ".join(request.query.lower().split()), request.product_id, prompt_version)
+    return (normalise_query(request.query), request.product_id, prompt_version)
 
 
 @dataclass(frozen=True)
@@ -172,13 +183,15 @@ class LlmJudge:
                 result = self.client.complete(messages)
             except BudgetExhausted as exc:
                 self.stats.inc("over_budget")
-                return JudgeOutcome(request, None, "over_budget", str(exc), calls)
+                return JudgeOutcome(
+                    request, None, "over_budget", self.client.redact(str(exc)), calls
+                )
             calls += result.calls
             latency += result.latency_ms
             try:
                 answer = parse_answer(result.content)
             except DecodeError as exc:
-                error = str(exc)
+                error = self.client.redact(str(exc))
                 self.stats.inc("malformed_answers")
                 messages = [
                     *messages,

@@ -15,7 +15,7 @@ import pandas as pd
 from clickhouse_connect.driver.client import Client
 
 from relmon.teacher.agreement import Reviewed
-from relmon.teacher.judge import CachedGrade, CacheKey
+from relmon.teacher.judge import CachedGrade, CacheKey, normalise_query
 from relmon.teacher.verdict import Verdict
 from schemas.models import ReviewRequest
 
@@ -76,26 +76,29 @@ def insert_verdicts(client: Client, verdicts: Sequence[Verdict]) -> None:
 
 
 def lookup_cached(client: Client, keys: Sequence[CacheKey]) -> dict[CacheKey, CachedGrade]:
-    """Earlier teacher verdicts of (normalised query, product id, prompt version) keys."""
+    """Earlier teacher verdicts of (normalised query, product id, prompt version) keys.
+
+    The store is asked for every teacher verdict of the keys' (product, prompt version) pairs
+    and their queries are normalised here, with the same :func:`normalise_query` that made the
+    keys (SQL's lower() folds ASCII letters only, so "CAFÉ" never met "café" there).
+    """
     if not keys:
         return {}
     result = client.query(
-        "SELECT nq, product_id, prompt_version, argMax(grade, judged_at), "
-        "argMax(rationale, judged_at) FROM ("
-        "SELECT arrayStringConcat(splitByWhitespace(lower(query)), ' ') AS nq, product_id, "
-        "prompt_version, grade, rationale, judged_at FROM verdicts FINAL "
+        "SELECT query, product_id, prompt_version, argMax(grade, judged_at), "
+        "argMax(rationale, judged_at), max(judged_at) FROM verdicts FINAL "
         "WHERE judge = 'teacher' AND (product_id, prompt_version) IN "
-        "{pairs:Array(Tuple(String, String))}) "
-        "WHERE (nq, product_id, prompt_version) IN {keys:Array(Tuple(String, String, String))} "
-        "GROUP BY nq, product_id, prompt_version",
-        parameters={
-            "pairs": sorted({(k[1], k[2]) for k in keys}),
-            "keys": [tuple(k) for k in keys],
-        },
+        "{pairs:Array(Tuple(String, String))} "
+        "GROUP BY query, product_id, prompt_version",
+        parameters={"pairs": sorted({(k[1], k[2]) for k in keys})},
     )
-    return {
-        (str(q), str(p), str(v)): CachedGrade(g, str(r)) for q, p, v, g, r in result.result_rows
-    }
+    wanted = set(keys)
+    found: dict[CacheKey, tuple[datetime, CachedGrade]] = {}
+    for query, pid, version, grade, rationale, judged_at in result.result_rows:
+        key = (normalise_query(str(query)), str(pid), str(version))
+        if key in wanted and (key not in found or judged_at > found[key][0]):
+            found[key] = (judged_at, CachedGrade(grade, str(rationale)))
+    return {key: grade for key, (_, grade) in found.items()}
 
 
 def insert_spend(client: Client, spent: Sequence[tuple[str, str, int]]) -> None:
