@@ -56,6 +56,7 @@ from schemas.ubi import (
     UbiQuery,
     decode_record,
 )
+from scoring.text import product_text
 from streams.catalog import Catalog
 from streams.metrics import Metrics
 from streams.plans import Planner, PlanStore
@@ -67,6 +68,17 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+def impression_text(imp: Impression) -> str:
+    """What the model reads of an impression's product: title, brand, colour, category path."""
+    attrs = imp.attributes
+    return product_text(
+        imp.title or "",
+        imp.brand,
+        attrs.get("colour") or attrs.get("color"),
+        attrs.get("category_path") or imp.category,
+    )
+
+
 class RawRecord:
     """One consumed Kafka record; ``handle`` is what :meth:`Ports.ack` needs (a Faust event)."""
 
@@ -194,7 +206,7 @@ class ImpressionProcessor:
         retry_s: float = 10.0,
         query_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = 5.0,
         ubi_position_base: int = UBI_POSITION_BASE,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
@@ -420,7 +432,7 @@ class ImpressionProcessor:
                     fresh.append(d)
             self._metrics.inc("already_stored", len(draws) - len(fresh))
             if fresh:
-                pairs = [(d.impression.query, d.impression.title or "") for d in fresh]
+                pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
                 keys = [d.impression.product_id for d in fresh]
                 scores = await self._retrying(
                     lambda p: self._ports.score(p, keys), pairs, what="scoring"
@@ -542,9 +554,11 @@ class ImpressionProcessor:
         An error for which ``give_up`` is true is raised at once instead.
         """
         delay = 0.2
+        failed_since: float | None = None
+        failures = 0
         while True:
             try:
-                return await fn(arg)
+                result = await fn(arg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -552,6 +566,14 @@ class ImpressionProcessor:
                     self._metrics.inc("send_refused")
                     raise
                 self._metrics.inc("store_errors" if "ClickHouse" in what else "send_errors")
+                if failed_since is None:
+                    failed_since = self._clock()
+                failures += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max_s)
+                continue
+            if failed_since is not None:
+                outage = self._clock() - failed_since
+                log.info("%s recovered after %.1f s (%d failed tries)", what, outage, failures)
+            return result
