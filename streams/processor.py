@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
 def impression_text(imp: Impression) -> str:
     """What the model reads of an impression's product: title, brand, colour, category path."""
     attrs = imp.attributes
@@ -79,6 +78,7 @@ def impression_text(imp: Impression) -> str:
     )
 
 
+@dataclass(frozen=True)
 class RawRecord:
     """One consumed Kafka record; ``handle`` is what :meth:`Ports.ack` needs (a Faust event)."""
 
