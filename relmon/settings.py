@@ -281,6 +281,13 @@ class Settings(BaseSettings):
         gt=0,
         description="RELMON_TAKE_WITHIN_S: max seconds the worker waits to fill a batch.",
     )
+    retry_backoff_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="RELMON_RETRY_BACKOFF_MAX_S: longest wait between retries of a failed store "
+        "write or Kafka send in the worker (the wait doubles from 0.2 s up to this), so a worker "
+        "resumes within this long after an outage ends.",
+    )
     unknown_product_retry_s: float = Field(
         default=10.0,
         ge=0,

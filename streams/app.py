@@ -201,6 +201,7 @@ class RelmonWorker:
             model_version=scorer.model_version,
             metrics=self.metrics,
             retry_s=settings.unknown_product_retry_s,
+            backoff_max_s=settings.retry_backoff_max_s,
             ubi_position_base=settings.ubi_position_base,
             dead_letter_max_bytes=settings.dlq_max_bytes,
         )
