@@ -5,7 +5,7 @@ Worker figures come from the counters each worker publishes under ``$RELMON_HOME
 really returns: the group's committed offsets against the highest offset actually read back
 from each partition. End offsets from ListOffsets(LATEST) are shown beside it but not trusted:
 the embedded tansu broker answers the last record batch's base offset + 1 there, which is too
-low whenever a batch holds several records (see FINDINGS).
+low whenever a batch holds several records (20,000 records gave 19,681).
 """
 
 from __future__ import annotations

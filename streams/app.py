@@ -5,7 +5,8 @@ dead letters and review requests were delivered and their rows written), so Faus
 offset only once everything before it is done. Inference and ClickHouse writes run in worker
 threads and never block the event loop. Exactly-once *effect* comes from at-least-once delivery
 plus idempotent writes (``scored_impressions`` keeps one row per impression_id); Faust's
-exactly-once mode is not used (tansu lacks transactional producers; see FINDINGS).
+exactly-once mode is not used (tansu lacks transactional producers: aiokafka's InitProducerId
+fails against it).
 """
 
 from __future__ import annotations
