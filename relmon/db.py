@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -121,16 +121,22 @@ def partition_day(event_time: datetime) -> date:
 
 
 def insert_scored(client: Client, rows: Sequence[ScoredImpression]) -> None:
-    """Write scored rows (idempotent: the table keeps one row per impression_id).
+    """Write scored rows, then refresh the roll-ups of their hours and days.
 
-    The table is partitioned by day of event time, and ClickHouse refuses one insert spanning
-    more than :data:`MAX_PARTITIONS_PER_INSERT` days, so rows of more days (a replay of old
-    traffic beside live traffic) go in one insert per 100 days. Such an insert skips the rows
-    stored already, so a retry after a failure in the middle does not add them to the
-    roll-ups a second time.
+    Idempotent: the table keeps one row per impression_id, and the roll-ups are recomputed from
+    the deduplicated rows (:func:`refresh_rollups`). The table is partitioned by day of event
+    time, and ClickHouse refuses one insert spanning more than :data:`MAX_PARTITIONS_PER_INSERT`
+    days, so rows of more days (a replay of old traffic beside live traffic) go in one insert per
+    100 days. Such an insert skips the rows stored already, so a retry after a failure in the
+    middle does not store them twice.
     """
     if not rows:
         return
+    _insert_rows(client, rows)
+    refresh_rollups(client, [row.event_time for row in rows])
+
+
+def _insert_rows(client: Client, rows: Sequence[ScoredImpression]) -> None:
     by_day: dict[date, list[ScoredImpression]] = {}
     for row in rows:
         by_day.setdefault(partition_day(row.event_time), []).append(row)
@@ -197,6 +203,116 @@ def existing_impressions(client: Client, impression_ids: Sequence[str]) -> set[s
         parameters={"ids": list(impression_ids)},
     )
     return {str(row[0]) for row in result.result_rows}
+
+
+_ROLLUP_COLUMNS = (
+    "window_start, tier, category, locale, position_bucket, model_version, "
+    "sampled, bad, sum_w, sum_w_bad, sum_w2, computed_at"
+)
+_SEGMENT = "tier, category, locale, position_bucket, model_version"
+_SUMS = "sum(sampled), sum(bad), sum(sum_w), sum(sum_w_bad), sum(sum_w2), now64(9)"
+_ZEROS = "toUInt64(0), toUInt64(0), 0., 0., 0."
+# The totals of each hour touched, recomputed from the deduplicated raw rows (FINAL); the
+# segments an hour had before and no longer has get zero rows (the views leave them out).
+_REFRESH_HOURS = (
+    f"INSERT INTO bad_case_totals_1h ({_ROLLUP_COLUMNS}) "
+    f"SELECT hour, {_SEGMENT}, {_SUMS} FROM ("
+    f"SELECT toStartOfHour(event_time) AS hour, {_SEGMENT}, count() AS sampled, "
+    "toUInt64(sum(is_bad)) AS bad, sum(sample_weight) AS sum_w, "
+    "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2 "
+    "FROM scored_impressions FINAL "
+    "WHERE event_time >= {lo:DateTime64(3, 'UTC')} AND event_time < {hi:DateTime64(3, 'UTC')} "
+    "AND toStartOfHour(event_time) IN {hours:Array(DateTime('UTC'))} "
+    f"GROUP BY hour, {_SEGMENT} "
+    f"UNION ALL SELECT window_start AS hour, {_SEGMENT}, {_ZEROS} FROM bad_case_totals_1h FINAL "
+    "WHERE window_start IN {hours:Array(DateTime('UTC'))}"
+    f") GROUP BY hour, {_SEGMENT}"
+)
+# The totals of each day touched, from the hourly totals (which outlive the raw rows).
+_REFRESH_DAYS = (
+    f"INSERT INTO bad_case_totals_1d ({_ROLLUP_COLUMNS}) "
+    f"SELECT day, {_SEGMENT}, {_SUMS} FROM ("
+    f"SELECT toStartOfDay(window_start) AS day, {_SEGMENT}, sampled, bad, sum_w, sum_w_bad, "
+    "sum_w2 FROM bad_case_totals_1h FINAL "
+    "WHERE toStartOfDay(window_start) IN {days:Array(DateTime('UTC'))} "
+    f"UNION ALL SELECT window_start AS day, {_SEGMENT}, {_ZEROS} FROM bad_case_totals_1d FINAL "
+    "WHERE window_start IN {days:Array(DateTime('UTC'))}"
+    f") GROUP BY day, {_SEGMENT}"
+)
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def refresh_rollups(client: Client, event_times: Iterable[datetime]) -> None:
+    """Recompute the hourly and daily roll-ups of the windows holding ``event_times``.
+
+    The roll-ups (``bad_case_totals_1h``/``_1d``, ReplacingMergeTrees keyed by window and segment,
+    read through the views ``bad_case_rollup_1h``/``_1d``) hold totals recomputed from the
+    deduplicated raw rows, never increments: a replay, a retry, or two workers writing the same
+    impressions in a rebalance recompute the same totals, so nothing is counted twice. Each
+    recomputation is versioned by the server's clock when it starts, and reads the rows as of
+    then: the newest one has seen every row written before any other refresh began.
+
+    The raw rows of a refreshed hour must all still be stored (30-day TTL): the worker only
+    accepts events less than ``RELMON_MAX_EVENT_AGE_S`` (at most 29 days) old. A day is summed
+    from its hourly totals, which do not expire.
+    """
+    times = [_utc(t) for t in event_times]
+    if not times:
+        return
+    hours = sorted({t.replace(minute=0, second=0, microsecond=0) for t in times})
+    days = sorted({h.replace(hour=0) for h in hours})
+    client.command(
+        _REFRESH_HOURS,
+        parameters={"hours": hours, "lo": hours[0], "hi": hours[-1] + timedelta(hours=1)},
+    )
+    client.command(_REFRESH_DAYS, parameters={"days": days})
+
+
+def done_impressions(client: Client, impression_ids: Sequence[str]) -> set[str]:
+    """The ids among ``impression_ids`` that the ledger records as done.
+
+    Done: stored, rolled up and any review request delivered (``impression_ledger``; kept 35
+    days of event time, longer than the worker's acceptance window).
+    """
+    if not impression_ids:
+        return set()
+    result = client.query(
+        "SELECT DISTINCT impression_id FROM impression_ledger "
+        "WHERE impression_id IN {ids:Array(String)}",
+        parameters={"ids": list(impression_ids)},
+    )
+    return {str(row[0]) for row in result.result_rows}
+
+
+def mark_done(client: Client, rows: Sequence[ScoredImpression]) -> None:
+    """Record the impressions of ``rows`` as done in the ledger."""
+    now = datetime.now(UTC)
+    data = [[row.impression_id, row.event_time, now] for row in rows]
+    if data:
+        client.insert(
+            "impression_ledger", data, column_names=["impression_id", "event_time", "done_at"]
+        )
+
+
+def stored_rows(client: Client, impression_ids: Sequence[str]) -> list[ScoredImpression]:
+    """The stored rows of those of ``impression_ids`` that are stored."""
+    if not impression_ids:
+        return []
+    result = client.query(
+        f"SELECT {', '.join(SCORED_COLUMNS)} FROM scored_impressions FINAL "
+        "WHERE impression_id IN {ids:Array(String)}",
+        parameters={"ids": list(impression_ids)},
+    )
+    out = []
+    for values in result.result_rows:
+        row = dict(zip(SCORED_COLUMNS, values, strict=True))
+        row["event_time"] = _utc(row["event_time"])
+        row["scored_at"] = _utc(row["scored_at"])
+        out.append(ScoredImpression.model_validate(row))
+    return out
 
 
 PLAN_COLUMNS = ["topic", "partition", "epoch", "plan_id", "budget_factor", "tiers", "created_at"]
