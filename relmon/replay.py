@@ -1,7 +1,14 @@
-"""Traffic replayer: a realistic synthetic catalogue and query stream pushed into Kafka.
+"""Traffic replayer: a catalogue and a query stream with known truth, pushed into Kafka.
 
-Queries are drawn by popularity (head / torso / tail, Zipf-like, from the 480 real WANDS
-queries); each query shows a result page with a known share of irrelevant products. Records
+Two data sets (``ReplayConfig.dataset``):
+
+- ``"esci"`` (the default): real queries, real products and real human grades
+  (:mod:`relmon.realdata`): pages are drawn from each query's judged results, so every replayed
+  impression's truth is a person's judgment;
+- ``"synthetic"``: the synthetic catalogue built around the 480 real WANDS queries
+  (:mod:`relmon.synth`), each page with a known share of irrelevant products.
+
+Queries are drawn by popularity (head / torso / tail, Zipf-like). Records
 come in three formats: relmon impressions with product text, relmon impressions without it
 (enriched from the catalogue), and UBI query + impression events. A configurable share of
 malformed records and of impressions for products missing from the catalogue exercises the
@@ -19,9 +26,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from relmon.kafka import producer
+from relmon.realdata import EsciCatalog
 from relmon.scenario import Scenario
 from relmon.settings import Settings
 from relmon.synth import Product, Query, SyntheticCatalog, result_page
@@ -35,12 +43,15 @@ class ReplayConfig:
     """What traffic to make."""
 
     seed: int = 7
+    dataset: Literal["esci", "synthetic"] = "esci"
     rate: float = 100.0
     """impressions per second (0 = as fast as possible)"""
     duration_s: float | None = None
     impressions: int | None = None
     page_size: int = 10
-    bad_share: float = 0.25
+    bad_share: float | None = None
+    """share of irrelevant results on every page (default: the data's own: the judged results
+    of each ESCI query, 0.25 for the synthetic catalogue)"""
     ubi_share: float = 0.3
     catalog_share: float = 0.3
     """share of relmon-format pages sent without product text (enriched from the catalogue)"""
@@ -51,13 +62,23 @@ class ReplayConfig:
     """true bad shares per segment and their shifts (default: ``bad_share`` everywhere)"""
 
 
+SYNTHETIC_BAD_SHARE = 0.25
+
+
+def load_catalog(config: ReplayConfig) -> SyntheticCatalog:
+    """The catalogue ``config.dataset`` names."""
+    if config.dataset == "esci":
+        return EsciCatalog.load(seed=config.seed)
+    return SyntheticCatalog.generate(seed=config.seed)
+
+
 def to_catalog_product(product: Product) -> CatalogProduct:
     """The catalogue record of a synthetic product."""
     return CatalogProduct(
         product_id=product.product_id,
         title=product.title,
         category=product.category,
-        brand=product.brand,
+        brand=product.brand or None,
         attributes=dict(product.attributes),
     )
 
@@ -74,12 +95,30 @@ class TrafficGenerator:
         self._weights = [q.popularity * mix.get(q.tier, 1.0) for q in self._queries]
         self.counts: Counter[str] = Counter()
 
-    def page_truth(self, query: Query, at_s: float) -> float:
-        """The true bad share of a page of ``query`` at ``at_s`` seconds into the replay."""
+    def page_truth(self, query: Query, at_s: float) -> float | None:
+        """The true bad share of a page of ``query`` at ``at_s`` seconds into the replay.
+
+        ``None``: the data's own (a page of an ESCI query drawn from its judged results).
+        """
         cfg = self.config
+        natural = isinstance(self.catalog, EsciCatalog)
+        default = cfg.bad_share
+        if default is None and not natural:
+            default = SYNTHETIC_BAD_SHARE
         if cfg.scenario is None:
-            return cfg.bad_share
-        return cfg.scenario.bad_share(query.tier, query.category, at_s)
+            return default
+        if not natural:
+            return cfg.scenario.bad_share(query.tier, query.category, at_s)
+        share = cfg.scenario.explicit_bad_share(query.tier, query.category, at_s)
+        return default if share is None else share
+
+    def _shown(self, query: Query, share: float | None) -> list[tuple[Product, bool]]:
+        cfg, rng = self.config, self._rng
+        if share is None and isinstance(self.catalog, EsciCatalog):
+            return self.catalog.natural_page(query, rng, cfg.page_size)
+        share = SYNTHETIC_BAD_SHARE if share is None else share
+        n_bad = sum(rng.random() < share for _ in range(cfg.page_size))  # binomial
+        return result_page(self.catalog, query, rng, cfg.page_size, n_bad / cfg.page_size)
 
     def page(self, now: datetime, at_s: float = 0.0) -> list[tuple[bytes, bytes]]:
         """Records (key, value) of one result page shown ``at_s`` seconds into the replay."""
@@ -93,9 +132,7 @@ class TrafficGenerator:
         query: Query = rng.choices(self._queries, weights=self._weights, k=1)[0]
         query_id = f"{query.query_id}-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
         key = query_id.encode()
-        share = self.page_truth(query, at_s)
-        n_bad = sum(rng.random() < share for _ in range(cfg.page_size))  # binomial
-        shown = result_page(self.catalog, query, rng, cfg.page_size, n_bad / cfg.page_size)
+        shown = self._shown(query, self.page_truth(query, at_s))
         locale = rng.choice(cfg.locales)
         session = hash_id(f"session-{rng.randrange(100_000)}")
         style = rng.random()
@@ -127,7 +164,8 @@ class TrafficGenerator:
                     product_id=product_id,
                     title=product.title if with_text else None,
                     category=product.category if with_text else None,
-                    brand=product.brand if with_text else None,
+                    brand=(product.brand or None) if with_text else None,
+                    attributes=dict(product.attributes) if with_text else {},
                     position=position,
                     event_time=now,
                     session_hash=session,
@@ -163,7 +201,8 @@ class TrafficGenerator:
                 "message_type": "IMPRESSION",
                 "event_attributes": {
                     "object": {"object_id": product_id, "object_id_type": "product"},
-                    "position": {"ordinal": position},
+                    # UBI ordinals count from 0 (as OpenSearch's UBI sample does)
+                    "position": {"ordinal": position - 1},
                 },
             }
         ).encode()
@@ -210,7 +249,7 @@ def replay(
     Ctrl-C (KeyboardInterrupt) ends the replay early; the counts then include
     ``"interrupted": 1``.
     """
-    catalog = catalog or SyntheticCatalog.generate(seed=config.seed)
+    catalog = catalog or load_catalog(config)
     gen = TrafficGenerator(catalog, config)
     gen.counts["catalog_products"] = publish_catalog(settings, catalog)
     prod = producer(settings)

@@ -61,6 +61,21 @@ class Scenario(BaseModel):
             return self.category_bad_share[category]
         return self.tier_bad_share.get(tier, self.base_bad_share)
 
+    def explicit_bad_share(self, tier: str, category: str, at_s: float) -> float | None:
+        """The share a shift, category or tier entry sets, or ``None`` where only the base would.
+
+        Real-data replays use it: where the scenario says nothing, a page keeps the data's own
+        composition (its judged results) instead of ``base_bad_share``.
+        """
+        if "base_bad_share" in self.model_fields_set:
+            return self.bad_share(tier, category, at_s)
+        for shift in sorted(self.shifts, key=lambda s: s.at_s, reverse=True):
+            if shift.at_s <= at_s and shift.matches(tier, category):
+                return shift.bad_share
+        if category in self.category_bad_share:
+            return self.category_bad_share[category]
+        return self.tier_bad_share.get(tier)
+
     @classmethod
     def load(cls, path: Path) -> Scenario:
         """Read a scenario file; errors name the file and the field."""

@@ -28,7 +28,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-__all__ = ["Product", "Query", "SyntheticCatalog", "labelled_pairs", "result_page"]
+__all__ = [
+    "Product",
+    "Query",
+    "SyntheticCatalog",
+    "labelled_pairs",
+    "result_page",
+    "zipf_popularities",
+]
 
 _QUERY_FILE = Path(__file__).parent / "data" / "wands_query.tsv"
 _STOP = frozenset(
@@ -327,6 +334,14 @@ def _read_queries(path: Path = _QUERY_FILE) -> list[tuple[str, str, str]]:
     return out
 
 
+def zipf_popularities(n: int) -> list[float]:
+    """Popularity of ranks 1..n (summing to 1): Zipf, the top 5% of ranks taking half."""
+    s = _zipf_exponent(n, max(1, round(0.05 * n)))
+    weights = [r**-s for r in range(1, n + 1)]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def _zipf_exponent(n: int, head: int, share: float = 0.5) -> float:
     lo, hi = 0.1, 3.0
     for _ in range(60):
@@ -387,14 +402,13 @@ class SyntheticCatalog:
         order = sorted(rows, key=lambda r: len(r[1].split()) + 3 * rng.random())
         n = len(order)
         n_head, n_torso = max(1, round(0.05 * n)), round(0.25 * n)
-        s = _zipf_exponent(n, n_head)
-        total = sum(r**-s for r in range(1, n + 1))
+        popularity = zipf_popularities(n)
         queries = []
         for rank, (qid, text, cat) in enumerate(order, start=1):
             tier: Literal["head", "torso", "tail"] = (
                 "head" if rank <= n_head else "torso" if rank <= n_head + n_torso else "tail"
             )
-            queries.append(Query(f"q{qid}", text, cat, tier, rank**-s / total))
+            queries.append(Query(f"q{qid}", text, cat, tier, popularity[rank - 1]))
         queries.sort(key=lambda q: int(q.query_id[1:]))
         return cls(products, queries, seed)
 

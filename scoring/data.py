@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relmon.errors import ConfigError
+from scoring.text import product_text
 
 __all__ = [
     "GRADE_TARGETS",
@@ -74,6 +75,9 @@ class Example:
     grade: str = ""
     source: str = ""
     product_id: str | None = None
+    brand: str | None = None
+    color: str | None = None
+    category: str | None = None
 
     def __post_init__(self) -> None:
         if self.label is None and self.teacher_prob is None:
@@ -87,6 +91,16 @@ class Example:
         if self.teacher_prob is not None:
             return self.teacher_prob
         return float(self.label or 0)
+
+    def text(self, fields: bool = True) -> str:
+        """The product text the model reads (:func:`scoring.text.product_text`).
+
+        ``fields=False`` gives the title alone, as a catalogue without brand, colour and
+        category would send it.
+        """
+        if not fields:
+            return product_text(self.title)
+        return product_text(self.title, self.brand, self.color, self.category)
 
     @property
     def hard_label(self) -> int:
@@ -263,5 +277,5 @@ def split_examples(
 
 
 def as_triples(examples: Sequence[Example]) -> list[tuple[str, str, int]]:
-    """(query, title, hard label) triples for :func:`scoring.metrics.evaluate_model`."""
-    return [(e.query, e.title, e.hard_label) for e in examples]
+    """(query, product text, hard label) triples for :func:`scoring.metrics.evaluate_model`."""
+    return [(e.query, e.text(), e.hard_label) for e in examples]

@@ -191,6 +191,22 @@ class Scorer:
         alpha, beta = value
         return float(alpha), float(beta)
 
+    @property
+    def operating_threshold(self) -> float:
+        """The card's operating point on this scorer's scale (0.5 when the card has none).
+
+        The operating point is the raw-score threshold at which the share of held-out real
+        pairs flagged bad equals their true bad share; with a calibration it is mapped through
+        the same function as the scores.
+        """
+        point = self.card.get("operating_point") or {}
+        if "threshold" not in point:
+            return 0.5
+        raw = np.array([float(point["threshold"])])
+        if self.calibration is not None:
+            raw = polarise(raw, *self.calibration)
+        return float(raw[0])
+
     def _pick(
         self, variant: Variant, cuda: bool, cpu_default: Literal["int8", "fp32"]
     ) -> Literal["int8", "fp32", "fp16"]:
