@@ -90,6 +90,7 @@ def _replay_config(args: argparse.Namespace) -> object:
     return ReplayConfig(
         scenario=Scenario.load(Path(args.scenario)) if args.scenario else None,
         seed=args.seed,
+        dataset=args.dataset,
         rate=args.rate,
         duration_s=args.duration,
         impressions=args.impressions,
@@ -140,6 +141,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             dashboard=not args.no_dashboard,
             rate=args.rate,
             seed=args.seed,
+            dataset=args.dataset,
             scenario=Scenario.load(Path(args.scenario)) if args.scenario else None,
             alerts=not args.no_alerts,
         ),
@@ -201,7 +203,7 @@ def _default_schema_dir() -> Path:
 
 
 def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring import build_model
+    from scoring.build import build_model
 
     out = Path(args.out) if args.out else settings.model_dir
     kwargs: dict[str, Any] = {"seed": args.seed, "force": args.force}
@@ -211,7 +213,8 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
         kwargs["epochs"] = args.epochs
     if args.data:
         kwargs.update(data=Path(args.data), data_format=args.format, locale=args.locale)
-    kwargs["cache_dir"] = settings.home / "cache"
+    if args.synthetic_pairs:
+        kwargs["synthetic_pairs"] = args.synthetic_pairs
     info = build_model(out, progress=_progress_printer(), **kwargs)
     print(file=sys.stderr)
     print(json.dumps(_as_dict(info), sort_keys=True, default=str))
@@ -219,6 +222,7 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from scoring import Scorer
     from scoring.card import write_card
     from scoring.data import as_triples
     from scoring.metrics import evaluate_model
@@ -232,7 +236,11 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     report = evaluate_model(
         model_dir,
         as_triples(examples),
-        threshold=settings.bad_threshold,
+        threshold=(
+            settings.bad_threshold
+            if settings.bad_threshold is not None
+            else Scorer(model_dir, provider="cpu", calibration=None).operating_threshold
+        ),
         grades=[e.grade for e in examples],
         max_length=settings.max_length,
     )
@@ -369,7 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.add_argument("--rate", type=float, default=100.0, help="impressions per second")
-    p.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic")
+    p.add_argument("--seed", type=int, default=7, help="seed of the replayed traffic")
+    p.add_argument(
+        "--dataset",
+        choices=["esci", "synthetic"],
+        default="esci",
+        help="esci: real queries, products and human grades (default); synthetic: the "
+        "synthetic catalogue",
+    )
     p.add_argument(
         "--scenario",
         default=None,
@@ -393,12 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a stream worker (sample, score, route, store)")
     p.set_defaults(func=_cmd_worker)
 
-    p = sub.add_parser("replay", help="push synthetic catalogue and search traffic to Kafka")
+    p = sub.add_parser("replay", help="push a catalogue and search traffic to Kafka")
+    p.add_argument(
+        "--dataset",
+        choices=["esci", "synthetic"],
+        default="esci",
+        help="esci: real queries, products and human grades (default); synthetic: the "
+        "synthetic catalogue",
+    )
     p.add_argument("--rate", type=float, default=100.0, help="impressions per second (0 = max)")
     p.add_argument("--duration", type=float, default=None, help="seconds to run")
     p.add_argument("--impressions", type=int, default=None, help="stop after this many")
     p.add_argument("--seed", type=int, default=7, help="random seed")
-    p.add_argument("--bad-share", type=float, default=0.25, help="share of irrelevant results")
+    p.add_argument(
+        "--bad-share",
+        type=float,
+        default=None,
+        help="share of irrelevant results on every page (default: the data's own; 0.25 for "
+        "synthetic)",
+    )
     p.add_argument("--malformed-share", type=float, default=0.01, help="share of broken records")
     p.add_argument(
         "--unknown-share",
@@ -440,16 +468,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="build and evaluate the cross-encoder")
     model_sub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    q = model_sub.add_parser("build", help="fine-tune MiniLM-L6 into a cross-encoder, export ONNX")
+    q = model_sub.add_parser(
+        "build",
+        help="fine-tune MiniLM-L6 into a cross-encoder on the real ESCI labels, export ONNX",
+    )
     q.add_argument("--out", default=None, help="output directory (default RELMON_MODEL_DIR)")
-    q.add_argument("--train-pairs", type=int, default=None, help="training pairs")
-    q.add_argument("--epochs", type=int, default=None, help="epochs")
-    q.add_argument("--seed", type=int, default=13, help="random seed")
+    q.add_argument(
+        "--train-pairs", type=int, default=None, help="subsample training pairs (quick builds)"
+    )
+    q.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's)")
+    q.add_argument("--seed", type=int, default=13, help="random seed (and the query folds)")
     q.add_argument(
         "--data",
         default=None,
-        help="training data: WANDS dir, ESCI dir/parquet, CSV/TSV/JSONL of query, title, label "
-        "and/or teacher_prob (default: the synthetic catalogue)",
+        help="more training data beside the bundled real ESCI judgments: WANDS dir, ESCI "
+        "dir/parquet, CSV/TSV/JSONL of query, title, label and/or teacher_prob (e.g. the "
+        "teacher loop's export)",
+    )
+    q.add_argument(
+        "--synthetic-pairs",
+        type=int,
+        default=0,
+        help="add this many synthetic pairs to the real training data (never alone)",
     )
     q.add_argument("--format", default="auto", choices=["auto", "wands", "esci", "pairs"])
     q.add_argument("--locale", default=None, help="ESCI product_locale filter, e.g. us")

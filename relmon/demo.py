@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from relmon import db
 from relmon.errors import ServiceError
@@ -39,6 +39,8 @@ class DemoOptions:
     dashboard: bool = True
     rate: float = 100.0
     seed: int = 7
+    dataset: Literal["esci", "synthetic"] = "esci"
+    """real ESCI queries, products and human grades, or the synthetic catalogue"""
     drain_timeout_s: float = 180.0
     scenario: Scenario | None = None
     alerts: bool = True
@@ -176,12 +178,14 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             _say(f"dashboard  http://{host}:{port}")
         config = ReplayConfig(
             seed=options.seed,
+            dataset=options.dataset,
             rate=options.rate,
             duration_s=options.duration_s,
             scenario=options.scenario,
         )
         _write_pids(settings, started)
-        _say("replaying synthetic traffic" + ("" if options.duration_s else "; Ctrl-C to stop"))
+        what = "real ESCI" if options.dataset == "esci" else "synthetic"
+        _say(f"replaying {what} traffic" + ("" if options.duration_s else "; Ctrl-C to stop"))
         counts = replay(settings, config, progress=_progress(settings))
         print(file=sys.stderr)
         produced = int(counts.get("produced", 0))
