@@ -19,6 +19,13 @@ Platt map applied to fold k are fitted on the other folds' held-out scores, neve
 ``per_query_rate_abs_error`` averages |flagged share - true bad share| over the 150 queries.
 The same figures for the expected-rate estimator (mean calibrated P(bad)) are printed beside.
 
+End to end (``--e2e-impressions``, default 6000; 0 skips it): ``relmon demo`` machinery (broker,
+store, worker with the published model) replays real ESCI traffic with its natural composition;
+every stored row's truth is its human grade. ``e2e_true_bad_share`` is the replayed
+impressions' true bad share, ``e2e_shown_rate`` the worker's weighted flagged rate with its 95%
+interval, and ``e2e_corrected_rate`` the bias-corrected rate (``relmon.teacher.agreement``) with
+the review stream graded by a reference judge that answers with the human grades.
+
 The last line is one JSON object.
 """
 
@@ -97,12 +104,102 @@ def per_query_error(queries: list[str], truth_bad: np.ndarray, est_bad: np.ndarr
     return float(np.mean(errs))
 
 
+def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
+    """Weights of a logistic regression (Newton steps, a tiny ridge)."""
+    w = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(x @ w)))
+        g = x.T @ (p - y) + l2 * w
+        h = (x.T * (p * (1 - p))) @ x + l2 * np.eye(x.shape[1])
+        step = np.linalg.solve(h, g)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return w
+
+
+def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
+    """Replay real traffic through broker, worker and store; compare rates with the truth."""
+    import tempfile
+
+    from relmon import db
+    from relmon.demo import DemoOptions, run_demo
+    from relmon.kafka import read_topic
+    from relmon.settings import Settings, load_settings
+    from relmon.stats import RateEstimate
+    from relmon.teacher.agreement import Reviewed, corrected_rate
+    from schemas.models import ReviewRequest
+    from scoring.esci import BAD_GRADES
+
+    grade = {(e.query, str(e.product_id)): e.grade for e in load_esci_judgments()}
+
+    def inspect(s: Settings) -> dict[str, Any]:
+        client = db.connect(s)
+        try:
+            rows = client.query(
+                "SELECT query, product_id, is_bad, sample_weight FROM scored_impressions FINAL"
+            ).result_rows
+        finally:
+            client.close()
+        reviews = [
+            ReviewRequest.model_validate_json(v)
+            for _, v in read_topic(s, s.topic_review, idle_s=3.0)
+            if v is not None
+        ]
+        return {"rows": rows, "reviews": reviews}
+
+    with tempfile.TemporaryDirectory(prefix="relmon-quality-") as home:
+        settings = load_settings(home=Path(home), model_dir=ROOT / "models" / "relmon-minilm-ce")
+        out = run_demo(
+            settings,
+            DemoOptions(dashboard=False, alerts=False, rate=rate, impressions=impressions),
+        )
+    rows, reviews = out["inspected"]["rows"], out["inspected"]["reviews"]
+    w = np.array([r[3] for r in rows], dtype=float)
+    flagged = np.array([bool(r[2]) for r in rows])
+    truly_bad = np.array([grade.get((r[0], r[1]), "E") in BAD_GRADES for r in rows])
+    raw = RateEstimate.from_sums(
+        len(rows),
+        int(flagged.sum()),
+        float(w.sum()),
+        float((w * flagged).sum()),
+        float((w * w).sum()),
+    )
+    reviewed = [
+        Reviewed(
+            student_bad=r.score < r.threshold,
+            reference_bad=grade.get((r.query, r.product_id), "E") in BAD_GRADES,
+            weight=r.sample_weight * r.review_weight,
+        )
+        for r in {r.impression_id: r for r in reviews}.values()
+        if (r.query, r.product_id) in grade
+    ]
+    corrected = corrected_rate(raw, reviewed)
+    truth = out["truly_irrelevant"] / max(1, out["impressions"])
+    return {
+        "e2e_impressions": out["impressions"],
+        "e2e_rows": len(rows),
+        "e2e_reviews": len(reviewed),
+        "e2e_true_bad_share": truth,
+        "e2e_sample_true_bad_share": float((w * truly_bad).sum() / w.sum()),
+        "e2e_shown_rate": raw.rate,
+        "e2e_shown_ci": [raw.ci_low, raw.ci_high],
+        "e2e_shown_abs_error": abs(raw.rate - truth),
+        "e2e_corrected_rate": corrected.rate,
+        "e2e_corrected_ci": [corrected.ci_low, corrected.ci_high],
+        "e2e_corrected_covers_truth": corrected.ci_low <= truth <= corrected.ci_high,
+        "e2e_flag_precision": corrected.ppv,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     ap.add_argument("--workdir", default=str(ROOT / "build" / "quality"))
     ap.add_argument("--folds", default=None, help="only these folds, e.g. 0,1 (a partial run)")
+    ap.add_argument("--e2e-impressions", type=int, default=6000, help="0: no end-to-end replay")
+    ap.add_argument("--e2e-rate", type=float, default=200.0, help="impressions/s replayed")
     args = ap.parse_args()
     t0 = time.perf_counter()
     workdir = Path(args.workdir)
@@ -153,6 +250,14 @@ def main() -> None:
         m = fold_of == k
         shown_bad[m] = raw["int8"][m] < point["threshold"]
         p_good[m] = polarise(raw["int8"][m], alpha, beta)
+    # Fusion with the base model's knowledge: a logistic combination of the student's logit and
+    # the zero-shot cosine, cross-fitted the same way (weights from the other folds).
+    logit = np.log(np.clip(raw["int8"], 1e-6, 1 - 1e-6) / np.clip(1 - raw["int8"], 1e-6, 1))
+    feats = np.c_[logit, cos_title, cos_fields, np.ones(n)]
+    fused = np.zeros(n)
+    for k in todo:
+        other = np.isin(fold_of, [j for j in todo if j != k]) | (len(todo) == 1)
+        fused[fold_of == k] = feats[fold_of == k] @ _logistic(feats[other], y[other])
     done = np.isin(fold_of, todo)
     yd, bad_true = y[done], (1 - y[done]).astype(float)
     qd = [q for q, d in zip(queries, done, strict=True) if d]
@@ -171,6 +276,7 @@ def main() -> None:
         "cv_auc_zero_shot_cosine": cos_best[0],
         "cv_auc_zero_shot_cosine_sd": cos_best[1],
         "cv_auc_query_overlap": cv_auc(ov)[0],
+        "cv_auc_fused_with_cosine": cv_auc(fused)[0],
         "shown_rate": float(flagged.mean()),
         "rate_abs_error": abs(float(flagged.mean()) - float(bad_true.mean())),
         "per_query_rate_abs_error": per_query_error(qd, bad_true, flagged.astype(float)),
@@ -186,6 +292,10 @@ def main() -> None:
         "isa": isa_flags(),
     }
     result["cv_auc_lift_over_cosine"] = result["cv_auc"] - result["cv_auc_zero_shot_cosine"]
+    if args.e2e_impressions > 0:
+        print("end to end: replaying real traffic", file=sys.stderr, flush=True)
+        result.update(end_to_end(args.e2e_impressions, args.e2e_rate))
+        result["seconds"] = round(time.perf_counter() - t0, 1)
     result["int8_auc_drop"] = result["cv_auc_fp32"] - result["cv_auc"]
     print(json.dumps(result, sort_keys=True))
 

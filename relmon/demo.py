@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,6 +46,10 @@ class DemoOptions:
     scenario: Scenario | None = None
     alerts: bool = True
     """run the leader-elected alert runner inside the worker (RELMON_ALERTS_IN_WORKER)"""
+    impressions: int | None = None
+    """stop the replay after this many impressions (then drain and stop, like ``duration_s``)"""
+    inspect: Callable[[Settings], dict[str, Any]] | None = None
+    """called once drained, before anything stops; its result is returned as ``inspected``"""
 
 
 def _port(preferred: int, host: str) -> int:
@@ -179,13 +184,15 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         config = ReplayConfig(
             seed=options.seed,
             dataset=options.dataset,
+            impressions=options.impressions,
             rate=options.rate,
             duration_s=options.duration_s,
             scenario=options.scenario,
         )
         _write_pids(settings, started)
         what = "real ESCI" if options.dataset == "esci" else "synthetic"
-        _say(f"replaying {what} traffic" + ("" if options.duration_s else "; Ctrl-C to stop"))
+        bounded = options.duration_s or options.impressions
+        _say(f"replaying {what} traffic" + ("" if bounded else "; Ctrl-C to stop"))
         counts = replay(settings, config, progress=_progress(settings))
         print(file=sys.stderr)
         produced = int(counts.get("produced", 0))
@@ -202,9 +209,12 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             rows = db.count_scored(client)
         finally:
             client.close()
+        inspected = options.inspect(settings) if options.inspect is not None else None
         return {
+            **({"inspected": inspected} if inspected is not None else {}),
             "produced": produced,
             "impressions": int(counts.get("impressions", 0)),
+            "truly_irrelevant": int(counts.get("truly_irrelevant", 0)),
             "malformed_sent": int(counts.get("malformed", 0)),
             "unknown_product_sent": int(counts.get("unknown_product", 0)),
             "consumed": totals.get("consumed", 0),

@@ -64,8 +64,8 @@ class TrainConfig:
 
     """
 
-    epochs: int = 2
-    learning_rate: float = 3e-5
+    epochs: int = 1
+    learning_rate: float = 5e-5
     batch_size: int = 16
     max_length: int = 64
     target: Literal["graded", "binary"] = "graded"
