@@ -49,10 +49,7 @@ def broker(base_settings: Settings) -> Iterator[ManagedProcess]:
 
 @pytest.fixture(scope="session")
 def store(base_settings: Settings) -> Iterator[ManagedProcess]:
-    with store_process(base_settings) as proc, pytest.MonkeyPatch.context() as env:
-        # Settings built from the environment alone (the dashboard pages' get_settings(), with a
-        # per-test RELMON_HOME) cannot find the password file beside the session store's data.
-        env.setenv("RELMON_CLICKHOUSE_PASSWORD", base_settings.clickhouse_password_value())
+    with store_process(base_settings) as proc:
         yield proc
 
 
@@ -67,7 +64,12 @@ def model_dir() -> Path:
 
 
 @pytest.fixture
-def settings(base_settings: Settings, broker: ManagedProcess, store: ManagedProcess) -> Settings:
+def settings(
+    base_settings: Settings,
+    broker: ManagedProcess,
+    store: ManagedProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
     """Fresh topics, consumer group and database for one test, on the shared servers."""
     uid = uuid.uuid4().hex[:10]
     s = base_settings.with_overrides(
@@ -80,6 +82,9 @@ def settings(base_settings: Settings, broker: ManagedProcess, store: ManagedProc
         home=base_settings.home / uid,
     )
     ensure_topics(s)
+    # Settings read from the environment alone (dashboard pages' get_settings(), with this
+    # test's RELMON_HOME) cannot find the password file beside the shared store's data.
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PASSWORD", s.clickhouse_password_value())
     return s
 
 

@@ -82,7 +82,9 @@ def test_default_store_generates_a_password_only_its_owner_can_read(tmp_path: Pa
                 connect(server, password=anonymous)
             assert err.value.code == 516
         # every relmon component reads it through settings and db.connect
-        settings = load_settings(home=tmp_path / "home", clickhouse_port=server.port)
+        settings = load_settings(
+            home=tmp_path / "home", clickhouse_port=server.port, clickhouse_password=""
+        )
         assert settings.store_password_file == password_file
         client = db.connect(settings, database="default")
         assert client.command("SELECT 1") == 1
