@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL := models/relmon-minilm-ce/card.json
 
-.PHONY: demo test lint bootstrap model bench clean
+.PHONY: demo test test-fast lint bootstrap model bench clean
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -24,6 +24,10 @@ lint: bootstrap
 
 test: lint $(MODEL)
 	$(BIN)/python -m pytest -ra $(ARGS)
+
+# The unit tier only, without the slow tests (no servers, no model build).
+test-fast: lint
+	$(BIN)/python -m pytest -ra tests/unit -m "not slow" $(ARGS)
 
 clean:
 	rm -rf .relmon
