@@ -9,6 +9,10 @@ JSON), ``"bad_grade"`` (JSON with a grade outside ESCI), ``"garbage"`` (a 200 wh
 JSON), ``"think"`` (a reasoning preamble and a fenced JSON answer, which is valid) and
 ``"echo_auth[:n]"`` (a 400 whose body echoes the request's headers, ``Authorization``
 included, after a message padded by ``n`` characters).
+
+:func:`esci_reference_grader` is a reference judge for such a server: it answers with the
+people's grade of the bundled ESCI judgments, so a test of the teacher loop on real pairs knows
+what every verdict must say.
 """
 
 from __future__ import annotations
@@ -21,9 +25,18 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from relmon.teacher.judge import normalise_query
 from relmon.teacher.verdict import Grade
+from scoring.data import Example
+from scoring.esci import load_esci_judgments
 
-__all__ = ["FakeChatServer", "overlap_grade"]
+__all__ = [
+    "ESCI_GRADE_NAMES",
+    "EsciReferenceGrader",
+    "FakeChatServer",
+    "esci_reference_grader",
+    "overlap_grade",
+]
 
 _WORD = re.compile(r"[a-z0-9]+")
 _QUERY = re.compile(r"^Query: (.*)$", re.MULTILINE)
@@ -39,6 +52,71 @@ def overlap_grade(query: str, title: str) -> Grade:
     if not q & t:
         return "Irrelevant"
     return "Substitute"
+
+
+ESCI_GRADE_NAMES: dict[str, Grade] = {
+    "E": "Exact",
+    "S": "Substitute",
+    "C": "Complement",
+    "I": "Irrelevant",
+}
+"""ESCI's grade letters (as :func:`scoring.esci.load_esci_judgments` gives them) by name."""
+
+
+class EsciReferenceGrader:
+    """A grader that answers with the human grade of a judged (query, title) pair.
+
+    Query and title are both matched after :func:`~relmon.teacher.judge.normalise_query` (NFKC,
+    case-folded, single spaces), so the text the prompt carries (stripped by the review
+    request's schema) finds its judgment. A pair that is not judged, or is *ambiguous* (one
+    title judged with different grades for one query: the same title sold as several products;
+    12 pairs of the bundled slice), raises :class:`KeyError`: a reference judge that guessed
+    would let a test pass on invented labels. Inside :class:`FakeChatServer` that request then
+    gets no answer (the connection is closed), so the teacher retries and finally gives up on
+    the batch; ask only pairs :meth:`knows` says are known.
+    """
+
+    def __init__(self, examples: Iterable[Example]) -> None:
+        grades: dict[tuple[str, str], set[Grade]] = {}
+        for e in examples:
+            name = ESCI_GRADE_NAMES[str(e.grade).strip().upper()]
+            grades.setdefault(self.key(e.query, e.title), set()).add(name)
+        self.grades: dict[tuple[str, str], Grade] = {
+            k: next(iter(g)) for k, g in grades.items() if len(g) == 1
+        }
+        self.ambiguous: frozenset[tuple[str, str]] = frozenset(
+            k for k, g in grades.items() if len(g) > 1
+        )
+
+    @staticmethod
+    def key(query: str, title: str) -> tuple[str, str]:
+        """The normalised (query, title) a pair is matched on."""
+        return normalise_query(query), normalise_query(title)
+
+    def knows(self, query: str, title: str) -> bool:
+        """True when the pair has one human grade."""
+        return self.key(query, title) in self.grades
+
+    def __len__(self) -> int:
+        return len(self.grades)
+
+    def __call__(self, query: str, title: str) -> Grade:
+        """The people's grade of the pair; :class:`KeyError` when unknown or ambiguous."""
+        key = self.key(query, title)
+        try:
+            return self.grades[key]
+        except KeyError:
+            why = "judged with different grades" if key in self.ambiguous else "not judged"
+            raise KeyError(f"no reference grade for {key!r}: {why}") from None
+
+
+def esci_reference_grader(examples: Iterable[Example] | None = None) -> EsciReferenceGrader:
+    """A reference judge from human ESCI grades, for :class:`FakeChatServer`'s ``grader``.
+
+    ``examples`` default to the bundled judgments (:func:`scoring.esci.load_esci_judgments`);
+    see :class:`EsciReferenceGrader` for the matching and for unknown pairs (they raise).
+    """
+    return EsciReferenceGrader(load_esci_judgments() if examples is None else examples)
 
 
 class FakeChatServer:
