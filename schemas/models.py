@@ -25,7 +25,9 @@ Id = Annotated[str, Field(min_length=1, max_length=256)]
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 Action = Literal["impression", "click", "add_to_cart", "purchase", "view", "watch"]
 ReviewReason = Literal["below_threshold", "uncertain", "audit"]
-DeadLetterKind = Literal["malformed", "invalid", "unknown_product", "unknown_query"]
+DeadLetterKind = Literal[
+    "malformed", "invalid", "unknown_product", "unknown_query", "event_time_out_of_range"
+]
 
 
 def utc(value: datetime) -> datetime:

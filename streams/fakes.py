@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 import numpy as np
 
@@ -45,6 +46,8 @@ class MemoryPorts(MemoryPlanStore):
     """Processor ports that keep everything in lists; ``fail_writes`` makes writes fail N times.
 
     Like a Kafka broker, they refuse a dead letter larger than ``max_message_bytes`` serialised.
+    Like the store, they keep one row per impression_id and a ledger of finished impressions;
+    ``rollup_refreshes`` lists the event times whose roll-ups were refreshed apart from a write.
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class MemoryPorts(MemoryPlanStore):
         self.queries: dict[str, str] = {}
         self.acked: list[RawRecord] = []
         self.fail_writes = fail_writes
+        self.ledger: dict[str, datetime] = {}
+        self.rollup_refreshes: list[datetime] = []
 
     async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
         """Score with the fake scorer."""
@@ -97,9 +102,22 @@ class MemoryPorts(MemoryPlanStore):
         """Look up remembered UBI queries."""
         return {q: self.queries[q] for q in query_ids if q in self.queries}
 
-    async def existing(self, impression_ids: list[str]) -> set[str]:
-        """Ids already written."""
-        return {i for i in impression_ids if i in self.rows}
+    async def refresh_rollups(self, event_times: list[datetime]) -> None:
+        """Note the refresh (the fake's roll-ups are computed from the rows when asked)."""
+        self.rollup_refreshes.extend(event_times)
+
+    async def done(self, impression_ids: list[str]) -> set[str]:
+        """Ids the ledger records as done."""
+        return {i for i in impression_ids if i in self.ledger}
+
+    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
+        """Rows already written."""
+        return [self.rows[i] for i in impression_ids if i in self.rows]
+
+    async def mark_done(self, rows: list[ScoredImpression]) -> None:
+        """Record impressions as done."""
+        for row in rows:
+            self.ledger[row.impression_id] = row.event_time
 
     async def ack(self, records: list[RawRecord]) -> None:
         """Record acks."""

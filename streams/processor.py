@@ -8,7 +8,9 @@ Per batch, in this order, so that a crash at any point loses nothing:
 
 1. every record is decoded and validated; bad ones become dead letters (original bytes kept, a
    prefix of them with size and sha256 when the letter would exceed ``dead_letter_max_bytes``).
-   Any failure on one record, expected or not, dead-letters that record alone;
+   Any failure on one record, expected or not, dead-letters that record alone. An impression
+   whose event time is outside the acceptance window (:class:`EventTimeWindow`) is dead-lettered
+   as ``event_time_out_of_range``: never scored, counted or sent for review;
 2. UBI query records are remembered (memory and ClickHouse);
 3. impressions get their query text (UBI) and product text (catalogue); an impression whose
    product or query is not known yet waits up to ``retry_s`` (its offset is not committed
@@ -16,9 +18,17 @@ Per batch, in this order, so that a crash at any point loses nothing:
 4. impressions are sampled (:mod:`streams.sampling`: deterministic by query id, stratified by
    query tier and position, under the sampling plan of their partition and epoch); sampled pairs
    not stored yet are scored off the event loop;
-5. dead letters and review requests are sent and their delivery awaited; rows are written to
-   ClickHouse (each impression once: rows already stored by an earlier try are skipped);
+5. dead letters are sent; rows are written to ClickHouse with their roll-ups (each impression
+   once: impressions an earlier try finished, or stored, are not scored again); then the review
+   requests of the stored rows are sent and their delivery awaited; then the impressions are
+   recorded as done in the ledger (``Ports.mark_done``);
 6. only then are the records acked, so their offsets can be committed.
+
+A crash between storing a row and recording it as done leaves a stored row without a ledger
+entry: the replay takes the row from the store instead of scoring it again, refreshes its
+roll-ups and sends its review request (so a review is never lost). A review request is sent twice
+only when a crash falls between its delivery and the ledger write, or when two workers overlap
+in a rebalance; the teacher keeps one case per impression_id.
 
 Sends and writes are retried with backoff until they succeed (a broker or store outage stalls the
 batch, nothing is lost), except dead letters the broker refuses for good (too large: see
@@ -34,7 +44,7 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -104,16 +114,57 @@ class Ports(PlanStore, Protocol):
         """Deliver review requests (return once the broker has them)."""
 
     async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        """Write scored rows and UBI query records to ClickHouse."""
+        """Write scored rows (and refresh the roll-ups of their windows) and UBI query records."""
+
+    async def refresh_rollups(self, event_times: list[datetime]) -> None:
+        """Recompute the hourly and daily roll-ups of the windows holding these event times."""
 
     async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
         """Query texts of UBI query ids stored earlier."""
 
-    async def existing(self, impression_ids: list[str]) -> set[str]:
-        """Which of these impressions are stored already."""
+    async def done(self, impression_ids: list[str]) -> set[str]:
+        """Which of these impressions the ledger records as done (stored, reviews delivered)."""
+
+    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
+        """The stored rows of these impressions (those stored already)."""
+
+    async def mark_done(self, rows: list[ScoredImpression]) -> None:
+        """Record these impressions as done in the ledger."""
 
     async def ack(self, records: list[RawRecord]) -> None:
         """Mark records done so their offsets can be committed."""
+
+
+@dataclass(frozen=True)
+class EventTimeWindow:
+    """The event times the worker accepts: ``max_age_s`` before its clock to ``max_future_s`` after.
+
+    Older events would be stored only to expire from ``scored_impressions`` (TTL 30 days of event
+    time) while their roll-ups and reviews stay; later ones are clock skew. Both are refused.
+    """
+
+    max_age_s: float
+    max_future_s: float
+
+    def refusal(self, event_time: datetime, now: datetime) -> str | None:
+        """Why ``event_time`` is refused at wall-clock time ``now`` (None: it is accepted)."""
+        oldest = now - timedelta(seconds=self.max_age_s)
+        latest = now + timedelta(seconds=self.max_future_s)
+        if oldest <= event_time <= latest:
+            return None
+        return (
+            f"event_time_out_of_range: event time {_iso(event_time)} is outside the accepted "
+            f"window [{_iso(oldest)}, {_iso(latest)}] (RELMON_MAX_EVENT_AGE_S={self.max_age_s:g} "
+            f"before the worker's clock, RELMON_MAX_EVENT_FUTURE_S={self.max_future_s:g} after it)"
+        )
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -209,6 +260,8 @@ class ImpressionProcessor:
         backoff_max_s: float = 5.0,
         ubi_position_base: int = UBI_POSITION_BASE,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+        event_window: EventTimeWindow | None = None,
+        wall_clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._ports = ports
         self._catalog = catalog
@@ -225,6 +278,8 @@ class ImpressionProcessor:
         self._backoff_max_s = backoff_max_s
         self._ubi_position_base = ubi_position_base
         self._dead_letter_max_bytes = dead_letter_max_bytes
+        self._event_window = event_window
+        self._wall_clock = wall_clock
         self._queries: OrderedDict[str, str] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._pending: list[_Pending] = []
@@ -287,6 +342,7 @@ class ImpressionProcessor:
     ) -> list[tuple[RawRecord, Impression | UbiImpression]]:
         """Decode every record: UBI queries are remembered, other events and bad records done."""
         items: list[tuple[RawRecord, Impression | UbiImpression]] = []
+        now = self._wall_clock()
         for record in records:
             decoded = self._decode(record, out)
             if decoded is None:
@@ -301,7 +357,14 @@ class ImpressionProcessor:
                 out.done.append(record)
             else:
                 self._metrics.inc("impressions")
-                items.append((record, decoded))
+                when = (
+                    decoded.timestamp if isinstance(decoded, UbiImpression) else decoded.event_time
+                )
+                refusal = self._event_window and self._event_window.refusal(when, now)
+                if refusal:
+                    self._reject(record, out, "event_time_out_of_range", refusal)
+                else:
+                    items.append((record, decoded))
         return items
 
     def _decode(self, record: RawRecord, out: _Outcome) -> InputRecord | None:
@@ -418,60 +481,81 @@ class ImpressionProcessor:
         return draws
 
     async def _finish(self, out: _Outcome) -> None:
-        rows: list[ScoredImpression] = []
         draws = self._sample(out.ready) if out.ready else []
         self._metrics.inc("sampled", len(draws))
-        if draws:
-            stored = await self._retrying(
-                self._ports.existing, [d.impression.impression_id for d in draws], what="lookup"
-            )
-            fresh: list[_Draw] = []
-            for d in draws:  # skip stored rows and copies within the batch: one row each
-                if d.impression.impression_id not in stored:
-                    stored.add(d.impression.impression_id)
-                    fresh.append(d)
-            self._metrics.inc("already_stored", len(draws) - len(fresh))
-            if fresh:
-                pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
-                keys = [d.impression.product_id for d in fresh]
-                scores = await self._retrying(
-                    lambda p: self._ports.score(p, keys), pairs, what="scoring"
-                )
-                now = datetime.now(UTC)
-                for d, score in zip(fresh, scores, strict=True):
-                    rows.append(
-                        ScoredImpression.of(
-                            d.impression,
-                            score=float(np.clip(score, 0.0, 1.0)),
-                            threshold=self._category_thresholds.get(
-                                d.impression.category or "", self._threshold
-                            ),
-                            model_version=self._model_version,
-                            sample_rate=d.probability,
-                            scored_at=now,
-                            tier=d.tier,
-                            position_bucket=self._rates.position_bucket(d.impression.position),
-                            plan_id=d.plan_id,
-                        )
-                    )
-                self._metrics.inc("scored", len(rows))
-        reviews = [r for r in map(self._review, rows) if r is not None]
+        fresh, recovered = await self._triage(draws)
+        rows = await self._score(fresh) if fresh else []
         if out.letters:
             await self._send_dead_letters(out.letters)
             self._metrics.inc("dead_lettered", len(out.letters))
             for letter in out.letters:
                 self._metrics.inc(f"dead_lettered_{letter.kind}")
-        if reviews:
-            await self._retrying(self._ports.send_reviews, reviews, what="review requests")
-            self._metrics.inc("sent_to_review", len(reviews))
         if rows or out.queries:
             await self._retrying(self._write, (rows, out.queries), what="ClickHouse write")
             self._metrics.inc("rows_written", len(rows))
             self._metrics.inc("ubi_queries", len(out.queries))
+        if recovered:  # stored by a try that stopped before the ledger: roll-ups may be stale
+            times = [row.event_time for row in recovered]
+            await self._retrying(self._ports.refresh_rollups, times, what="ClickHouse roll-ups")
+            self._metrics.inc("rows_recovered", len(recovered))
+        finished = rows + recovered
+        reviews = [r for r in map(self._review, finished) if r is not None]
+        if reviews:  # only once their rows are stored
+            await self._retrying(self._ports.send_reviews, reviews, what="review requests")
+            self._metrics.inc("sent_to_review", len(reviews))
+        if finished:
+            await self._retrying(self._ports.mark_done, finished, what="ClickHouse ledger")
         for record in out.done:
             self._done[(record.topic, record.partition, record.offset)] = record
         await self._release()
         self._metrics.set("pending", len(self._pending))
+
+    async def _triage(self, draws: list[_Draw]) -> tuple[list[_Draw], list[ScoredImpression]]:
+        """The draws to score, and rows an earlier try stored but did not finish.
+
+        Impressions the ledger records as done are skipped, and so are copies within the batch:
+        each impression is written, rolled up and reviewed once.
+        """
+        if not draws:
+            return [], []
+        first: dict[str, _Draw] = {}
+        for d in draws:
+            first.setdefault(d.impression.impression_id, d)
+        ids = list(first)
+        done = await self._retrying(self._ports.done, ids, what="ClickHouse ledger lookup")
+        unknown = [i for i in ids if i not in done]
+        recovered: list[ScoredImpression] = []
+        if unknown:
+            recovered = await self._retrying(self._ports.stored, unknown, what="ClickHouse lookup")
+        stored = {row.impression_id for row in recovered}
+        fresh = [first[i] for i in unknown if i not in stored]
+        self._metrics.inc("already_stored", len(draws) - len(fresh))
+        return fresh, recovered
+
+    async def _score(self, fresh: list[_Draw]) -> list[ScoredImpression]:
+        """Score the draws off the event loop; their rows."""
+        pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
+        keys = [d.impression.product_id for d in fresh]
+        scores = await self._retrying(lambda p: self._ports.score(p, keys), pairs, what="scoring")
+        now = datetime.now(UTC)
+        rows = [
+            ScoredImpression.of(
+                d.impression,
+                score=float(np.clip(score, 0.0, 1.0)),
+                threshold=self._category_thresholds.get(
+                    d.impression.category or "", self._threshold
+                ),
+                model_version=self._model_version,
+                sample_rate=d.probability,
+                scored_at=now,
+                tier=d.tier,
+                position_bucket=self._rates.position_bucket(d.impression.position),
+                plan_id=d.plan_id,
+            )
+            for d, score in zip(fresh, scores, strict=True)
+        ]
+        self._metrics.inc("scored", len(rows))
+        return rows
 
     async def _release(self, force: bool = False) -> None:
         """Store due sketch checkpoints, then ack the done records they cover.

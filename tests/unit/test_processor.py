@@ -1,6 +1,7 @@
 import asyncio
 import json
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -9,7 +10,7 @@ from streams.catalog import Catalog
 from streams.fakes import MemoryPorts, OverlapScorer
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord
+from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord
 from streams.sampling import SamplingRates
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -611,3 +612,193 @@ def test_numeric_event_time_is_dead_lettered_naming_the_field():
     (letter,) = ports.dead_letters
     assert letter.kind == "invalid" and letter.reason.startswith("invalid event_time:")
     assert ports.rows == {}
+
+
+# --- issue 11 items 5 and 6: event-time window, store before review, the ledger ---------------
+
+
+def windowed(ports=None, now=NOW, max_age_s=28 * 86400, max_future_s=300):
+    ports = ports or MemoryPorts()
+    proc = ImpressionProcessor(
+        ports=ports,
+        catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
+        planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=Clock()),
+        rates=SamplingRates(uniform=1.0),
+        threshold=0.5,
+        model_version="m",
+        metrics=Metrics(),
+        clock=Clock(),
+        backoff_max_s=0.05,
+        event_window=EventTimeWindow(max_age_s, max_future_s),
+        wall_clock=lambda: now,
+    )
+    return proc, ports
+
+
+def at(i, when, title="Oak Dining Table"):
+    return Impression(
+        impression_id=f"t{i}",
+        query_id=f"q{i}",
+        query="blue velvet sofa",
+        product_id="p1",
+        title=title,
+        position=1,
+        event_time=when,
+    ).to_bytes()
+
+
+def test_event_times_outside_the_window_are_refused_never_scored():
+    proc, ports = windowed()
+    day = timedelta(days=1)
+    ubi_late = json.loads(ubi_event("u1", "p1", 0))
+    ubi_late["timestamp"] = (NOW + timedelta(seconds=301)).isoformat()
+    batch = [
+        record(at(0, NOW - 29 * day), 0),  # a replay of old traffic: would expire at once
+        record(at(1, NOW - 28 * day), 1),  # the oldest accepted
+        record(at(2, NOW + timedelta(seconds=300)), 2),  # the latest accepted
+        record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 3),
+        record(json.dumps(ubi_late).encode(), 4),  # clock skew
+        record(at(5, datetime(2024, 12, 1, tzinfo=UTC)), 5),
+    ]
+    within(proc.process(batch))
+    assert set(ports.rows) == {"t1", "t2"}
+    assert {r.impression_id for r in ports.reviews} == {"t1", "t2"}
+    letters = {d.offset: d for d in ports.dead_letters}
+    assert set(letters) == {0, 4, 5}
+    assert {d.kind for d in letters.values()} == {"event_time_out_of_range"}
+    window = "[2024-04-03T12:00:00Z, 2024-05-01T12:05:00Z]"
+    assert all(window in d.reason for d in letters.values())
+    assert letters[0].reason.startswith("event_time_out_of_range: event time 2024-04-02T12")
+    assert "RELMON_MAX_EVENT_AGE_S=2.4192e+06" in letters[0].reason
+    assert "RELMON_MAX_EVENT_FUTURE_S=300" in letters[4].reason
+    assert all(letters[o].original == batch[o].value for o in letters)
+    assert sorted(r.offset for r in ports.acked) == list(range(6))
+    assert proc._metrics.get("dead_lettered_event_time_out_of_range") == 3
+
+
+def test_the_window_follows_the_wall_clock():
+    clock = [NOW]
+    ports = MemoryPorts()
+    proc, _ = windowed(ports)
+    proc._wall_clock = lambda: clock[0]
+    within(proc.process([record(at(0, NOW - timedelta(days=27)), 0)]))
+    clock[0] = NOW + timedelta(days=2)  # a replay two days later: now too old
+    within(proc.process([record(at(1, NOW - timedelta(days=27)), 1)]))
+    assert set(ports.rows) == {"t0"}
+    (letter,) = ports.dead_letters
+    assert letter.offset == 1 and letter.kind == "event_time_out_of_range"
+
+
+def test_max_event_age_must_leave_every_accepted_hour_in_the_raw_rows():
+    from relmon.errors import ConfigError
+    from relmon.settings import load_settings
+
+    assert load_settings().max_event_age_s == 28 * 86400
+    assert load_settings().max_event_future_s == 300
+    with pytest.raises(ConfigError, match="RELMON_MAX_EVENT_AGE_S"):
+        load_settings(max_event_age_s=30 * 86400)
+
+
+class Crash(BaseException):
+    """A SIGKILL: nothing after it runs (BaseException: the processor's retries do not catch it)."""
+
+
+class CrashingPorts(MemoryPorts):
+    """Ports that crash the worker once, at the ``crash_at``-th call of method ``step``."""
+
+    def __init__(self, step, crash_at):
+        super().__init__()
+        self.step, self.crash_at, self.calls = step, crash_at, 0
+
+    def _maybe_crash(self, step):
+        if step == self.step:
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise Crash(step)
+
+    async def write(self, rows, queries):
+        self._maybe_crash("before_write")
+        await super().write(rows, queries)
+        self._maybe_crash("after_write")
+
+    async def send_reviews(self, reviews):
+        await super().send_reviews(reviews)
+        self._maybe_crash("after_send")
+
+
+def review_traffic(batches=4, size=12):
+    """Pages whose results are bad, uncertain or good: most of them are reviewed."""
+    titles = ["Oak Dining Table", "Blue Velvet Chair", "Blue Velvet Sofa"]
+    out = []
+    for i in range(batches * size):
+        when = NOW - timedelta(minutes=90 - i)
+        out.append(record(at(i, when, title=titles[i % 3]), i))
+    return [out[b : b + size] for b in range(0, len(out), size)]
+
+
+def run_with_restarts(ports, batches):
+    """Process ``batches``; after a crash restart (memory lost) from the committed offset."""
+    while True:
+        proc, _ = windowed(ports)
+        resume = committed(ports.acked, 0)
+        try:
+            for batch in batches:
+                todo = [r for r in batch if r.offset >= resume]
+                if todo:
+                    within(proc.process(todo))
+            return
+        except Crash:
+            continue
+
+
+@pytest.mark.parametrize("step", ["before_write", "after_write", "after_send"])
+def test_a_crash_sends_no_review_twice_except_between_delivery_and_the_ledger(step):
+    clean = MemoryPorts()
+    run_with_restarts(clean, review_traffic())
+    expected = {r.impression_id: r for r in clean.reviews}
+    assert len(expected) == len(clean.reviews) == 16
+
+    ports = CrashingPorts(step, crash_at=2)
+    run_with_restarts(ports, review_traffic())
+    assert ports.calls >= 2  # it crashed
+    sent = Counter(r.impression_id for r in ports.reviews)
+    assert set(sent) == set(expected)  # nothing lost
+    again = {i for i, n in sent.items() if n > 1}
+    if step == "after_send":  # delivered, not yet in the ledger: the replay sends them again
+        assert again == {i for i in expected if 12 <= int(i[1:]) < 24}  # the second batch
+    else:
+        assert again == set()
+    # every repeat is the same request, so a consumer keyed by impression_id keeps one
+    assert all(r == expected[r.impression_id] for r in ports.reviews)
+    assert set(ports.rows) == set(clean.rows) and set(ports.ledger) == set(clean.rows)
+    assert ports.row_writes == len(clean.rows)  # each row written once, also across the crash
+
+
+def test_rows_stored_before_a_crash_are_recovered_not_rescored():
+    ports = CrashingPorts("after_write", crash_at=1)
+    (batch,) = review_traffic(batches=1)
+    with pytest.raises(Crash):
+        within(windowed(ports)[0].process(batch))
+    assert ports.rows and not ports.reviews and not ports.ledger and not ports.acked
+    proc, _ = windowed(ports)
+    within(proc.process(batch))
+    assert proc._metrics.get("rows_recovered") == len(ports.rows)
+    assert proc._metrics.get("scored") == 0
+    assert sorted(ports.rollup_refreshes) == sorted(r.event_time for r in ports.rows.values())
+    assert {r.impression_id for r in ports.reviews} == {
+        r.impression_id for r in ports.rows.values() if r.is_bad
+    }
+    assert set(ports.ledger) == set(ports.rows) and len(ports.acked) == len(batch)
+
+
+def test_reviews_are_sent_only_after_their_rows_are_stored():
+    class Watching(MemoryPorts):
+        async def send_reviews(self, reviews):
+            assert all(r.impression_id in self.rows for r in reviews)
+            assert not any(r.impression_id in self.ledger for r in reviews)
+            await super().send_reviews(reviews)
+
+    proc, ports = windowed(Watching())
+    for batch in review_traffic():
+        within(proc.process(batch))
+    assert ports.reviews

@@ -1,0 +1,310 @@
+"""Roll-ups and the impression ledger on a real local store (issue 11 items 5 and 6).
+
+The processor runs with the worker's ClickHouse ports
+(:class:`streams.storage.ClickHouseStorePorts`) and in-memory sends; no broker or model is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from relmon import db
+from relmon.settings import Settings, load_settings
+from relmon.store import StoreServer
+from schemas import Impression, ScoredImpression
+from schemas.models import CatalogProduct, DeadLetter, ReviewRequest
+from streams.catalog import Catalog
+from streams.fakes import OverlapScorer
+from streams.metrics import Metrics
+from streams.plans import Planner, PlannerConfig
+from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord
+from streams.sampling import SamplingRates
+from streams.storage import ClickHouseStorePorts
+
+pytestmark = pytest.mark.integration
+
+ROLLUPS = {
+    "bad_case_rollup_1h": "SELECT window_start, tier, category, locale, position_bucket, "
+    "model_version, sampled, bad, round(sum_w, 9), round(sum_w_bad, 9), round(sum_w2, 9) "
+    "FROM bad_case_rollup_1h ORDER BY ALL",
+    "bad_case_rollup_1d": "SELECT window_start, tier, category, locale, position_bucket, "
+    "model_version, sampled, bad, round(sum_w, 9), round(sum_w_bad, 9), round(sum_w2, 9) "
+    "FROM bad_case_rollup_1d ORDER BY ALL",
+    "bad_case_rates_1h": "SELECT window_start, category, sampled, bad, round(weighted_rate, 9), "
+    "round(ci_low, 9), judged FROM bad_case_rates_1h ORDER BY ALL",
+    "bad_case_rates_1d": "SELECT window_start, category, sampled, bad, round(weighted_rate, 9), "
+    "round(ci_low, 9), judged FROM bad_case_rates_1d ORDER BY ALL",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("rollups-home")
+    with StoreServer(home / "store") as store:
+        yield load_settings(home=home, clickhouse_port=store.port, clickhouse_password="")
+
+
+@pytest.fixture
+def fresh_db(server: Settings, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Settings of a new migrated database per call (``fresh_db("name")``)."""
+
+    def make(name: str) -> Settings:
+        s = server.with_overrides(clickhouse_database=f"{request.node.name[:40]}_{name}")
+        db.migrate(s)
+        return s
+
+    yield make
+
+
+class StorePorts(ClickHouseStorePorts):
+    """The worker's ClickHouse ports with in-memory Kafka sends, acks and a fake scorer."""
+
+    def __init__(self, settings: Settings, gate: asyncio.Barrier | None = None) -> None:
+        self.client = db.connect(settings)
+        super().__init__(lambda: self.client)
+        self.gate = gate
+        self.reviews: list[ReviewRequest] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.acked: list[RawRecord] = []
+
+    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
+        found = await super().stored(impression_ids)
+        if self.gate is not None:  # two workers both look before either writes
+            await self.gate.wait()
+        return found
+
+    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
+        return OverlapScorer().predict(pairs)
+
+    async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
+        self.reviews.extend(reviews)
+
+    async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        self.dead_letters.extend(letters)
+
+    async def ack(self, records: list[RawRecord]) -> None:
+        self.acked.extend(records)
+
+    def close(self) -> None:
+        super().close()
+        self.client.close()
+
+
+def processor(ports: StorePorts) -> ImpressionProcessor:
+    return ImpressionProcessor(
+        ports=ports,
+        catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
+        planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
+        rates=SamplingRates(uniform=1.0),
+        threshold=0.5,
+        uncertain_band=0.1,
+        model_version="fake-overlap-1",
+        metrics=Metrics(),
+        backoff_max_s=0.05,
+        event_window=EventTimeWindow(28 * 86400, 300),
+    )
+
+
+TITLES = ["Oak Dining Table", "Blue Velvet Chair", "Blue Velvet Sofa", "Velvet Sofa Bed"]
+CATEGORIES = ["Sofas", "Tables", "Rugs"]
+
+
+def traffic(n: int = 240) -> list[RawRecord]:
+    """Impressions over the last ~31 hours (two days, many hours), most of them sampled."""
+    now = datetime.now(UTC)
+    out = []
+    for i in range(n):
+        imp = Impression(
+            impression_id=f"r{i}",
+            query_id=f"q{i // 4}",
+            query="blue velvet sofa",
+            product_id=f"p{i % 7}",
+            title=TITLES[i % 4],
+            category=CATEGORIES[i % 3],
+            position=1 + i % 4,
+            event_time=now - timedelta(minutes=i * 31 // 4),
+        )
+        out.append(RawRecord("relmon.impressions", i % 2, i // 2, None, imp.to_bytes()))
+    return out
+
+
+def batches(records: list[RawRecord], size: int = 50) -> list[list[RawRecord]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def snapshot(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
+    client = db.connect(settings)
+    try:
+        return {name: client.query(sql).result_rows for name, sql in ROLLUPS.items()}
+    finally:
+        client.close()
+
+
+def physical_rows(settings: Settings) -> Counter[str]:
+    """Stored rows per impression_id, not merged (no FINAL)."""
+    client = db.connect(settings)
+    try:
+        rows = client.query("SELECT impression_id FROM scored_impressions").result_rows
+    finally:
+        client.close()
+    return Counter(str(r[0]) for r in rows)
+
+
+async def run_worker(settings: Settings, records: list[RawRecord]) -> StorePorts:
+    ports = StorePorts(settings)
+    try:
+        proc = processor(ports)
+        for batch in batches(records):
+            await proc.process(batch)
+    finally:
+        ports.close()
+    return ports
+
+
+def test_a_replay_adds_nothing_to_rollups_rows_or_reviews(fresh_db: Any) -> None:
+    s = fresh_db("replay")
+    records = traffic()
+    first = asyncio.run(run_worker(s, records))
+    once = snapshot(s)
+    assert len(once["bad_case_rollup_1d"]) >= 2 * len(CATEGORIES)  # two days, many hours
+    assert len(once["bad_case_rollup_1h"]) > 40
+    assert sum(r[6] for r in once["bad_case_rollup_1h"]) == len(records)
+    assert sum(r[6] for r in once["bad_case_rollup_1d"]) == len(records)
+    assert len(first.reviews) == len({r.impression_id for r in first.reviews}) == 60
+
+    second = asyncio.run(run_worker(s, records))  # a restarted worker reads the topic again
+    third = asyncio.run(run_worker(s, list(reversed(records))))
+    assert snapshot(s) == once
+    assert second.reviews == [] and third.reviews == []
+    assert set(physical_rows(s).values()) == {1}
+    assert len(second.acked) == len(records)
+
+
+def test_two_overlapping_workers_count_each_impression_once(fresh_db: Any) -> None:
+    records = traffic()
+    single = fresh_db("single")
+    asyncio.run(run_worker(single, records))
+    expected = snapshot(single)
+
+    s = fresh_db("overlap")
+
+    async def both() -> tuple[StorePorts, StorePorts]:
+        gate = asyncio.Barrier(2)
+        a, b = StorePorts(s, gate), StorePorts(s, gate)
+        pa, pb = processor(a), processor(b)
+        try:
+            for batch in batches(records):  # a rebalance left both believing they own it all
+                await asyncio.gather(pa.process(batch), pb.process(batch))
+        finally:
+            a.close()
+            b.close()
+        return a, b
+
+    a, b = asyncio.run(both())
+    assert max(physical_rows(s).values()) == 2  # the race happened: rows were written twice
+    assert snapshot(s) == expected
+    reviewed = Counter(r.impression_id for r in a.reviews + b.reviews)
+    assert set(reviewed.values()) == {2}  # at least once: both sent; the teacher keeps one
+
+
+def test_rows_past_the_window_are_refused_and_a_replay_counts_nothing(fresh_db: Any) -> None:
+    # real UBI streams replay Dec 2024 - Mar 2025 traffic: scored, then deleted by the TTL at once
+    s = fresh_db("old")
+    old = []
+    for i in range(60):
+        event = {
+            "action_name": "impression",
+            "query_id": f"u{i // 10}",
+            "timestamp": (datetime(2024, 12, 1, tzinfo=UTC) + timedelta(hours=i)).isoformat(),
+            "event_attributes": {"object": {"object_id": "p1"}, "position": {"ordinal": i % 10}},
+        }
+        old.append(RawRecord("relmon.impressions", 0, i, None, json.dumps(event).encode()))
+    for _ in range(2):
+        ports = asyncio.run(run_worker(s, old))
+        assert len(ports.dead_letters) == 60 and len(ports.acked) == 60
+        assert {d.kind for d in ports.dead_letters} == {"event_time_out_of_range"}
+    assert snapshot(s) == {name: [] for name in ROLLUPS}
+    assert physical_rows(s) == Counter()
+
+
+def test_a_segment_an_impression_left_drops_out_of_the_rollups(fresh_db: Any) -> None:
+    s = fresh_db("moved")
+    now = datetime.now(UTC)
+    imp = Impression(
+        impression_id="m1",
+        query_id="q",
+        query="oak desk",
+        product_id="p",
+        title="Oak Desk",
+        category="Desks",
+        position=1,
+        event_time=now,
+    )
+
+    def row(version: str, at: datetime) -> ScoredImpression:
+        return ScoredImpression.of(
+            imp, score=0.2, threshold=0.5, model_version=version, sample_rate=1.0, scored_at=at
+        )
+
+    client = db.connect(s)
+    try:
+        db.insert_scored(client, [row("old", now)])
+        db.insert_scored(client, [row("new", now + timedelta(seconds=1))])  # replaces it
+        for name in ("bad_case_rollup_1h", "bad_case_rollup_1d"):
+            got = client.query(f"SELECT model_version, sampled FROM {name}").result_rows
+            assert got == [("new", 1)], name
+    finally:
+        client.close()
+
+
+def test_migration_recounts_double_counted_rollups_and_fills_the_ledger(
+    server: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = server.with_overrides(clickhouse_database="migrate_0006")
+    shipped = db.migrations()
+    monkeypatch.setattr(db, "migrations", lambda: [m for m in shipped if m[0] <= 5])
+    db.migrate(s)
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(30):
+        imp = Impression(
+            impression_id=f"d{i}",
+            query_id="q",
+            query="oak desk",
+            product_id="p",
+            title="Oak Desk",
+            category="Desks",
+            position=1,
+            event_time=now - timedelta(hours=i),
+        )
+        rows.append(
+            ScoredImpression.of(
+                imp, score=0.9, threshold=0.5, model_version="m", sample_rate=0.5, scored_at=now
+            )
+        )
+    client = db.connect(s)
+    try:
+        data = [[getattr(r, c) for c in db.SCORED_COLUMNS] for r in rows]
+        for _ in range(2):  # the old materialized views sum both inserts
+            client.insert("scored_impressions", data, column_names=db.SCORED_COLUMNS)
+        doubled = "SELECT sum(sampled) FROM bad_case_rollup_1h"
+        assert client.command(doubled) == 60
+        monkeypatch.setattr(db, "migrations", lambda: shipped)
+        assert db.migrate(s) == ["0006_idempotent_rollups.sql"]
+        assert client.command(doubled) == 30
+        assert client.command("SELECT sum(sampled) FROM bad_case_rollup_1d") == 30
+        assert db.done_impressions(client, [r.impression_id for r in rows]) == {
+            r.impression_id for r in rows
+        }
+        db.insert_scored(client, rows)  # and from now on a replay adds nothing
+        assert client.command(doubled) == 30
+    finally:
+        client.close()
