@@ -11,7 +11,6 @@ the true rate over *all* impressions of that window and tier.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import zlib
 from collections import defaultdict
@@ -24,11 +23,12 @@ from relmon.replay import ReplayConfig, TrafficGenerator
 from relmon.scenario import Scenario, Shift
 from relmon.stats import RateEstimate
 from relmon.synth import SyntheticCatalog
+from schemas.models import Impression
 from streams.catalog import Catalog
 from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord
+from streams.processor import ImpressionProcessor, RawRecord, impression_text
 from streams.sampling import SamplingRates
 from streams.sketch import normalise_query
 
@@ -165,9 +165,9 @@ async def _replay(
                 offsets[part] += 1
                 if relevant is None:
                     continue
-                imp = json.loads(value)
-                scorer.truth[(imp["query"], imp["title"])] = relevant
-                population.append((now, part, imp["query"], not relevant))
+                imp = Impression.model_validate_json(value)
+                scorer.truth[(imp.query, impression_text(imp))] = relevant
+                population.append((now, part, imp.query, not relevant))
         await proc.process(batch)
     return Replay(ports, planner, population)
 
