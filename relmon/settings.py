@@ -152,11 +152,13 @@ class Settings(BaseSettings):
     max_length: int = Field(
         default=64, ge=8, le=512, description="RELMON_MAX_LENGTH: max tokens per pair."
     )
-    bad_threshold: float = Field(
-        default=0.5,
+    bad_threshold: float | None = Field(
+        default=None,
         ge=0.0,
         le=1.0,
-        description="RELMON_BAD_THRESHOLD: a pair scoring below this is a bad case.",
+        description="RELMON_BAD_THRESHOLD: a pair scoring below this is a bad case (default: "
+        "the model card's operating point, where the share flagged on held-out real labels "
+        "equals their true bad share).",
     )
     category_thresholds: dict[str, float] = Field(
         default_factory=dict,
@@ -164,10 +166,11 @@ class Settings(BaseSettings):
         '(e.g. {"Area Rugs": 0.4}); other categories use RELMON_BAD_THRESHOLD.',
     )
     score_calibration: str = Field(
-        default="none",
+        default="card",
         pattern=r"^(none|card|-?[0-9.]+(e-?[0-9]+)?,-?[0-9.]+(e-?[0-9]+)?)$",
-        description="RELMON_SCORE_CALIBRATION: none, card (the sigmoid polarisation fitted at "
-        'build time) or "alpha,beta": scores become sigmoid(alpha * (p - beta)).',
+        description="RELMON_SCORE_CALIBRATION: card (default: the Platt fit of P(good) on "
+        'held-out real labels, from the model card), none (raw scores) or "alpha,beta": '
+        "scores become sigmoid(alpha * (p - beta)).",
     )
     score_cache_size: int = Field(
         default=100_000,
@@ -313,6 +316,22 @@ class Settings(BaseSettings):
         description="RELMON_DLQ_MAX_BYTES: largest dead letter; a letter that would be larger "
         "keeps only a prefix of the original bytes (with their size and sha256). Keep it under "
         "the broker's message limit (1 MB by default).",
+    )
+    max_event_age_s: float = Field(
+        default=28 * 86400,
+        gt=0,
+        le=29 * 86400,
+        description="RELMON_MAX_EVENT_AGE_S: oldest event time the worker accepts, in seconds "
+        "before its clock (default 28 days); older impressions are dead-lettered as "
+        "event_time_out_of_range. At most 29 days: raw rows expire after 30 days of event time, "
+        "and an hour's roll-up is recomputed from all of its raw rows.",
+    )
+    max_event_future_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="RELMON_MAX_EVENT_FUTURE_S: latest event time the worker accepts, in seconds "
+        "after its clock (clock skew); later impressions are dead-lettered as "
+        "event_time_out_of_range.",
     )
 
     # --- Teacher (LLM judge over an OpenAI-compatible chat-completions API) ----------------

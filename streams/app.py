@@ -3,10 +3,12 @@
 The agent reads raw bytes in batches (``noack_take``: events are acked by hand, only after their
 dead letters and review requests were delivered and their rows written), so Faust commits an
 offset only once everything before it is done. Inference and ClickHouse writes run in worker
-threads and never block the event loop. Exactly-once *effect* comes from at-least-once delivery
-plus idempotent writes (``scored_impressions`` keeps one row per impression_id); Faust's
-exactly-once mode is not used (tansu lacks transactional producers: aiokafka's InitProducerId
-fails against it).
+threads and never block the event loop. Exactly-once *effect* on the store comes from
+at-least-once delivery plus idempotent writes (``scored_impressions`` keeps one row per
+impression_id, roll-ups are recomputed from the deduplicated rows, the impression ledger says
+what is done); review requests are at least once, repeated only after a crash between their
+delivery and the ledger write (see :mod:`streams.processor`). Faust's exactly-once mode is not
+used (tansu lacks transactional producers: aiokafka's InitProducerId fails against it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -29,13 +30,13 @@ from relmon.alerts.runner import AlertThread
 from relmon.kafka import ensure_topics, producer
 from relmon.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
 from relmon.settings import Settings
-from schemas.models import DeadLetter, ReviewRequest, ScoredImpression, hash_id
-from schemas.ubi import UbiQuery
+from schemas.models import DeadLetter, ReviewRequest
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.metrics import Metrics
-from streams.plans import Checkpoint, PlanKey, Planner, PlannerConfig, StoredPlan
-from streams.processor import ImpressionProcessor, RawRecord, dead_letter
+from streams.plans import Planner, PlannerConfig
+from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord, dead_letter
 from streams.sampling import SamplingRates
+from streams.storage import ClickHouseStorePorts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,13 +84,13 @@ def metrics_path(settings: Settings, pid: int | None = None) -> Path:
     return settings.home / "run" / f"worker-{settings.consumer_group}-{pid or os.getpid()}.json"
 
 
-class _FaustPorts:
+class _FaustPorts(ClickHouseStorePorts):
     """Ports of the processor backed by Faust topics, ClickHouse and the scorer."""
 
     def __init__(self, worker: RelmonWorker) -> None:
+        super().__init__(worker.clickhouse)
         self._w = worker
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="relmon-infer")
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="relmon-store")
         self.stream: Any = None
 
     async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
@@ -117,43 +118,13 @@ class _FaustPorts:
             self._w.review_topic, [(r.impression_id.encode(), r.to_bytes()) for r in reviews]
         )
 
-    async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        await self._io_call(self._write_sync, rows, queries)
-
-    @staticmethod
-    def _write_sync(client: Client, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        db.insert_ubi_queries(client, queries, hash_id)
-        db.insert_scored(client, rows)
-
-    async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, lambda: fn(self._w.clickhouse(), *args))
-
-    async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
-        return await self._io_call(db.lookup_ubi_queries, query_ids)
-
-    async def existing(self, impression_ids: list[str]) -> set[str]:
-        return await self._io_call(db.existing_impressions, impression_ids)
-
-    async def load_plans(self, keys: list[PlanKey]) -> dict[PlanKey, StoredPlan]:
-        return await self._io_call(db.load_plans, keys)
-
-    async def save_plans(self, plans: list[StoredPlan]) -> None:
-        await self._io_call(db.save_plans, plans)
-
-    async def latest_checkpoint(self, topic: str, partition: int) -> Checkpoint | None:
-        return await self._io_call(db.latest_checkpoint, topic, partition)
-
-    async def save_checkpoints(self, checkpoints: list[Checkpoint]) -> None:
-        await self._io_call(db.save_checkpoints, checkpoints)
-
     async def ack(self, records: list[RawRecord]) -> None:
         for record in records:
             await self.stream.ack(record.handle)
 
     def close(self) -> None:
         self._infer.shutdown(wait=False, cancel_futures=True)
-        self._io.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
 def _raw(event: Any) -> RawRecord:
@@ -195,7 +166,11 @@ class RelmonWorker:
             catalog=self.catalog,
             planner=Planner(planner_config(settings)),
             rates=sampling_rates(settings),
-            threshold=settings.bad_threshold,
+            threshold=(
+                settings.bad_threshold
+                if settings.bad_threshold is not None
+                else getattr(scorer, "operating_threshold", 0.5)
+            ),
             category_thresholds=settings.category_thresholds,
             uncertain_band=settings.review_uncertain_band,
             audit_share=settings.review_audit_share,
@@ -205,6 +180,7 @@ class RelmonWorker:
             backoff_max_s=settings.retry_backoff_max_s,
             ubi_position_base=settings.ubi_position_base,
             dead_letter_max_bytes=settings.dlq_max_bytes,
+            event_window=EventTimeWindow(settings.max_event_age_s, settings.max_event_future_s),
         )
         self.follower = CatalogFollower(
             self.catalog,

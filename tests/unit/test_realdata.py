@@ -1,0 +1,137 @@
+"""The real-label pieces: product text, query folds, the operating point, ESCI replay truth."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from relmon.realdata import EsciCatalog
+from relmon.replay import ReplayConfig, TrafficGenerator
+from relmon.scenario import Scenario, Shift
+from scoring.build import operating_point
+from scoring.esci import BAD_GRADES, load_esci_judgments, load_esci_products
+from scoring.text import category_leaf, product_text
+from scoring.training import TrainConfig, query_folds, training_pairs
+
+
+def test_product_text_leaves_out_what_is_missing():
+    assert product_text("  Oak  desk ") == "Oak desk"
+    assert (
+        product_text("Oak desk", "Acme", "Brown", "Home > Furniture > Desks")
+        == "Oak desk | brand Acme | colour Brown | category Furniture > Desks"
+    )
+    assert product_text("Oak desk", None, "", ["Home", "Office"]) == (
+        "Oak desk | category Home > Office"
+    )
+    assert category_leaf(None) is None and category_leaf(" > ") is None
+
+
+def test_bundled_esci_slice_is_complete():
+    examples = load_esci_judgments()
+    assert len(examples) == 6678
+    assert len({e.query for e in examples}) == 150
+    grades = Counter(e.grade for e in examples)
+    assert grades == {"E": 3389, "S": 1898, "C": 305, "I": 1086}
+    assert all(e.hard_label == (e.grade not in BAD_GRADES) for e in examples)
+    products = {p.product_id for p in load_esci_products()}
+    assert len(products) == 6764 and {e.product_id for e in examples} <= products
+
+
+def test_query_folds_never_split_a_query():
+    examples = load_esci_judgments()
+    folds = query_folds(examples, 5, seed=13)
+    by_query: dict[str, set[int]] = {}
+    for e, f in zip(examples, folds, strict=True):
+        by_query.setdefault(e.query, set()).add(f)
+    assert all(len(f) == 1 for f in by_query.values())
+    assert Counter(next(iter(f)) for f in by_query.values()) == {k: 30 for k in range(5)}
+    assert folds == query_folds(examples, 5, seed=13)
+    assert folds != query_folds(examples, 5, seed=14)
+
+
+def test_training_pairs_drop_fields_for_a_share_and_use_the_graded_target():
+    examples = [e for e in load_esci_judgments() if e.brand and e.color][:400]
+    pairs, targets = training_pairs(examples, TrainConfig(title_only_share=0.3, seed=1))
+    plain = [product_text(e.title) for e in examples]
+    title_only = sum(text == p for (_, text), p in zip(pairs, plain, strict=True))
+    assert 0.2 < title_only / len(examples) < 0.4
+    assert set(targets) <= {1.0, 0.6, 0.3, 0.0}
+    assert {0.3, 0.6} & set(targets)
+    binary = training_pairs(examples, TrainConfig(target="binary"))[1]
+    assert set(binary) <= {0.0, 1.0}
+
+
+def test_operating_point_flags_the_true_bad_share():
+    rng = np.random.default_rng(3)
+    labels = rng.random(2000) > 0.2
+    scores = np.where(labels, rng.normal(0.7, 0.2, 2000), rng.normal(0.4, 0.2, 2000))
+    point = operating_point(labels, scores)
+    assert point["flagged_share"] == pytest.approx(point["true_bad_share"], abs=1e-3)
+    assert point["true_bad_share"] == pytest.approx(1 - labels.mean())
+    assert 0.5 < point["precision"] <= 1 and point["precision"] == pytest.approx(
+        point["recall"], abs=0.01
+    )
+
+
+@pytest.fixture(scope="module")
+def esci_catalog() -> EsciCatalog:
+    return EsciCatalog.load(seed=7)
+
+
+def _impressions(gen: TrafficGenerator, pages: int, at_s: float = 0.0):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(pages):
+        for _key, value, truth in gen.labelled_page(now, at_s):
+            if truth is not None and value.startswith(b'{"schema_version"'):
+                yield json.loads(value), truth
+
+
+def test_esci_replay_pages_carry_the_human_grades(esci_catalog):
+    assert len(esci_catalog.queries) == 150 and len(esci_catalog.products) == 6764
+    assert Counter(q.tier for q in esci_catalog.queries)["head"] > 0
+    cfg = ReplayConfig(seed=3, ubi_share=0.0, malformed_share=0.0, unknown_product_share=0.0)
+    gen = TrafficGenerator(esci_catalog, cfg)
+    by_text = {q.text: q for q in esci_catalog.queries}
+    seen = 0
+    for imp, truth in _impressions(gen, 200):
+        grade = esci_catalog.grade(by_text[imp["query"]], imp["product_id"])
+        assert grade is not None  # every replayed pair was judged by a person
+        assert truth == (grade not in BAD_GRADES)
+        seen += 1
+    assert seen > 1000
+    share = gen.counts["truly_irrelevant"] / gen.counts["impressions"]
+    assert 0.1 < share < 0.4  # the judged composition (20.8% of the pairs are bad)
+
+
+def test_esci_scenario_shift_raises_the_true_bad_share_of_its_tier(esci_catalog):
+    scenario = Scenario(shifts=(Shift(at_s=60, tier="tail", bad_share=0.9),))
+    assert scenario.explicit_bad_share("tail", "x", 0) is None  # before: the data's own
+    assert scenario.explicit_bad_share("tail", "x", 61) == 0.9
+    assert Scenario(base_bad_share=0.3).explicit_bad_share("head", "x", 0) == 0.3
+    cfg = ReplayConfig(seed=4, ubi_share=0.0, malformed_share=0.0, unknown_product_share=0.0)
+    tiers = {q.text: q.tier for q in esci_catalog.queries}
+
+    def tail_bad_share(at_s: float) -> float:
+        gen = TrafficGenerator(esci_catalog, replace(cfg, scenario=scenario))
+        truths = [not t for imp, t in _impressions(gen, 600, at_s) if tiers[imp["query"]] == "tail"]
+        return sum(truths) / len(truths)
+
+    before, after = tail_bad_share(0), tail_bad_share(120)
+    assert before < 0.35 and after > 0.8
+
+
+def test_irrelevant_for_a_query_without_judged_bad_results_is_judged_irrelevant_elsewhere(
+    esci_catalog,
+):
+    clean = [q for q in esci_catalog.queries if not esci_catalog._pools[q.text][1]]
+    assert clean  # 18 of the 150 queries have no C/I-judged result
+    rng = random.Random(1)
+    for q in clean[:5]:
+        p = esci_catalog.irrelevant_for(q, rng)
+        assert esci_catalog.grade(q, p.product_id) is None
