@@ -9,7 +9,6 @@ the corrected rate must cover the true rate of all impressions, where the raw ra
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import zlib
 from collections import Counter, defaultdict
@@ -33,11 +32,12 @@ from relmon.teacher.agreement import (
     reference_verdicts,
     rogan_gladen,
 )
+from schemas.models import Impression
 from streams.catalog import Catalog
 from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord
+from streams.processor import ImpressionProcessor, RawRecord, impression_text
 from streams.sampling import SamplingRates, unit_hash
 
 MISS, FALSE_FLAG, UNCERTAIN = 0.4, 0.03, 0.1
@@ -111,9 +111,11 @@ def replay(minutes: int = 25, pages: int = 100, seed: int = 3):
                     part = zlib.crc32(key) % 4
                     batch.append(RawRecord("sim", part, offsets[part], key, value))
                     offsets[part] += 1
-                    imp = json.loads(value)
-                    student.truth[(imp["query"], imp["title"])] = bool(relevant)
-                    population.append((imp["category"], not relevant))
+                    imp = Impression.model_validate_json(value)
+                    # the worker scores the product text; reviews carry the title
+                    student.truth[(imp.query, impression_text(imp))] = bool(relevant)
+                    student.truth[(imp.query, imp.title or "")] = bool(relevant)
+                    population.append((imp.category, not relevant))
             await proc.process(batch)
 
     asyncio.run(run())
