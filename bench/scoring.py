@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from relmon.synth import SyntheticCatalog, result_page  # noqa: E402
 from scoring import Scorer  # noqa: E402
 from scoring.build import heldout_examples  # noqa: E402
@@ -199,6 +200,8 @@ def main() -> None:
         "int8_auc_drop": round(auc32 - auc8, 4),
         "threads": threads,
         "pairs": len(pairs),
+        "cpu": cpu_model(),
+        "isa": isa_flags(),
     }
     print(json.dumps(out))
 

@@ -294,7 +294,11 @@ def _progress_printer() -> Callable[[str], None]:
 def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     import onnxruntime as ort
 
+    from relmon.hostinfo import cpu_model, isa_flags
+
     report: dict[str, object] = {
+        "cpu": cpu_model(),
+        "isa": isa_flags(),
         "onnxruntime": ort.__version__,
         "onnxruntime_device": ort.get_device(),
         "available_providers": ort.get_available_providers(),
