@@ -183,3 +183,34 @@ def read_topic(
                 return
     finally:
         consumer.close()
+
+
+def librdkafka_config(
+    settings: Settings, *, group: str | None = None, **overrides: object
+) -> dict[str, object]:
+    """Settings for a librdkafka client (confluent-kafka) of ``settings``' cluster.
+
+    librdkafka newer than Debian's 2.0.2 (confluent-kafka 2.16 bundles its own) works with the
+    embedded tansu broker with no special setting. With ``group`` the config is a group
+    consumer's, reading from the earliest offset, with relmon's group timeouts (tansu's joins
+    take half the session timeout). Debian's librdkafka 2.0.2 (kcat 1.7.1) cannot talk to tansu
+    at all: it misreads tansu's ApiVersions v3 answer ("Read underflow"), and without that
+    handshake (``api.version.request=false``, ``broker.version.fallback=0.9.0``) it lists
+    metadata but can neither produce nor consume (README, "Other Kafka clients"). Keys with dots
+    go in as ``**{"enable.idempotence": True}``.
+    """
+    config: dict[str, object] = {
+        "bootstrap.servers": ",".join(settings.kafka_servers),
+        "client.id": "relmon",
+    }
+    if group is not None:
+        config.update(
+            {
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": int(settings.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+            }
+        )
+    config.update(overrides)
+    return config

@@ -1,11 +1,19 @@
 """A small OpenAI-compatible chat-completions client with the limits a paid judge needs.
 
 ``POST {base_url}/chat/completions`` (vLLM, Ollama, llama.cpp server, OpenAI). Every request waits
-for the :class:`RateLimiter`, is counted against the :class:`DailyBudget`, times out after
-``timeout_s``, and on 429, 5xx, timeouts and connection errors is tried again up to
-``max_attempts`` times after an exponential backoff with full jitter (a ``Retry-After`` header
-is honoured, capped at the longest backoff). Other 4xx answers are the caller's mistake and are
-not retried.
+for the :class:`RateLimiter`, is counted against the :class:`DailyBudget` *before* it is sent
+(with a :class:`SpendLedger`, in a ledger every teacher process counts, so a restart or a second
+process never exceeds the day's budget), times out after ``timeout_s``, and on 429, 5xx,
+timeouts and connection errors is tried again up to ``max_attempts`` times after an exponential
+backoff with full jitter (a ``Retry-After`` header is honoured, capped at the longest backoff).
+Other 4xx answers are the caller's mistake and are not retried.
+
+A call that fails after every attempt opens a circuit breaker for ``breaker_s``: meanwhile every
+call (on any thread, the other cases of the batch included) fails at once without spending a
+request; then one call at a time probes the API with a single attempt, and its success closes
+the breaker. So an API that hangs or fails spends about one request per ``breaker_s`` instead of
+``max_attempts`` per case per batch retry, and does not eat the day's budget on the first cases
+of a batch.
 
 Error texts never carry the API key: a server that echoes the request (its ``Authorization``
 header included) in an error body would otherwise have it printed by ``relmon teacher`` and
@@ -22,14 +30,16 @@ Errors::
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -41,6 +51,7 @@ __all__ = [
     "ChatResult",
     "DailyBudget",
     "RateLimiter",
+    "SpendLedger",
     "TeacherRejected",
     "TeacherUnavailable",
     "backoff_delay",
@@ -56,6 +67,8 @@ _KEY_VALUE_RE = re.compile(
 )
 _USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 REDACTED = "***"
+
+log = logging.getLogger(__name__)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -127,23 +140,51 @@ class RateLimiter:
             waited += wait
 
 
+class SpendLedger(Protocol):
+    """Where every process records the chat requests it sends (the store's ``teacher_requests``)."""
+
+    def spent(self, day: date) -> int:
+        """Requests granted on ``day`` by every process."""
+        ...
+
+    def reserve(self, day: date, request_id: str, tag: str, limit: int) -> bool:
+        """Record one request before it is sent; False (and nothing counted) if over ``limit``.
+
+        ``limit`` 0 means no limit. Raises if the record cannot be written (then nothing is sent).
+        """
+        ...
+
+
 class DailyBudget:
-    """Requests allowed per UTC day (``limit`` 0 = unlimited); thread-safe."""
+    """Requests allowed per UTC day (``limit`` 0 = unlimited); thread-safe.
+
+    With a ``ledger`` every request is reserved in it before it is sent and the day's count is
+    the ledger's (every process's requests), not this process's memory. The first refusal of a
+    day logs a WARNING.
+    """
 
     def __init__(
-        self, limit: int, spent_today: int = 0, today: Callable[[], date] | None = None
+        self,
+        limit: int,
+        spent_today: int = 0,
+        today: Callable[[], date] | None = None,
+        ledger: SpendLedger | None = None,
     ) -> None:
         self.limit = limit
         self._today = today or (lambda: datetime.now(UTC).date())
         self._day = self._today()
-        self._spent = spent_today
+        self._ledger = ledger
+        self._spent = max(spent_today, ledger.spent(self._day) if ledger is not None else 0)
+        self._warned: date | None = None
         self._lock = threading.Lock()
 
     @property
     def spent(self) -> int:
-        """Requests counted today."""
+        """Requests counted today (every process's, with a ledger)."""
         with self._lock:
             self._roll()
+            if self._ledger is not None:
+                self._spent = max(self._spent, self._ledger.spent(self._day))
             return self._spent
 
     @property
@@ -151,13 +192,41 @@ class DailyBudget:
         """True when no request is left today."""
         return self.limit > 0 and self.spent >= self.limit
 
-    def take(self) -> None:
-        """Count one request; raise :class:`BudgetExhausted` when none is left."""
+    def take(self, tag: str = "") -> str:
+        """Count one request and return its id; raise :class:`BudgetExhausted` when none is left.
+
+        ``tag`` (the case's impression id) goes into the ledger with the request.
+        """
+        request_id = uuid.uuid4().hex
         with self._lock:
             self._roll()
-            if self.limit > 0 and self._spent >= self.limit:
-                raise BudgetExhausted(f"daily teacher budget of {self.limit} requests spent")
-            self._spent += 1
+            if self._ledger is not None:
+                if self.limit <= 0 or self._spent < self.limit:
+                    granted = self._ledger.reserve(self._day, request_id, tag, self.limit)
+                else:
+                    granted = False
+                self._spent = max(self._spent + int(granted), self._ledger.spent(self._day))
+            else:
+                granted = self.limit <= 0 or self._spent < self.limit
+                self._spent += int(granted)
+            if granted:
+                return request_id
+            if self._warned != self._day:
+                self._warned = self._day
+                log.warning(
+                    "daily teacher budget exhausted: %d of %d requests spent today (UTC); "
+                    "review cases wait for people until the next UTC day "
+                    "(RELMON_TEACHER_DAILY_BUDGET)",
+                    self._spent,
+                    self.limit,
+                )
+            raise BudgetExhausted(f"daily teacher budget of {self.limit} requests spent")
+
+    def close(self) -> None:
+        """Close the ledger's connection, if it has one."""
+        closer = getattr(self._ledger, "close", None)
+        if callable(closer):
+            closer()
 
     def _roll(self) -> None:
         day = self._today()
@@ -193,6 +262,7 @@ class ChatClient:
         budget: DailyBudget | None = None,
         max_connections: int = 8,
         sleep: Callable[[float], None] = time.sleep,
+        breaker_s: float | None = None,
     ) -> None:
         if not base_url:
             raise ConfigError("RELMON_TEACHER_BASE_URL is empty: no chat API to call")
@@ -218,10 +288,14 @@ class ChatClient:
         self._sleep = sleep
         self.stats: dict[str, int] = {"requests": 0, "retries": 0, "timeouts": 0}
         self._stats_lock = threading.Lock()
+        self._breaker_s = backoff_max_s if breaker_s is None else breaker_s
+        self._open_until: float | None = None  # monotonic time; None = closed
+        self._probing = False
 
     def close(self) -> None:
-        """Close the HTTP connections."""
+        """Close the HTTP connections (and the budget's ledger)."""
         self._http.close()
+        self.budget.close()
 
     def __enter__(self) -> ChatClient:
         return self
@@ -237,8 +311,33 @@ class ChatClient:
         with self._stats_lock:
             self.stats[key] = self.stats.get(key, 0) + 1
 
-    def complete(self, messages: list[dict[str, str]]) -> ChatResult:
-        """The assistant's answer to ``messages``; retries transient failures."""
+    def _admit(self, first: bool) -> bool:
+        """Whether an attempt may go out; True if it is the half-open breaker's probe."""
+        with self._stats_lock:
+            if self._open_until is None:
+                return False
+            if first and not self._probing and time.monotonic() >= self._open_until:
+                self._probing = True
+                return True
+        self._count("refused_open")
+        raise TeacherUnavailable(
+            f"chat API {self._shown_url} is failing; not calling it for up to "
+            f"{self._breaker_s:.0f} s (circuit open)"
+        )
+
+    def _close_breaker(self) -> None:
+        with self._stats_lock:
+            self._open_until, self._probing = None, False
+
+    def _open_breaker(self) -> None:
+        with self._stats_lock:
+            self._open_until, self._probing = time.monotonic() + self._breaker_s, False
+
+    def complete(self, messages: list[dict[str, str]], tag: str = "") -> ChatResult:
+        """The assistant's answer to ``messages``; retries transient failures.
+
+        ``tag`` (the case's impression id) is recorded with each request in the spend ledger.
+        """
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -250,41 +349,55 @@ class ChatClient:
         started = time.monotonic()
         calls = 0
         last_error = "no attempt"
-        for attempt in range(self._max_attempts):
-            self.budget.take()
-            self._limiter.acquire()
-            calls += 1
-            self._count("requests")
-            retry_after: float | None = None
-            try:
-                response = self._http.post(self._url, json=body)
-            except httpx.TimeoutException as exc:
-                self._count("timeouts")
-                last_error = f"timeout ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                last_error = self.redact(f"transport error: {exc}")
-            else:
-                if response.status_code == 200:
-                    content = _content(response)
-                    if content is not None:
-                        elapsed = (time.monotonic() - started) * 1000
-                        return ChatResult(content, calls, elapsed)
-                    last_error = "200 without choices[0].message.content"
-                elif response.status_code in _RETRY_STATUS:
-                    last_error = f"HTTP {response.status_code}"
-                    retry_after = _retry_after(response)
+        probe = False
+        try:
+            for attempt in range(self._max_attempts):
+                probe = self._admit(first=attempt == 0) or probe
+                self.budget.take(tag)
+                self._limiter.acquire()
+                calls += 1
+                self._count("requests")
+                retry_after: float | None = None
+                try:
+                    response = self._http.post(self._url, json=body)
+                except httpx.TimeoutException as exc:
+                    self._count("timeouts")
+                    last_error = f"timeout ({type(exc).__name__})"
+                except httpx.TransportError as exc:
+                    last_error = self.redact(f"transport error: {exc}")
                 else:
-                    raise TeacherRejected(
-                        f"chat API {self._shown_url} answered HTTP {response.status_code}: "
-                        f"{self.redact(response.text)[:300]} (check RELMON_TEACHER_BASE_URL, "
-                        "RELMON_TEACHER_MODEL, RELMON_TEACHER_API_KEY)"
-                    )
-            if attempt + 1 < self._max_attempts:
-                self._count("retries")
-                delay = backoff_delay(attempt, self._backoff_s, self._backoff_max_s)
-                if retry_after is not None:
-                    delay = max(delay, min(retry_after, self._backoff_max_s))
-                self._sleep(delay)
+                    if response.status_code == 200:
+                        content = _content(response)
+                        if content is not None:
+                            self._close_breaker()
+                            elapsed = (time.monotonic() - started) * 1000
+                            return ChatResult(content, calls, elapsed)
+                        last_error = "200 without choices[0].message.content"
+                    elif response.status_code in _RETRY_STATUS:
+                        last_error = f"HTTP {response.status_code}"
+                        retry_after = _retry_after(response)
+                    else:
+                        self._close_breaker()  # it answered: the API is up, the request wrong
+                        raise TeacherRejected(
+                            f"chat API {self._shown_url} answered HTTP {response.status_code}: "
+                            f"{self.redact(response.text)[:300]} (check RELMON_TEACHER_BASE_URL, "
+                            "RELMON_TEACHER_MODEL, RELMON_TEACHER_API_KEY)"
+                        )
+                if probe:
+                    break  # a failed probe is not retried: the breaker opens again
+                if attempt + 1 < self._max_attempts:
+                    self._count("retries")
+                    delay = backoff_delay(attempt, self._backoff_s, self._backoff_max_s)
+                    if retry_after is not None:
+                        delay = max(delay, min(retry_after, self._backoff_max_s))
+                    self._sleep(delay)
+        except BaseException:
+            if probe:  # the probe ended without an answer: let the next call probe
+                with self._stats_lock:
+                    self._probing = False
+            raise
+        if calls:
+            self._open_breaker()
         raise TeacherUnavailable(
             f"chat API {self._shown_url} failed {calls} times; last: {last_error}"
         )

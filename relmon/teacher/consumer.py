@@ -65,10 +65,19 @@ class _Totals:
 
 
 def build_judge(settings: Settings, client: Client | None = None) -> LlmJudge | None:
-    """The LLM judge the settings describe, or None when no chat API is configured."""
+    """The LLM judge the settings describe, or None when no chat API is configured.
+
+    With a store ``client`` the daily budget is kept in the store's spend ledger (its own
+    connection): every request is reserved there before it is sent and every process counts
+    every process's requests, so restarts and a second teacher stay within the budget.
+    """
     if not settings.teacher_base_url:
         return None
-    spent = store.requests_spent_today(client) if client is not None else 0
+    ledger = (
+        store.StoreSpendLedger(lambda: db.connect(settings), judge_id=settings.teacher_model)
+        if client is not None
+        else None
+    )
     chat = ChatClient(
         settings.teacher_base_url,
         settings.teacher_model,
@@ -80,7 +89,7 @@ def build_judge(settings: Settings, client: Client | None = None) -> LlmJudge | 
         max_tokens=settings.teacher_max_tokens,
         json_mode=settings.teacher_json_mode,
         limiter=RateLimiter(settings.teacher_rate_per_s, burst=settings.teacher_concurrency),
-        budget=DailyBudget(settings.teacher_daily_budget, spent_today=spent),
+        budget=DailyBudget(settings.teacher_daily_budget, ledger=ledger),
         max_connections=settings.teacher_concurrency,
     )
 
@@ -226,16 +235,23 @@ class TeacherConsumer:
         result.queued, result.dead_lettered = len(requests), len(letters)
         verdicts: list[Verdict] = []
         if self.judge is not None and requests:
-            spent: list[tuple[str, str, int]] = []
             for outcome in self.judge.judge(requests):
                 if outcome.verdict is not None:
                     verdicts.append(outcome.verdict)
                 else:
                     result.unjudged += 1
-                    if outcome.calls:
-                        spent.append((outcome.request.impression_id, outcome.status, outcome.calls))
-            store.insert_verdicts(self._client, verdicts)
-            store.insert_spend(self._client, spent)
+            # a cached re-issue of a stored verdict is published again but never replaces the
+            # stored row (which carries the requests the verdict cost); spend is in the ledger
+            reissued = [v for v in verdicts if v.cached]
+            stored = store.stored_teacher_keys(self._client, reissued)
+            store.insert_verdicts(
+                self._client,
+                [
+                    v
+                    for v in verdicts
+                    if not v.cached or (v.impression_id, v.judge_id, v.prompt_version) not in stored
+                ],
+            )
             futures += [
                 self._producer.send(
                     self.settings.topic_labels,

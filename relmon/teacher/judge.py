@@ -180,7 +180,7 @@ class LlmJudge:
         error = ""
         for _ in range(self._parse_retries + 1):
             try:
-                result = self.client.complete(messages)
+                result = self.client.complete(messages, tag=request.impression_id)
             except BudgetExhausted as exc:
                 self.stats.inc("over_budget")
                 return JudgeOutcome(

@@ -3,12 +3,16 @@
 Tables (``schemas/migrations/0003_teacher.sql``): ``review_queue`` (review requests, one row per
 impression) and ``verdicts`` (teacher and human grades, one row per impression, judge, judge id
 and prompt version). Both are ReplacingMergeTrees read with FINAL, so replays are idempotent.
+
+``teacher_requests`` (:data:`SPEND_LEDGER_DDL`, created by the first teacher that needs it) is
+the spend ledger: one row per chat request, written before the request is sent, by every
+teacher process (:class:`StoreSpendLedger`). The daily budget counts its rows of the day.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import Literal
 
 import pandas as pd
@@ -21,9 +25,12 @@ from schemas.models import ReviewRequest
 
 __all__ = [
     "QUEUE_COLUMNS",
+    "SPEND_LEDGER_DDL",
     "VERDICT_COLUMNS",
     "Segment",
+    "StoreSpendLedger",
     "count_verdicts",
+    "ensure_spend_ledger",
     "insert_queue",
     "insert_verdicts",
     "lookup_cached",
@@ -31,6 +38,7 @@ __all__ = [
     "queue_request",
     "requests_spent_today",
     "reviewed_cases",
+    "stored_teacher_keys",
     "student_sums",
     "verdict_frame",
 ]
@@ -101,33 +109,116 @@ def lookup_cached(client: Client, keys: Sequence[CacheKey]) -> dict[CacheKey, Ca
     return {key: grade for key, (_, grade) in found.items()}
 
 
-def insert_spend(client: Client, spent: Sequence[tuple[str, str, int]]) -> None:
-    """Record chat requests spent on cases left without a verdict.
+SPEND_LEDGER_DDL = """CREATE TABLE IF NOT EXISTS teacher_requests
+(
+    day Date,
+    request_id String,
+    impression_id String,
+    judge_id String,
+    reserved_at DateTime64(6, 'UTC'),
+    granted UInt8,
+    version UInt8
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (day, request_id)
+TTL day + INTERVAL 35 DAY"""
+"""The spend ledger: one row per chat request of a UTC ``day``, written before it is sent,
+whatever becomes of it (answered, malformed, 5xx, timed out, its batch failed). A request ranked
+(by ``reserved_at``, ``request_id``) at or past the budget among the day's granted rows is
+withdrawn by a newer row with ``granted = 0`` and never sent."""
 
-    ``spent`` holds (impression id, status, calls). Every attempt is a row: a replayed case that
-    is asked again really spends again.
+
+def ensure_spend_ledger(client: Client) -> None:
+    """Create the spend ledger table if it is missing."""
+    client.command(SPEND_LEDGER_DDL)
+
+
+class StoreSpendLedger:
+    """The :class:`~relmon.teacher.client.SpendLedger` in ClickHouse, on its own connection.
+
+    Every teacher process reserves each request here before sending it, so the day's budget
+    holds across restarts and between processes: a reservation counts the day's granted rows
+    before it (every process's), and withdraws itself when they reach the budget. Two processes
+    racing can exceed the budget only by a reservation whose clock ran behind the other's.
     """
-    if not spent:
-        return
-    now = datetime.now(UTC)
-    client.insert(
-        "teacher_spend",
-        [[iid, status, calls, now] for iid, status, calls in spent],
-        column_names=["impression_id", "status", "calls", "spent_at"],
-    )
+
+    def __init__(self, connect: Callable[[], Client], judge_id: str = "") -> None:
+        self._client = connect()
+        self._judge_id = judge_id
+        ensure_spend_ledger(self._client)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._client.close()
+
+    def spent(self, day: date) -> int:
+        """Requests granted on ``day`` by every process."""
+        value = self._client.command(
+            "SELECT count() FROM teacher_requests FINAL WHERE day = {day:Date} AND granted = 1",
+            parameters={"day": day},
+        )
+        return int(value or 0)  # type: ignore[arg-type]
+
+    def _write(self, day: date, request_id: str, tag: str, granted: bool) -> None:
+        self._client.insert(
+            "teacher_requests",
+            [[day, request_id, tag, self._judge_id, datetime.now(UTC), int(granted), 1 - granted]],
+            column_names=[
+                "day",
+                "request_id",
+                "impression_id",
+                "judge_id",
+                "reserved_at",
+                "granted",
+                "version",
+            ],
+        )
+
+    def reserve(self, day: date, request_id: str, tag: str, limit: int) -> bool:
+        """Record one request before it is sent; False (withdrawn) if over ``limit`` (0: none)."""
+        self._write(day, request_id, tag, True)
+        if limit <= 0:
+            return True
+        before = self._client.command(
+            "SELECT count() FROM teacher_requests FINAL WHERE day = {day:Date} AND granted = 1 "
+            "AND (reserved_at, request_id) < (SELECT (reserved_at, request_id) "
+            "FROM teacher_requests WHERE day = {day:Date} AND request_id = {id:String} LIMIT 1)",
+            parameters={"day": day, "id": request_id},
+        )
+        if int(before or 0) < limit:  # type: ignore[arg-type]
+            return True
+        self._write(day, request_id, tag, False)
+        return False
 
 
 def requests_spent_today(client: Client) -> int:
-    """Chat requests the teacher made today (UTC), to seed the daily budget after a restart.
+    """Chat requests every teacher process made today (UTC): the spend ledger's count.
 
-    Those behind today's verdicts plus those spent on cases that got none (malformed answers).
+    Every request is in the ledger before it is sent, whether it was answered or not and
+    whether its batch succeeded; verdicts re-issued from the cache add nothing.
     """
+    ensure_spend_ledger(client)
     value = client.command(
-        "SELECT (SELECT sum(calls) FROM verdicts FINAL WHERE judge = 'teacher' "
-        "AND toDate(judged_at, 'UTC') = toDate(now(), 'UTC')) + (SELECT sum(calls) "
-        "FROM teacher_spend WHERE toDate(spent_at, 'UTC') = toDate(now(), 'UTC'))"
+        "SELECT count() FROM teacher_requests FINAL "
+        "WHERE day = toDate(now(), 'UTC') AND granted = 1"
     )
     return int(value or 0)  # type: ignore[arg-type]
+
+
+def stored_teacher_keys(client: Client, verdicts: Sequence[Verdict]) -> set[tuple[str, str, str]]:
+    """The (impression id, judge id, prompt version) of ``verdicts`` already stored.
+
+    A verdict re-issued from the cache for a case that has one must not replace it: the stored
+    row carries the requests that verdict cost (``calls``) and when it was judged.
+    """
+    if not verdicts:
+        return set()
+    result = client.query(
+        "SELECT DISTINCT impression_id, judge_id, prompt_version FROM verdicts "
+        "WHERE judge = 'teacher' AND impression_id IN {ids:Array(String)}",
+        parameters={"ids": sorted({v.impression_id for v in verdicts})},
+    )
+    return {(str(i), str(j), str(p)) for i, j, p in result.result_rows}
 
 
 def count_verdicts(client: Client, judge: str | None = None) -> int:
