@@ -19,8 +19,8 @@ from relmon.scenario import Scenario
 from relmon.settings import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-# Real ESCI traffic with its judged composition; two minutes in, 80% of the tail queries'
-# results are drawn from their C/I-judged pools (a ranker deploy that breaks long-tail queries).
+# Real ESCI traffic: tail pages show 5% C/I-judged results, then two minutes in 90% (a ranker
+# deploy that breaks long-tail queries); head and torso pages keep their judged composition.
 SPIKE_SCENARIO = Path(__file__).parents[2] / "scenarios" / "esci-tail-regression.json"
 WINDOW_S = 10
 # An AVX2-only EPYC fired in the 4th window after the shift (35 s, 39 s); 3 was too tight.
