@@ -200,8 +200,16 @@ def main() -> None:
     ap.add_argument("--folds", default=None, help="only these folds, e.g. 0,1 (a partial run)")
     ap.add_argument("--e2e-impressions", type=int, default=6000, help="0: no end-to-end replay")
     ap.add_argument("--e2e-rate", type=float, default=200.0, help="impressions/s replayed")
+    ap.add_argument(
+        "--e2e-only", action="store_true", help="only the end-to-end replay (no cross-validation)"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.e2e_only:
+        out = end_to_end(args.e2e_impressions, args.e2e_rate)
+        out.update(seconds=round(time.perf_counter() - t0, 1), cpu=cpu_model(), isa=isa_flags())
+        print(json.dumps(out, sort_keys=True))
+        return
     workdir = Path(args.workdir)
     examples = load_esci_judgments()
     fold_of = np.array(query_folds(examples, FOLDS, args.seed))
