@@ -152,7 +152,13 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
         settings = load_settings(home=Path(home), model_dir=ROOT / "models" / "relmon-minilm-ce")
         out = run_demo(
             settings,
-            DemoOptions(dashboard=False, alerts=False, rate=rate, impressions=impressions),
+            DemoOptions(
+                dashboard=False,
+                alerts=False,
+                rate=rate,
+                impressions=impressions,
+                inspect=inspect,
+            ),
         )
     rows, reviews = out["inspected"]["rows"], out["inspected"]["reviews"]
     w = np.array([r[3] for r in rows], dtype=float)
