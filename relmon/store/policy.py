@@ -223,7 +223,10 @@ def load_or_create_password(path: Path) -> str:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(password + "\n")
-        if path.exists():  # empty
+        if path.exists():  # empty when read above, or written since by a racing store
+            current = _read_password(path)
+            if current:
+                return current
             os.replace(tmp, path)
             return password
         try:

@@ -18,6 +18,7 @@ def test_exported_names() -> None:
         "SyntheticCatalog",
         "labelled_pairs",
         "result_page",
+        "zipf_popularities",
     ]
 
 
