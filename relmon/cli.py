@@ -222,10 +222,10 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring import Scorer
     from scoring.card import write_card
     from scoring.data import as_triples
     from scoring.metrics import evaluate_model
+    from scoring.scorer import operating_threshold
 
     model_dir = Path(args.model_dir) if args.model_dir else settings.model_dir
     examples = (
@@ -233,19 +233,19 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
         if args.data
         else _heldout_pairs(model_dir)
     )
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
     report = evaluate_model(
         model_dir,
         as_triples(examples),
-        threshold=(
+        threshold=(  # evaluate_model compares raw scores: the raw operating point
             settings.bad_threshold
             if settings.bad_threshold is not None
-            else Scorer(model_dir, provider="cpu", calibration=None).operating_threshold
+            else operating_threshold(card)
         ),
         grades=[e.grade for e in examples],
         max_length=settings.max_length,
     )
     report["data"] = str(Path(args.data).resolve()) if args.data else "held-out (model card)"
-    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
     card["evaluation"] = report
     out = Path(args.card_out) if args.card_out else model_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,6 @@ def _top(category: str | None) -> str:
 class EsciCatalog(SyntheticCatalog):
     """The bundled ESCI slice as a replayable catalogue (see the module docstring)."""
 
-    dataset = "esci"
-
     def __init__(
         self,
         products: Sequence[Product],

@@ -46,7 +46,14 @@ import onnxruntime as ort
 
 from relmon.errors import ConfigError, ModelNotFoundError
 
-__all__ = ["Provider", "Scorer", "Variant", "default_threads", "polarise"]
+__all__ = [
+    "Provider",
+    "Scorer",
+    "Variant",
+    "default_threads",
+    "operating_threshold",
+    "polarise",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,24 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def polarise(scores: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """Walmart's sigmoid polarisation of probabilities: ``sigmoid(alpha * (s - beta))``."""
     return _sigmoid(alpha * (np.asarray(scores, dtype=np.float64) - beta))
+
+
+def operating_threshold(
+    card: dict[str, Any], calibration: tuple[float, float] | None = None
+) -> float:
+    """The card's operating point (0.5 when the card has none), mapped through ``calibration``.
+
+    The operating point is the raw-score threshold at which the share of held-out real pairs
+    flagged bad equals their true bad share; a calibrated scorer compares calibrated scores, so
+    the threshold goes through the same function.
+    """
+    point = card.get("operating_point") or {}
+    if "threshold" not in point:
+        return 0.5
+    raw = np.array([float(point["threshold"])])
+    if calibration is not None:
+        raw = polarise(raw, *calibration)
+    return float(raw[0])
 
 
 CacheKey = tuple[str, Hashable, str]
@@ -193,19 +218,8 @@ class Scorer:
 
     @property
     def operating_threshold(self) -> float:
-        """The card's operating point on this scorer's scale (0.5 when the card has none).
-
-        The operating point is the raw-score threshold at which the share of held-out real
-        pairs flagged bad equals their true bad share; with a calibration it is mapped through
-        the same function as the scores.
-        """
-        point = self.card.get("operating_point") or {}
-        if "threshold" not in point:
-            return 0.5
-        raw = np.array([float(point["threshold"])])
-        if self.calibration is not None:
-            raw = polarise(raw, *self.calibration)
-        return float(raw[0])
+        """The card's operating point on this scorer's scale (see :func:`operating_threshold`)."""
+        return operating_threshold(self.card, self.calibration)
 
     def _pick(
         self, variant: Variant, cuda: bool, cpu_default: Literal["int8", "fp32"]

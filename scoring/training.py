@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -76,7 +76,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     frozen_layers: int = 3
     seed: int = 13
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain data (for the model card)."""
