@@ -16,9 +16,14 @@ from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.exceptions import (
+    ClickHouseError,
+    DataError,
+    InterfaceError,
+    ProgrammingError,
+)
 
-from relmon.errors import ServiceError
+from relmon.errors import ServiceError, StoreUnavailable
 from relmon.settings import Settings
 from schemas.models import ScoredImpression
 from schemas.ubi import UbiQuery
@@ -50,10 +55,27 @@ def connect(settings: Settings, *, database: str | None = None, **kwargs: Any) -
             **kwargs,
         )
     except (ClickHouseError, OSError) as exc:
-        raise ServiceError(
+        raise StoreUnavailable(
             f"cannot reach ClickHouse at {settings.clickhouse_host}:{settings.clickhouse_port}: "
             f"{exc}. Start the local store with `relmon store` or set RELMON_CLICKHOUSE_HOST/PORT."
         ) from exc
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is ClickHouse failing (worth a retry), not relmon misusing its client.
+
+    Connections, timeouts and errors the server answers with are the store's; clickhouse-connect
+    raises :class:`ProgrammingError`, :class:`DataError` and :class:`InterfaceError` itself,
+    before sending, for a wrong call or a value of the wrong type: those are bugs.
+    """
+    if isinstance(exc, (ProgrammingError, DataError, InterfaceError)):
+        return False
+    return isinstance(exc, (ClickHouseError, OSError))
+
+
+def store_error(exc: BaseException, what: str) -> StoreUnavailable:
+    """The :class:`StoreUnavailable` of a store failure (raise it ``from exc``)."""
+    return StoreUnavailable(f"ClickHouse {what} failed: {type(exc).__name__}: {exc}")
 
 
 def migrations() -> list[tuple[int, str, list[str]]]:

@@ -23,10 +23,13 @@ from typing import Any, Protocol, TypeVar
 
 import faust
 import numpy as np
+from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.client import Client
+from faust.exceptions import ProducerSendError
 
 from relmon import db
 from relmon.alerts.runner import AlertThread
+from relmon.errors import broker_error
 from relmon.kafka import ensure_topics, producer
 from relmon.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
 from relmon.settings import Settings
@@ -84,6 +87,20 @@ def metrics_path(settings: Settings, pid: int | None = None) -> Path:
     return settings.home / "run" / f"worker-{settings.consumer_group}-{pid or os.getpid()}.json"
 
 
+async def send_all(topic: faust.types.TopicT, items: list[tuple[bytes, bytes]]) -> None:
+    """Send ``(key, value)`` pairs to ``topic`` and await their delivery.
+
+    The Kafka client's failures become :class:`~relmon.errors.BrokerError` (retried by the
+    processor) or :class:`~relmon.errors.MessageRefused` (refused for good); anything else is a
+    bug and is raised as it is.
+    """
+    try:
+        futures = [await topic.send(key=key, value=value) for key, value in items]
+        await asyncio.gather(*futures)
+    except (KafkaError, ProducerSendError, OSError) as exc:
+        raise broker_error(exc, f"send to {topic.get_topic_name()}") from exc
+
+
 class _FaustPorts(ClickHouseStorePorts):
     """Ports of the processor backed by Faust topics, ClickHouse and the scorer."""
 
@@ -103,18 +120,14 @@ class _FaustPorts(ClickHouseStorePorts):
         self._w.score_latency.observe(time.perf_counter() - started)
         return scores
 
-    async def _send(self, topic: faust.types.TopicT, items: list[tuple[bytes, bytes]]) -> None:
-        futures = [await topic.send(key=key, value=value) for key, value in items]
-        await asyncio.gather(*futures)
-
     async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        await self._send(
+        await send_all(
             self._w.dlq_topic,
             [(f"{x.topic}:{x.partition}".encode(), x.to_bytes()) for x in letters],
         )
 
     async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
-        await self._send(
+        await send_all(
             self._w.review_topic, [(r.impression_id.encode(), r.to_bytes()) for r in reviews]
         )
 
@@ -159,6 +172,7 @@ class RelmonWorker:
         self._client: Client | None = None
         self._dlq_producer: Any = None
         self.alerts: AlertThread | None = None
+        self.failure: Exception | None = None
         self.app = self._make_app()
         self.ports = _FaustPorts(self)
         self.processor = ImpressionProcessor(
@@ -230,11 +244,19 @@ class RelmonWorker:
         self.ports.stream = stream
         s = self.settings
         async for events in stream.noack_take(s.take_max, within=s.take_within_s):
-            await self.processor.process([_raw(event) for event in events])
+            try:
+                await self.processor.process([_raw(event) for event in events])
+            except Exception as exc:
+                await self._fail(exc)
+                return
 
     async def _tick(self) -> None:
         if self.ports.stream is not None:
-            await self.processor.retry_pending()
+            try:
+                await self.processor.retry_pending()
+            except Exception as exc:
+                await self._fail(exc)
+                return
         self.metrics.set("catalog_products", len(self.catalog))
         stats = getattr(self.scorer, "stats", None)
         if callable(stats):
@@ -243,6 +265,21 @@ class RelmonWorker:
         self.metrics.set("score_latency_p50_ms", self.score_latency.quantile(0.5) * 1000)
         self.metrics.set("score_latency_p99_ms", self.score_latency.quantile(0.99) * 1000)
         self.metrics.write(metrics_path(self.settings))
+
+    async def _fail(self, exc: Exception) -> None:
+        """Stop the whole worker process on an error the processor does not retry.
+
+        The processor retries service errors itself, so this is a bug (relmon's, the scorer's).
+        Faust would restart the agent in the same process, with a consumer already past the
+        failed batch and a processor still waiting for it: offsets would stall silently. So
+        the app crashes instead: ``run`` exits non-zero and the supervisor starts a fresh
+        worker, which re-reads from the committed offsets.
+        """
+        if self.failure is not None:
+            return
+        self.failure = exc
+        log.critical("the worker stops on an unexpected error: %r", exc, exc_info=exc)
+        await self.app.crash(exc)
 
     def _prometheus(self) -> str:
         snapshot: dict[str, float | int | str] = dict(self.metrics.snapshot())

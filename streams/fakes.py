@@ -7,6 +7,7 @@ from datetime import datetime
 
 import numpy as np
 
+from relmon.errors import StoreUnavailable, broker_error
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
 from streams.plans import MemoryPlanStore
@@ -37,7 +38,11 @@ class OverlapScorer:
 
 
 class MessageSizeTooLargeError(Exception):
-    """What a Kafka producer raises for a message over the broker's size limit (same name)."""
+    """What a Kafka producer raises for a message over the broker's size limit (same name).
+
+    It mimics the client's error on purpose, so it is not a RelmonError: the fake ports
+    translate it as the worker's adapter does (:func:`relmon.errors.broker_error`).
+    """
 
     retriable = False
 
@@ -45,7 +50,9 @@ class MessageSizeTooLargeError(Exception):
 class MemoryPorts(MemoryPlanStore):
     """Processor ports that keep everything in lists; ``fail_writes`` makes writes fail N times.
 
-    Like a Kafka broker, they refuse a dead letter larger than ``max_message_bytes`` serialised.
+    Like a Kafka broker behind the worker's adapter, they refuse a dead letter larger than
+    ``max_message_bytes`` serialised with :class:`~relmon.errors.MessageRefused`; like the store
+    behind it, a failing write raises :class:`~relmon.errors.StoreUnavailable`.
     Like the store, they keep one row per impression_id and a ledger of finished impressions;
     ``rollup_refreshes`` lists the event times whose roll-ups were refreshed apart from a write.
     """
@@ -78,9 +85,10 @@ class MemoryPorts(MemoryPlanStore):
         for letter in letters:
             size = len(letter.to_bytes())
             if size > self.max_message_bytes:
-                raise MessageSizeTooLargeError(
+                refused = MessageSizeTooLargeError(
                     f"the message is {size} bytes, more than {self.max_message_bytes} (fake)"
                 )
+                raise broker_error(refused) from refused
         self.dead_letters.extend(letters)
 
     async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
@@ -91,7 +99,7 @@ class MemoryPorts(MemoryPlanStore):
         """Keep rows by impression id (idempotent), failing ``fail_writes`` times first."""
         if self.fail_writes > 0:
             self.fail_writes -= 1
-            raise ConnectionError("store unavailable (fake)")
+            raise StoreUnavailable("store unavailable (fake)")
         for query in queries:
             self.queries[query.query_id] = query.user_query
         for row in rows:

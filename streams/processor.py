@@ -30,10 +30,16 @@ roll-ups and sends its review request (so a review is never lost). A review requ
 only when a crash falls between its delivery and the ledger write, or when two workers overlap
 in a rebalance; the teacher keeps one case per impression_id.
 
-Sends and writes are retried with backoff until they succeed (a broker or store outage stalls the
-batch, nothing is lost), except dead letters the broker refuses for good (too large: see
-:func:`refused_for_good`): those are sent again without their original bytes, so offsets keep
-moving.
+Error policy: a :class:`~relmon.errors.ServiceError` from a port (the store or the broker
+unavailable: the adapters translate their clients' transport errors) is retried with capped
+exponential backoff until it passes (an outage stalls the batch, nothing is lost), counted by its
+type (:func:`error_counter`). Dead letters the broker refuses for good
+(:class:`~relmon.errors.MessageRefused`: too large) are sent again without their original bytes,
+so offsets keep moving. Any other exception (a bug in relmon, in the scorer, in a port) is raised:
+retrying a bug forever would stall the partition silently, so it stops the worker loudly and its
+supervisor restarts it from the committed offsets. Only the per-record steps (decoding, enriching
+one impression) turn any failure into that record's dead letter, so one hostile record cannot
+stop the stream.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from relmon.errors import DecodeError
+from relmon.errors import BrokerError, DecodeError, MessageRefused, ServiceError, StoreUnavailable
 from schemas.models import (
     DEAD_LETTER_MAX_BYTES,
     DeadLetter,
@@ -210,32 +216,17 @@ def dead_letter(
     )
 
 
-_REFUSED_FOR_GOOD = frozenset(
-    {
-        "MessageSizeTooLargeError",
-        "RecordListTooLargeError",
-        "RecordTooLargeError",
-        "RecordBatchTooLargeError",
-        "InvalidRecordError",
-    }
+# Which counter a retried failure increments, by the type of the error.
+_ERROR_COUNTERS: tuple[tuple[type[ServiceError], str], ...] = (
+    (StoreUnavailable, "store_errors"),
+    (BrokerError, "send_errors"),
+    (ServiceError, "service_errors"),
 )
 
 
-def refused_for_good(exc: BaseException) -> bool:
-    """Whether a send failed because of the messages themselves (too large, invalid record).
-
-    Sending the same messages again can never succeed. Other errors (timeouts, connections, a
-    broker or topic not available yet, authorisation) may pass once the cluster or its
-    configuration is fixed, so they are retried.
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):  # the exception, its causes and contexts
-        if seen is None:
-            break
-        if _REFUSED_FOR_GOOD.intersection(t.__name__ for t in type(seen).__mro__):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def error_counter(exc: ServiceError) -> str:
+    """The counter of a retried failure: ``store_errors``, ``send_errors`` or ``service_errors``."""
+    return next(name for kind, name in _ERROR_COUNTERS if isinstance(exc, kind))
 
 
 class ImpressionProcessor:
@@ -483,6 +474,7 @@ class ImpressionProcessor:
     async def _finish(self, out: _Outcome) -> None:
         draws = self._sample(out.ready) if out.ready else []
         self._metrics.inc("sampled", len(draws))
+        self._metrics.inc("not_sampled", len(out.ready) - len(draws))
         fresh, recovered = await self._triage(draws)
         rows = await self._score(fresh) if fresh else []
         if out.letters:
@@ -600,8 +592,8 @@ class ImpressionProcessor:
         """Deliver dead letters; one the broker refuses for good goes alone, then stripped."""
         send = self._ports.send_dead_letters
         try:
-            await self._retrying(send, letters, what="dead letters", give_up=refused_for_good)
-        except Exception as exc:
+            await self._retrying(send, letters, what="dead letters", give_up=MessageRefused)
+        except MessageRefused as exc:
             log.error("the broker refused dead letters (%s); sending them one by one", exc)
             for letter in letters:
                 await self._send_dead_letter_alone(letter)
@@ -610,14 +602,14 @@ class ImpressionProcessor:
         """Deliver one letter; refused for good, deliver it without its original bytes."""
         send = self._ports.send_dead_letters
         try:
-            await self._retrying(send, [letter], what="dead letter", give_up=refused_for_good)
+            await self._retrying(send, [letter], what="dead letter", give_up=MessageRefused)
             return
-        except Exception as exc:
+        except MessageRefused as exc:
             stripped = letter.without_original(f"the broker refused the letter: {exc}")
         try:
-            await self._retrying(send, [stripped], what="dead letter", give_up=refused_for_good)
+            await self._retrying(send, [stripped], what="dead letter", give_up=MessageRefused)
             self._metrics.inc("dead_letters_stripped")
-        except Exception as exc:
+        except MessageRefused as exc:
             self._metrics.inc("dead_letters_unsent")
             log.error(
                 "the broker refused a dead letter even without its original bytes (%s): %s",
@@ -631,11 +623,13 @@ class ImpressionProcessor:
         arg: T,
         *,
         what: str,
-        give_up: Callable[[Exception], bool] | None = None,
+        give_up: type[ServiceError] | None = None,
     ) -> Any:
-        """Call ``fn(arg)`` until it succeeds, backing off exponentially (at-least-once).
+        """Call ``fn(arg)``, retrying service errors with capped exponential backoff.
 
-        An error for which ``give_up`` is true is raised at once instead.
+        A :class:`ServiceError` is counted by its type and retried until ``fn`` succeeds
+        (at-least-once); one of type ``give_up`` is raised at once instead. Every other
+        exception is raised at once: it is a bug, not an outage (see the module docstring).
         """
         delay = 0.2
         failed_since: float | None = None
@@ -643,13 +637,11 @@ class ImpressionProcessor:
         while True:
             try:
                 result = await fn(arg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if give_up is not None and give_up(exc):
+            except ServiceError as exc:
+                if give_up is not None and isinstance(exc, give_up):
                     self._metrics.inc("send_refused")
                     raise
-                self._metrics.inc("store_errors" if "ClickHouse" in what else "send_errors")
+                self._metrics.inc(error_counter(exc))
                 if failed_since is None:
                     failed_since = self._clock()
                 failures += 1

@@ -31,8 +31,19 @@ class ClickHouseStorePorts:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="relmon-store")
 
     async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(client, *args)`` in the store thread; a store failure becomes StoreUnavailable.
+
+        The processor retries :class:`~relmon.errors.ServiceError` and lets every other error
+        stop the worker, so only the store's own failures are translated (see
+        :func:`relmon.db.is_store_failure`).
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, lambda: fn(self._client(), *args))
+        try:
+            return await loop.run_in_executor(self._io, lambda: fn(self._client(), *args))
+        except Exception as exc:
+            if db.is_store_failure(exc):
+                raise db.store_error(exc, fn.__name__) from exc
+            raise
 
     async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
         """Store UBI query texts, then scored rows and the roll-ups of their windows."""

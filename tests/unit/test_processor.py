@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from relmon.errors import BrokerError
 from schemas.models import CatalogProduct, Impression
 from streams.catalog import Catalog
 from streams.fakes import MemoryPorts, OverlapScorer
@@ -554,7 +555,7 @@ def test_transient_dead_letter_failures_are_still_retried():
         async def send_dead_letters(self, letters):
             if self.failures:
                 self.failures -= 1
-                raise ConnectionError("broker away (fake)")
+                raise BrokerError("broker away (fake)")
             await super().send_dead_letters(letters)
 
     proc, ports, metrics = make(ports=Flaky())
