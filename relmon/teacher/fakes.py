@@ -6,9 +6,10 @@ user turn with ``grader`` (default: word overlap of query and title) and follows
 faults first, one per request: ``"429"`` (with ``Retry-After: 0``), ``"500"``, ``"hang"`` (no
 answer until ``hang_s`` passes, so the client times out), ``"malformed"`` (an answer that is not
 JSON), ``"bad_grade"`` (JSON with a grade outside ESCI), ``"garbage"`` (a 200 whose body is not
-JSON), ``"think"`` (a reasoning preamble and a fenced JSON answer, which is valid) and
-``"echo_auth[:n]"`` (a 400 whose body echoes the request's headers, ``Authorization``
-included, after a message padded by ``n`` characters).
+JSON), ``"think"`` (a reasoning preamble and a fenced JSON answer, which is valid),
+``"slow[:s]"`` (a valid answer after ``s`` seconds, default 1: slower than usual, not a
+timeout) and ``"echo_auth[:n]"`` (a 400 whose body echoes the request's headers,
+``Authorization`` included, after a message padded by ``n`` characters).
 
 :func:`esci_reference_grader` is a reference judge for such a server: it answers with the
 people's grade of the bundled ESCI judgments, so a test of the teacher loop on real pairs knows
@@ -250,6 +251,8 @@ class FakeChatServer:
                     return
                 if fault == "hang":
                     fake._release.wait(fake.hang_s)
+                if fault.startswith("slow"):
+                    fake._release.wait(float(fault.partition(":")[2] or 1.0))
                 if fault == "garbage":
                     self._send(200, b"<html>gateway</html>", {"Content-Type": "text/html"})
                     return

@@ -204,3 +204,14 @@ def test_rate_limiter_and_backoff():
     assert backoff_delay(3, 0.5, 30, rng=lambda: 1.0) == 4.0
     assert backoff_delay(10, 0.5, 30, rng=lambda: 1.0) == 30
     assert backoff_delay(10, 0.5, 30, rng=lambda: 0.25) == 7.5
+
+
+def test_slow_fault_answers_late_but_within_the_timeout():
+    import time
+
+    with FakeChatServer(faults=["slow:0.3"]) as server, client_for(server) as client:
+        started = time.monotonic()
+        client.complete(build_messages(review(1)))
+        elapsed = time.monotonic() - started
+    assert server.served == {"slow:0.3": 1} and elapsed >= 0.3
+    assert client.stats.get("timeouts", 0) == 0 and client.stats.get("retries", 0) == 0
