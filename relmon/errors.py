@@ -1,16 +1,27 @@
 """relmon's exceptions.
 
-Tree::
+Tree (every exception relmon defines; ``tests/unit/test_exception_tree.py`` keeps it so)::
 
     RelmonError                  base of everything relmon raises on purpose
     ├── ConfigError              a setting is missing or wrong: the message says what to fix
+    │   ├── ModelNotFoundError   no built model where RELMON_MODEL_DIR points
+    │   └── TeacherRejected      the chat API rejected the request (4xx): fix the configuration
     ├── DecodeError              an input record cannot be decoded or validated (caller's data)
-    ├── ModelNotFoundError       no built model where RELMON_MODEL_DIR points
+    ├── ModelRejectedError       a new model is worse than the published one (``scoring.build``)
+    ├── BudgetExhausted          the teacher's daily request budget is spent
+    ├── StoreError               the local store refuses or fails a request, as ClickHouse
+    │                            would answer it (``relmon.store.protocol``; server side)
     └── ServiceError             infrastructure: a broker, store or process failed
         ├── StartupTimeout       a service did not become ready in time
         ├── StoreUnavailable     ClickHouse (or the local store) failed a call
-        └── BrokerError          the Kafka broker failed a send
-            └── MessageRefused   the broker refused the messages themselves (too large, invalid)
+        ├── BrokerError          the Kafka broker failed a send
+        │   └── MessageRefused   the broker refused the messages themselves (too large, invalid)
+        └── TeacherUnavailable   the chat API did not answer usefully after every attempt
+
+``TeacherRejected``, ``BudgetExhausted`` and ``TeacherUnavailable`` live in
+``relmon.teacher.client``. Test fakes that mimic a third-party client's error by name (such as
+``streams.fakes.MessageSizeTooLargeError``) are the only exceptions outside the tree: they stand
+for errors relmon does not define, and adapters translate them like the real ones.
 
 The worker's error policy rests on this tree: a :class:`ServiceError` is retried with backoff
 (the outage passes, nothing is lost), anything else is a bug and stops the worker. Adapters

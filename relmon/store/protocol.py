@@ -20,6 +20,8 @@ from email.policy import HTTP
 import lz4.frame
 import zstandard
 
+from relmon.errors import RelmonError
+
 SERVER_VERSION = "26.9"
 
 # URL parameters the HTTP front consumes itself (or ignores): never forwarded as settings.
@@ -96,8 +98,13 @@ _BAD_REQUEST_CODES = frozenset({6, 26, 27, 36, 38, 62, 72, 73, 117, 457})
 _NOT_FOUND_CODES = frozenset({46, 47, 50, 60, 81, 115})
 
 
-class StoreError(Exception):
-    """A request failed; carries what ClickHouse would answer."""
+class StoreError(RelmonError):
+    """The local store refuses or fails a request; carries what ClickHouse would answer.
+
+    Raised inside the store server and answered to the client as ClickHouse's error body and
+    HTTP status; a client sees it as a ClickHouse error (:class:`relmon.errors.StoreUnavailable`
+    in the worker).
+    """
 
     def __init__(
         self, code: int, message: str, name: str | None = None, status: int | None = None
