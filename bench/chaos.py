@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ from relmon.settings import load_settings  # noqa: E402
 
 
 def main() -> int:
+    started = time.monotonic()
     defaults = ChaosConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=defaults.pages, help="result pages of input")
@@ -68,6 +70,7 @@ def main() -> int:
             print(f"RELMON_HOME kept at {home}", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
+    report["wall_s"] = round(time.monotonic() - started, 1)  # broker and store start included
     print(json.dumps(report))
     return 0
 
