@@ -23,6 +23,7 @@ from relmon.demo import store_process
 from relmon.kafka import broker_process, ensure_topics
 from relmon.runtime import free_port
 from relmon.settings import load_settings
+from streams import repository
 
 PAGES = ["overview", "segments", "drilldown", "alerts_page", "health"]
 
@@ -70,11 +71,11 @@ def seed(settings, rows_per_minute: int, days: int) -> int:
             )
         minute += timedelta(minutes=1)
         if len(batch) >= 100_000:
-            client.insert("scored_impressions", batch, column_names=db.SCORED_COLUMNS)
+            client.insert("scored_impressions", batch, column_names=repository.SCORED_COLUMNS)
             total += len(batch)
             batch = []
     if batch:
-        client.insert("scored_impressions", batch, column_names=db.SCORED_COLUMNS)
+        client.insert("scored_impressions", batch, column_names=repository.SCORED_COLUMNS)
         total += len(batch)
     client.close()
     return total

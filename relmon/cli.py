@@ -79,7 +79,21 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         getattr(scorer, "model_version", "?"),
         getattr(scorer, "provider", "?"),
     )
-    RelmonWorker(settings, scorer).run()  # type: ignore[arg-type]
+    if not settings.alerts_in_worker:
+        RelmonWorker(settings, scorer).run()  # type: ignore[arg-type]
+        return 0
+    # RELMON_ALERTS_IN_WORKER: the leader-elected alert runner in a thread beside the worker,
+    # started once the worker has created the topics and tables it reads.
+    from relmon.alerts.runner import AlertThread
+
+    alerts = AlertThread(settings)
+    worker = RelmonWorker(settings, scorer, gauges=alerts.gauges)  # type: ignore[arg-type]
+    worker.prepare()
+    alerts.start()
+    try:
+        worker.serve()
+    finally:
+        alerts.stop()
     return 0
 
 

@@ -1,16 +1,16 @@
-"""ClickHouse access: clients, ordered migrations and relmon's reads and writes.
+"""ClickHouse access shared by every component: clients, errors, ordered migrations.
 
 Every component reaches ClickHouse through clickhouse-connect's HTTP client: the local store in
 the embedded setup, a ClickHouse server in production. SQL takes its values as server-side bound
-parameters (``{name:Type}``); identifiers come only from validated settings.
+parameters (``{name:Type}``); identifiers come only from validated settings. Each component keeps
+its own SQL (the worker's in :mod:`streams.repository`), so this module knows none of them.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -25,14 +25,9 @@ from clickhouse_connect.driver.exceptions import (
 
 from relmon.errors import ServiceError, StoreUnavailable
 from relmon.settings import Settings
-from schemas.models import ScoredImpression
-from schemas.ubi import UbiQuery
-from streams.plans import Checkpoint, PlanKey, StoredPlan
-from streams.sampling import SamplingPlan
 
 log = logging.getLogger(__name__)
 
-SCORED_COLUMNS = list(ScoredImpression.model_fields)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -128,264 +123,3 @@ def migrate(settings: Settings) -> list[str]:
     finally:
         client.close()
     return applied
-
-
-# ClickHouse refuses an INSERT block touching more partitions than this
-# (max_partitions_per_insert_block, error 252 "Too many partitions").
-MAX_PARTITIONS_PER_INSERT = 100
-
-
-def partition_day(event_time: datetime) -> date:
-    """The UTC day of ``event_time``: ``scored_impressions``' partition (naive means UTC)."""
-    if event_time.tzinfo is None:
-        return event_time.date()
-    return event_time.astimezone(UTC).date()
-
-
-def insert_scored(client: Client, rows: Sequence[ScoredImpression]) -> None:
-    """Write scored rows, then refresh the roll-ups of their hours and days.
-
-    Idempotent: the table keeps one row per impression_id, and the roll-ups are recomputed from
-    the deduplicated rows (:func:`refresh_rollups`). The table is partitioned by day of event
-    time, and ClickHouse refuses one insert spanning more than :data:`MAX_PARTITIONS_PER_INSERT`
-    days, so rows of more days (a replay of old traffic beside live traffic) go in one insert per
-    100 days. Such an insert skips the rows stored already, so a retry after a failure in the
-    middle does not store them twice.
-    """
-    if not rows:
-        return
-    _insert_rows(client, rows)
-    refresh_rollups(client, [row.event_time for row in rows])
-
-
-def _insert_rows(client: Client, rows: Sequence[ScoredImpression]) -> None:
-    by_day: dict[date, list[ScoredImpression]] = {}
-    for row in rows:
-        by_day.setdefault(partition_day(row.event_time), []).append(row)
-    days = sorted(by_day)
-    if len(days) <= MAX_PARTITIONS_PER_INSERT:  # the usual case: one insert, rows in order
-        data = [[getattr(row, col) for col in SCORED_COLUMNS] for row in rows]
-        client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
-        return
-    for first in range(0, len(days), MAX_PARTITIONS_PER_INSERT):
-        chunk = [
-            row for day in days[first : first + MAX_PARTITIONS_PER_INSERT] for row in by_day[day]
-        ]
-        stored = existing_impressions(client, [row.impression_id for row in chunk])
-        data = [
-            [getattr(row, col) for col in SCORED_COLUMNS]
-            for row in chunk
-            if row.impression_id not in stored
-        ]
-        if data:
-            client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
-
-
-def insert_ubi_queries(client: Client, queries: Iterable[UbiQuery], client_hash: Any) -> None:
-    """Remember UBI query texts so events after a restart still find their query."""
-    now = datetime.now(UTC)
-    data = [
-        [
-            q.query_id,
-            q.user_query,
-            client_hash(q.client_id) if q.client_id else "",
-            q.application or "",
-            now,
-        ]
-        for q in queries
-    ]
-    if data:
-        client.insert(
-            "ubi_queries",
-            data,
-            column_names=["query_id", "user_query", "client_hash", "application", "received_at"],
-        )
-
-
-def lookup_ubi_queries(client: Client, query_ids: Iterable[str]) -> dict[str, str]:
-    """Return the known query texts of ``query_ids``."""
-    ids = sorted(set(query_ids))
-    if not ids:
-        return {}
-    result = client.query(
-        "SELECT query_id, argMax(user_query, received_at) FROM ubi_queries "
-        "WHERE query_id IN {ids:Array(String)} GROUP BY query_id",
-        parameters={"ids": ids},
-    )
-    return {str(qid): str(text) for qid, text in result.result_rows}
-
-
-def existing_impressions(client: Client, impression_ids: Sequence[str]) -> set[str]:
-    """The ids among ``impression_ids`` that are stored already."""
-    if not impression_ids:
-        return set()
-    result = client.query(
-        "SELECT DISTINCT impression_id FROM scored_impressions "
-        "WHERE impression_id IN {ids:Array(String)}",
-        parameters={"ids": list(impression_ids)},
-    )
-    return {str(row[0]) for row in result.result_rows}
-
-
-_ROLLUP_COLUMNS = (
-    "window_start, tier, category, locale, position_bucket, model_version, "
-    "sampled, bad, sum_w, sum_w_bad, sum_w2, computed_at"
-)
-_SEGMENT = "tier, category, locale, position_bucket, model_version"
-_SUMS = "sum(sampled), sum(bad), sum(sum_w), sum(sum_w_bad), sum(sum_w2), now64(9)"
-_ZEROS = "toUInt64(0), toUInt64(0), 0., 0., 0."
-# The totals of each hour touched, recomputed from the deduplicated raw rows (FINAL); the
-# segments an hour had before and no longer has get zero rows (the views leave them out).
-_REFRESH_HOURS = (
-    f"INSERT INTO bad_case_totals_1h ({_ROLLUP_COLUMNS}) "
-    f"SELECT hour, {_SEGMENT}, {_SUMS} FROM ("
-    f"SELECT toStartOfHour(event_time) AS hour, {_SEGMENT}, count() AS sampled, "
-    "toUInt64(sum(is_bad)) AS bad, sum(sample_weight) AS sum_w, "
-    "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2 "
-    "FROM scored_impressions FINAL "
-    "WHERE event_time >= {lo:DateTime64(3, 'UTC')} AND event_time < {hi:DateTime64(3, 'UTC')} "
-    "AND toStartOfHour(event_time) IN {hours:Array(DateTime('UTC'))} "
-    f"GROUP BY hour, {_SEGMENT} "
-    f"UNION ALL SELECT window_start AS hour, {_SEGMENT}, {_ZEROS} FROM bad_case_totals_1h FINAL "
-    "WHERE window_start IN {hours:Array(DateTime('UTC'))}"
-    f") GROUP BY hour, {_SEGMENT}"
-)
-# The totals of each day touched, from the hourly totals (which outlive the raw rows).
-_REFRESH_DAYS = (
-    f"INSERT INTO bad_case_totals_1d ({_ROLLUP_COLUMNS}) "
-    f"SELECT day, {_SEGMENT}, {_SUMS} FROM ("
-    f"SELECT toStartOfDay(window_start) AS day, {_SEGMENT}, sampled, bad, sum_w, sum_w_bad, "
-    "sum_w2 FROM bad_case_totals_1h FINAL "
-    "WHERE toStartOfDay(window_start) IN {days:Array(DateTime('UTC'))} "
-    f"UNION ALL SELECT window_start AS day, {_SEGMENT}, {_ZEROS} FROM bad_case_totals_1d FINAL "
-    "WHERE window_start IN {days:Array(DateTime('UTC'))}"
-    f") GROUP BY day, {_SEGMENT}"
-)
-
-
-def _utc(when: datetime) -> datetime:
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def refresh_rollups(client: Client, event_times: Iterable[datetime]) -> None:
-    """Recompute the hourly and daily roll-ups of the windows holding ``event_times``.
-
-    The roll-ups (``bad_case_totals_1h``/``_1d``, ReplacingMergeTrees keyed by window and segment,
-    read through the views ``bad_case_rollup_1h``/``_1d``) hold totals recomputed from the
-    deduplicated raw rows, never increments: a replay, a retry, or two workers writing the same
-    impressions in a rebalance recompute the same totals, so nothing is counted twice. Each
-    recomputation is versioned by the server's clock when it starts, and reads the rows as of
-    then: the newest one has seen every row written before any other refresh began.
-
-    The raw rows of a refreshed hour must all still be stored (30-day TTL): the worker only
-    accepts events less than ``RELMON_MAX_EVENT_AGE_S`` (at most 29 days) old. A day is summed
-    from its hourly totals, which do not expire.
-    """
-    times = [_utc(t) for t in event_times]
-    if not times:
-        return
-    hours = sorted({t.replace(minute=0, second=0, microsecond=0) for t in times})
-    days = sorted({h.replace(hour=0) for h in hours})
-    client.command(
-        _REFRESH_HOURS,
-        parameters={"hours": hours, "lo": hours[0], "hi": hours[-1] + timedelta(hours=1)},
-    )
-    client.command(_REFRESH_DAYS, parameters={"days": days})
-
-
-def done_impressions(client: Client, impression_ids: Sequence[str]) -> set[str]:
-    """The ids among ``impression_ids`` that the ledger records as done.
-
-    Done: stored, rolled up and any review request delivered (``impression_ledger``; kept 35
-    days of event time, longer than the worker's acceptance window).
-    """
-    if not impression_ids:
-        return set()
-    result = client.query(
-        "SELECT DISTINCT impression_id FROM impression_ledger "
-        "WHERE impression_id IN {ids:Array(String)}",
-        parameters={"ids": list(impression_ids)},
-    )
-    return {str(row[0]) for row in result.result_rows}
-
-
-def mark_done(client: Client, rows: Sequence[ScoredImpression]) -> None:
-    """Record the impressions of ``rows`` as done in the ledger."""
-    now = datetime.now(UTC)
-    data = [[row.impression_id, row.event_time, now] for row in rows]
-    if data:
-        client.insert(
-            "impression_ledger", data, column_names=["impression_id", "event_time", "done_at"]
-        )
-
-
-def stored_rows(client: Client, impression_ids: Sequence[str]) -> list[ScoredImpression]:
-    """The stored rows of those of ``impression_ids`` that are stored."""
-    if not impression_ids:
-        return []
-    result = client.query(
-        f"SELECT {', '.join(SCORED_COLUMNS)} FROM scored_impressions FINAL "
-        "WHERE impression_id IN {ids:Array(String)}",
-        parameters={"ids": list(impression_ids)},
-    )
-    out = []
-    for values in result.result_rows:
-        row = dict(zip(SCORED_COLUMNS, values, strict=True))
-        row["event_time"] = _utc(row["event_time"])
-        row["scored_at"] = _utc(row["scored_at"])
-        out.append(ScoredImpression.model_validate(row))
-    return out
-
-
-PLAN_COLUMNS = ["topic", "partition", "epoch", "plan_id", "budget_factor", "tiers", "created_at"]
-CHECKPOINT_COLUMNS = ["topic", "partition", "offset", "last_epoch", "state", "created_at"]
-
-
-def save_plans(client: Client, plans: Sequence[StoredPlan]) -> None:
-    """Store sampling plans."""
-    now = datetime.now(UTC)
-    data = [[*p.key, p.plan.plan_id, p.plan.budget_factor, p.plan.to_json(), now] for p in plans]
-    if data:
-        client.insert("sampling_plans", data, column_names=PLAN_COLUMNS)
-
-
-def load_plans(client: Client, keys: Sequence[PlanKey]) -> dict[PlanKey, StoredPlan]:
-    """Stored sampling plans of ``keys``."""
-    if not keys:
-        return {}
-    result = client.query(
-        "SELECT topic, partition, epoch, plan_id, budget_factor, tiers FROM sampling_plans FINAL "
-        "WHERE (topic, partition, epoch) IN {keys:Array(Tuple(String, UInt32, Int64))}",
-        parameters={"keys": [tuple(k) for k in keys]},
-    )
-    out = {}
-    for topic, partition, epoch, plan_id, factor, tiers in result.result_rows:
-        key = (str(topic), int(partition), int(epoch))
-        out[key] = StoredPlan(key, SamplingPlan.from_row(str(plan_id), str(tiers), float(factor)))
-    return out
-
-
-def save_checkpoints(client: Client, checkpoints: Sequence[Checkpoint]) -> None:
-    """Store sketch checkpoints."""
-    now = datetime.now(UTC)
-    data = [[c.topic, c.partition, c.offset, c.last_epoch, c.state, now] for c in checkpoints]
-    if data:
-        client.insert("sketch_checkpoints", data, column_names=CHECKPOINT_COLUMNS)
-
-
-def latest_checkpoint(client: Client, topic: str, partition: int) -> Checkpoint | None:
-    """The checkpoint of a partition with the highest offset."""
-    result = client.query(
-        "SELECT offset, last_epoch, state FROM sketch_checkpoints "
-        "WHERE topic = {topic:String} AND partition = {partition:UInt32} "
-        "ORDER BY offset DESC LIMIT 1",
-        parameters={"topic": topic, "partition": partition},
-    )
-    for offset, last_epoch, state in result.result_rows:
-        return Checkpoint(topic, partition, int(offset), int(last_epoch), str(state))
-    return None
-
-
-def count_scored(client: Client) -> int:
-    """Number of distinct scored impressions."""
-    return int(client.command("SELECT count() FROM scored_impressions FINAL"))  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from relmon.replay import ReplayConfig, replay
 from relmon.runtime import ManagedProcess, free_port, port_open, relmon_argv, wait_until
 from relmon.scenario import Scenario
 from relmon.settings import Settings
+from streams import repository
 from streams.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         totals = worker_totals(settings)
         client = db.connect(settings)
         try:
-            rows = db.count_scored(client)
+            rows = repository.count_scored(client)
         finally:
             client.close()
         inspected = options.inspect(settings) if options.inspect is not None else None

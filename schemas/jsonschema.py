@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.models import CatalogProduct, DeadLetter, Impression, ReviewRequest, ScoredImpression
+from schemas.verdict import Verdict
 
 SHIPPED_DIR = Path(__file__).parent / "json"
 MODELS: dict[str, type[BaseModel]] = {
@@ -21,20 +22,14 @@ MODELS: dict[str, type[BaseModel]] = {
     "review_request": ReviewRequest,
     "dead_letter": DeadLetter,
     "catalog_product": CatalogProduct,
+    "verdict": Verdict,
 }
-
-
-def _models() -> dict[str, type[BaseModel]]:
-    # the labels topic's record lives with the teacher (it builds on ReviewRequest from here)
-    from relmon.teacher.verdict import Verdict
-
-    return {**MODELS, "verdict": Verdict}
 
 
 def generate() -> dict[str, dict[str, Any]]:
     """Return the JSON Schema of every record type, keyed by file stem."""
     out = {}
-    for name, model in _models().items():
+    for name, model in MODELS.items():
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://relmon.dev/schemas/v1/{name}.schema.json"

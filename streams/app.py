@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -28,16 +29,15 @@ from clickhouse_connect.driver.client import Client
 from faust.exceptions import ProducerSendError
 
 from relmon import db
-from relmon.alerts.runner import AlertThread
 from relmon.errors import broker_error
 from relmon.kafka import ensure_topics, producer
-from relmon.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
 from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord, dead_letter
+from streams.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
 from streams.sampling import SamplingRates
 from streams.storage import ClickHouseStorePorts
 
@@ -157,7 +157,14 @@ def _raw(event: Any) -> RawRecord:
 class RelmonWorker:
     """Builds the Faust app, its catalogue follower and processor from settings."""
 
-    def __init__(self, settings: Settings, scorer: ScorerLike) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: ScorerLike,
+        *,
+        gauges: Callable[[], Mapping[str, float | int]] | None = None,
+    ) -> None:
+        """``gauges``: more figures for ``/metrics`` (the CLI's alert runner beside the worker)."""
         self.settings = settings
         self.scorer = scorer
         self.metrics = Metrics()
@@ -171,7 +178,7 @@ class RelmonWorker:
         self.catalog = Catalog(products)
         self._client: Client | None = None
         self._dlq_producer: Any = None
-        self.alerts: AlertThread | None = None
+        self._gauges = gauges
         self.failure: Exception | None = None
         self.app = self._make_app()
         self.ports = _FaustPorts(self)
@@ -283,9 +290,8 @@ class RelmonWorker:
 
     def _prometheus(self) -> str:
         snapshot: dict[str, float | int | str] = dict(self.metrics.snapshot())
-        if self.alerts is not None:
-            snapshot["alert_runner_leader"] = int(self.alerts.leading)
-            snapshot["alert_runner_rounds"] = self.alerts.rounds
+        if self._gauges is not None:
+            snapshot.update(self._gauges())
         return exposition(snapshot, {"relmon_score_seconds": self.score_latency}, self.lag.get())
 
     async def _on_start(self) -> None:
@@ -331,24 +337,23 @@ class RelmonWorker:
         db.migrate(self.settings)
 
     def run(self) -> None:
-        """Run the worker in the foreground until SIGTERM / SIGINT."""
+        """Prepare, then serve in the foreground until SIGTERM / SIGINT."""
         self.prepare()
+        self.serve()
+
+    def serve(self) -> None:
+        """Run the worker in the foreground until SIGTERM / SIGINT (after :meth:`prepare`)."""
         worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)
-        # Additions for issue #6: Prometheus /metrics and the leader-only alert runner.
         server = None
         if self.settings.metrics_port:
             server = MetricsServer(
                 self.settings.bind_host, self.settings.metrics_port, self._prometheus
             ).start()
-        if self.settings.alerts_in_worker:
-            self.alerts = AlertThread(self.settings).start()
         try:
             worker.execute_from_commandline()
         finally:
             if server is not None:
                 server.stop()
-            if self.alerts is not None:
-                self.alerts.stop()
             self.follower.stop()
             self.ports.close()
             self.metrics.write(metrics_path(self.settings))

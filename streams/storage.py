@@ -1,7 +1,7 @@
 """The ClickHouse half of the processor's ports: rows, roll-ups, ledger, UBI queries, plans.
 
-Every call runs :mod:`relmon.db` in one store thread, so ClickHouse round trips never block the
-event loop and the worker's client is used from one thread only. The worker's ports
+Every call runs :mod:`streams.repository` in one store thread, so ClickHouse round trips never
+block the event loop and the worker's client is used from one thread only. The worker's ports
 (:mod:`streams.app`) add Kafka and the scorer; tests pair it with in-memory sends.
 """
 
@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 from relmon import db
 from schemas.models import ScoredImpression, hash_id
 from schemas.ubi import UbiQuery
+from streams import repository
 from streams.plans import Checkpoint, PlanKey, StoredPlan
 
 T = TypeVar("T")
@@ -51,44 +52,44 @@ class ClickHouseStorePorts:
 
     @staticmethod
     def _write_sync(client: Client, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        db.insert_ubi_queries(client, queries, hash_id)
-        db.insert_scored(client, rows)
+        repository.insert_ubi_queries(client, queries, hash_id)
+        repository.insert_scored(client, rows)
 
     async def refresh_rollups(self, event_times: list[datetime]) -> None:
         """Recompute the roll-ups of the windows holding ``event_times``."""
-        await self._io_call(db.refresh_rollups, event_times)
+        await self._io_call(repository.refresh_rollups, event_times)
 
     async def done(self, impression_ids: list[str]) -> set[str]:
         """Ids the ledger records as done."""
-        return await self._io_call(db.done_impressions, impression_ids)
+        return await self._io_call(repository.done_impressions, impression_ids)
 
     async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
         """Stored rows of these impressions."""
-        return await self._io_call(db.stored_rows, impression_ids)
+        return await self._io_call(repository.stored_rows, impression_ids)
 
     async def mark_done(self, rows: list[ScoredImpression]) -> None:
         """Record impressions as done in the ledger."""
-        await self._io_call(db.mark_done, rows)
+        await self._io_call(repository.mark_done, rows)
 
     async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
         """Stored query texts of UBI query ids."""
-        return await self._io_call(db.lookup_ubi_queries, query_ids)
+        return await self._io_call(repository.lookup_ubi_queries, query_ids)
 
     async def load_plans(self, keys: list[PlanKey]) -> dict[PlanKey, StoredPlan]:
         """Stored sampling plans."""
-        return await self._io_call(db.load_plans, keys)
+        return await self._io_call(repository.load_plans, keys)
 
     async def save_plans(self, plans: list[StoredPlan]) -> None:
         """Store sampling plans."""
-        await self._io_call(db.save_plans, plans)
+        await self._io_call(repository.save_plans, plans)
 
     async def latest_checkpoint(self, topic: str, partition: int) -> Checkpoint | None:
         """A partition's newest sketch checkpoint."""
-        return await self._io_call(db.latest_checkpoint, topic, partition)
+        return await self._io_call(repository.latest_checkpoint, topic, partition)
 
     async def save_checkpoints(self, checkpoints: list[Checkpoint]) -> None:
         """Store sketch checkpoints."""
-        await self._io_call(db.save_checkpoints, checkpoints)
+        await self._io_call(repository.save_checkpoints, checkpoints)
 
     def close(self) -> None:
         """Stop the store thread (pending calls are cancelled)."""

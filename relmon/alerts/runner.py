@@ -478,6 +478,10 @@ class AlertThread:
         if leading:
             self.rounds += 1
 
+    def gauges(self) -> dict[str, int]:
+        """``alert_runner_leader`` (1 while leading) and ``alert_runner_rounds``, for /metrics."""
+        return {"alert_runner_leader": int(self.leading), "alert_runner_rounds": self.rounds}
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop and join (leaving the leader group, so another worker takes over at once)."""
         self._stop.set()

@@ -15,6 +15,7 @@ from relmon.alerts.simulate import simulate_rows
 from relmon.kafka import read_topic
 from relmon.runtime import wait_until
 from relmon.scenario import Scenario, Shift
+from streams import repository
 
 pytestmark = pytest.mark.integration
 WINDOW_S = 600
@@ -48,7 +49,7 @@ def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(
     )
     db.migrate(s)
     client = db.connect(s)
-    db.insert_scored(client, rows)
+    repository.insert_scored(client, rows)
 
     runner = AlertRunner(s)
     events = runner.run_once(now=spike_at + timedelta(seconds=2 * WINDOW_S))
@@ -131,7 +132,7 @@ def test_alert_threads_in_workers_page_once_and_hand_over(settings, webhook_rece
     )
     db.migrate(s)
     client = db.connect(s)
-    db.insert_scored(client, rows)
+    repository.insert_scored(client, rows)
     client.close()
 
     def wall_art_pages() -> list[dict]:
@@ -169,13 +170,13 @@ def test_a_window_is_judged_only_once_the_stored_data_has_moved_past_it(settings
     db.migrate(s)
     client = db.connect(s)
     half = spike_at + timedelta(seconds=WINDOW_S / 2)
-    db.insert_scored(client, [r for r in rows if r.event_time < half])
+    repository.insert_scored(client, [r for r in rows if r.event_time < half])
     runner = AlertRunner(s)
     try:
         later = spike_at + timedelta(seconds=3 * WINDOW_S)
         early = runner.run_once(now=later)
         assert not [e for e in early if e.alert.started_at >= spike_at], early
-        db.insert_scored(client, [r for r in rows if r.event_time >= half])
+        repository.insert_scored(client, [r for r in rows if r.event_time >= half])
         fired = [e.alert for e in runner.run_once(now=later) if e.kind == "fired"]
     finally:
         runner.close()

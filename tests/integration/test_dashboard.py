@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 import dashboards
 from relmon import db, get_settings
+from streams import repository
 
 pytestmark = pytest.mark.integration
 APP = str(Path(dashboards.__file__).parent / "app.py")
@@ -35,7 +36,7 @@ def test_empty_store_says_it_waits(dashboard_env):
 
 def test_rates_and_bad_cases_are_shown(dashboard_env, scored_rows):
     client = db.connect(dashboard_env)
-    db.insert_scored(client, scored_rows(n_good=30, n_bad=10))
+    repository.insert_scored(client, scored_rows(n_good=30, n_bad=10))
     client.close()
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert not at.exception

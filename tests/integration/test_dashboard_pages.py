@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from relmon import db, get_settings
 from relmon.kafka import producer
 from schemas import Impression, ScoredImpression
+from streams import repository
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def seed(settings) -> None:
         )
         out.append(row.model_copy(update={"tier": "head" if i % 3 == 0 else "tail"}))
     client = db.connect(settings)
-    db.insert_scored(client, out)
+    repository.insert_scored(client, out)
     client.close()
 
 

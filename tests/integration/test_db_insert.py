@@ -12,6 +12,7 @@ from relmon import db
 from relmon.settings import Settings, load_settings
 from relmon.store import StoreServer
 from schemas import Impression, ScoredImpression
+from streams import repository
 
 pytestmark = pytest.mark.integration
 
@@ -65,16 +66,16 @@ def test_rows_of_150_days_are_all_stored(migrated: Settings) -> None:
     # One insert spanning more than 100 daily partitions is refused by ClickHouse ("Too many
     # partitions"); the worker would retry it forever.
     rows = rows_on_days(150, "old-and-new-")
-    assert len({db.partition_day(r.event_time) for r in rows}) == 150
+    assert len({repository.partition_day(r.event_time) for r in rows}) == 150
     client = db.connect(migrated)
     try:
-        db.insert_scored(client, rows)
+        repository.insert_scored(client, rows)
         assert stored(migrated, "old-and-new-") == 150
         rollup = client.command(
             "SELECT sum(sampled) FROM bad_case_rollup_1d WHERE model_version = 'm'"
         )
         assert rollup == 150
-        db.insert_scored(client, rows)  # a retry of the whole write adds nothing to the roll-up
+        repository.insert_scored(client, rows)  # a retry of the whole write adds nothing
         assert stored(migrated, "old-and-new-") == 150
         assert (
             client.command("SELECT sum(sampled) FROM bad_case_rollup_1d WHERE model_version = 'm'")
@@ -91,7 +92,7 @@ def test_a_usual_batch_is_one_insert(migrated: Settings, monkeypatch: pytest.Mon
     monkeypatch.setattr(
         client, "insert", lambda *a, **k: calls.append(len(a[1])) or insert(*a, **k)
     )
-    db.insert_scored(client, rows_on_days(100, "usual-"))
+    repository.insert_scored(client, rows_on_days(100, "usual-"))
     assert calls == [100]
     assert stored(migrated, "usual-") == 100
     client.close()

@@ -177,8 +177,9 @@ def _check_view(client, view, expected):
 
 def test_bad_case_rates_for_known_input(settings, store):
     """The views' numbers equal a hand computation over rows we write ourselves."""
-    from relmon.db import insert_scored, migrate
+    from relmon.db import migrate
     from schemas import ScoredImpression
+    from streams.repository import insert_scored
 
     migrate(settings)
     client = db.connect(settings)

@@ -16,6 +16,7 @@ from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog
 from relmon.runtime import wait_until
 from relmon.synth import SyntheticCatalog
 from schemas import ReviewRequest
+from streams import repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 KILLS = 3
@@ -76,7 +77,7 @@ def test_kills_lose_no_review_and_repeat_only_the_batch_in_flight(settings, star
         rows = client.query(
             "SELECT impression_id, is_bad FROM scored_impressions FINAL"
         ).result_rows
-        ledger = db.done_impressions(client, [str(r[0]) for r in rows])
+        ledger = repository.done_impressions(client, [str(r[0]) for r in rows])
     finally:
         client.close()
     assert ledger == {str(r[0]) for r in rows}

@@ -21,6 +21,7 @@ from relmon.settings import Settings, load_settings
 from relmon.store import StoreServer
 from schemas import Impression, ScoredImpression
 from schemas.models import CatalogProduct, DeadLetter, ReviewRequest
+from streams import repository
 from streams.catalog import Catalog
 from streams.fakes import OverlapScorer
 from streams.metrics import Metrics
@@ -256,8 +257,8 @@ def test_a_segment_an_impression_left_drops_out_of_the_rollups(fresh_db: Any) ->
 
     client = db.connect(s)
     try:
-        db.insert_scored(client, [row("old", now)])
-        db.insert_scored(client, [row("new", now + timedelta(seconds=1))])  # replaces it
+        repository.insert_scored(client, [row("old", now)])
+        repository.insert_scored(client, [row("new", now + timedelta(seconds=1))])  # replaces it
         for name in ("bad_case_rollup_1h", "bad_case_rollup_1d"):
             got = client.query(f"SELECT model_version, sampled FROM {name}").result_rows
             assert got == [("new", 1)], name
@@ -292,19 +293,19 @@ def test_migration_recounts_double_counted_rollups_and_fills_the_ledger(
         )
     client = db.connect(s)
     try:
-        data = [[getattr(r, c) for c in db.SCORED_COLUMNS] for r in rows]
+        data = [[getattr(r, c) for c in repository.SCORED_COLUMNS] for r in rows]
         for _ in range(2):  # the old materialized views sum both inserts
-            client.insert("scored_impressions", data, column_names=db.SCORED_COLUMNS)
+            client.insert("scored_impressions", data, column_names=repository.SCORED_COLUMNS)
         doubled = "SELECT sum(sampled) FROM bad_case_rollup_1h"
         assert client.command(doubled) == 60
         monkeypatch.setattr(db, "migrations", lambda: shipped)
         assert db.migrate(s) == ["0006_idempotent_rollups.sql"]
         assert client.command(doubled) == 30
         assert client.command("SELECT sum(sampled) FROM bad_case_rollup_1d") == 30
-        assert db.done_impressions(client, [r.impression_id for r in rows]) == {
+        assert repository.done_impressions(client, [r.impression_id for r in rows]) == {
             r.impression_id for r in rows
         }
-        db.insert_scored(client, rows)  # and from now on a replay adds nothing
+        repository.insert_scored(client, rows)  # and from now on a replay adds nothing
         assert client.command(doubled) == 30
     finally:
         client.close()

@@ -10,6 +10,7 @@ from relmon import db, get_settings
 from relmon.kafka import read_topic
 from relmon.teacher import Verdict, store
 from schemas import ReviewRequest
+from streams import repository
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +113,7 @@ def test_agreement_and_corrected_rates_are_shown(page_env, scored_rows):
     assert not at.exception and any("No verdicts yet" in i.value for i in at.info)
 
     rows = scored_rows(n_good=40, n_bad=10)
-    db.insert_scored(client, rows)
+    repository.insert_scored(client, rows)
     flagged = [ReviewRequest.of(r, "below_threshold") for r in rows[40:]]
     audits = [ReviewRequest.of(r, "audit", review_probability=0.25) for r in rows[:10]]
     store.insert_queue(client, flagged + audits)

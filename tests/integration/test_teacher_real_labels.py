@@ -52,6 +52,7 @@ from relmon.teacher.verdict import BAD_GRADES, Grade
 from schemas import Impression, ScoredImpression
 from schemas.models import ReviewRequest
 from scoring.esci import load_esci_judgments
+from streams import repository
 from streams.sampling import unit_hash
 
 pytestmark = pytest.mark.integration
@@ -196,7 +197,7 @@ def test_corrected_rate_on_human_grades_covers_the_truth_the_raw_rate_misses(
     assert reasons["audit"] > 1000
 
     client = db.connect(s)
-    db.insert_scored(client, rows)
+    repository.insert_scored(client, rows)
     prod = producer(s)
     for r in reviews:
         prod.send(s.topic_review, key=r.impression_id.encode(), value=r.to_bytes())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import urllib.request
 
-from relmon.prometheus import LatencyHistogram, MetricsServer, exposition
 from streams.metrics import Metrics
+from streams.prometheus import LatencyHistogram, MetricsServer, exposition
 
 
 def test_exposition_has_counters_gauges_info_histogram_and_lag():

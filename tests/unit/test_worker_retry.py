@@ -26,7 +26,6 @@ from relmon.errors import (
     StoreUnavailable,
     refused_for_good,
 )
-from relmon.prometheus import exposition
 from relmon.runtime import free_port
 from relmon.settings import load_settings
 from schemas.models import CatalogProduct, Impression, ReviewRequest, ScoredImpression
@@ -37,6 +36,7 @@ from streams.fakes import MemoryPorts
 from streams.metrics import COUNTERS, Metrics
 from streams.plans import Planner, PlannerConfig, StoredPlan
 from streams.processor import ImpressionProcessor, RawRecord, error_counter
+from streams.prometheus import exposition
 from streams.sampling import SamplingRates
 from streams.storage import ClickHouseStorePorts
 
