@@ -57,6 +57,7 @@ def _load_scorer(settings: Settings) -> object:
         max_length=settings.max_length,
         cache_size=settings.score_cache_size,
         calibration=_calibration(settings.score_calibration),
+        tier=settings.scorer_tier,
     )
 
 

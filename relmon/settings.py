@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         description="RELMON_MODEL_VARIANT: ONNX variant to serve "
         "(auto = int8 on CPU, fp32 on CUDA).",
     )
+    scorer_tier: Literal["card", "cross-encoder", "cosine"] = Field(
+        default="card",
+        description="RELMON_SCORER_TIER: which scorer of the model directory serves: card (the "
+        "tier the model card serves, chosen by cross-validation on real labels: the cosine "
+        "tier today), cross-encoder (the fine-tuned student) or cosine (the base model's "
+        "embeddings, cached per query and product text).",
+    )
     provider: Provider = Field(
         default="auto",
         description="RELMON_PROVIDER: onnxruntime execution provider: auto (CUDA, else CPU), "

@@ -1,4 +1,15 @@
-"""ONNX Runtime cross-encoder scorer: (query, title) pairs in, relevance probabilities out.
+"""ONNX Runtime scorer: (query, product text) pairs in, relevance probabilities out.
+
+Two tiers share one model directory (``tier``):
+
+- ``"cross-encoder"``: the fine-tuned MiniLM-L6 cross-encoder reads each pair jointly.
+- ``"cosine"``: the base model's own embeddings (:mod:`scoring.embedding`): the cosine of the
+  query's and the product text's vectors, each computed once and cached, mapped to
+  ``(cos + 1) / 2``. On real labels it ranks better than today's fine-tuned student (README,
+  "Model quality"), so the build marks it as the served tier.
+- ``"card"``: the tier the model card serves (``card["served_tier"]``).
+
+Each tier has its own calibration and operating point in the card (``card["tiers"]``).
 
 Provider choice (``provider``):
 
@@ -45,10 +56,12 @@ import numpy as np
 import onnxruntime as ort
 
 from relmon.errors import ConfigError, ModelNotFoundError
+from scoring.embedding import EMBED_FILE, EmbeddingCache
 
 __all__ = [
     "Provider",
     "Scorer",
+    "Tier",
     "Variant",
     "default_threads",
     "operating_threshold",
@@ -59,6 +72,7 @@ log = logging.getLogger(__name__)
 
 Provider = Literal["auto", "cuda", "cpu"]
 Variant = Literal["auto", "int8", "fp32", "fp16"]
+Tier = Literal["card", "cross-encoder", "cosine"]
 _FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -101,6 +115,22 @@ def polarise(scores: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return _sigmoid(alpha * (np.asarray(scores, dtype=np.float64) - beta))
 
 
+def tier_card(card: dict[str, Any], tier: str) -> dict[str, Any]:
+    """The card entries of ``tier``: its calibration, operating point and version.
+
+    The cross-encoder's live at the card's top level (cards before the cosine tier had only
+    those); other tiers' under ``card["tiers"][tier]``.
+    """
+    if tier == "cross-encoder":
+        return card
+    entry = (card.get("tiers") or {}).get(tier)
+    if entry is None:
+        raise ModelNotFoundError(
+            f"the model card has no {tier!r} tier: rebuild the model (relmon model build)"
+        )
+    return dict(entry)
+
+
 def operating_threshold(
     card: dict[str, Any], calibration: tuple[float, float] | None = None
 ) -> float:
@@ -139,6 +169,7 @@ class Scorer:
         calibration: ``None`` (raw probabilities), ``"card"`` (the polarisation alpha/beta
             fitted at build time, from ``card.json``) or ``(alpha, beta)``: scores become
             ``sigmoid(alpha * (p - beta))``. The model version then ends in ``-cal``.
+        tier: ``"cross-encoder"``, ``"cosine"`` or ``"card"`` (the card's served tier).
 
     Raises:
         ModelNotFoundError: the directory or one of its files is missing.
@@ -157,6 +188,7 @@ class Scorer:
         device_id: int = 0,
         cache_size: int = 0,
         calibration: tuple[float, float] | Literal["card"] | None = None,
+        tier: Tier = "cross-encoder",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.max_length = max_length
@@ -164,11 +196,24 @@ class Scorer:
         self.intra_op_threads = intra_op_threads or default_threads()
         card = self._check_files(variant)
         self.card: dict[str, Any] = card
+        resolved = str(card.get("served_tier", "cross-encoder")) if tier == "card" else tier
+        if resolved not in ("cross-encoder", "cosine"):
+            raise ConfigError(f"unknown scorer tier {resolved!r}: cross-encoder or cosine")
+        self.tier: Literal["cross-encoder", "cosine"] = (
+            "cosine" if resolved == "cosine" else "cross-encoder"
+        )
+        self._tier_card = tier_card(card, self.tier)
+        if self.tier == "cosine" and not (self.model_dir / EMBED_FILE).is_file():
+            raise ModelNotFoundError(
+                f"{EMBED_FILE} missing in {self.model_dir}: run `relmon model build` to build it"
+            )
         want_cuda = provider == "cuda" or (provider == "auto" and _cuda_loadable())
         cpu_default: Literal["int8", "fp32"] = (
             "fp32" if card.get("cpu_default_variant") == "fp32" else "int8"
         )
         chosen = self._pick(variant, want_cuda, cpu_default)
+        if self.tier == "cosine":  # one fp32 embedder on every provider
+            chosen = "fp32"
         self._session = self._open(chosen, want_cuda, device_id)
         self.provider: str = self._session.get_providers()[0]
         if want_cuda and self.provider != _CUDA:
@@ -179,20 +224,23 @@ class Scorer:
                     "provider='auto' or 'cpu'"
                 )
             log.info("CUDA did not initialise; scoring on %s", self.provider)
-            if variant == "auto" and chosen != cpu_default:
+            if variant == "auto" and chosen != cpu_default and self.tier == "cross-encoder":
                 chosen = self._pick("auto", False, cpu_default)
                 self._session = self._open(chosen, False, device_id)
                 self.provider = self._session.get_providers()[0]
         self.variant: Literal["int8", "fp32", "fp16"] = chosen
         # int8/fp16 scores differ slightly from fp32: the variant is part of the row's version
-        base = str(card["model_version"])
+        base = str(self._tier_card["model_version"])
         version = base if chosen == "fp32" else f"{base}-{chosen}"
         digest = (card.get("sha256") or {}).get(_FILES[chosen])
         if chosen != "fp32" and digest:  # a re-quantised file gets a version of its own
             version = f"{version}.{digest[:8]}"
-        self.calibration: tuple[float, float] | None = self._calibration(calibration, card)
+        self.calibration: tuple[float, float] | None = self._calibration(
+            calibration, self._tier_card
+        )
         self.model_version: str = f"{version}-cal" if self.calibration else version
         self._inputs = {i.name for i in self._session.get_inputs()}
+        self._output = self._session.get_outputs()[0].name
         self._tokenizer = self._load_tokenizer()
         self._pad_id = int(self._tokenizer.token_to_id("[PAD]") or 0)
         self._cache_size = max(0, cache_size)
@@ -201,6 +249,11 @@ class Scorer:
         self.cache_hits = 0
         self.cache_misses = 0
         self._tok_pool = ThreadPoolExecutor(1, thread_name_prefix="relmon-tokenise")
+        self._embeddings: EmbeddingCache | None = None
+        if self.tier == "cosine":
+            self._embeddings = EmbeddingCache(
+                self.model_dir / "tokenizer.json", self._run, self._feeds
+            )
 
     @staticmethod
     def _calibration(
@@ -218,8 +271,8 @@ class Scorer:
 
     @property
     def operating_threshold(self) -> float:
-        """The card's operating point on this scorer's scale (see :func:`operating_threshold`)."""
-        return operating_threshold(self.card, self.calibration)
+        """The tier's operating point on this scorer's scale (see :func:`operating_threshold`)."""
+        return operating_threshold(self._tier_card, self.calibration)
 
     def _pick(
         self, variant: Variant, cuda: bool, cpu_default: Literal["int8", "fp32"]
@@ -263,7 +316,8 @@ class Scorer:
                 "do_copy_in_default_stream": True,
             }
             providers = [(_CUDA, cuda_opts), _CPU]
-        path = str(self.model_dir / _FILES[variant])
+        name = EMBED_FILE if self.tier == "cosine" else _FILES[variant]
+        path = str(self.model_dir / name)
         return ort.InferenceSession(path, sess_options=opts, providers=providers)
 
     def _load_tokenizer(self) -> Any:
@@ -277,13 +331,19 @@ class Scorer:
     def stats(self) -> dict[str, float]:
         """Cache counters: hits, misses, hit rate, entries and the size bound."""
         total = self.cache_hits + self.cache_misses
-        return {
+        out: dict[str, float] = {
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
             "cache_hit_rate": self.cache_hits / total if total else 0.0,
             "cache_entries": len(self._cache),
             "cache_size": self._cache_size,
         }
+        if self._embeddings is not None:
+            e = self._embeddings
+            out["embedding_cache_hits"] = e.hits
+            out["embedding_cache_misses"] = e.misses
+            out["embedding_cache_entries"] = len(e)
+        return out
 
     def predict(
         self,
@@ -338,6 +398,11 @@ class Scorer:
 
     def _infer(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
         """Raw probabilities; chunk k+1 is tokenised in a thread while chunk k runs."""
+        if self._embeddings is not None:
+            queries = self._embeddings.embed([q for q, _ in pairs], batch_size)
+            products = self._embeddings.embed([t for _, t in pairs], batch_size)
+            cos = np.clip((queries * products).sum(axis=1), -1.0, 1.0)
+            return ((cos + 1.0) / 2.0).astype(np.float32)
         out = np.empty(len(pairs), dtype=np.float32)
         chunk = max(batch_size * 8, 256)
         starts = list(range(0, len(pairs), chunk))
@@ -362,7 +427,7 @@ class Scorer:
         for name, arr in feed.items():
             value = ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self._device_id)
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cuda", self._device_id)
+        binding.bind_output(self._output, "cuda", self._device_id)
         self._session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
@@ -397,5 +462,5 @@ class Scorer:
     def __repr__(self) -> str:
         return (
             f"Scorer({str(self.model_dir)!r}, provider={self.provider!r}, "
-            f"variant={self.variant!r}, model_version={self.model_version!r})"
+            f"variant={self.variant!r}, tier={self.tier!r}, model_version={self.model_version!r})"
         )

@@ -268,3 +268,119 @@ def test_batching_scorer_merges_concurrent_calls_without_changing_scores(
         np.testing.assert_array_equal(results[i], want)
     with pytest.raises(RuntimeError, match="closed"):
         batcher.predict(PAIRS)
+
+
+@pytest.fixture(scope="session")
+def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.nn.Module]:
+    """The tiny model directory with a cosine tier (a tiny random BERT body as the embedder)."""
+    from transformers import BertModel
+
+    from scoring.embedding import export_embedder
+
+    src, _ = tiny_model
+    out = src.parent / "tiny-cosine"
+    if not out.exists():
+        shutil.copytree(src, out)
+    torch.manual_seed(1)
+    body = BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            attn_implementation="eager",
+        )
+    ).eval()
+    export_embedder(out, body)
+    card = json.loads((out / "card.json").read_text())
+    card["served_tier"] = "cosine"
+    card["tiers"] = {
+        "cosine": {
+            "model_version": "minilm-cos-tiny",
+            "calibration": {"alpha": 10.0, "beta": 0.6},
+            "operating_point": {"threshold": 0.7},
+        }
+    }
+    (out / "card.json").write_text(json.dumps(card))
+    return out, body
+
+
+def _torch_cosine(
+    body: torch.nn.Module, model_dir: Path, pairs: list[tuple[str, str]]
+) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(128)
+
+    def vec(text: str) -> torch.Tensor:
+        ids = torch.tensor([tok.encode(text).ids])
+        with torch.no_grad():
+            hidden = body(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        return torch.nn.functional.normalize(hidden.mean(1), dim=-1)[0]
+
+    return np.array([float((vec(q) @ vec(t) + 1) / 2) for q, t in pairs])
+
+
+def test_cosine_tier_scores_the_embeddings_cosine(
+    tiny_cosine: tuple[Path, torch.nn.Module],
+) -> None:
+    model_dir, body = tiny_cosine
+    s = Scorer(model_dir, provider="cpu", tier="cosine")
+    assert s.tier == "cosine" and s.model_version == "minilm-cos-tiny"
+    got = s.predict(PAIRS)
+    np.testing.assert_allclose(got, _torch_cosine(body, model_dir, PAIRS), atol=1e-5)
+    # each distinct text was embedded once: queries and products of 7 pairs, no repeats
+    assert s.stats()["embedding_cache_misses"] == len({t for p in PAIRS for t in p})
+
+
+def test_cosine_scores_do_not_depend_on_batch_mates_or_the_cache(
+    tiny_cosine: tuple[Path, torch.nn.Module],
+) -> None:
+    model_dir, _ = tiny_cosine
+    alone = [Scorer(model_dir, provider="cpu", tier="cosine").predict([p])[0] for p in PAIRS]
+    s = Scorer(model_dir, provider="cpu", tier="cosine")
+    shuffled = PAIRS[::-1] * 3
+    together = s.predict(shuffled, batch_size=3)[: len(PAIRS)][::-1]
+    again = s.predict(PAIRS)  # all from the embedding cache now
+    assert s.stats()["embedding_cache_hits"] > 0
+    assert np.array_equal(np.array(alone, dtype=np.float32), together)
+    assert np.array_equal(together, again)
+    # next to very long / very short batch-mates (other padding widths), with a cold cache
+    for mates in ([("a", "b")] * 31, [("x " * 60, "y " * 60)] * 31, _many_pairs(31, seed=3)):
+        cold = Scorer(model_dir, provider="cpu", tier="cosine")
+        assert cold.predict([*mates, PAIRS[3]], batch_size=32)[-1] == alone[3]
+
+
+def test_card_tier_calibration_and_operating_point(
+    tiny_cosine: tuple[Path, torch.nn.Module], tiny_model: tuple[Path, torch.nn.Module]
+) -> None:
+    model_dir, _ = tiny_cosine
+    served = Scorer(model_dir, provider="cpu", tier="card", calibration="card")
+    raw = Scorer(model_dir, provider="cpu", tier="cosine")
+    assert served.tier == "cosine" and served.calibration == (10.0, 0.6)
+    np.testing.assert_allclose(served.predict(PAIRS), polarise(raw.predict(PAIRS), 10.0, 0.6))
+    assert served.operating_threshold == pytest.approx(float(polarise(np.array([0.7]), 10, 0.6)[0]))
+    assert served.model_version == "minilm-cos-tiny-cal"
+    ce = Scorer(model_dir, provider="cpu", tier="cross-encoder", calibration="card")
+    assert ce.tier == "cross-encoder" and ce.calibration == (8.0, 0.5)
+    # a card without tiers serves the cross-encoder; asking it for the cosine tier says rebuild
+    old, _ = tiny_model
+    assert Scorer(old, provider="cpu", tier="card").tier == "cross-encoder"
+    with pytest.raises(ModelNotFoundError, match="rebuild"):
+        Scorer(old, provider="cpu", tier="cosine")
+
+
+def test_cosine_tier_without_its_file_says_how_to_build_it(
+    tiny_cosine: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    model_dir, _ = tiny_cosine
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    (copy / "embed.onnx").unlink()
+    with pytest.raises(ModelNotFoundError, match="relmon model build"):
+        Scorer(copy, provider="cpu", tier="card")
+    with pytest.raises(ConfigError, match="tier"):
+        Scorer(model_dir, provider="cpu", tier="bogus")  # type: ignore[arg-type]
