@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient
@@ -50,7 +51,7 @@ from relmon.errors import ServiceError
 from relmon.hostinfo import cpu_model, isa_flags
 from relmon.kafka import ensure_topics, producer, read_topic
 from relmon.lag import consumer_lag
-from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog
+from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog, to_catalog_product
 from relmon.runtime import ManagedProcess, free_port, relmon_argv, wait_until
 from relmon.settings import Settings
 from relmon.synth import SyntheticCatalog
@@ -441,8 +442,23 @@ class _Run:
         teacher.stop()
 
 
-def _base(settings: Settings, config: ChaosConfig) -> Settings:
+def _catalog_file(settings: Settings, catalog: SyntheticCatalog) -> Path:
+    """The catalogue as a JSON Lines file for the workers to load at start.
+
+    The workers follow the catalogue topic too, but in the background: an impression processed
+    before the follower caught up would wait ``unknown_product_retry_s`` and might be
+    dead-lettered in one run and not in the other.
+    """
+    path = settings.home / "catalog.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (to_catalog_product(p).model_dump_json() for p in catalog.products)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _base(settings: Settings, config: ChaosConfig, catalog_file: Path) -> Settings:
     return settings.with_overrides(
+        catalog_file=catalog_file,
         unknown_product_retry_s=2.0,
         alerts_in_worker=False,
         teacher_model="fake-judge",
@@ -502,11 +518,15 @@ def _outage(
     store.stop()
     down_at = time.monotonic()
     first_phase = produce_second()
-    errors = scrape(run.settings).get("store_errors", 0)
+
+    def failures(counters: Mapping[str, float]) -> float:
+        return counters.get("store_errors", 0) + counters.get("service_errors", 0)
+
+    errors = failures(scrape(run.settings))
 
     def stuck() -> bool:
         now = scrape(run.settings)
-        return now["consumed"] > first_phase and now.get("store_errors", 0) > errors
+        return now["consumed"] > first_phase and failures(now) > errors
 
     wait_until(stuck, timeout=config.timeout_s, what="worker stuck on the store outage")
     delay = random.Random(config.seed).uniform(*config.kill_delay_s)
@@ -595,9 +615,9 @@ def run_chaos(settings: Settings, config: ChaosConfig | None = None) -> dict[str
     """
     config = config or ChaosConfig()
     started = time.monotonic()
-    base = _base(settings, config)
-    ensure_topics(base)
     catalog = SyntheticCatalog.generate(seed=config.seed)
+    base = _base(settings, config, _catalog_file(settings, catalog))
+    ensure_topics(base)
     publish_catalog(base, catalog)
     start = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
     first, second = build_input(catalog, config, base.topic_partitions, start)
