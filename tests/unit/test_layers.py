@@ -79,12 +79,7 @@ LAYERS: dict[str, int] = {
 SHARED = ("relmon.db", "relmon.kafka", "relmon.lag", "relmon.runtime", "relmon.store")
 
 # (importer, imported) -> why the upward arrow is tolerated. Keep it short.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("scoring.build", "relmon.synth"): (
-        "optional synthetic training pairs (--synthetic-pairs, off by default), imported lazily; "
-        "goes when build_model takes its examples from its caller (issue 13, step 4)"
-    ),
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:
