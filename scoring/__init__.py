@@ -1,4 +1,4 @@
-"""The relevance scorer: an ONNX MiniLM-L6 cross-encoder, and how it is evaluated.
+"""The relevance scorer (ONNX: a cosine tier and a cross-encoder tier) and its evaluation.
 
 Serving (:class:`Scorer`, :func:`evaluate_model`, :func:`product_text`) needs onnxruntime,
 tokenizers and numpy only. Building lives in :mod:`scoring.build` (:func:`~scoring.build.
