@@ -332,6 +332,7 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
         report["session_provider"] = scorer.provider
         report["session_providers"] = scorer._session.get_providers()
         report["model_variant"] = scorer.variant
+        report["scorer_tier"] = scorer.tier
         report["model_version"] = scorer.model_version
         report["intra_op_threads"] = scorer.intra_op_threads
     except RelmonError as exc:
