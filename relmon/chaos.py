@@ -5,14 +5,15 @@ real processes: a second local store of its own (the one it takes down), ``relmo
 ``relmon teacher`` processes, and a :class:`~relmon.teacher.fakes.FakeChatServer` per run. The
 input is a deterministic stream of synthetic result pages (relmon impressions with and without
 product text, UBI query records and UBI impressions numbered from 0) mixed with hostile records
-(:func:`hostile_records`), produced in two phases to one topic that both runs read.
+(:func:`hostile_records`), produced in three phases to one topic that both runs read.
 
 The chaos run injects, in one run: chat API faults from the start (500, 429, slow and hanging
 answers), its store stopped for ``store_down_s`` while the second phase arrives, the worker
 SIGKILLed while it is stuck on that outage with a batch in flight, a restart attempt during the
-outage (a worker exits when its store is down at start: a supervisor starts it again), and a
-restart once the store is back. The clean run (one worker, the shared store, a chat API without
-faults) runs meanwhile.
+outage (a worker exits when its store is down at start: a supervisor starts it again), a
+restart once the store is back, and a second outage of ``ride_through_s`` while the third phase
+arrives, which the restarted worker rides out. The clean run (one worker, the shared store, a
+chat API without faults) runs during the first outage.
 
 Accounting comes from the workers' own counters (``/metrics``) and from the dead-letter topic.
 Counters restart with each process, and a killed worker had counted records it never committed,
@@ -20,7 +21,7 @@ which its successor reads again. So the killed worker's counters are taken at a 
 they cover exactly what it committed: when it had committed the whole first phase and was idle,
 just before the outage. The kill then comes after the second phase arrived, and the run checks
 that the committed offsets had not moved past the first phase; the successor's counters cover
-the second phase. ``lost`` is the input records minus every record counted as stored (sampled),
+the later phases. ``lost`` is the input records minus every record counted as stored (sampled),
 not sampled, ignored by design (UBI query records, non-impression UBI events) or dead-lettered
 (distinct input offsets in the dead-letter topic), so a record dropped silently, or counted by
 no one, shows up.
@@ -107,6 +108,9 @@ class ChaosConfig:
     """synthetic result pages (10 results each, some with a UBI query record)"""
     seed: int = 11
     store_down_s: float = 60.0
+    """the outage during which the worker is killed"""
+    ride_through_s: float = 15.0
+    """a second outage, which the restarted worker rides out while the third phase arrives"""
     teacher_budget: int = 40
     """chat requests per day for each run's teacher (each run has its own spend ledger)"""
     chat_faults: tuple[str, ...] = DEFAULT_CHAT_FAULTS
@@ -216,11 +220,11 @@ def hostile_records(now: datetime, product_id: str) -> list[tuple[str, bytes | N
 
 def build_input(
     catalog: SyntheticCatalog, config: ChaosConfig, partitions: int, start: datetime
-) -> tuple[list[_Record], list[_Record]]:
-    """The two phases of the input, deterministic for a seed.
+) -> tuple[list[_Record], list[_Record], list[_Record]]:
+    """The three phases of the input (half, 30%, 20% of the pages), deterministic for a seed.
 
     Pages keep their key's partition (a UBI query record before its impressions); the hostile
-    records are spread over both phases and all partitions. Every partition's second phase
+    records are spread over the phases and all partitions. Every partition's second phase
     begins with a valid impression, so a worker that meets the store outage cannot finish (and
     commit) any second-phase record before it: the committed offsets stay where the first phase
     ends, which the accounting relies on and checks.
@@ -246,13 +250,14 @@ def build_input(
         _Record(n % partitions, f"hostile-{name}".encode(), value)
         for n, (name, value) in enumerate(hostile_records(now, product))
     ]
-    split = config.pages * 3 // 5
-    cut = len(hostile) // 2
+    split, split2 = config.pages // 2, config.pages * 4 // 5
+    cut, cut2 = len(hostile) // 2, len(hostile) * 4 // 5
     first = _interleave(pages[:split], hostile[:cut])
     lead_time = start + timedelta(seconds=180 * split / config.pages)
     leads = [_lead(catalog, p, lead_time) for p in range(partitions)]
-    second = leads + _interleave(pages[split:], hostile[cut:])
-    return first, second
+    second = leads + _interleave(pages[split:split2], hostile[cut:cut2])
+    third = _interleave(pages[split2:], hostile[cut2:])
+    return first, second, third
 
 
 def _interleave(pages: list[list[_Record]], extra: list[_Record]) -> list[_Record]:
@@ -412,9 +417,15 @@ class _Run:
         return proc.start()
 
     def drain(
-        self, worker: ManagedProcess, ends: Mapping[int, int], timeout: float, stop: bool = True
+        self,
+        worker: ManagedProcess,
+        ends: Mapping[int, int],
+        timeout: float,
+        *,
+        keep: bool = True,
+        stop: bool = True,
     ) -> None:
-        """Wait until the worker committed ``ends``; keep its counters; stop it unless told.
+        """Wait until the worker committed ``ends``; keep its counters; stop it, unless told.
 
         Once every record is committed and the counters hold still, they count exactly the
         records committed by this worker process.
@@ -426,7 +437,8 @@ class _Run:
             what=f"{worker.name} to commit the input",
             alive=worker.alive,
         )
-        self.counted.append(outcomes(quiet_counters(self.settings, timeout)))
+        if keep:
+            self.counted.append(outcomes(quiet_counters(self.settings, timeout)))
         if stop:
             worker.stop()
 
@@ -487,10 +499,17 @@ def _run_settings(base: Settings, name: str, **changes: Any) -> Settings:
     return s
 
 
-def _clean_run(run: _Run, chat: FakeChatServer, data: _Input, timeout: float) -> None:
+def _start_clean_run(
+    run: _Run, chat: FakeChatServer, data: _Input, timeout: float
+) -> tuple[ManagedProcess, ManagedProcess]:
+    """Start the clean run's teacher and worker; return them once the worker caught up.
+
+    They keep running: the third phase arrives later, and the clean run must see all of it.
+    """
     teacher = run.teacher(chat)
-    run.drain(run.worker(), data.ends, timeout)
-    run.finish_teacher(teacher, timeout)
+    worker = run.worker()
+    run.drain(worker, data.ends, timeout, keep=False, stop=False)
+    return teacher, worker
 
 
 @contextmanager
@@ -498,6 +517,45 @@ def _timed(what: str) -> Iterator[None]:
     started = time.monotonic()
     yield
     log.info("%s: %.1f s", what, time.monotonic() - started)
+
+
+def _failures(counters: Mapping[str, float]) -> float:
+    return counters.get("store_errors", 0) + counters.get("service_errors", 0)
+
+
+def _await_stuck(s: Settings, consumed: int, errors: float, timeout: float) -> None:
+    """Wait until the worker took records beyond ``consumed`` and retries a failing store."""
+
+    def stuck() -> bool:
+        now = scrape(s)
+        return now["consumed"] > consumed and _failures(now) > errors
+
+    wait_until(stuck, timeout=timeout, what="worker stuck on the store outage")
+
+
+def _ride_through(
+    run: _Run,
+    store: ManagedProcess,
+    worker: ManagedProcess,
+    produce_third: Callable[[], None],
+    ends: Mapping[int, int],
+    config: ChaosConfig,
+) -> float:
+    """Stop the store while the worker takes the third phase; bring it back after ride_through_s.
+
+    The worker stays up and retries meanwhile. Return how long after the store came back the
+    worker had committed every record.
+    """
+    before = scrape(run.settings)
+    store.stop()
+    down_at = time.monotonic()
+    produce_third()
+    _await_stuck(run.settings, int(before["consumed"]), _failures(before), config.timeout_s)
+    time.sleep(max(0.0, down_at + config.ride_through_s - time.monotonic()))  # the outage
+    store.start()
+    back_at = time.monotonic()
+    run.drain(worker, ends, config.timeout_s, keep=False, stop=False)
+    return time.monotonic() - back_at
 
 
 def _outage(
@@ -517,18 +575,9 @@ def _outage(
     """
     store.stop()
     down_at = time.monotonic()
+    errors = _failures(scrape(run.settings))
     first_phase = produce_second()
-
-    def failures(counters: Mapping[str, float]) -> float:
-        return counters.get("store_errors", 0) + counters.get("service_errors", 0)
-
-    errors = failures(scrape(run.settings))
-
-    def stuck() -> bool:
-        now = scrape(run.settings)
-        return now["consumed"] > first_phase and failures(now) > errors
-
-    wait_until(stuck, timeout=config.timeout_s, what="worker stuck on the store outage")
+    _await_stuck(run.settings, first_phase, errors, config.timeout_s)
     delay = random.Random(config.seed).uniform(*config.kill_delay_s)
     deadline = time.monotonic() + delay
     wait_until(lambda: time.monotonic() >= deadline, timeout=delay + 5, what="kill moment")
@@ -620,7 +669,7 @@ def run_chaos(settings: Settings, config: ChaosConfig | None = None) -> dict[str
     ensure_topics(base)
     publish_catalog(base, catalog)
     start = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
-    first, second = build_input(catalog, config, base.topic_partitions, start)
+    first, second, third = build_input(catalog, config, base.topic_partitions, start)
     data = _Input(base.topic_impressions)
     chaos_home = base.home / "chaos"
     clean_s = _run_settings(base, "clean")
@@ -648,9 +697,11 @@ def run_chaos(settings: Settings, config: ChaosConfig | None = None) -> dict[str
             produce(base, second, data)
             return count
 
+        clean_procs: list[ManagedProcess] = []
+
         def clean_meanwhile() -> None:
-            with _timed("clean run"):
-                _clean_run(clean, clean_chat, data, config.timeout_s)
+            with _timed("clean run, first and second phases"):
+                clean_procs.extend(_start_clean_run(clean, clean_chat, data, config.timeout_s))
 
         down_s, in_flight, survivor = _outage(
             chaos, store, worker, produce_second, config, clean_meanwhile
@@ -663,9 +714,24 @@ def run_chaos(settings: Settings, config: ChaosConfig | None = None) -> dict[str
             if survivor is None or not survivor.alive():
                 survivor = chaos.worker()
                 chaos.restarts += 1
-            chaos.drain(survivor, data.ends, config.timeout_s)
-            chaos.finish_teacher(teacher, config.timeout_s)
-        return _report(clean, chaos, data, chat, config, down_s, in_flight, started)
+            chaos.drain(survivor, data.ends, config.timeout_s, keep=False, stop=False)
+        with _timed("chaos run, the second outage"):
+            recovery_s = _ride_through(
+                chaos, store, survivor, lambda: produce(base, third, data), data.ends, config
+            )
+        chaos.drain(survivor, data.ends, config.timeout_s)
+        chaos.finish_teacher(teacher, config.timeout_s)
+        clean_teacher, clean_worker = clean_procs
+        clean.drain(clean_worker, data.ends, config.timeout_s)
+        clean.finish_teacher(clean_teacher, config.timeout_s)
+        extra = {
+            "in_flight_at_kill": in_flight,
+            "store_down_s": round(down_s, 1),
+            "ride_through_s": config.ride_through_s,
+            "committed_s_after_store_back": round(recovery_s, 1),
+            "recovery_logged": "recovered after" in survivor.log_path.read_text(errors="replace"),
+        }
+        return _report(clean, chaos, data, chat, config, extra, started)
 
 
 def _report(
@@ -674,8 +740,7 @@ def _report(
     data: _Input,
     chat: FakeChatServer,
     config: ChaosConfig,
-    down_s: float,
-    in_flight: int,
+    extra: dict[str, Any],
     started: float,
 ) -> dict[str, Any]:
     clean_letters, clean_intact = _dead_letters(clean.settings, data)
@@ -702,8 +767,7 @@ def _report(
         "chat_faults_served": sum(n for f, n in chat.served.items() if f != "ok"),
         "worker_restarts": chaos.restarts,
         "worker_failed_starts": chaos.failed_starts,
-        "in_flight_at_kill": in_flight,
-        "store_down_s": round(down_s, 1),
+        **extra,
         "cpu": cpu_model(),
         "isa": ",".join(isa_flags()),
         "wall_s": round(time.monotonic() - started, 1),
