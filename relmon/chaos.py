@@ -469,8 +469,14 @@ def _catalog_file(settings: Settings, catalog: SyntheticCatalog) -> Path:
 
 
 def _base(settings: Settings, config: ChaosConfig, catalog_file: Path) -> Settings:
+    """Settings both runs share.
+
+    No scoring budget: a budget that adapts to the worker's lag samples less after an outage, by
+    design, and the runs could then not be compared row for row.
+    """
     return settings.with_overrides(
         catalog_file=catalog_file,
+        scoring_budget_pps=0,
         unknown_product_retry_s=2.0,
         alerts_in_worker=False,
         teacher_model="fake-judge",
