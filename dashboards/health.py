@@ -1,8 +1,11 @@
-"""Pipeline health page: worker throughput, consumer lag, scoring latency, DLQ, model, cache.
+"""Pipeline health page: worker throughput, scoring budget, consumer lag, latency, DLQ, model.
 
 Worker figures come from the counters each worker publishes under ``$RELMON_HOME/run``
-(``worker-*.json``, rewritten every second). Consumer lag is computed from what the broker
-really returns: the group's committed offsets against the highest offset actually read back
+(``worker-*.json``, rewritten every second). Rates are the workers' own rates over the last
+minute (``impressions_per_s``), not averages since start, which would hide a worker that stalled
+ten minutes ago behind an hour of history. The scoring budget's figures (capacity, factor, the
+lag the worker measures) come from :mod:`streams.budget`. Consumer lag is computed from what the
+broker really returns: the group's committed offsets against the highest offset actually read back
 from each partition. End offsets from ListOffsets(LATEST) are shown beside it but not trusted:
 the embedded tansu broker answers the last record batch's base offset + 1 there, which is too
 low whenever a batch holds several records (20,000 records gave 19,681).
@@ -32,6 +35,7 @@ def worker_frame(run_dir: Path) -> pd.DataFrame:
         if not m:
             continue
         uptime = float(m.get("uptime_s", 0) or 0)
+        nan = float("nan")
         consumed = int(m.get("consumed", 0) or 0)
         dlq = int(m.get("dead_lettered", 0) or 0)
         rows.append(
@@ -40,7 +44,12 @@ def worker_frame(run_dir: Path) -> pd.DataFrame:
                 "live": now - path.stat().st_mtime < 10,
                 "uptime_s": round(uptime),
                 "impressions": int(m.get("impressions", 0) or 0),
-                "impressions_per_s": int(m.get("impressions", 0) or 0) / uptime if uptime else 0.0,
+                "impressions_per_s": float(m.get("impressions_per_s", nan)),
+                "scored_per_s": float(m.get("scored_per_s", nan)),
+                "capacity_pps": float(m.get("scoring_capacity_pps", nan)),
+                "budget": str(m.get("budget_mode", "?")),
+                "budget_factor": float(m.get("budget_factor", nan)),
+                "lag_records": float(m.get("processing_lag_records", nan)),
                 "consumed": consumed,
                 "scored": int(m.get("scored", 0) or 0),
                 "dead_lettered": dlq,
@@ -54,6 +63,37 @@ def worker_frame(run_dir: Path) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _figure(value: float, fmt: str) -> str:
+    return "n/a" if value != value else fmt.format(value)
+
+
+def _tiles(shown: pd.DataFrame) -> None:
+    """Throughput and budget tiles, then latency, DLQ and cache, then model and provider.
+
+    Model version and provider are text of any length: shown in full as text, not as metric
+    tiles, which cut long values ("minilm…").
+    """
+    cols = st.columns(4)
+    cols[0].metric("impressions/s", _figure(shown["impressions_per_s"].sum(min_count=1), "{:.1f}"))
+    cols[1].metric(
+        "scoring capacity", _figure(shown["capacity_pps"].sum(min_count=1), "{:.0f} pairs/s")
+    )
+    modes = ", ".join(sorted(set(shown["budget"])))
+    cols[2].metric("budget factor", _figure(shown["budget_factor"].min(), "{:.2f}"), help=modes)
+    cols[3].metric("processing lag", _figure(shown["lag_records"].sum(min_count=1), "{:,.0f}"))
+    cols = st.columns(4)
+    p50 = shown["score_p50_ms"].median()
+    cols[0].metric("scoring latency p50", _figure(p50, "{:.0f} ms"))
+    consumed = int(shown["consumed"].sum())
+    dlq = int(shown["dead_lettered"].sum())
+    cols[1].metric("DLQ rate", f"{dlq / consumed:.2%}" if consumed else "n/a")
+    cols[2].metric("cache hit rate", f"{shown['cache_hit_rate'].mean():.1%}")
+    cols[3].metric("scored/s", _figure(shown["scored_per_s"].sum(min_count=1), "{:.1f}"))
+    models = ", ".join(f"`{v}`" for v in sorted(set(shown["model_version"])))
+    providers = ", ".join(f"`{v}`" for v in sorted(set(shown["provider"])))
+    st.markdown(f"**model version** {models}  \n**provider** {providers}")
 
 
 @st.cache_data(ttl=10)
@@ -92,19 +132,13 @@ def render() -> None:
     else:
         live = workers[workers["live"]]
         shown = live if not live.empty else workers
-        cols = st.columns(6)
-        cols[0].metric("impressions/s", f"{shown['impressions_per_s'].sum():.1f}")
-        p50 = shown["score_p50_ms"].median()
-        cols[1].metric("scoring latency p50", "n/a" if p50 != p50 else f"{p50:.0f} ms")
-        consumed = int(shown["consumed"].sum())
-        dlq = int(shown["dead_lettered"].sum())
-        cols[2].metric("DLQ rate", f"{dlq / consumed:.2%}" if consumed else "n/a")
-        cols[3].metric("cache hit rate", f"{shown['cache_hit_rate'].mean():.1%}")
-        cols[4].metric("model version", ", ".join(sorted(set(shown["model_version"]))))
-        cols[5].metric("provider", ", ".join(sorted(set(shown["provider"]))))
+        _tiles(shown)
         st.caption(
-            f"{len(live)} live worker(s) of {len(workers)} file(s); impressions/s is the "
-            "average over each worker's uptime."
+            f"{len(live)} live worker(s) of {len(workers)} file(s). impressions/s: over the last "
+            "minute. Scoring capacity: pairs/s the scorers achieve while busy (sum). Budget "
+            "factor: multiplies every inclusion probability of new sampling plans, lowered when "
+            "a worker cannot keep up (RELMON_SCORING_BUDGET_PPS; the lowest worker's shown). "
+            "Processing lag: records waiting behind what the workers have taken."
         )
         st.dataframe(workers, hide_index=True, width="stretch")
     st.subheader("Consumer lag per partition")

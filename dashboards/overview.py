@@ -7,14 +7,15 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import data
+from dashboards.charts import utc_time_tooltip, utc_time_x
 from relmon.errors import RelmonError
 from relmon.settings import get_settings
 
 __all__ = ["render"]
 
 
-def _rate_chart(frame: pd.DataFrame, title: str) -> alt.LayerChart:
-    base = alt.Chart(frame).encode(x=alt.X("window_start:T", title=title))
+def _rate_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.LayerChart:
+    base = alt.Chart(frame).encode(x=utc_time_x("window_start", title, minutes))
     band = base.mark_area(opacity=0.25).encode(
         y=alt.Y("ci_low:Q", title="bad-case rate", axis=alt.Axis(format="%")),
         y2="ci_high:Q",
@@ -23,7 +24,7 @@ def _rate_chart(frame: pd.DataFrame, title: str) -> alt.LayerChart:
         y="rate:Q",
         color=alt.condition("datum.judged", alt.value("#1f77b4"), alt.value("#bbbbbb")),
         tooltip=[
-            alt.Tooltip("window_start:T", title="window"),
+            utc_time_tooltip("window_start", "window"),
             alt.Tooltip("rate:Q", format=".1%", title="weighted rate"),
             alt.Tooltip("ci_low:Q", format=".1%", title="95% low"),
             alt.Tooltip("ci_high:Q", format=".1%", title="95% high"),
@@ -35,26 +36,31 @@ def _rate_chart(frame: pd.DataFrame, title: str) -> alt.LayerChart:
     return (band + line).properties(height=260)
 
 
-def _tier_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+def _tier_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.Chart:
     return (
         alt.Chart(frame[frame["judged"]])
         .mark_line(point=True)
         .encode(
-            x=alt.X("window_start:T", title=title),
+            x=utc_time_x("window_start", title, minutes),
             y=alt.Y("rate:Q", title="bad-case rate", axis=alt.Axis(format="%")),
             color=alt.Color("tier:N", title="tier"),
-            tooltip=["tier", alt.Tooltip("rate:Q", format=".1%"), "sampled"],
+            tooltip=[
+                utc_time_tooltip("window_start", "window"),
+                "tier",
+                alt.Tooltip("rate:Q", format=".1%"),
+                "sampled",
+            ],
         )
         .properties(height=220)
     )
 
 
-def _volume_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+def _volume_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.Chart:
     return (
         alt.Chart(frame)
         .mark_bar()
         .encode(
-            x=alt.X("window_start:T", title=title),
+            x=utc_time_x("window_start", title, minutes),
             y=alt.Y("sampled:Q", title="sampled impressions"),
             color=alt.Color("tier:N", title="tier"),
         )
@@ -101,11 +107,11 @@ def render() -> None:
         "Band: 95% interval. Grey points: windows too thin to judge "
         f"(effective sample below {get_settings().min_window_sample})."
     )
-    st.altair_chart(_rate_chart(series, axis), width="stretch")
+    st.altair_chart(_rate_chart(series, axis, f.minutes), width="stretch")
     st.subheader("By query tier")
-    st.altair_chart(_tier_chart(by_tier, axis), width="stretch")
+    st.altair_chart(_tier_chart(by_tier, axis, f.minutes), width="stretch")
     st.subheader("Traffic volume (sampled impressions)")
-    st.altair_chart(_volume_chart(by_tier, axis), width="stretch")
+    st.altair_chart(_volume_chart(by_tier, axis, f.minutes), width="stretch")
     table = series.assign(
         rate=series["rate"].map("{:.1%}".format),
         interval=[

@@ -7,6 +7,7 @@ broker and the local ClickHouse store on 127.0.0.1. In production only the addre
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -265,11 +266,18 @@ class Settings(BaseSettings):
         description="RELMON_PLAN_EPOCH_S: event-time length of a sampling plan (tiers and budget "
         "factor are fixed per partition and epoch, so replays decide the same).",
     )
-    scoring_budget_pps: float = Field(
-        default=0.0,
-        ge=0.0,
-        description="RELMON_SCORING_BUDGET_PPS: pairs/s the scorer may take; sample rates are "
-        "lowered (and recorded per row) when demand exceeds it. 0 = no limit.",
+    scoring_budget_pps: str = Field(
+        default="auto",
+        description="RELMON_SCORING_BUDGET_PPS: pairs/s the scorer may take. 'auto' (default): "
+        "the worker measures its scorer's capacity and its lag and lowers the inclusion "
+        "probabilities (recorded in the plan and per row) when it cannot keep up; a number: a "
+        "fixed cap on the pairs/s the base rates ask for; 0 = no budget.",
+    )
+    scoring_budget_drain_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="RELMON_SCORING_BUDGET_DRAIN_S: the automatic budget plans to work the lag "
+        "off within this many seconds.",
     )
     min_inclusion_prob: float = Field(
         default=0.005,
@@ -567,6 +575,31 @@ class Settings(BaseSettings):
                 f"unknown alert sinks {sorted(unknown)}: use kafka, clickhouse, webhook"
             )
         return value
+
+    @field_validator("scoring_budget_pps", mode="before")
+    @classmethod
+    def _check_budget(cls, value: object) -> str:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return text
+        try:
+            number = float(text)
+        except ValueError:
+            number = float("nan")
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(
+                f"{value!r} is not a scoring budget: use 'auto' (measure and keep up), a number "
+                "of pairs/s > 0 (a fixed cap) or 0 (no budget)"
+            )
+        return f"{number:.12g}"
+
+    @property
+    def scoring_budget(self) -> tuple[Literal["auto", "fixed", "off"], float]:
+        """The scoring budget's mode and, when fixed, its pairs/s."""
+        if self.scoring_budget_pps == "auto":
+            return "auto", 0.0
+        pps = float(self.scoring_budget_pps)
+        return ("fixed", pps) if pps > 0 else ("off", 0.0)
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -24,6 +24,7 @@ from relmon.scenario import Scenario, Shift
 from relmon.stats import RateEstimate
 from relmon.synth import SyntheticCatalog
 from schemas.models import Impression
+from streams.budget import BudgetController
 from streams.catalog import Catalog
 from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
@@ -114,9 +115,15 @@ def replay_in_memory(
     scenario: Scenario,
     rates: SamplingRates,
     start: datetime | None = None,
+    budget: BudgetController | None = None,
 ) -> Replay:
-    """Push ``minutes`` of the scenario's traffic through the real processor, in memory."""
-    return asyncio.run(_replay(catalog, minutes, pages_per_minute, seed, scenario, rates, start))
+    """Push ``minutes`` of the scenario's traffic through the real processor, in memory.
+
+    ``budget``: decides the plans' budget factors (default: none, factor 1).
+    """
+    return asyncio.run(
+        _replay(catalog, minutes, pages_per_minute, seed, scenario, rates, start, budget)
+    )
 
 
 async def _replay(
@@ -127,6 +134,7 @@ async def _replay(
     scenario: Scenario,
     rates: SamplingRates,
     start: datetime | None,
+    budget: BudgetController | None,
 ) -> Replay:
     t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
     gen = TrafficGenerator(
@@ -142,7 +150,7 @@ async def _replay(
     )
     scorer = OracleScorer()
     ports = MemoryPorts(scorer=scorer)  # type: ignore[arg-type]
-    planner = Planner(PlannerConfig())
+    planner = Planner(PlannerConfig(), budget=budget)
     proc = ImpressionProcessor(
         ports=ports,
         catalog=Catalog(),

@@ -33,8 +33,9 @@ from relmon.errors import broker_error
 from relmon.kafka import ensure_topics, producer
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
+from streams.budget import BudgetConfig, BudgetController
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
-from streams.metrics import Metrics
+from streams.metrics import Metrics, RecentRate
 from streams.plans import Planner, PlannerConfig
 from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord, dead_letter
 from streams.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
@@ -66,8 +67,34 @@ def planner_config(s: Settings) -> PlannerConfig:
         torso_share=s.torso_share,
         sketch_capacity=s.sketch_capacity,
         sketch_decay=s.sketch_decay,
-        budget_pps=s.scoring_budget_pps,
     )
+
+
+def budget_config(s: Settings) -> BudgetConfig:
+    """The scoring budget configured in ``s`` (``RELMON_SCORING_BUDGET_PPS``)."""
+    mode, pps = s.scoring_budget
+    return BudgetConfig(mode=mode, pairs_per_s=pps, drain_s=s.scoring_budget_drain_s)
+
+
+def measure_capacity(
+    scorer: ScorerLike, batch_size: int, budget: BudgetController, rounds: int = 2
+) -> float | None:
+    """Seed the budget with the scorer's speed on this host, before the first plan is made.
+
+    Without it the first plans of a worker that starts behind (a backlog, a restart after an
+    outage) would be made blind, at factor 1. One untimed batch warms the model up, then
+    ``rounds`` batches of distinct synthetic pairs are timed. Returns pairs/s.
+    """
+    for r in range(rounds + 1):
+        pairs = [
+            (f"relmon warm-up query {r} {i}", f"relmon warm-up product {r} {i} oak desk")
+            for i in range(batch_size)
+        ]
+        started = time.perf_counter()
+        scorer.predict(pairs, batch_size)
+        if r:  # the first round pays for lazy initialisation
+            budget.observe_scoring(len(pairs), time.perf_counter() - started, time.monotonic())
+    return budget.capacity_pps
 
 
 class ScorerLike(Protocol):
@@ -171,6 +198,11 @@ class RelmonWorker:
         self.metrics.set("model_version", scorer.model_version)
         self.metrics.set("provider", scorer.provider)
         self.score_latency = LatencyHistogram()
+        self.budget = BudgetController(budget_config(settings))
+        self.metrics.set("budget_mode", settings.scoring_budget_pps)
+        self._publish_budget()
+        self._rates = {name: RecentRate(60.0) for name in ("impressions", "consumed", "scored")}
+        self._next_offset: dict[tuple[str, int], int] = {}
         self.lag = CachedLag(
             settings.kafka_servers, settings.topic_impressions, settings.consumer_group
         )
@@ -185,7 +217,7 @@ class RelmonWorker:
         self.processor = ImpressionProcessor(
             ports=self.ports,
             catalog=self.catalog,
-            planner=Planner(planner_config(settings)),
+            planner=Planner(planner_config(settings), budget=self.budget),
             rates=sampling_rates(settings),
             threshold=(
                 settings.bad_threshold
@@ -252,10 +284,45 @@ class RelmonWorker:
         s = self.settings
         async for events in stream.noack_take(s.take_max, within=s.take_within_s):
             try:
-                await self.processor.process([_raw(event) for event in events])
+                records = [_raw(event) for event in events]
+                self._observe_lag(records)
+                await self.processor.process(records)
             except Exception as exc:
                 await self._fail(exc)
                 return
+
+    def _publish_budget(self) -> None:
+        """The budget's gauges, before the first batch publishes them (the processor does after)."""
+        for name, value in self.budget.gauges().items():
+            self.metrics.set(name, value)
+
+    def _observe_lag(self, records: list[RawRecord]) -> None:
+        """Tell the budget how many records wait behind this batch (this batch included).
+
+        Read from the consumer's high watermarks (updated by every fetch, no broker round trip)
+        against the next offset this worker has not taken yet (a partition met for the first time:
+        this batch's first offset); a partition with no record taken yet counts 0.
+        """
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            first[(r.topic, r.partition)] = min(
+                first.get((r.topic, r.partition), r.offset), r.offset
+            )
+        try:
+            consumer = self.app.consumer
+            lag = 0
+            for tp in consumer.assignment():
+                key = (tp.topic, tp.partition)
+                taken = self._next_offset.get(key, first.get(key))
+                if tp.topic == self.settings.topic_impressions and taken is not None:
+                    lag += max(int(consumer.highwater(tp) or 0) - taken, 0)
+        except Exception as exc:  # lag is advice: the batch goes on without it
+            log.debug("lag unavailable: %r", exc)
+        else:
+            self.budget.observe_lag(lag, time.monotonic())
+        for r in records:
+            key = (r.topic, r.partition)
+            self._next_offset[key] = max(self._next_offset.get(key, 0), r.offset + 1)
 
     async def _tick(self) -> None:
         if self.ports.stream is not None:
@@ -271,6 +338,9 @@ class RelmonWorker:
                 self.metrics.set(name, value)
         self.metrics.set("score_latency_p50_ms", self.score_latency.quantile(0.5) * 1000)
         self.metrics.set("score_latency_p99_ms", self.score_latency.quantile(0.99) * 1000)
+        now = time.monotonic()
+        for name, rate in self._rates.items():
+            self.metrics.set(f"{name}_per_s", round(rate.observe(now, self.metrics.get(name)), 2))
         self.metrics.write(metrics_path(self.settings))
 
     async def _fail(self, exc: Exception) -> None:
@@ -302,7 +372,10 @@ class RelmonWorker:
         self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
     ) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
-        dropped = self.processor.drop_partitions((tp.topic, tp.partition) for tp in revoked)
+        gone = [(tp.topic, tp.partition) for tp in revoked]
+        for key in gone:
+            self._next_offset.pop(key, None)
+        dropped = self.processor.drop_partitions(gone)
         if dropped:
             log.info("rebalance: %d pending impressions left to the new owner", dropped)
 
@@ -343,6 +416,10 @@ class RelmonWorker:
 
     def serve(self) -> None:
         """Run the worker in the foreground until SIGTERM / SIGINT (after :meth:`prepare`)."""
+        if self.budget.config.mode == "auto":
+            capacity = measure_capacity(self.scorer, self.settings.batch_size, self.budget)
+            log.info("scoring budget: auto, scorer capacity %.0f pairs/s", capacity or 0.0)
+            self._publish_budget()
         worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)
         server = None
         if self.settings.metrics_port:

@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 COUNTERS = (
@@ -81,6 +81,31 @@ class Metrics:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.snapshot(), sort_keys=True))
         tmp.replace(path)
+
+
+class RecentRate:
+    """The rate of a growing counter over the last ``window_s`` seconds.
+
+    What a person watching a worker wants is how fast it goes now: an average since start hides
+    a worker that has stalled (or sped up) for the last ten minutes behind an hour of history.
+    """
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def observe(self, now: float, count: float) -> float:
+        """Note the counter's value at ``now``; its rate per second over the last window.
+
+        0 until two samples exist; over a shorter span while the worker is younger than the
+        window.
+        """
+        samples = self._samples
+        samples.append((now, count))
+        while len(samples) > 2 and samples[1][0] <= now - self.window_s:
+            samples.popleft()  # keep one sample at or before the window's start
+        then, before = samples[0]
+        return (count - before) / (now - then) if now > then else 0.0
 
 
 def read_metrics(path: Path) -> dict[str, float | int | str]:

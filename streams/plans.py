@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from streams.budget import BudgetConfig, BudgetController
 from streams.sampling import SamplingPlan
 from streams.sketch import SpaceSaving, normalise_query, tiers_from
 
@@ -92,6 +93,7 @@ class PlannerConfig:
     sketch_capacity: int = 2000
     sketch_decay: float = 0.7
     budget_pps: float = 0.0
+    """a fixed scoring budget when no controller is given (0 = none)"""
     checkpoint_interval_s: float = 5.0
 
 
@@ -109,13 +111,25 @@ class _Part:
 class Planner:
     """Per-partition sketches, the plans in force, and their checkpoints."""
 
-    def __init__(self, config: PlannerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: PlannerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        budget: BudgetController | None = None,
+    ) -> None:
+        """``budget``: decides each new plan's budget factor (default: ``config.budget_pps``)."""
         self.config = config
         self._clock = clock
         self._plans: dict[PlanKey, SamplingPlan] = {}
         self._parts: dict[Partition, _Part] = {}
-        self._demand_ewma = 0.0
-        self._demand_at = clock()
+        if budget is None:
+            fixed = config.budget_pps > 0
+            budget = BudgetController(
+                BudgetConfig(mode="fixed", pairs_per_s=config.budget_pps)
+                if fixed
+                else BudgetConfig(mode="off")
+            )
+        self.budget = budget
 
     def epoch(self, event_time: datetime) -> int:
         """Epoch index of an event time."""
@@ -125,19 +139,9 @@ class Planner:
         """The plan of a key prepared earlier."""
         return self._plans[key]
 
-    def note_demand(self, pairs: int) -> None:
-        """Record how many pairs the base rates asked to score (for the budget factor)."""
-        now = self._clock()
-        elapsed = max(now - self._demand_at, 1e-3)
-        self._demand_at = now
-        alpha = min(1.0, elapsed / 30.0)
-        self._demand_ewma = (1 - alpha) * self._demand_ewma + alpha * (pairs / elapsed)
-
     def budget_factor(self) -> float:
-        """Factor that keeps expected scoring within the budget (1 when within it)."""
-        if self.config.budget_pps <= 0 or self._demand_ewma <= self.config.budget_pps:
-            return 1.0
-        return round(self.config.budget_pps / self._demand_ewma, 4)
+        """The budget factor a plan created now gets (:mod:`streams.budget`)."""
+        return self.budget.factor(self._clock())
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Drop state of revoked partitions."""

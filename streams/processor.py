@@ -17,7 +17,9 @@ Per batch, in this order, so that a crash at any point loses nothing:
    meanwhile), then becomes a dead letter;
 4. impressions are sampled (:mod:`streams.sampling`: deterministic by query id, stratified by
    query tier and position, under the sampling plan of their partition and epoch); sampled pairs
-   not stored yet are scored off the event loop;
+   not stored yet are scored off the event loop. What each call cost (records, pairs the base
+   rates asked for, time busy and time scoring) goes to the scoring budget
+   (:mod:`streams.budget`), which sets the budget factor of the plans created next;
 5. dead letters are sent; rows are written to ClickHouse with their roll-ups (each impression
    once: impressions an earlier try finished, or stored, are not scored again); then the review
    requests of the stored rows are sent and their delivery awaited; then the impressions are
@@ -189,6 +191,16 @@ class _Draw:
 
 
 @dataclass
+class _Load:
+    """What one call of the processor cost, for the scoring budget (:mod:`streams.budget`)."""
+
+    started: float
+    base_pairs: int = 0
+    scoring_s: float = 0.0
+    waited_s: float = 0.0
+
+
+@dataclass
 class _Outcome:
     letters: list[DeadLetter] = field(default_factory=list)
     ready: list[tuple[RawRecord, Impression]] = field(default_factory=list)
@@ -281,6 +293,7 @@ class ImpressionProcessor:
         self._done: dict[tuple[str, int, int], RawRecord] = {}
         self._counted: set[tuple[str, int, int]] = set()  # in a sketch, maybe not checkpointed
         self._lock = asyncio.Lock()
+        self._load = _Load(clock())
 
     @property
     def pending(self) -> int:
@@ -290,6 +303,7 @@ class ImpressionProcessor:
     async def process(self, records: Sequence[RawRecord]) -> None:
         """Process one batch end to end (see the module docstring)."""
         async with self._lock:
+            self._load = _Load(self._clock())
             self._metrics.inc("batches")
             self._metrics.inc("consumed", len(records))
             for record in records:
@@ -299,6 +313,7 @@ class ImpressionProcessor:
             deadline = self._clock() + self._retry_s
             await self._resolve([_Pending(r, i, deadline) for r, i in items], out, fresh=True)
             await self._finish(out)
+            self._report_load(len(records))
 
     async def retry_pending(self) -> None:
         """Retry impressions that wait for the catalogue or a query; expire overdue ones.
@@ -306,6 +321,7 @@ class ImpressionProcessor:
         Also stores due sketch checkpoints and acks what they cover.
         """
         async with self._lock:
+            self._load = _Load(self._clock())
             if not self._pending:
                 await self._release()
                 return
@@ -313,6 +329,21 @@ class ImpressionProcessor:
             out = _Outcome()
             await self._resolve(waiting, out, fresh=False)
             await self._finish(out)
+            self._report_load(0)
+
+    def _report_load(self, records: int) -> None:
+        """Tell the scoring budget what this call cost; publish its gauges."""
+        load, now = self._load, self._clock()
+        budget = self._planner.budget
+        budget.observe_batch(
+            records=records,
+            base_pairs=load.base_pairs,
+            busy_s=max(now - load.started - load.waited_s, 0.0),
+            scoring_s=load.scoring_s,
+            now=now,
+        )
+        for name, value in budget.gauges().items():
+            self._metrics.set(name, value)
 
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Forget pending records of revoked partitions (their new owner re-reads them)."""
@@ -468,7 +499,7 @@ class ImpressionProcessor:
             p = plan.probability(self._rates, tier, imp.position, imp.category)
             if sampled(imp.query_id, p):
                 draws.append(_Draw(imp, p, tier, plan.plan_id))
-        self._planner.note_demand(demand)
+        self._load.base_pairs += demand
         return draws
 
     async def _finish(self, out: _Outcome) -> None:
@@ -528,7 +559,11 @@ class ImpressionProcessor:
         """Score the draws off the event loop; their rows."""
         pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
         keys = [d.impression.product_id for d in fresh]
+        started, waited = self._clock(), self._load.waited_s
         scores = await self._retrying(lambda p: self._ports.score(p, keys), pairs, what="scoring")
+        seconds = self._clock() - started - (self._load.waited_s - waited)
+        self._load.scoring_s += seconds
+        self._planner.budget.observe_scoring(len(pairs), seconds, self._clock())
         now = datetime.now(UTC)
         rows = [
             ScoredImpression.of(
@@ -647,6 +682,7 @@ class ImpressionProcessor:
                 failures += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 await asyncio.sleep(delay)
+                self._load.waited_s += delay
                 delay = min(delay * 2, self._backoff_max_s)
                 continue
             if failed_since is not None:

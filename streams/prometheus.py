@@ -2,10 +2,13 @@
 
 ``GET /metrics`` on ``RELMON_BIND_HOST:RELMON_METRICS_PORT`` (0 = no endpoint) answers:
 counters of :mod:`streams.metrics` as ``relmon_<name>_total``, numeric gauges as
-``relmon_<name>`` (pending, cache hit rate, ...), string gauges (model version, provider) as
-labels of ``relmon_worker_info``, the scoring latency histogram ``relmon_score_seconds``, and
-``relmon_consumer_lag{partition}`` when a lag source is given, and with the alert runner in the
-worker ``relmon_alert_runner_leader`` (1 on the elected leader) and ``relmon_alert_runner_rounds``.
+``relmon_<name>`` (pending, cache hit rate, current rates ``impressions_per_s``, ``scored_per_s``
+over the last minute, and the scoring budget's ``budget_factor``, ``scoring_capacity_pps``,
+``processing_lag_records``, ``input_records_per_s``, ``budget_load``), string gauges (model
+version, provider, budget mode) as labels of ``relmon_worker_info``, the scoring latency
+histogram ``relmon_score_seconds``, and ``relmon_consumer_lag{partition}`` when a lag source is
+given, and with the alert runner in the worker ``relmon_alert_runner_leader`` (1 on the elected
+leader) and ``relmon_alert_runner_rounds``.
 """
 
 from __future__ import annotations

@@ -80,7 +80,14 @@ def test_overview_shows_rates_tiers_and_volume(page_env):
     assert metrics["rate over the range"] == "25.0%"
     headers = [h.value for h in at.subheader]
     assert "By query tier" in headers and "Traffic volume (sampled impressions)" in headers
-    assert len(at.get("vega_lite_chart")) == 3
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 3
+    for chart in charts:  # every time axis: a 24-hour clock in UTC, not the browser's 12-hour one
+        spec = json.loads(chart.proto.spec)
+        xs = [layer["encoding"]["x"] for layer in spec.get("layer", [spec])]
+        for x in xs:
+            assert x["type"] == "temporal" and x["scale"]["type"] == "utc"
+            assert x["axis"]["format"] == "%H:%M" and x["axis"]["formatType"] == "utc"
 
 
 def test_overview_filters_by_segment(page_env):
@@ -136,6 +143,12 @@ def test_health_page_counts_lag_honestly(page_env):
                 "impressions": 180,
                 "dead_lettered": 4,
                 "uptime_s": 20.0,
+                "impressions_per_s": 2.5,  # the last minute's rate (the uptime's would be 9.0)
+                "scored_per_s": 1.5,
+                "scoring_capacity_pps": 373.4,
+                "budget_mode": "auto",
+                "budget_factor": 0.5946,
+                "processing_lag_records": 1234,
                 "pending": 0,
                 "model_version": "minilm-ce-test-int8",
                 "provider": "CPUExecutionProvider",
@@ -153,10 +166,14 @@ def test_health_page_counts_lag_honestly(page_env):
     assert not at.exception
     assert not at.warning, [w.value for w in at.warning]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["impressions/s"] == "9.0"
+    assert metrics["impressions/s"] == "2.5"
+    assert metrics["scoring capacity"] == "373 pairs/s"
+    assert metrics["budget factor"] == "0.59"
+    assert metrics["processing lag"] == "1,234"
     assert metrics["DLQ rate"] == "2.00%"
     assert metrics["cache hit rate"] == "50.0%"
-    assert metrics["model version"] == "minilm-ce-test-int8"
+    text = " ".join(m.value for m in at.markdown)  # in full, not cut to a tile's width
+    assert "`minilm-ce-test-int8`" in text and "`CPUExecutionProvider`" in text
     assert metrics["scoring latency p50"] == "25 ms"
     assert metrics["total lag (records)"] == "20"
     lag = at.dataframe[-1].value

@@ -38,6 +38,10 @@ def test_worker_serves_prometheus_metrics(settings, start_worker):
     lines = body["text"].splitlines()
     assert "relmon_consumed_total 0" in lines
     info = [line for line in lines if line.startswith("relmon_worker_info{")]
-    assert len(info) == 1 and "model_version=" in info[0]
+    assert len(info) == 1 and "model_version=" in info[0] and 'budget_mode="auto"' in info[0]
+    gauges = dict(line.split(" ", 1) for line in lines if not line.startswith("#"))
+    assert float(gauges["relmon_scoring_capacity_pps"]) > 0  # measured at start-up
+    assert gauges["relmon_budget_factor"] == "1.0"
+    assert "relmon_processing_lag_records" in gauges and "relmon_impressions_per_s" in gauges
     assert 'relmon_score_seconds_bucket{le="+Inf"} 0' in lines
     assert any(line.startswith("relmon_dead_lettered_total ") for line in lines)
