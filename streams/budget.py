@@ -16,8 +16,9 @@ The worker must handle ``R = a + L / drain_s`` records per second to work its la
 ``drain_s``; at factor ``f`` each record costs ``t + f * d / C`` seconds. The factor is lowered at
 once when that load ``R * (t + f * d / C)`` exceeds 1 (the worker is falling behind), to the value
 that makes it ``utilisation``; it rises again by one step per ``recover_s`` while there is
-headroom. Between the two nothing changes, so measurement noise does not move the factor: under
-light load it stays exactly 1 and runs stay comparable row for row. Factors come from a fixed
+headroom (several steps at once when no plan was made for a while). Between the two nothing
+changes, so measurement noise does not move the factor: under light load it stays exactly 1 and
+runs stay comparable row for row. Factors come from a fixed
 ladder (quarter octaves: 1, 0.84, 0.71, 0.59, 0.5, ...), so plans take few distinct values.
 
 All measurements are smoothed with exponentially decayed sums (time constant ``smoothing_s``):
@@ -191,9 +192,9 @@ class BudgetController:
         return self._score_pairs.value / self._score_s.value
 
     @property
-    def lag(self) -> int | None:
-        """The last measured lag in records."""
-        return self._lag
+    def lag(self) -> int:
+        """Records still behind: the last measured lag less what was processed since."""
+        return max((self._lag or 0) - self._taken_since_lag, 0)
 
     def _per_record(self, s: _Decayed, default: float) -> float:
         return s.value / self._records.value if self._records.value > 0 else default
@@ -211,7 +212,7 @@ class BudgetController:
         capacity = self.capacity_pps
         if capacity is None:
             return None
-        required = self.arrival_rate + (self._lag or 0) / self.config.drain_s
+        required = self.arrival_rate + self.lag / self.config.drain_s
         demand = self._per_record(self._base_pairs, 1.0)  # no batch yet: assume all sampled
         cost = self._per_record(self._other_s, 0.0) + factor * demand / capacity
         return required * cost
@@ -227,7 +228,7 @@ class BudgetController:
         capacity = self.capacity_pps
         if capacity is None:
             return None
-        required = self.arrival_rate + (self._lag or 0) / cfg.drain_s
+        required = self.arrival_rate + self.lag / cfg.drain_s
         if required <= 0:
             return 1.0
         spare = cfg.utilisation / required - self._per_record(self._other_s, 0.0)
@@ -239,7 +240,8 @@ class BudgetController:
         """The budget factor for a plan created at ``now`` (and remember it).
 
         Lowered at once when the worker falls behind (fixed mode: demand over the cap), raised
-        by one ladder step per ``recover_s`` while the target is above it.
+        by one ladder step per ``recover_s`` elapsed while the target is above it (a factor is
+        only decided when a plan is made: after an idle spell it may rise several steps).
         """
         cfg = self.config
         if cfg.mode == "off":
@@ -251,11 +253,12 @@ class BudgetController:
         behind = cfg.mode == "fixed" or (self.load(self._factor) or 0.0) > 1.0
         if target < self._factor and behind:
             self._factor, self._changed_at = target, now
-        elif target > self._factor and (
-            self._changed_at is None or now - self._changed_at >= cfg.recover_s
-        ):
-            self._factor = _level(max(_step(self._factor) - 1, 0))
-            self._changed_at = now
+        elif target > self._factor:
+            since = math.inf if self._changed_at is None else now - self._changed_at
+            steps = int(min(since / cfg.recover_s, 1e6)) if cfg.recover_s > 0 else 10**6
+            if steps > 0:  # after a quiet spell (no new plans), all the steps it earned
+                self._factor = min(target, _level(max(_step(self._factor) - steps, 0)))
+                self._changed_at = now
         return self._factor
 
     @property
@@ -270,7 +273,7 @@ class BudgetController:
         return {
             "budget_factor": self._factor,
             "scoring_capacity_pps": round(capacity, 1) if capacity is not None else 0.0,
-            "processing_lag_records": float(self._lag or 0),
+            "processing_lag_records": float(self.lag),
             "input_records_per_s": round(self.arrival_rate, 1),
             "budget_load": round(load, 3) if load is not None else 0.0,
         }

@@ -119,6 +119,15 @@ def test_recovers_one_step_per_interval_when_input_drops():
     assert all(j - i >= 10 for i, j in itertools.pairwise(rises))
 
 
+def test_after_a_quiet_spell_the_first_plan_gets_every_step_earned():
+    w = Worker(auto())
+    w.run(120, arrivals_per_s=int(3 * CAPACITY / DEMAND))
+    assert w.factor < 0.2 and w.c.gauges()["processing_lag_records"] == w.lag
+    w.run(5, arrivals_per_s=0)  # the backlog is worked off, then no input: no plan is made
+    w.c.observe_lag(10, w.now + 600)  # ten minutes later a little input arrives
+    assert w.c.factor(w.now + 600) == 1.0
+
+
 def test_no_capacity_measured_means_no_change():
     c = auto()
     c.observe_lag(10**6, 0.0)
