@@ -45,7 +45,13 @@ sys.path.insert(0, str(ROOT))
 
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from scoring import Scorer  # noqa: E402
-from scoring.build import DEFAULT_RECIPE, FOLDS, build_model, operating_point  # noqa: E402
+from scoring.build import (  # noqa: E402
+    DEFAULT_RECIPE,
+    FOLDS,
+    SERVED_TIER,
+    build_model,
+    operating_point,
+)
 from scoring.esci import load_esci_judgments  # noqa: E402
 from scoring.metrics import fit_polarisation, reliability, roc_auc  # noqa: E402
 from scoring.scorer import polarise  # noqa: E402
@@ -116,6 +122,45 @@ def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
         if np.abs(step).max() < 1e-9:
             break
     return w
+
+
+def page_context(
+    examples: list[Any],
+    fold_of: np.ndarray,
+    todo: list[int],
+    cos_fields: np.ndarray,
+    vec: np.ndarray,
+) -> np.ndarray:
+    """Research figure, not served: the cosine plus the product's agreement with its page.
+
+    A result that looks unlike the page's most query-like results, or sits in a category few
+    of the page's results share, is more often irrelevant. Features per pair: the cosine, the
+    cosine to the centroid of the 5 results most similar to the query, and the share of the
+    page in the product's category leaf; a logistic combination, cross-fitted over folds. The
+    judged pool of a query stands in for its result page. Serving it needs whole pages in one
+    record (the worker scores sampled pairs, not pages), so it is measured here only.
+    """
+    from collections import Counter
+
+    queries = np.array([e.query for e in examples])
+    anchored, cat_share = np.zeros(len(examples)), np.zeros(len(examples))
+    for q in set(queries.tolist()):
+        m = np.flatnonzero(queries == q)
+        top = m[np.argsort(-cos_fields[m])[:5]]
+        centroid = vec[top].mean(0)
+        anchored[m] = vec[m] @ (centroid / np.linalg.norm(centroid))
+        leaf = [(examples[i].category or "").split(" > ")[-1] for i in m]
+        counts = Counter(leaf)
+        cat_share[m] = [counts[c] / len(m) for c in leaf]
+    x = np.c_[cos_fields, anchored, cat_share]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    x = np.c_[x, np.ones(len(x))]
+    y = np.array([e.hard_label for e in examples])
+    out = np.zeros(len(examples))
+    for k in todo:
+        other = np.isin(fold_of, [j for j in todo if j != k]) | (len(todo) == 1)
+        out[fold_of == k] = x[fold_of == k] @ _logistic(x[other], y[other], l2=1e-2)
+    return out
 
 
 def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
@@ -245,25 +290,44 @@ def main() -> None:
     qvec = dict(zip(qtexts, embed(qtexts), strict=True))
     qv = np.stack([qvec[q] for q in queries])
     cos_title = (qv * embed([e.text(False) for e in examples])).sum(1)
-    cos_fields = (qv * embed([e.text() for e in examples])).sum(1)
+    fields_vec = embed([e.text() for e in examples])
+    cos_fields = (qv * fields_vec).sum(1)
     ov = np.array([overlap(e.query, e.title) for e in examples])
 
     def cv_auc(scores: np.ndarray) -> tuple[float, float]:
         aucs = [roc_auc(y[fold_of == k], scores[fold_of == k]) for k in todo]
         return float(np.mean(aucs)), float(np.std(aucs))
 
-    # cross-fitted calibration of the served (int8) scores
-    shown_bad = np.zeros(n, dtype=bool)
-    p_good = np.zeros(n)
-    for k in todo:
-        other = np.isin(fold_of, [j for j in todo if j != k])
-        if not other.any():
-            other = fold_of == k  # a one-fold run has nothing else to calibrate on
-        point = operating_point(y[other], raw["int8"][other])
-        alpha, beta = fit_polarisation(y[other], raw["int8"][other])
-        m = fold_of == k
-        shown_bad[m] = raw["int8"][m] < point["threshold"]
-        p_good[m] = polarise(raw["int8"][m], alpha, beta)
+    def rates(scores: np.ndarray) -> dict[str, float]:
+        """Rate figures of a scorer with cross-fitted calibration (fitted on the other folds)."""
+        shown_bad = np.zeros(n, dtype=bool)
+        p_good = np.zeros(n)
+        for k in todo:
+            other = np.isin(fold_of, [j for j in todo if j != k])
+            if not other.any():
+                other = fold_of == k  # a one-fold run has nothing else to calibrate on
+            point = operating_point(y[other], scores[other])
+            alpha, beta = fit_polarisation(y[other], scores[other])
+            m = fold_of == k
+            shown_bad[m] = scores[m] < point["threshold"]
+            p_good[m] = polarise(scores[m], alpha, beta)
+        flagged, p_bad = shown_bad[done], 1 - p_good[done]
+        tp = float((flagged & (yd == 0)).sum())
+        return {
+            "shown_rate": float(flagged.mean()),
+            "rate_abs_error": abs(float(flagged.mean()) - float(bad_true.mean())),
+            "per_query_rate_abs_error": per_query_error(qd, bad_true, flagged.astype(float)),
+            "flag_precision": tp / max(1.0, float(flagged.sum())),
+            "flag_recall": tp / max(1.0, float(bad_true.sum())),
+            "ece": reliability(yd, p_good[done])["ece"],
+            "expected_rate": float(p_bad.mean()),
+            "expected_rate_abs_error": abs(float(p_bad.mean()) - float(bad_true.mean())),
+            "expected_per_query_rate_abs_error": per_query_error(qd, bad_true, p_bad),
+        }
+
+    done = np.isin(fold_of, todo)
+    yd, bad_true = y[done], (1 - y[done]).astype(float)
+    qd = [q for q, d in zip(queries, done, strict=True) if d]
     # Fusion with the base model's knowledge: a logistic combination of the student's logit and
     # the zero-shot cosine, cross-fitted the same way (weights from the other folds).
     logit = np.log(np.clip(raw["int8"], 1e-6, 1 - 1e-6) / np.clip(1 - raw["int8"], 1e-6, 1))
@@ -272,17 +336,17 @@ def main() -> None:
     for k in todo:
         other = np.isin(fold_of, [j for j in todo if j != k]) | (len(todo) == 1)
         fused[fold_of == k] = feats[fold_of == k] @ _logistic(feats[other], y[other])
-    done = np.isin(fold_of, todo)
-    yd, bad_true = y[done], (1 - y[done]).astype(float)
-    qd = [q for q, d in zip(queries, done, strict=True) if d]
-    flagged, p_bad = shown_bad[done], 1 - p_good[done]
-    tp = float((flagged & (yd == 0)).sum())
     cos_best = max(cv_auc(cos_title), cv_auc(cos_fields))
+    page = page_context(examples, fold_of, todo, cos_fields, fields_vec)
+    served = {"cosine": (cos_fields + 1) / 2, "cross-encoder": raw["int8"]}[SERVED_TIER]
     result: dict[str, Any] = {
         "folds": len(todo),
         "pairs": int(done.sum()),
         "queries": len(set(qd)),
         "true_bad_share": float(bad_true.mean()),
+        "served_tier": SERVED_TIER,
+        "cv_auc_served": cv_auc(served)[0],
+        "cv_auc_served_sd": cv_auc(served)[1],
         "cv_auc": cv_auc(raw["int8"])[0],
         "cv_auc_sd": cv_auc(raw["int8"])[1],
         "cv_auc_fp32": cv_auc(raw["fp32"])[0],
@@ -291,15 +355,9 @@ def main() -> None:
         "cv_auc_zero_shot_cosine_sd": cos_best[1],
         "cv_auc_query_overlap": cv_auc(ov)[0],
         "cv_auc_fused_with_cosine": cv_auc(fused)[0],
-        "shown_rate": float(flagged.mean()),
-        "rate_abs_error": abs(float(flagged.mean()) - float(bad_true.mean())),
-        "per_query_rate_abs_error": per_query_error(qd, bad_true, flagged.astype(float)),
-        "flag_precision": tp / max(1.0, float(flagged.sum())),
-        "flag_recall": tp / max(1.0, float(bad_true.sum())),
-        "ece": reliability(yd, p_good[done])["ece"],
-        "expected_rate": float(p_bad.mean()),
-        "expected_rate_abs_error": abs(float(p_bad.mean()) - float(bad_true.mean())),
-        "expected_per_query_rate_abs_error": per_query_error(qd, bad_true, p_bad),
+        "cv_auc_page_context": cv_auc(page)[0],
+        **rates(served),
+        **{f"student_{k}": v for k, v in rates(raw["int8"]).items()},
         "recipe": DEFAULT_RECIPE.as_dict() | ({"epochs": args.epochs} if args.epochs else {}),
         "seconds": round(time.perf_counter() - t0, 1),
         "cpu": cpu_model(),
