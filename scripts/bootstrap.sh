@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs relmon with everything it needs (idempotent; re-runs when
 # pyproject.toml changes). torch is installed first from the CPU wheel so that nothing pulls
-# a CUDA build (see FINDINGS / README).
+# a CUDA build of several GB (the README says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
