@@ -1,5 +1,11 @@
 """Scoring benchmark: relmon's Scorer vs sentence-transformers CrossEncoder vs plain ONNX.
 
+The served tier is the cosine tier (the base model's embeddings, ``card["served_tier"]``), so it
+is measured too, against sentence-transformers' own bi-encoder on the same base weights
+(``SentenceTransformer.encode`` of the batch's queries and titles, then the cosine): cold (a new
+scorer each round: every text embedded once per round) and warm (its per-text cache filled by
+the previous round, as a worker's is after the first sighting of a head query or a product).
+
 Run from the repository root with the venv's python:  ``python bench/scoring.py``
 
 All three score the same realistic pairs (WANDS queries with titles of the synthetic catalogue,
@@ -122,6 +128,23 @@ def main() -> None:
     def st_predict(p, b):  # type: ignore[no-untyped-def]
         return st.predict(p, batch_size=b, show_progress_bar=False)
 
+    from sentence_transformers import SentenceTransformer
+
+    from scoring.training import base_model_path
+
+    bi = SentenceTransformer(base_model_path(), device="cpu")
+
+    def bi_predict(p, b):  # type: ignore[no-untyped-def]
+        q = bi.encode([x for x, _ in p], batch_size=b, normalize_embeddings=True)
+        t = bi.encode([y for _, y in p], batch_size=b, normalize_embeddings=True)
+        return ((q * t).sum(1) + 1) / 2
+
+    def cosine_scorer() -> Scorer:
+        return Scorer(model_dir, provider="cpu", tier="cosine", intra_op_threads=threads)
+
+    warm = cosine_scorer()
+    same_cosine = float(np.abs(bi_predict(pairs[:64], 32) - warm.predict(pairs[:64])).max())
+
     peers = {
         f"relmon ({relmon.variant}, bucketed, stream batch {sb})": (
             lambda p, b: relmon.predict(p, bs),
@@ -130,6 +153,15 @@ def main() -> None:
         "sentence-transformers CrossEncoder (torch fp32)": (st_predict, bs),
         "plain onnxruntime fp32, padded to 64": (plain.predict, bs),
         "plain onnxruntime int8, padded to 64": (plain_int8.predict, bs),
+        f"relmon cosine tier, cold (stream batch {sb})": (
+            lambda p, b: cosine_scorer().predict(p, bs),
+            sb,
+        ),
+        f"relmon cosine tier, warm cache (stream batch {sb})": (
+            lambda p, b: warm.predict(p, bs),
+            sb,
+        ),
+        "sentence-transformers bi-encoder, same base weights": (bi_predict, bs),
     }
     # same weights: the three agree on the scores (int8 within quantisation error)
     ref = relmon.predict(pairs[:64])
@@ -203,6 +235,19 @@ def main() -> None:
         "cpu": cpu_model(),
         "isa": isa_flags(),
     }
+    cold, warm_pps, st_bi = (table[n]["pairs_per_s"] for n in names[4:7])
+    out.update(
+        served_tier=card.get("served_tier", "cross-encoder"),
+        cosine_tier_pairs_per_s=round(cold, 1),
+        cosine_tier_warm_pairs_per_s=round(warm_pps, 1),
+        sentence_transformers_biencoder_pairs_per_s=round(st_bi, 1),
+        ratio_cosine_tier_vs_st_biencoder=round(cold / st_bi, 2),
+        ratio_cosine_tier_vs_st_crossencoder=round(cold / table[names[1]]["pairs_per_s"], 2),
+        ratio_cosine_tier_warm_vs_st_crossencoder=round(
+            warm_pps / table[names[1]]["pairs_per_s"], 2
+        ),
+        same_weights_max_abs_diff_st_biencoder_vs_cosine_tier=round(same_cosine, 6),
+    )
     print(json.dumps(out))
 
 
