@@ -13,6 +13,7 @@ from scoring.build import ModelRejectedError, build_model, esci_split
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(1500)  # two builds: about 3 min quiet; a loaded 2-core machine took 10+
 def test_small_build_on_real_labels_separates_good_from_bad(tmp_path: Path) -> None:
     out = tmp_path / "model"
     messages: list[str] = []
