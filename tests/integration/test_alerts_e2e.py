@@ -4,6 +4,7 @@ and the dashboard; leader election lets exactly one runner act."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +26,13 @@ def _spiked_replay(now: datetime):
     """110 simulated minutes from 100-110 minutes before ``now`` (the last ones run past it, so
     the stored data has moved past the windows judged at ``now``); Wall Art's bad-case rate
     goes 0.2 -> 0.5 at minute 80."""
-    start = datetime.fromtimestamp((int(now.timestamp()) // WINDOW_S - 10) * WINDOW_S, UTC)
+    return _replay_from(int(now.timestamp()) // WINDOW_S - 10)
+
+
+@functools.cache
+def _replay_from(window: int):
+    """The replay starting at window number ``window`` (66,000 rows: built once per start)."""
+    start = datetime.fromtimestamp(window * WINDOW_S, UTC)
     scenario = Scenario(
         tier_bad_share={"head": 0.05, "torso": 0.15, "tail": 0.3},
         category_bad_share={"Wall Art": 0.2},

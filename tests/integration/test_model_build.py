@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from relmon.cli import main
-from scoring import Scorer, evaluate_model, roc_auc
+from scoring import Scorer, roc_auc
 from scoring.build import ModelRejectedError, build_model, esci_split
 
 pytestmark = pytest.mark.slow
@@ -61,10 +61,6 @@ def test_small_build_on_real_labels_separates_good_from_bad(tmp_path: Path) -> N
     raw = Scorer(out).predict(pairs)
     assert roc_auc(labels, raw) == pytest.approx(roc_auc(labels, calibrated), abs=1e-3)
 
-    ev = evaluate_model(out, [(q, t, y) for (q, t), y in zip(pairs, labels, strict=True)])
-    assert ev[scorer.variant]["auc"] == pytest.approx(roc_auc(labels, raw), abs=1e-9)
-    assert 0.9 < ev["agreement"]["pearson"] <= 1.0
-
     # The cosine tier (the served one): calibrated on training-fold pairs, figures out of sample.
     assert (out / "embed.onnx").is_file() and card["served_tier"] == "cosine"
     tier = card["tiers"]["cosine"]
@@ -79,10 +75,13 @@ def test_small_build_on_real_labels_separates_good_from_bad(tmp_path: Path) -> N
     flagged = cosine.predict(pairs) < cosine.operating_threshold
     assert flagged.mean() == pytest.approx(tier["heldout"]["flagged_share"], abs=1e-9)
 
-    # The CLI evaluates on the card's held-out set and writes the card (JSON + Markdown).
+    # The CLI evaluates on the card's held-out set (scoring.metrics.evaluate_model, fp32 and
+    # int8) and writes the card (JSON + Markdown); its served variant's AUC is the scorer's.
     assert main(["model", "eval", "--model-dir", str(out), "--card-out", str(tmp_path / "c")]) == 0
-    evaluated = json.loads((tmp_path / "c" / "card.json").read_text())
-    assert evaluated["evaluation"]["n"] == len(held)
+    ev = json.loads((tmp_path / "c" / "card.json").read_text())["evaluation"]
+    assert ev["n"] == len(held)
+    assert ev[scorer.variant]["auc"] == pytest.approx(roc_auc(labels, raw), abs=1e-9)
+    assert 0.9 < ev["agreement"]["pearson"] <= 1.0
     assert "Reliability curve" in (tmp_path / "c" / "card.md").read_text()
 
     # A much worse model (32 training pairs) is refused, unless forced.

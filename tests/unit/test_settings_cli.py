@@ -81,7 +81,7 @@ def _subcommands(parser, prefix=()):
                 yield from _subcommands(sub, (*prefix, name))
 
 
-def test_every_subcommand_has_help():
+def test_every_subcommand_has_help(capsys):
     commands = list(_subcommands(build_parser()))
     for required in [
         "demo",
@@ -95,14 +95,17 @@ def test_every_subcommand_has_help():
         "doctor",
     ]:
         assert (required,) in commands or required in commands
+    # the entry point itself, as a user runs it; then every subcommand's help in this process
+    out = subprocess.run(
+        [sys.executable, "-m", "relmon", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "usage: relmon" in out and "--help" in out
     for command in commands:
-        out = subprocess.run(
-            [sys.executable, "-m", "relmon", *command, "--help"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert "usage: relmon" in out and "--help" in out
+        with pytest.raises(SystemExit) as exited:
+            main([*command, "--help"])
+        assert exited.value.code == 0, command
+        out = capsys.readouterr().out
+        assert "usage: relmon" in out and "--help" in out, command
 
 
 def test_compose_agrees_with_settings():
