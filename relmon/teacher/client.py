@@ -205,7 +205,9 @@ class DailyBudget:
                     granted = self._ledger.reserve(self._day, request_id, tag, self.limit)
                 else:
                     granted = False
-                self._spent = max(self._spent + int(granted), self._ledger.spent(self._day))
+                self._spent += int(granted)
+                if self.limit > 0:  # the next request's check needs every process's count
+                    self._spent = max(self._spent, self._ledger.spent(self._day))
             else:
                 granted = self.limit <= 0 or self._spent < self.limit
                 self._spent += int(granted)
