@@ -417,7 +417,11 @@ class RelmonWorker:
     def serve(self) -> None:
         """Run the worker in the foreground until SIGTERM / SIGINT (after :meth:`prepare`)."""
         if self.budget.config.mode == "auto":
-            capacity = measure_capacity(self.scorer, self.settings.batch_size, self.budget)
+            try:
+                capacity = measure_capacity(self.scorer, self.settings.batch_size, self.budget)
+            except Exception as exc:  # a scorer that cannot score: the same loud stop as later
+                log.critical("the worker stops on an unexpected error: %r", exc, exc_info=exc)
+                raise
             log.info("scoring budget: auto, scorer capacity %.0f pairs/s", capacity or 0.0)
             self._publish_budget()
         worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)

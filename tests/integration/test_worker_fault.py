@@ -33,7 +33,9 @@ RelmonWorker(get_settings(), BuggyScorer()).run()
 
 def test_a_scorer_bug_stops_the_worker_process_with_a_failure_code(settings: Settings) -> None:
     """Retrying a bug would stall the partition silently; the supervisor must see it exit."""
-    s = settings.with_overrides(sampling_mode="uniform", sample_rate=1.0)
+    # no scoring budget: its start-up warm-up would meet the bug before any record (that path
+    # stops the same way, loudly; this test is about a bug met while processing)
+    s = settings.with_overrides(sampling_mode="uniform", sample_rate=1.0, scoring_budget_pps="0")
     run_dir = s.home / "run"
     proc = ManagedProcess(
         "faulty-worker",
