@@ -1,4 +1,9 @@
-"""Builds a real (small) model end to end on real labels: fine-tune, ONNX, int8, cosine tier."""
+"""The model `make test` builds (`relmon model build`, the default recipe on real labels), checked
+as published: files, card, held-out split, operating point, cosine tier, the eval CLI.
+
+The build itself runs once, before the suite (CI builds from a clean clone); building a second,
+smaller model here only re-ran the same code for 5 more minutes of CI. The refusal of a worse
+build is unit-tested (tests/unit/test_build_publish.py)."""
 
 import json
 from pathlib import Path
@@ -8,42 +13,37 @@ import pytest
 
 from relmon.cli import main
 from scoring import Scorer, roc_auc
-from scoring.build import _previous_auc, build_model, esci_split
+from scoring.build import _previous_auc, esci_split
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.timeout(1500)  # two builds: about 3 min quiet; a loaded 2-core machine took 10+
-def test_small_build_on_real_labels_separates_good_from_bad(tmp_path: Path) -> None:
-    out = tmp_path / "model"
-    messages: list[str] = []
-    info = build_model(out, train_pairs=960, epochs=1, seed=13, progress=messages.append)
-
+def test_the_built_model_on_real_labels_separates_good_from_bad(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    out = model_dir
     for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
-    assert not list(tmp_path.glob("model.tmp-*"))
     card = json.loads((out / "card.json").read_text())
-    assert card == info.card
-    assert info.model_version.startswith("minilm-ce-")
-    assert info.model_version[len("minilm-ce-") :] == card["sha256"]["model.onnx"][:12]
+    version = card["model_version"]
+    assert version == f"minilm-ce-{card['sha256']['model.onnx'][:12]}"
     assert card["training_data"].startswith("real ESCI judgments")
     assert card["data"] == {"kind": "esci-folds", "seed": 13, "heldout_fold": 0, "folds": 5}
-    assert card["train_pairs"] == 960
     assert card["sizes_bytes"]["model.int8.onnx"] < card["sizes_bytes"]["model.onnx"]
-    assert (out / "card.md").is_file() and info.model_version in (out / "card.md").read_text()
+    assert (out / "card.md").is_file() and version in (out / "card.md").read_text()
     assert (out / "torch" / "config.json").is_file()  # same weights for torch / CrossEncoder
     assert card["build_seconds"] > 0
-    assert any("ETA" in m for m in messages)
 
     # Held out: whole queries, never trained on; the card's held-out set is rebuilt from it.
     train, held = esci_split(13, 0)
     assert not {e.query for e in train} & {e.query for e in held}
+    assert card["train_pairs"] >= len(train)  # every training-fold pair, plus any extra
     assert card["eval_pairs"] == len(held) and sorted(card["heldout_queries"]) == sorted(
         {e.query for e in held}
     )
     heldout = card["heldout"]
     assert abs(heldout["int8_auc_drop"]) < 0.05 and heldout["fp32_int8_pearson"] > 0.9
-    assert heldout["auc_int8"] > 0.55  # a small, one-epoch build; the full one: bench/quality.py
+    assert heldout["auc_int8"] > 0.6  # one held-out fold; cross-validated: bench/quality.py
 
     # The operating point: the share flagged on the held-out fold equals its true bad share,
     # and the scorer serves it on the calibrated scale.
@@ -87,5 +87,5 @@ def test_small_build_on_real_labels_separates_good_from_bad(tmp_path: Path) -> N
     # The next build compares itself with this one on its held-out pairs (the refusal of a worse
     # build is tested in tests/unit/test_build_publish.py without a second build).
     previous = _previous_auc(out, held, scorer.variant, 64)
-    assert previous is not None and previous["model_version"].startswith(info.model_version)
+    assert previous is not None and previous["model_version"].startswith(version)
     assert previous["auc"] == pytest.approx(heldout[f"auc_{scorer.variant}"], abs=1e-9)
