@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -555,30 +554,10 @@ def _to_fp16(fp32: Path, fp16: Path) -> None:
 
 
 def _export(model: Any, tokenizer: Any, path: Path) -> None:
-    import torch
+    from scoring.training import export_onnx
 
     enc = tokenizer(
         ["velvet bar stool"], ["Lark Manor 30'' Swivel Bar Stool in Walnut"], return_tensors="pt"
     )
     args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
-    axes = {0: "batch", 1: "sequence"}
-    with torch.no_grad(), warnings.catch_warnings():
-        # Tracing warns about Python-level branches on shapes; the exported graph is checked by
-        # the held-out evaluation that follows.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(
-            model,
-            args,
-            str(path),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["logits"],
-            dynamic_axes={
-                "input_ids": axes,
-                "attention_mask": axes,
-                "token_type_ids": axes,
-                "logits": {0: "batch"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    export_onnx(model, args, str(path), "logits", {0: "batch"})

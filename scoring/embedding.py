@@ -37,12 +37,10 @@ def export_embedder(out_dir: Path, base: Any = None) -> Path:
 
     ``base`` defaults to the untouched all-MiniLM-L6-v2 (tests pass a tiny model).
     """
-    import warnings
-
     import torch
     from transformers import AutoModel
 
-    from scoring.training import base_model_path
+    from scoring.training import base_model_path, export_onnx
 
     if base is None:
         base = AutoModel.from_pretrained(base_model_path(), local_files_only=True)
@@ -60,28 +58,8 @@ def export_embedder(out_dir: Path, base: Any = None) -> Path:
 
     ids = torch.tensor([[101, 16904, 3347, 14425, 102]])  # "[CLS] velvet bar stool [SEP]"
     args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
-    axes = {0: "batch", 1: "sequence"}
     path = out_dir / EMBED_FILE
-    with torch.no_grad(), warnings.catch_warnings():
-        # Tracing warns about Python-level branches on shapes and the mask's index operator; the
-        # exported graph is checked against torch by the build's held-out figures and the tests.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(
-            _Hidden().eval(),
-            args,
-            str(path),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["hidden"],
-            dynamic_axes={
-                "input_ids": axes,
-                "attention_mask": axes,
-                "token_type_ids": axes,
-                "hidden": axes,
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    export_onnx(_Hidden().eval(), args, str(path), "hidden", {0: "batch", 1: "sequence"})
     return path
 
 

@@ -296,3 +296,37 @@ def embed(texts: Sequence[str], batch_size: int = 64, max_length: int = 128) -> 
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
             out[idx] = pooled.numpy()
     return out
+
+
+def export_onnx(
+    module: Any, args: tuple[Any, ...], path: str, output: str, output_axes: dict[int, str]
+) -> None:
+    """Export a BERT-shaped module (input ids, attention mask, token types in) to ONNX opset 17.
+
+    Batch and sequence axes of the inputs are dynamic; ``output_axes`` names the output's.
+    Tracing warns about Python-level branches on shapes and the mask's index operator; every
+    exported graph is checked against held-out labels by the build and against torch by tests.
+    """
+    import warnings
+
+    import torch
+
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            module,
+            args,
+            path,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=[output],
+            dynamic_axes={
+                "input_ids": axes,
+                "attention_mask": axes,
+                "token_type_ids": axes,
+                output: output_axes,
+            },
+            opset_version=17,
+            dynamo=False,
+        )
