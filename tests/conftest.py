@@ -24,6 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "relmon-minilm-ce"
 
 
+def isolated_settings(base: Settings, **overrides: object) -> Settings:
+    """``base`` with its own topics, consumer group, database and home (shared servers)."""
+    uid = uuid.uuid4().hex[:10]
+    return base.with_overrides(
+        topic_impressions=f"t{uid}.impressions",
+        topic_catalog=f"t{uid}.catalog",
+        topic_review=f"t{uid}.teacher-review",
+        topic_dlq=f"t{uid}.dlq",
+        consumer_group=f"g{uid}",
+        clickhouse_database=f"test_{uid}",
+        home=base.home / uid,
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("relmon-home")
@@ -71,16 +86,7 @@ def settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Settings:
     """Fresh topics, consumer group and database for one test, on the shared servers."""
-    uid = uuid.uuid4().hex[:10]
-    s = base_settings.with_overrides(
-        topic_impressions=f"t{uid}.impressions",
-        topic_catalog=f"t{uid}.catalog",
-        topic_review=f"t{uid}.teacher-review",
-        topic_dlq=f"t{uid}.dlq",
-        consumer_group=f"g{uid}",
-        clickhouse_database=f"test_{uid}",
-        home=base_settings.home / uid,
-    )
+    s = isolated_settings(base_settings)
     ensure_topics(s)
     # Settings read from the environment alone (dashboard pages' get_settings(), with this
     # test's RELMON_HOME) cannot find the password file beside the shared store's data.

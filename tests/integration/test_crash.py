@@ -12,7 +12,6 @@ request lost, repeats only from the batch a kill caught between delivery and the
 from __future__ import annotations
 
 import random
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from relmon.settings import Settings
 from relmon.synth import SyntheticCatalog
 from schemas import ReviewRequest
 from streams import repository
+from tests.conftest import isolated_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 KILLS = 6
@@ -117,20 +117,9 @@ def runs(
     model_dir: Path,
 ) -> Iterator[Runs]:
     """The clean and the crashy run of one replay, both finished."""
-    uid = uuid.uuid4().hex[:10]
     # the default scorer: a pair's score does not depend on its batch-mates. No scoring budget:
     # an adaptive one samples by the lag each run meets, so runs could not be compared row by row
-    base = base_settings.with_overrides(
-        topic_impressions=f"t{uid}.impressions",
-        topic_catalog=f"t{uid}.catalog",
-        topic_review=f"t{uid}.teacher-review",
-        topic_dlq=f"t{uid}.dlq",
-        consumer_group=f"g{uid}",
-        clickhouse_database=f"test_{uid}",
-        home=base_settings.home / uid,
-        unknown_product_retry_s=2.0,
-        scoring_budget_pps="0",
-    )
+    base = isolated_settings(base_settings, unknown_product_retry_s=2.0, scoring_budget_pps="0")
     ensure_topics(base)
     ends = produce(base, pages=200)
 
