@@ -236,7 +236,9 @@ def build_input(
             dataset="synthetic",
             malformed_share=0.01,
             unknown_product_share=0.01,
+            page_share=0.0,  # the accounting is per record: one impression per record
             ubi_share=0.3,
+            catalog_share=0.3,
         ),
     )
     pages: list[list[_Record]] = []

@@ -112,7 +112,9 @@ def _replay_config(args: argparse.Namespace) -> object:
         bad_share=args.bad_share,
         malformed_share=args.malformed_share,
         unknown_product_share=args.unknown_share,
+        page_share=args.page_share,
         ubi_share=args.ubi_share,
+        catalog_share=args.catalog_share,
     )
 
 
@@ -462,7 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.005,
         help="share of impressions of products missing from the catalogue",
     )
-    p.add_argument("--ubi-share", type=float, default=0.3, help="share of pages sent as UBI")
+    p.add_argument(
+        "--page-share",
+        type=float,
+        default=0.5,
+        help="share of pages sent as one UBI query record with query_response_hit_ids",
+    )
+    p.add_argument(
+        "--ubi-share",
+        type=float,
+        default=0.2,
+        help="share of pages sent as a UBI query record and UBI impression events",
+    )
+    p.add_argument(
+        "--catalog-share",
+        type=float,
+        default=0.15,
+        help="share of pages sent as relmon impressions without product text (the rest carry it)",
+    )
     p.add_argument(
         "--scenario",
         default=None,

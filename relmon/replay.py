@@ -8,11 +8,17 @@ Two data sets (``ReplayConfig.dataset``):
 - ``"synthetic"``: the synthetic catalogue built around the 480 real WANDS queries
   (:mod:`relmon.synth`), each page with a known share of irrelevant products.
 
-Queries are drawn by popularity (head / torso / tail, Zipf-like). Records
-come in three formats: relmon impressions with product text, relmon impressions without it
-(enriched from the catalogue), and UBI query + impression events. A configurable share of
-malformed records and of impressions for products missing from the catalogue exercises the
-dead-letter path.
+Queries are drawn by popularity (head / torso / tail, Zipf-like). A page goes out in one of four
+formats, by configurable shares:
+
+- a UBI query record whose ``query_response_hit_ids`` list the page (the default and most
+  common: one record per page, as OpenSearch's UBI query records carry it);
+- a UBI query record and one UBI impression event per result;
+- relmon impressions without product text (enriched from the catalogue);
+- relmon impressions with product text (the rest).
+
+A configurable share of malformed records and of impressions for products missing from the
+catalogue exercises the dead-letter path.
 """
 
 from __future__ import annotations
@@ -52,9 +58,13 @@ class ReplayConfig:
     bad_share: float | None = None
     """share of irrelevant results on every page (default: the data's own: the judged results
     of each ESCI query, 0.25 for the synthetic catalogue)"""
-    ubi_share: float = 0.3
-    catalog_share: float = 0.3
-    """share of relmon-format pages sent without product text (enriched from the catalogue)"""
+    page_share: float = 0.5
+    """share of pages sent as one UBI query record with ``query_response_hit_ids``"""
+    ubi_share: float = 0.2
+    """share of pages sent as a UBI query record and UBI impression events"""
+    catalog_share: float = 0.15
+    """share of pages sent as relmon impressions without product text (enriched from the
+    catalogue); the rest go as relmon impressions with product text"""
     malformed_share: float = 0.01
     unknown_product_share: float = 0.005
     locales: tuple[str, ...] = ("en-US", "en-GB", "de-DE")
@@ -63,6 +73,22 @@ class ReplayConfig:
 
 
 SYNTHETIC_BAD_SHARE = 0.25
+
+
+def _check_shares(config: ReplayConfig) -> None:
+    shares = {
+        "page_share": config.page_share,
+        "ubi_share": config.ubi_share,
+        "catalog_share": config.catalog_share,
+    }
+    for name, share in shares.items():
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, not {share}")
+    if sum(shares.values()) > 1.0 + 1e-9:
+        raise ValueError(
+            "page_share + ubi_share + catalog_share must be at most 1 (the rest of the pages go "
+            f"as relmon impressions with product text), not {sum(shares.values()):g}"
+        )
 
 
 def load_catalog(config: ReplayConfig) -> SyntheticCatalog:
@@ -87,6 +113,7 @@ class TrafficGenerator:
     """Generates the records of result pages, deterministically from a seed."""
 
     def __init__(self, catalog: SyntheticCatalog, config: ReplayConfig) -> None:
+        _check_shares(config)
         self.catalog = catalog
         self.config = config
         self._rng = random.Random(config.seed)
@@ -127,7 +154,11 @@ class TrafficGenerator:
     def labelled_page(
         self, now: datetime, at_s: float = 0.0
     ) -> list[tuple[bytes, bytes, bool | None]]:
-        """Records of one page with the truth of each impression (None for non-impressions)."""
+        """Records of one page with the truth of each impression.
+
+        The truth is None for records that are not one impression: UBI query records (a page
+        in one record among them), malformed records.
+        """
         cfg, rng = self.config, self._rng
         query: Query = rng.choices(self._queries, weights=self._weights, k=1)[0]
         query_id = f"{query.query_id}-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
@@ -137,7 +168,10 @@ class TrafficGenerator:
         session = hash_id(f"session-{rng.randrange(100_000)}")
         style = rng.random()
         records: list[tuple[bytes, bytes, bool | None]] = []
-        if style < cfg.ubi_share:
+        as_page = style < cfg.page_share
+        style -= cfg.page_share
+        hits: list[str] = []
+        if 0 <= style < cfg.ubi_share:
             records.append((key, self._ubi_query(query_id, query.text, now), None))
             self.counts["ubi_query_records"] += 1
         for position, (product, relevant) in enumerate(shown, 1):
@@ -151,7 +185,10 @@ class TrafficGenerator:
                 self.counts["unknown_product"] += 1
             self.counts["impressions"] += 1
             self.counts["truly_irrelevant"] += int(not relevant)
-            if style < cfg.ubi_share:
+            if as_page:
+                hits.append(product_id)
+                continue
+            if 0 <= style < cfg.ubi_share:
                 value = self._ubi_impression(query_id, product_id, position, now, session)
             else:
                 with_text = style >= cfg.ubi_share + cfg.catalog_share and product_id == (
@@ -173,20 +210,24 @@ class TrafficGenerator:
                 )
                 value = imp.to_bytes()
             records.append((key, value, relevant))
+        if as_page:  # after the page's malformed records, like a late UBI query record
+            records.append((key, self._ubi_query(query_id, query.text, now, hits), None))
+            self.counts["ubi_page_records"] += 1
         self.counts["pages"] += 1
         return records
 
     @staticmethod
-    def _ubi_query(query_id: str, text: str, now: datetime) -> bytes:
-        return json.dumps(
-            {
-                "query_id": query_id,
-                "user_query": text,
-                "client_id": f"client-{query_id[-4:]}",
-                "application": "relmon-replay",
-                "timestamp": now.isoformat(),
-            }
-        ).encode()
+    def _ubi_query(query_id: str, text: str, now: datetime, hits: list[str] | None = None) -> bytes:
+        record: dict[str, Any] = {
+            "query_id": query_id,
+            "user_query": text,
+            "client_id": f"client-{query_id[-4:]}",
+            "application": "relmon-replay",
+            "timestamp": now.isoformat(),
+        }
+        if hits is not None:
+            record["query_response_hit_ids"] = hits
+        return json.dumps(record).encode()
 
     @staticmethod
     def _ubi_impression(

@@ -141,6 +141,7 @@ async def _replay(
         catalog,
         ReplayConfig(
             seed=seed,
+            page_share=0.0,
             ubi_share=0.0,
             catalog_share=0.0,
             malformed_share=0.0,

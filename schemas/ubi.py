@@ -4,7 +4,12 @@ The impressions topic may carry three kinds of JSON objects:
 
 - a relmon :class:`~schemas.models.Impression` (has ``impression_id``);
 - a UBI query record (``query_id`` + ``user_query``, top level or under ``ext.ubi``), which tells
-  the query text of later UBI events;
+  the query text of later UBI events. When it carries ``query_response_hit_ids`` (UBI 1.3.0: the
+  ids of everything the engine returned, in order) it is also a whole *result page*: one
+  impression per hit, at position = order (the first hit is position 1). Such a page needs
+  ``query_id`` and ``timestamp``; its impressions have the ids the UBI impression events of the
+  same results would have (``ubi:{query_id}:{ordinal}:{object_id}``, ordinal = index +
+  ``RELMON_UBI_POSITION_BASE``), so a stream that carries both is counted once;
 - a UBI event with ``action_name`` ``"impression"``: the product is
   ``event_attributes.object.object_id`` at ``event_attributes.position.ordinal``. UBI streams
   number results from 0 (OpenSearch's UBI sample does; the UBI schema sets no minimum), so
@@ -44,7 +49,7 @@ _UBI = ConfigDict(frozen=True, str_strip_whitespace=True)
 
 
 class UbiQuery(BaseModel):
-    """A UBI query record: what the user searched for under ``query_id``."""
+    """A UBI query record: what the user searched for under ``query_id``, maybe with its page."""
 
     model_config = _UBI
 
@@ -53,6 +58,37 @@ class UbiQuery(BaseModel):
     client_id: str | None = None
     timestamp: DateTime | None = None
     application: str | None = None
+    hit_ids: tuple[Id, ...] = Field(
+        default=(), max_length=MAX_POSITION, description="query_response_hit_ids, in order"
+    )
+
+    def page(self, base: int = UBI_POSITION_BASE) -> list[Impression]:
+        """The impressions of the result page this record carries (none without hit ids).
+
+        They need their product text from the catalogue. ``base`` is the stream's first
+        ordinal, so that ids match the stream's UBI impression events.
+        """
+        if not self.hit_ids:
+            return []
+        if self.timestamp is None:  # _ubi_query refuses such a page; keep the type honest
+            raise ValueError("a UBI result page needs a timestamp")
+        session = hash_id(self.client_id) if self.client_id else None
+        # Every field was validated with this record (ids, query text, timestamp), so the
+        # impressions are built without validating each again: a page holds up to 10,000.
+        return [
+            Impression.model_construct(
+                impression_id=f"ubi:{self.query_id}:{index + base}:{object_id}",
+                query_id=self.query_id,
+                query=self.user_query,
+                product_id=object_id,
+                position=index + 1,
+                event_time=self.timestamp,
+                session_hash=session,
+                action="impression",
+                source="ubi",
+            )
+            for index, object_id in enumerate(self.hit_ids)
+        ]
 
 
 class UbiImpression(BaseModel):
@@ -231,13 +267,33 @@ def _ubi_query(obj: dict[str, Any]) -> UbiQuery:
     if not isinstance(inner, dict):
         _invalid(f"UBI query: ext.ubi must be an object, not {json_type(inner)}")
     fields = ("query_id", "user_query", "client_id", "timestamp", "application")
-    return UbiQuery.model_validate({k: inner[k] for k in fields if k in inner})
+    values = {k: inner[k] for k in fields if k in inner}
+    hits = inner.get("query_response_hit_ids")
+    if hits is not None:
+        if not isinstance(hits, list):
+            _invalid(f"UBI query: query_response_hit_ids must be an array, not {json_type(hits)}")
+        for index, hit in enumerate(hits):
+            if not isinstance(hit, str):
+                _invalid(
+                    f"UBI query: query_response_hit_ids[{index}] must be a string, "
+                    f"not {json_type(hit)}"
+                )
+        if hits:
+            for needed in ("query_id", "timestamp"):
+                if inner.get(needed) is None:
+                    _invalid(
+                        f"UBI query: {needed} missing (a result page in "
+                        "query_response_hit_ids needs it)"
+                    )
+        values["hit_ids"] = hits
+    return UbiQuery.model_validate(values)
 
 
 def _validation_reason(exc: ValidationError) -> str:
     errors = exc.errors()
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"]) or "record"
+    where = where.replace("hit_ids", "query_response_hit_ids")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"invalid {where}: {first['msg'].removeprefix('Value error, ')}{more}"
 

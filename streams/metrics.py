@@ -21,6 +21,7 @@ COUNTERS = (
     "unknown_product_seen",
     "unknown_query_seen",
     "ubi_queries",
+    "ubi_pages",
     "ignored_events",
     "impressions",
     "sampled",

@@ -182,6 +182,15 @@ class _Pending:
     deadline: float
 
 
+@dataclass
+class _Page:
+    """A record that carries a whole result page: done once every one of its hits is."""
+
+    size: int
+    left: int
+    problems: list[tuple[DeadLetterKind, str]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class _Draw:
     impression: Impression
@@ -292,6 +301,7 @@ class ImpressionProcessor:
         self._queue: dict[tuple[str, int], deque[int]] = defaultdict(deque)
         self._done: dict[tuple[str, int, int], RawRecord] = {}
         self._counted: set[tuple[str, int, int]] = set()  # in a sketch, maybe not checkpointed
+        self._pages: dict[tuple[str, int, int], _Page] = {}  # page records with hits to finish
         self._lock = asyncio.Lock()
         self._load = _Load(clock())
 
@@ -353,6 +363,7 @@ class ImpressionProcessor:
             self._queue.pop(tp, None)
         self._done = {k: v for k, v in self._done.items() if k[:2] not in gone}
         self._counted = {c for c in self._counted if c[:2] not in gone}
+        self._pages = {k: v for k, v in self._pages.items() if k[:2] not in gone}
         before = len(self._pending)
         self._pending = [
             p for p in self._pending if (p.record.topic, p.record.partition) not in gone
@@ -362,7 +373,10 @@ class ImpressionProcessor:
     def _decode_all(
         self, records: Sequence[RawRecord], out: _Outcome
     ) -> list[tuple[RawRecord, Impression | UbiImpression]]:
-        """Decode every record: UBI queries are remembered, other events and bad records done."""
+        """Decode every record: UBI queries are remembered, other events and bad records done.
+
+        A UBI query record with hit ids becomes the impressions of its page.
+        """
         items: list[tuple[RawRecord, Impression | UbiImpression]] = []
         now = self._wall_clock()
         for record in records:
@@ -373,7 +387,10 @@ class ImpressionProcessor:
             if isinstance(decoded, UbiQuery):
                 self._remember_query(decoded.query_id, decoded.user_query)
                 out.queries.append(decoded)
-                out.done.append(record)
+                if decoded.hit_ids:
+                    self._open_page(record, decoded, out, now, items)
+                else:
+                    out.done.append(record)
             elif isinstance(decoded, UbiOtherEvent):
                 self._metrics.inc("ignored_events")
                 out.done.append(record)
@@ -388,6 +405,63 @@ class ImpressionProcessor:
                 else:
                     items.append((record, decoded))
         return items
+
+    def _open_page(
+        self,
+        record: RawRecord,
+        query: UbiQuery,
+        out: _Outcome,
+        now: datetime,
+        items: list[tuple[RawRecord, Impression | UbiImpression]],
+    ) -> None:
+        """Queue the impressions of a result page; the record is done when all of them are."""
+        assert query.timestamp is not None  # decode_record refuses a page without one
+        refusal = self._event_window and self._event_window.refusal(query.timestamp, now)
+        if refusal:
+            self._reject(record, out, "event_time_out_of_range", refusal)
+            return
+        page = query.page(self._ubi_position_base)
+        self._metrics.inc("ubi_pages")
+        self._metrics.inc("impressions", len(page))
+        self._pages[(record.topic, record.partition, record.offset)] = _Page(len(page), len(page))
+        items.extend((record, imp) for imp in page)
+
+    def _item_done(
+        self,
+        record: RawRecord,
+        out: _Outcome,
+        problem: tuple[DeadLetterKind, str] | None = None,
+    ) -> None:
+        """One impression of ``record`` is finished: ready (no ``problem``) or refused.
+
+        A single impression's record is done (or dead-lettered) at once. A page's record is done
+        with its last hit, and dead-lettered once, with its original bytes and every hit's
+        problem, when any hit was refused: the page's other hits are scored meanwhile, and a
+        re-sent page scores only what was refused (the rest is in the ledger).
+        """
+        key = (record.topic, record.partition, record.offset)
+        page = self._pages.get(key)
+        if page is None:
+            if problem is None:
+                out.done.append(record)
+            else:
+                self._reject(record, out, *problem)
+            return
+        page.left -= 1
+        if problem is not None:
+            page.problems.append(problem)
+        if page.left > 0:
+            return
+        del self._pages[key]
+        if not page.problems:
+            out.done.append(record)
+            return
+        shown = "; ".join(reason for _, reason in page.problems[:5])
+        more = len(page.problems) - 5
+        reason = f"{len(page.problems)} of the page's {page.size} hits refused: {shown}" + (
+            f"; and {more} more" if more > 0 else ""
+        )
+        self._reject(record, out, page.problems[0][0], reason)
 
     def _decode(self, record: RawRecord, out: _Outcome) -> InputRecord | None:
         """The decoded record, or None once it is dead-lettered (whatever went wrong)."""
@@ -433,20 +507,19 @@ class ImpressionProcessor:
             except Exception as exc:  # one record's failure must not stop its batch
                 log.exception("completing %s failed", pending.record)
                 reason = f"cannot complete the impression: {type(exc).__name__}: {exc}"
-                self._reject(pending.record, out, "invalid", reason)
+                self._item_done(pending.record, out, ("invalid", reason))
                 continue
             if item is not None:
                 out.ready.append((pending.record, item))
-                out.done.append(pending.record)
+                self._item_done(pending.record, out)
                 continue
             assert problem is not None
             kind, reason = problem
             if fresh:
                 self._metrics.inc(f"{kind}_seen")
             if now >= pending.deadline:
-                self._reject(
-                    pending.record, out, kind, f"{reason}; not found within {self._retry_s:g} s"
-                )
+                problem = (kind, f"{reason}; not found within {self._retry_s:g} s")
+                self._item_done(pending.record, out, problem)
             else:
                 self._pending.append(pending)
 
@@ -463,7 +536,10 @@ class ImpressionProcessor:
         if item.needs_catalog:
             product = self._catalog.get(item.product_id)
             if product is None:
-                return None, ("unknown_product", f"unknown product {item.product_id!r}")
+                return None, (
+                    "unknown_product",
+                    f"unknown product {item.product_id!r} at position {item.position}",
+                )
             item = item.enriched(product)
         return item, None
 

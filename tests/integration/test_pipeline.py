@@ -16,7 +16,14 @@ from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog
 from relmon.runtime import wait_until
 from relmon.stats import RateEstimate
 from relmon.synth import SyntheticCatalog
-from schemas import DeadLetter, Impression, ReviewRequest, UbiImpression, decode_record
+from schemas import (
+    DeadLetter,
+    Impression,
+    ReviewRequest,
+    UbiImpression,
+    UbiQuery,
+    decode_record,
+)
 from streams.sampling import QuerySampler
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -28,8 +35,9 @@ def make_traffic(pages: int, seed: int) -> tuple[SyntheticCatalog, list[tuple[by
         catalog,
         ReplayConfig(
             seed=seed,
+            page_share=0.3,
             ubi_share=0.3,
-            catalog_share=0.3,
+            catalog_share=0.2,
             malformed_share=0.03,
             unknown_product_share=0.03,
         ),
@@ -38,31 +46,43 @@ def make_traffic(pages: int, seed: int) -> tuple[SyntheticCatalog, list[tuple[by
     for _ in range(pages):
         records.extend(gen.page(datetime.now(UTC)))
     assert gen.counts["malformed"] > 0 and gen.counts["unknown_product"] > 0
-    assert gen.counts["ubi_query_records"] > 0
+    assert gen.counts["ubi_query_records"] > 0 and gen.counts["ubi_page_records"] > 0
     return catalog, records
 
 
+def _impressions(rec):
+    """The impressions a decoded record carries, each with its product id."""
+    if isinstance(rec, UbiQuery):
+        return [(imp.impression_id, imp.query_id, imp.product_id) for imp in rec.page()]
+    if isinstance(rec, UbiImpression):
+        return [(rec.impression_id, rec.query_id, rec.object_id)]
+    if isinstance(rec, Impression):
+        return [(rec.impression_id, rec.query_id, rec.product_id)]
+    return []
+
+
 def expectations(records, sampler):
-    """Sort the input by what the worker must do with it."""
-    sampled, unsampled, malformed, unknown = set(), set(), [], set()
+    """Sort the input by what the worker must do with it.
+
+    ``unknown`` holds the impressions of missing products; ``unknown_records`` the records
+    that carry them (a page with two of them is one dead letter).
+    """
+    sampled, unsampled, malformed, unknown, unknown_records = set(), set(), [], set(), set()
     for _, value in records:
         try:
             rec = decode_record(value)
         except DecodeError:
             malformed.append(value)
             continue
-        if isinstance(rec, Impression | UbiImpression):
-            if (
-                rec.product_id.startswith("missing-")
-                if isinstance(rec, Impression)
-                else (rec.object_id.startswith("missing-"))
-            ):
-                unknown.add(rec.impression_id)
-            elif sampler.sampled(rec.query_id):
-                sampled.add(rec.impression_id)
+        for impression_id, query_id, product_id in _impressions(rec):
+            if product_id.startswith("missing-"):
+                unknown.add(impression_id)
+                unknown_records.add(value)
+            elif sampler.sampled(query_id):
+                sampled.add(impression_id)
             else:
-                unsampled.add(rec.impression_id)
-    return sampled, unsampled, malformed, unknown
+                unsampled.add(impression_id)
+    return sampled, unsampled, malformed, unknown, unknown_records
 
 
 def test_impressions_end_to_end(settings, start_worker):
@@ -72,7 +92,9 @@ def test_impressions_end_to_end(settings, start_worker):
     catalog, records = make_traffic(pages=60, seed=11)
     # every record twice, shuffled within its page key order: replays must not double count
     duplicated = records + records[: len(records) // 2]
-    sampled, unsampled, malformed, unknown = expectations(records, QuerySampler(0.5))
+    sampled, unsampled, malformed, unknown, unknown_records = expectations(
+        records, QuerySampler(0.5)
+    )
     assert sampled and unsampled and malformed and unknown
 
     publish_catalog(s, catalog)
@@ -104,7 +126,9 @@ def test_impressions_end_to_end(settings, start_worker):
 
     letters = [
         DeadLetter.model_validate_json(v)
-        for _, v in read_topic(s, s.topic_dlq, expect=len(malformed) + len(unknown), timeout_s=60)
+        for _, v in read_topic(
+            s, s.topic_dlq, expect=len(malformed) + len(unknown_records), timeout_s=60
+        )
     ]
     originals = Counter(
         letter.original for letter in letters if letter.kind in ("malformed", "invalid")
@@ -115,9 +139,11 @@ def test_impressions_end_to_end(settings, start_worker):
         letter.offset >= 0 and 0 <= letter.partition < s.topic_partitions for letter in letters
     )
     dead_unknown = {
-        decode_record(letter.original).impression_id  # type: ignore[union-attr]
+        impression_id
         for letter in letters
         if letter.kind == "unknown_product"
+        for impression_id, _, product_id in _impressions(decode_record(letter.original))
+        if product_id.startswith("missing-")
     }
     assert dead_unknown == unknown
 

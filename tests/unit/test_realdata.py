@@ -95,7 +95,9 @@ def _impressions(gen: TrafficGenerator, pages: int, at_s: float = 0.0):
 def test_esci_replay_pages_carry_the_human_grades(esci_catalog):
     assert len(esci_catalog.queries) == 150 and len(esci_catalog.products) == 6764
     assert Counter(q.tier for q in esci_catalog.queries)["head"] > 0
-    cfg = ReplayConfig(seed=3, ubi_share=0.0, malformed_share=0.0, unknown_product_share=0.0)
+    cfg = ReplayConfig(
+        seed=3, page_share=0.0, ubi_share=0.0, malformed_share=0.0, unknown_product_share=0.0
+    )
     gen = TrafficGenerator(esci_catalog, cfg)
     by_text = {q.text: q for q in esci_catalog.queries}
     seen = 0
@@ -114,7 +116,9 @@ def test_esci_scenario_shift_raises_the_true_bad_share_of_its_tier(esci_catalog)
     assert scenario.explicit_bad_share("tail", "x", 0) is None  # before: the data's own
     assert scenario.explicit_bad_share("tail", "x", 61) == 0.9
     assert Scenario(base_bad_share=0.3).explicit_bad_share("head", "x", 0) == 0.3
-    cfg = ReplayConfig(seed=4, ubi_share=0.0, malformed_share=0.0, unknown_product_share=0.0)
+    cfg = ReplayConfig(
+        seed=4, page_share=0.0, ubi_share=0.0, malformed_share=0.0, unknown_product_share=0.0
+    )
     tiers = {q.text: q.tier for q in esci_catalog.queries}
 
     def tail_bad_share(at_s: float) -> float:

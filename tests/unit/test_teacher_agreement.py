@@ -78,6 +78,7 @@ def replay(minutes: int = 25, pages: int = 100, seed: int = 3):
         catalog,
         ReplayConfig(
             seed=seed,
+            page_share=0.0,
             ubi_share=0.0,
             catalog_share=0.0,
             malformed_share=0.0,

@@ -1,0 +1,244 @@
+"""Result pages: UBI query records whose ``query_response_hit_ids`` list a whole page."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from relmon.errors import DecodeError
+from schemas.models import CatalogProduct
+from schemas.ubi import UbiQuery, decode_record
+from streams.catalog import Catalog
+from streams.fakes import MemoryPorts
+from streams.metrics import Metrics
+from streams.plans import Planner, PlannerConfig
+from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord
+from streams.sampling import SamplingRates
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+PRODUCTS = {
+    "p1": "Blue Velvet Sofa",
+    "p2": "Oak Dining Table",
+    "p3": "Grey Linen Sofa",
+    "p4": "Velvet Sofa Cover",
+}
+
+
+def page(qid, hits, query="velvet sofa", when=NOW, wrap=False, **extra):
+    body = {
+        "query_id": qid,
+        "user_query": query,
+        "client_id": "browser-1",
+        "timestamp": when.isoformat(),
+        "query_response_hit_ids": hits,
+        **extra,
+    }
+    return json.dumps({"ext": {"ubi": body}} if wrap else body).encode()
+
+
+def ubi_event(qid, product, ordinal):
+    return json.dumps(
+        {
+            "action_name": "impression",
+            "query_id": qid,
+            "client_id": "browser-1",
+            "timestamp": NOW.isoformat(),
+            "event_attributes": {
+                "object": {"object_id": product},
+                "position": {"ordinal": ordinal},
+            },
+        }
+    ).encode()
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def record(value, offset, partition=0):
+    return RawRecord("relmon.impressions", partition, offset, b"k", value, 1714564800000)
+
+
+def make(catalog=None, clock=None, event_window=None, rate=1.0):
+    clock = clock or Clock()
+    ports, metrics = MemoryPorts(), Metrics()
+    if catalog is None:
+        catalog = Catalog(
+            [CatalogProduct(product_id=k, title=v, category="Sofas") for k, v in PRODUCTS.items()]
+        )
+    proc = ImpressionProcessor(
+        ports=ports,
+        catalog=catalog,
+        planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
+        rates=SamplingRates(uniform=rate),
+        threshold=0.5,
+        model_version="fake-overlap-1",
+        metrics=metrics,
+        retry_s=5.0,
+        clock=clock,
+        backoff_max_s=0.05,
+        event_window=event_window,
+        wall_clock=lambda: NOW,
+    )
+    return proc, ports, metrics
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_a_query_record_with_hit_ids_is_a_page_in_order(wrap):
+    decoded = decode_record(page("q1", ["p2", "p1", "p3"], wrap=wrap))
+    assert isinstance(decoded, UbiQuery)
+    imps = decoded.page()
+    assert [(i.product_id, i.position) for i in imps] == [("p2", 1), ("p1", 2), ("p3", 3)]
+    assert [i.impression_id for i in imps] == ["ubi:q1:0:p2", "ubi:q1:1:p1", "ubi:q1:2:p3"]
+    assert all(i.query == "velvet sofa" and i.event_time == NOW for i in imps)
+    assert all(i.source == "ubi" and i.needs_catalog and i.session_hash for i in imps)
+    # the ids follow the stream's first ordinal, as its impression events' ids do
+    assert decoded.page(base=1)[0].impression_id == "ubi:q1:1:p2"
+
+
+def test_a_query_record_without_hits_is_no_page():
+    assert decode_record(page("q1", [])).page() == []
+    plain = json.dumps({"query_id": "q1", "user_query": "sofa"}).encode()
+    assert decode_record(plain).page() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (page("q1", "p1,p2"), "query_response_hit_ids must be an array, not string"),
+        (page("q1", ["p1", 7]), "query_response_hit_ids[1] must be a string, not integer"),
+        (page("q1", ["p1", None]), "query_response_hit_ids[1] must be a string, not null"),
+        (page("q1", ["p1", ""]), "query_response_hit_ids.1"),
+        (page("q1", ["x" * 300]), "query_response_hit_ids.0"),
+        (page("q1", ["p1"] * 10_001), "query_response_hit_ids"),
+        (page(None, ["p1"]), "query_id missing (a result page"),
+        (
+            json.dumps(
+                {"query_id": "q1", "user_query": "sofa", "query_response_hit_ids": ["p1"]}
+            ).encode(),
+            "timestamp missing (a result page",
+        ),
+        (page("q1", ["p1"], timestamp=1714564800000), "timestamp"),
+    ],
+)
+def test_a_bad_page_is_refused_naming_the_field(value, says):
+    with pytest.raises(DecodeError) as err:
+        decode_record(value)
+    assert err.value.kind == "invalid"
+    assert says in str(err.value)
+
+
+# --- processing -------------------------------------------------------------------------------
+
+
+def test_a_page_becomes_one_row_per_hit_and_its_record_is_acked_once():
+    proc, ports, metrics = make()
+    run(proc.process([record(page("q1", ["p1", "p2", "p3"]), 0)]))
+    rows = sorted(ports.rows.values(), key=lambda r: r.position)
+    assert [(r.product_id, r.position, r.title) for r in rows] == [
+        ("p1", 1, "Blue Velvet Sofa"),
+        ("p2", 2, "Oak Dining Table"),
+        ("p3", 3, "Grey Linen Sofa"),
+    ]
+    assert [r.offset for r in ports.acked] == [0]
+    assert ports.queries == {"q1": "velvet sofa"}
+    assert metrics.get("ubi_pages") == 1 and metrics.get("impressions") == 3
+    assert metrics.get("consumed") == 1 and metrics.get("sampled") == 3
+
+
+def test_a_page_and_its_impression_events_are_counted_once():
+    proc, ports, _ = make()
+    events = [record(ubi_event("q1", p, i), 1 + i) for i, p in enumerate(["p1", "p2"])]
+    run(proc.process([record(page("q1", ["p1", "p2"]), 0), *events]))
+    assert sorted(ports.rows) == ["ubi:q1:0:p1", "ubi:q1:1:p2"]
+    assert ports.row_writes == 2
+
+
+def test_pages_and_impression_events_of_the_same_traffic_give_the_same_rows():
+    hits = {f"q{i}": [f"p{1 + (i + j) % 4}" for j in range(3)] for i in range(40)}
+    queries = ["velvet sofa", "oak table", "linen sofa", "sofa cover"]
+    as_pages, as_events = [], []
+    for n, (qid, ids) in enumerate(hits.items()):
+        text = queries[n % 3 if n % 5 else 0]
+        as_pages.append(page(qid, ids, query=text))
+        as_events.append(json.dumps({"query_id": qid, "user_query": text}).encode())
+        as_events += [ubi_event(qid, p, i) for i, p in enumerate(ids)]
+
+    def rows(values):
+        proc, ports, _ = make(rate=0.5)
+        run(proc.process([record(v, i) for i, v in enumerate(values)]))
+        return {k: (r.sample_rate, r.tier, r.position, r.score) for k, r in ports.rows.items()}
+
+    from_pages = rows(as_pages)
+    assert 0 < len(from_pages) < 120  # sampled by query: some pages in, some out
+    assert from_pages == rows(as_events)
+
+
+def test_an_unknown_hit_waits_and_the_page_is_acked_only_when_it_is_known():
+    clock = Clock()
+    catalog = Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")])
+    proc, ports, _ = make(catalog=catalog, clock=clock)
+    run(proc.process([record(page("q1", ["p1", "late"]), 0), record(page("q2", ["p1"]), 1)]))
+    assert set(ports.rows) == {"ubi:q1:0:p1", "ubi:q2:0:p1"}
+    assert proc.pending == 1 and ports.acked == []  # offset 1 waits behind offset 0
+    catalog.put(CatalogProduct(product_id="late", title="Sofa Bed"))
+    clock.t += 1
+    run(proc.retry_pending())
+    assert "ubi:q1:1:late" in ports.rows
+    assert [r.offset for r in ports.acked] == [0, 1] and ports.dead_letters == []
+
+
+def test_unknown_hits_dead_letter_the_page_once_with_its_bytes_and_the_rest_is_scored():
+    clock = Clock()
+    proc, ports, metrics = make(clock=clock)
+    value = page("q1", ["p1", "gone-1", "p2", "gone-2"])
+    run(proc.process([record(value, 0)]))
+    assert set(ports.rows) == {"ubi:q1:0:p1", "ubi:q1:2:p2"}
+    assert ports.acked == [] and ports.dead_letters == []
+    clock.t += 10
+    run(proc.retry_pending())
+    (letter,) = ports.dead_letters
+    assert letter.kind == "unknown_product" and letter.offset == 0
+    assert letter.original == value
+    assert "2 of the page's 4 hits refused" in letter.reason
+    assert "'gone-1' at position 2" in letter.reason and "'gone-2' at position 4" in letter.reason
+    assert [r.offset for r in ports.acked] == [0] and proc.pending == 0
+    assert metrics.get("dead_lettered_unknown_product") == 1
+    # re-sending the letter's page scores nothing twice
+    catalog_known = ports.row_writes
+    run(proc.process([record(value, 1)]))
+    assert ports.row_writes == catalog_known
+
+
+def test_a_page_outside_the_event_time_window_is_one_dead_letter():
+    window = EventTimeWindow(max_age_s=86_400, max_future_s=300)
+    proc, ports, metrics = make(event_window=window)
+    old = page("q1", ["p1", "p2"], when=NOW - timedelta(days=3))
+    run(proc.process([record(old, 0)]))
+    (letter,) = ports.dead_letters
+    assert letter.kind == "event_time_out_of_range" and ports.rows == {}
+    assert metrics.get("dead_lettered_event_time_out_of_range") == 1
+    assert [r.offset for r in ports.acked] == [0]
+    assert ports.queries == {"q1": "velvet sofa"}  # its text is still known to later events
+
+
+def test_revoking_a_partition_forgets_its_half_done_pages():
+    proc, ports, _ = make(catalog=Catalog([CatalogProduct(product_id="p1", title="Sofa")]))
+    run(proc.process([record(page("q1", ["p1", "late"]), 0, partition=3)]))
+    assert proc.pending == 1
+    assert proc.drop_partitions([("relmon.impressions", 3)]) == 1
+    # the partition's next owner reads the page again; this worker, given it back, starts afresh
+    run(proc.process([record(page("q1", ["p1"]), 0, partition=3)]))
+    assert [(r.partition, r.offset) for r in ports.acked] == [(3, 0)]
