@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from relmon.estimate import Sums, judged
 from relmon.replay import ReplayConfig, TrafficGenerator
 from relmon.scenario import Scenario, Shift
 from relmon.stats import RateEstimate
@@ -188,10 +189,14 @@ def simulate(
     seed: int = 7,
     scenario: Scenario = DEFAULT_SCENARIO,
     rates: SamplingRates | None = None,
-    min_window_sample: int = 30,
+    min_window_sample: int | None = None,
     start: datetime | None = None,
 ) -> SimulationResult:
-    """Replay ``minutes`` of simulated traffic through the processor; compare with the truth."""
+    """Replay ``minutes`` of simulated traffic through the processor; compare with the truth.
+
+    A window is judged with an effective sample of ``min_window_sample`` (default:
+    ``RELMON_MIN_WINDOW_SAMPLE``).
+    """
     replay = replay_in_memory(
         SyntheticCatalog.generate(seed=seed),
         minutes=minutes,
@@ -208,7 +213,7 @@ def _compare(
     population: list[tuple[datetime, int, str, bool]],
     ports: MemoryPorts,
     planner: Planner,
-    min_window_sample: int,
+    min_window_sample: int | None,
 ) -> SimulationResult:
     truth: dict[tuple[datetime, str], list[int]] = defaultdict(lambda: [0, 0])
     for when, part, query, is_bad in population:
@@ -218,19 +223,15 @@ def _compare(
         ]
         cell[0] += 1
         cell[1] += int(is_bad)
-    sums: dict[tuple[datetime, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])
+    sums: dict[tuple[datetime, str], Sums] = defaultdict(Sums)
     for row in ports.rows.values():
-        s = sums[(row.event_time.replace(second=0, microsecond=0), row.tier)]
-        s[0] += 1
-        s[1] += row.is_bad
-        s[2] += row.sample_weight
-        s[3] += row.sample_weight * row.is_bad
-        s[4] += row.sample_weight**2
+        w, b = row.sample_weight, int(row.is_bad)
+        key = (row.event_time.replace(second=0, microsecond=0), row.tier)
+        sums[key] += Sums(1, b, w, w * b, w * w)
     windows = []
     for (window, tier), (total, bad) in sorted(truth.items()):
         if (window, tier) not in sums:
             continue
-        n, b, sw, swb, sw2 = sums[(window, tier)]
-        est = RateEstimate.from_sums(int(n), int(b), sw, swb, sw2)
-        windows.append(WindowCheck(window, tier, bad / total, est, est.n_eff >= min_window_sample))
+        est = sums[(window, tier)].estimate()
+        windows.append(WindowCheck(window, tier, bad / total, est, judged(est, min_window_sample)))
     return SimulationResult(len(population), len(ports.rows), windows)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from relmon.estimate import Sums
 from relmon.stats import RateEstimate
 
 __all__ = [
@@ -56,41 +57,6 @@ __all__ = [
 SEGMENT_DIMENSIONS = ("tier", "category", "locale", "position_bucket", "model_version")
 Segment = tuple[str, str]
 OVERALL: Segment = ("overall", "all")
-
-
-@dataclass(frozen=True)
-class Sums:
-    """The sums behind a weighted rate."""
-
-    sampled: int = 0
-    bad: int = 0
-    sum_w: float = 0.0
-    sum_w_bad: float = 0.0
-    sum_w2: float = 0.0
-
-    def __add__(self, other: Sums) -> Sums:
-        return Sums(
-            self.sampled + other.sampled,
-            self.bad + other.bad,
-            self.sum_w + other.sum_w,
-            self.sum_w_bad + other.sum_w_bad,
-            self.sum_w2 + other.sum_w2,
-        )
-
-    def __sub__(self, other: Sums) -> Sums:
-        return Sums(
-            self.sampled - other.sampled,
-            self.bad - other.bad,
-            self.sum_w - other.sum_w,
-            self.sum_w_bad - other.sum_w_bad,
-            self.sum_w2 - other.sum_w2,
-        )
-
-    def estimate(self) -> RateEstimate:
-        """The rate, effective sample size and 95% interval."""
-        return RateEstimate.from_sums(
-            self.sampled, self.bad, self.sum_w, self.sum_w_bad, self.sum_w2
-        )
 
 
 def rollup(cells: Iterable[tuple[Mapping[str, str], Sums]]) -> dict[Segment, Sums]:

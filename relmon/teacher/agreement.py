@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from relmon.estimate import Sums
 from relmon.stats import Z95, RateEstimate
 from relmon.teacher.verdict import BAD_GRADES, GRADES
 
@@ -162,16 +163,14 @@ def corrected_rates(
     for case in cases:
         by_segment.setdefault(case.segment, []).append(case)
     out: list[dict[str, object]] = []
-    totals = np.zeros(5)
-    for row in student.itertuples(index=False):
-        sums = (int(row.sampled), int(row.bad), float(row.sum_w), float(row.sum_w_bad))
-        raw = RateEstimate.from_sums(*sums, float(row.sum_w2))
-        totals += [*sums, float(row.sum_w2)]
-        seg = str(row.segment)
-        out.append(corrected_rate(raw, by_segment.get(seg, []), seg).as_row())
+    totals = Sums()
+    for _, row in student.iterrows():
+        sums = Sums.from_row(row)
+        totals += sums
+        seg = str(row["segment"])
+        out.append(corrected_rate(sums.estimate(), by_segment.get(seg, []), seg).as_row())
     if len(out) != 1 or out[0]["segment"] != pooled_label:
-        raw = RateEstimate.from_sums(int(totals[0]), int(totals[1]), *totals[2:])
-        out.insert(0, corrected_rate(raw, cases, pooled_label).as_row())
+        out.insert(0, corrected_rate(totals.estimate(), cases, pooled_label).as_row())
     return pd.DataFrame(out)
 
 

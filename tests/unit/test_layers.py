@@ -9,7 +9,8 @@ with its reason. The layers (README, "Architecture"):
    ``relmon.settings`` and small pure helpers (``relmon.stats``, ``relmon.hostinfo``);
 1. **domain**: what relmon computes, framework-free: the stream processing core (decode, enrich,
    sample, route: ``streams`` but its adapters), scoring (``scoring``), alert detection
-   (``relmon.alerts.detect``/``lifecycle``);
+   (``relmon.alerts.detect``/``lifecycle``), the rate estimate's sums, SQL and judged cut
+   (``relmon.estimate``);
 2. **adapters**: what talks to the world: ClickHouse (``relmon.db``, the worker's
    ``streams.storage``), Kafka (``relmon.kafka``, ``relmon.lag``, the Faust app
    ``streams.app``), the local store and processes (``relmon.store``, ``relmon.runtime``), the
@@ -48,7 +49,7 @@ LAYERS: dict[str, int] = {
     "scoring": DOMAIN,
     "relmon.alerts.detect": DOMAIN,
     "relmon.alerts.lifecycle": DOMAIN,
-    "relmon.queries": DOMAIN,
+    "relmon.estimate": DOMAIN,
     "streams.app": ADAPTERS,
     "streams.storage": ADAPTERS,
     "streams.repository": ADAPTERS,
