@@ -14,9 +14,8 @@ import pandas as pd
 import streamlit as st
 from clickhouse_connect.driver.client import Client
 
-from relmon import db
+from relmon import db, estimate
 from relmon.settings import get_settings
-from relmon.stats import RateEstimate
 
 __all__ = [
     "RANGES",
@@ -72,13 +71,9 @@ class Filters:
         }
 
 
-WHERE = (
-    "(empty({tiers:Array(String)}) OR has({tiers:Array(String)}, toString(tier))) "
-    "AND (empty({cats:Array(String)}) OR has({cats:Array(String)}, toString(category))) "
-    "AND (empty({locales:Array(String)}) OR has({locales:Array(String)}, toString(locale))) "
-    "AND (empty({models:Array(String)}) OR has({models:Array(String)}, toString(model_version)))"
-)
-SUMS = ["sampled", "bad", "sum_w", "sum_w_bad", "sum_w2"]
+# Column -> bound parameter of the sidebar's segment filters (Filters.params).
+FILTERS = {"tier": "tiers", "category": "cats", "locale": "locales", "model_version": "models"}
+WHERE = estimate.segment_filter(FILTERS)
 
 
 @st.cache_resource
@@ -130,25 +125,8 @@ def filters() -> Filters:
 @st.cache_data(ttl=5)
 def cells(f: Filters, by: tuple[str, ...] = ("tier",), bucket: bool = True) -> pd.DataFrame:
     """Sums per (time bucket,) and ``by`` columns, from raw rows or the hourly roll-up."""
-    keys = ", ".join(by)
-    if f.bucket_s < 3600:
-        ts = "toStartOfInterval(event_time, toIntervalSecond({w:UInt32}))"
-        sql = (
-            f"SELECT {ts + ' AS window_start, ' if bucket else ''}{keys}, count() AS sampled, "
-            "sum(is_bad) AS bad, sum(sample_weight) AS sum_w, "
-            "sum(sample_weight * is_bad) AS sum_w_bad, "
-            "sum(sample_weight * sample_weight) AS sum_w2 FROM scored_impressions FINAL "
-            f"WHERE event_time >= {{since:DateTime64(3, 'UTC')}} AND {WHERE} "
-            f"GROUP BY {'window_start, ' if bucket else ''}{keys}"
-        )
-    else:
-        sql = (
-            f"SELECT {'window_start, ' if bucket else ''}{keys}, sum(sampled) AS sampled, "
-            "sum(bad) AS bad, sum(sum_w) AS sum_w, sum(sum_w_bad) AS sum_w_bad, "
-            "sum(sum_w2) AS sum_w2 FROM bad_case_rollup_1h "
-            f"WHERE window_start >= {{since:DateTime64(3, 'UTC')}} AND {WHERE} "
-            f"GROUP BY {'window_start, ' if bucket else ''}{keys}"
-        )
+    source = "scored_impressions" if f.bucket_s < 3600 else "bad_case_rollup_1h"
+    sql = estimate.window_sums_sql(source, by, bucket=bucket, filters=FILTERS)
     return _frame(sql, f.params() | {"w": f.bucket_s})
 
 
@@ -160,14 +138,10 @@ def rates(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     min_n = get_settings().min_window_sample
     out = []
     for key, g in frame.groupby(by, sort=True) if by else [((), frame)]:
-        s = g[SUMS].sum()
-        est = RateEstimate.from_sums(
-            int(s["sampled"]), int(s["bad"]), s["sum_w"], s["sum_w_bad"], s["sum_w2"]
-        )
+        est = estimate.Sums.from_row(g[list(estimate.SUM_COLUMNS)].sum()).estimate()
         key = key if isinstance(key, tuple) else (key,)
-        judged = est.n_eff >= min_n
         out.append([*key, est.sampled, est.bad, est.rate, est.ci_low, est.ci_high])
-        out[-1] += [est.n_eff, judged]
+        out[-1] += [est.n_eff, estimate.judged(est, min_n)]
     return pd.DataFrame(out, columns=cols)
 
 

@@ -25,10 +25,11 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from relmon import db
-from relmon.alerts.detect import SEGMENT_DIMENSIONS, Detector, DetectorConfig, Sums, rollup
+from relmon.alerts.detect import SEGMENT_DIMENSIONS, Detector, DetectorConfig, rollup
 from relmon.alerts.lifecycle import Alert, AlertBook, AlertEvent
 from relmon.alerts.sinks import AlertSink, build_sinks
 from relmon.errors import RelmonError, ServiceError
+from relmon.estimate import Sums, window_sums_sql
 from relmon.settings import Settings
 from relmon.stats import RateEstimate
 
@@ -87,23 +88,15 @@ def query_window_sums(
 ) -> dict[datetime, dict[tuple[str, str], Sums]]:
     """Per-window segment sums of ``scored_impressions`` in ``[since, until)``."""
     result = client.query(
-        "SELECT toStartOfInterval(event_time, toIntervalSecond({w:UInt32})) AS ws, "
-        "tier, category, locale, position_bucket, model_version, count(), sum(is_bad), "
-        "sum(sample_weight), sum(sample_weight * is_bad), sum(sample_weight * sample_weight) "
-        "FROM scored_impressions FINAL "
-        "WHERE event_time >= {since:DateTime64(3, 'UTC')} "
-        "AND event_time < {until:DateTime64(3, 'UTC')} "
-        "GROUP BY ws, tier, category, locale, position_bucket, model_version",
+        window_sums_sql("scored_impressions", SEGMENT_DIMENSIONS, bucket=True, until=True),
         parameters={"w": window_s, "since": since, "until": until},
     )
     cells: dict[datetime, list[tuple[dict[str, str], Sums]]] = {}
-    for ws, *rest in result.result_rows:
-        dims = dict(zip(SEGMENT_DIMENSIONS, (str(x) for x in rest[:5]), strict=True))
-        n, bad, sw, swb, sw2 = rest[5:]
+    for row in result.named_results():
+        dims = {d: str(row[d]) for d in SEGMENT_DIMENSIONS}
+        ws = row["window_start"]
         start = ws if ws.tzinfo else ws.replace(tzinfo=UTC)
-        cells.setdefault(start, []).append(
-            (dims, Sums(int(n), int(bad), float(sw), float(swb), float(sw2)))
-        )
+        cells.setdefault(start, []).append((dims, Sums.from_row(row)))
     return {start: rollup(c) for start, c in cells.items()}
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 from clickhouse_connect.driver.client import Client
 
+from relmon.estimate import SUM_COLUMNS, window_sums_sql
 from relmon.teacher.agreement import Reviewed
 from relmon.teacher.judge import CachedGrade, CacheKey, normalise_query
 from relmon.teacher.verdict import Verdict
@@ -287,15 +288,12 @@ _SEGMENT_SQL = {"all": "'all'", "category": "category", "tier": "tier", "locale"
 
 def student_sums(client: Client, segment: Segment, since: datetime) -> pd.DataFrame:
     """The scored rows' sums per segment (``segment, sampled, bad, sum_w, sum_w_bad, sum_w2``)."""
-    expr = _SEGMENT_SQL[segment]  # a fixed expression chosen from a whitelist, never user text
-    result = client.query(
-        f"SELECT toString({expr}) AS segment, count() AS sampled, sum(is_bad) AS bad, "
-        "sum(sample_weight) AS sum_w, sum(sample_weight * is_bad) AS sum_w_bad, "
-        "sum(sample_weight * sample_weight) AS sum_w2 FROM scored_impressions FINAL "
-        "WHERE event_time >= {since:DateTime64(3, 'UTC')} GROUP BY segment ORDER BY segment",
-        parameters={"since": since},
-    )
-    return pd.DataFrame(result.result_rows, columns=list(result.column_names))
+    keys = () if segment == "all" else (segment,)
+    result = client.query(window_sums_sql("scored_impressions", keys), parameters={"since": since})
+    frame = pd.DataFrame(result.result_rows, columns=list(result.column_names))
+    frame = frame[frame["sampled"] > 0]  # no GROUP BY for "all": one row even with no rows
+    labels = frame[segment].astype(str) if keys else "all"
+    return frame.assign(segment=labels)[["segment", *SUM_COLUMNS]].reset_index(drop=True)
 
 
 def reviewed_cases(client: Client, segment: Segment, since: datetime) -> list[Reviewed]:

@@ -145,6 +145,23 @@ def test_judged_cut_follows_the_setting(min_window_sample: pytest.MonkeyPatch) -
     assert judged(window, 10) is True  # an explicit cut wins over the setting
 
 
+def test_dashboard_rates_use_the_setting(min_window_sample: pytest.MonkeyPatch) -> None:
+    from dashboards import data
+
+    frame = pd.DataFrame(
+        [
+            {"tier": t, "sampled": n, "bad": 1, "sum_w": float(n), "sum_w_bad": 1.0, "sum_w2": n}
+            for t, n in (("head", 20), ("head", 30), ("tail", 45))
+        ]
+    )
+    min_window_sample.setenv("RELMON_MIN_WINDOW_SAMPLE", "48")
+    get_settings.cache_clear()
+    got = data.rates(frame, ["tier"]).set_index("tier")
+    assert got.loc["head", "sampled"] == 50 and got.loc["head", "n_eff"] == pytest.approx(50)
+    assert bool(got.loc["head", "judged"]) and not bool(got.loc["tail", "judged"])
+    assert segment_filter(data.FILTERS) == data.WHERE
+
+
 def test_no_judged_cut_is_written_as_a_number() -> None:
     """The cut is the setting: no module compares an effective sample with a literal."""
     from pathlib import Path
