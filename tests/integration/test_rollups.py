@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from relmon import db
+from relmon.estimate import Sums, window_sums_sql
 from relmon.settings import Settings, load_settings
 from relmon.store import StoreServer
 from schemas import Impression, ScoredImpression
@@ -214,6 +215,35 @@ def test_two_overlapping_workers_count_each_impression_once(fresh_db: Any) -> No
     assert snapshot(s) == expected
     reviewed = Counter(r.impression_id for r in a.reviews + b.reviews)
     assert set(reviewed.values()) == {2}  # at least once: both sent; the teacher keeps one
+
+
+def test_the_estimate_reads_the_same_sums_from_rows_and_rollups(fresh_db: Any) -> None:
+    """relmon.estimate's SQL: hours and days of raw rows sum to the roll-ups' sums."""
+    s = fresh_db("sums")
+    asyncio.run(run_worker(s, traffic()))
+    since = datetime.now(UTC) - timedelta(days=3)
+
+    def read(source: str, window_s: int) -> dict[tuple[datetime, str], Sums]:
+        sql = window_sums_sql(source, ("category",), bucket=True)
+        result = client.query(sql, parameters={"since": since, "w": window_s})
+        return {
+            (r["window_start"].replace(tzinfo=UTC), str(r["category"])): Sums.from_row(r)
+            for r in result.named_results()
+        }
+
+    client = db.connect(s)
+    try:
+        for rollup, window_s in (("bad_case_rollup_1h", 3600), ("bad_case_rollup_1d", 86400)):
+            raw, rolled = read("scored_impressions", window_s), read(rollup, window_s)
+            assert len(raw) > len(CATEGORIES) and sum(v.sampled for v in raw.values()) == 240
+            assert rolled.keys() == raw.keys(), rollup
+            for key, want in raw.items():
+                got = rolled[key]
+                assert (got.sampled, got.bad) == (want.sampled, want.bad), (rollup, key)
+                floats = (got.sum_w, got.sum_w_bad, got.sum_w2)
+                assert floats == pytest.approx((want.sum_w, want.sum_w_bad, want.sum_w2))
+    finally:
+        client.close()
 
 
 def test_rows_past_the_window_are_refused_and_a_replay_counts_nothing(fresh_db: Any) -> None:
