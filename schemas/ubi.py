@@ -86,6 +86,13 @@ class UbiQuery(BaseModel):
                 session_hash=session,
                 action="impression",
                 source="ubi",
+                # every field given: model_construct then skips its (slow) default lookups
+                schema_version=1,
+                title=None,
+                category=None,
+                brand=None,
+                attributes={},
+                locale="en-US",
             )
             for index, object_id in enumerate(self.hit_ids)
         ]

@@ -60,6 +60,7 @@ import numpy as np
 from relmon.errors import BrokerError, DecodeError, MessageRefused, ServiceError, StoreUnavailable
 from schemas.models import (
     DEAD_LETTER_MAX_BYTES,
+    CatalogProduct,
     DeadLetter,
     DeadLetterKind,
     Impression,
@@ -78,7 +79,7 @@ from scoring.text import product_text
 from streams.catalog import Catalog
 from streams.metrics import Metrics
 from streams.plans import Planner, PlanStore
-from streams.sampling import SamplingRates, sampled, unit_hash
+from streams.sampling import SamplingRates, unit_hash
 from streams.sketch import Tier
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,10 @@ class _Load:
 @dataclass
 class _Outcome:
     letters: list[DeadLetter] = field(default_factory=list)
-    ready: list[tuple[RawRecord, Impression]] = field(default_factory=list)
+    ready: list[tuple[RawRecord, Impression, CatalogProduct | None]] = field(default_factory=list)
+    """impressions known in full, each with the catalogue entry that completes its product text
+    (None when the record carried the text): most are not sampled, so only the sampled ones
+    are copied with the text filled in"""
     done: list[RawRecord] = field(default_factory=list)
     queries: list[UbiQuery] = field(default_factory=list)
 
@@ -510,7 +514,7 @@ class ImpressionProcessor:
                 self._item_done(pending.record, out, ("invalid", reason))
                 continue
             if item is not None:
-                out.ready.append((pending.record, item))
+                out.ready.append((pending.record, *item))
                 self._item_done(pending.record, out)
                 continue
             assert problem is not None
@@ -525,8 +529,11 @@ class ImpressionProcessor:
 
     def _complete(
         self, pending: _Pending
-    ) -> tuple[Impression | None, tuple[DeadLetterKind, str] | None]:
-        """The impression with its query and product text, or what is still unknown."""
+    ) -> tuple[
+        tuple[Impression, CatalogProduct | None] | None, tuple[DeadLetterKind, str] | None
+    ]:
+        """The impression with its query text and the catalogue entry it needs, or what is
+        still unknown."""
         item = pending.item
         if isinstance(item, UbiImpression):
             text = self._queries.get(item.query_id)
@@ -540,8 +547,8 @@ class ImpressionProcessor:
                     "unknown_product",
                     f"unknown product {item.product_id!r} at position {item.position}",
                 )
-            item = item.enriched(product)
-        return item, None
+            return (item, product), None
+        return (item, None), None
 
     async def _prepare_plans(self, waiting: list[_Pending]) -> None:
         """Count first-seen impressions in their partition's sketch; store missing plans.
@@ -562,19 +569,31 @@ class ImpressionProcessor:
         if created:
             await self._retrying(self._ports.save_plans, created, what="plan store")
 
-    def _sample(self, ready: list[tuple[RawRecord, Impression]]) -> list[_Draw]:
-        """Decide which impressions are sampled, under the plan of their partition and epoch."""
+    def _sample(
+        self, ready: list[tuple[RawRecord, Impression, CatalogProduct | None]]
+    ) -> list[_Draw]:
+        """Decide which impressions are sampled, under the plan of their partition and epoch.
+
+        Only the sampled ones get their product text filled in from the catalogue.
+        """
         draws, demand = [], 0
-        for record, imp in ready:
-            plan = self._planner.plan(
-                (record.topic, record.partition, self._planner.epoch(imp.event_time))
-            )
-            tier = plan.tier(imp.query)
-            base = self._rates.base_probability(tier, imp.position, imp.category)
-            demand += sampled(imp.query_id, base)
-            p = plan.probability(self._rates, tier, imp.position, imp.category)
-            if sampled(imp.query_id, p):
-                draws.append(_Draw(imp, p, tier, plan.plan_id))
+        # a page's impressions share their record, plan, query and draw: look them up once
+        last: tuple[RawRecord, str, str] | None = None
+        for record, imp, product in ready:
+            if last is None or (last[0], last[1], last[2]) != (record, imp.query, imp.query_id):
+                plan = self._planner.plan(
+                    (record.topic, record.partition, self._planner.epoch(imp.event_time))
+                )
+                tier = plan.tier(imp.query)
+                draw = unit_hash(imp.query_id)
+                last = (record, imp.query, imp.query_id)
+            category = imp.category or (product.category if product is not None else None)
+            base = self._rates.base_probability(tier, imp.position, category)
+            demand += draw < base
+            p = plan.probability(self._rates, tier, imp.position, category)
+            if draw < p:  # streams.sampling.sampled(query_id, p), the hash computed once
+                full = imp.enriched(product) if product is not None else imp
+                draws.append(_Draw(full, p, tier, plan.plan_id))
         self._load.base_pairs += demand
         return draws
 
