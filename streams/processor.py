@@ -529,11 +529,8 @@ class ImpressionProcessor:
 
     def _complete(
         self, pending: _Pending
-    ) -> tuple[
-        tuple[Impression, CatalogProduct | None] | None, tuple[DeadLetterKind, str] | None
-    ]:
-        """The impression with its query text and the catalogue entry it needs, or what is
-        still unknown."""
+    ) -> tuple[tuple[Impression, CatalogProduct | None] | None, tuple[DeadLetterKind, str] | None]:
+        """The impression with its query text and its catalogue entry, or what is unknown."""
         item = pending.item
         if isinstance(item, UbiImpression):
             text = self._queries.get(item.query_id)
