@@ -242,3 +242,46 @@ def test_revoking_a_partition_forgets_its_half_done_pages():
     # the partition's next owner reads the page again; this worker, given it back, starts afresh
     run(proc.process([record(page("q1", ["p1"]), 0, partition=3)]))
     assert [(r.partition, r.offset) for r in ports.acked] == [(3, 0)]
+
+
+# --- the replayer -----------------------------------------------------------------------------
+
+
+def test_the_replayer_sends_a_page_as_one_record_with_its_hits_in_order():
+    from relmon.replay import ReplayConfig, TrafficGenerator
+    from relmon.synth import SyntheticCatalog
+
+    catalog = SyntheticCatalog.generate(seed=3)
+    config = ReplayConfig(
+        seed=3,
+        dataset="synthetic",
+        page_share=1.0,
+        ubi_share=0.0,
+        catalog_share=0.0,
+        malformed_share=0.2,
+        unknown_product_share=0.0,
+    )
+    gen = TrafficGenerator(catalog, config)
+    records = gen.labelled_page(NOW)
+    *malformed, (_, value, truth) = records
+    assert truth is None and all(t is None for _, _, t in malformed)
+    decoded = decode_record(value)
+    assert isinstance(decoded, UbiQuery)
+    assert len(decoded.hit_ids) + len(malformed) == config.page_size
+    assert [i.position for i in decoded.page()] == list(range(1, len(decoded.hit_ids) + 1))
+    assert gen.counts["ubi_page_records"] == 1 and gen.counts["impressions"] == len(decoded.hit_ids)
+
+
+@pytest.mark.parametrize(
+    ("shares", "says"),
+    [
+        ({"page_share": 0.6, "ubi_share": 0.3, "catalog_share": 0.2}, "at most 1"),
+        ({"page_share": -0.1}, "page_share must be between 0 and 1"),
+    ],
+)
+def test_the_replayer_refuses_format_shares_that_do_not_add_up(shares, says):
+    from relmon.replay import ReplayConfig, TrafficGenerator
+    from relmon.synth import SyntheticCatalog
+
+    with pytest.raises(ValueError, match=says):
+        TrafficGenerator(SyntheticCatalog.generate(seed=3), ReplayConfig(**shares))
