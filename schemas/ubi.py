@@ -30,13 +30,24 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from itertools import accumulate
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relmon.errors import DecodeError
-from schemas.models import DateTime, Id, Impression, JsonInt, Text, hash_id, json_type
+from schemas.models import (
+    CatalogProduct,
+    DateTime,
+    Id,
+    Impression,
+    JsonInt,
+    Text,
+    hash_id,
+    json_type,
+)
 
 MAX_RECORD_BYTES = 1_000_000
 MAX_JSON_DEPTH = 64
@@ -62,8 +73,8 @@ class UbiQuery(BaseModel):
         default=(), max_length=MAX_POSITION, description="query_response_hit_ids, in order"
     )
 
-    def page(self, base: int = UBI_POSITION_BASE) -> list[Impression]:
-        """The impressions of the result page this record carries (none without hit ids).
+    def page(self, base: int = UBI_POSITION_BASE) -> list[PageHit]:
+        """The hits of the result page this record carries (none without hit ids).
 
         They need their product text from the catalogue. ``base`` is the stream's first
         ordinal, so that ids match the stream's UBI impression events.
@@ -73,29 +84,57 @@ class UbiQuery(BaseModel):
         if self.timestamp is None:  # _ubi_query refuses such a page; keep the type honest
             raise ValueError("a UBI result page needs a timestamp")
         session = hash_id(self.client_id) if self.client_id else None
-        # Every field was validated with this record (ids, query text, timestamp), so the
-        # impressions are built without validating each again: a page holds up to 10,000.
+        when = self.timestamp
         return [
-            Impression.model_construct(
-                impression_id=f"ubi:{self.query_id}:{index + base}:{object_id}",
-                query_id=self.query_id,
-                query=self.user_query,
-                product_id=object_id,
-                position=index + 1,
-                event_time=self.timestamp,
-                session_hash=session,
-                action="impression",
-                source="ubi",
-                # every field given: model_construct then skips its (slow) default lookups
-                schema_version=1,
-                title=None,
-                category=None,
-                brand=None,
-                attributes={},
-                locale="en-US",
+            PageHit(
+                self.query_id, self.user_query, object_id, index + 1, index + base, when, session
             )
             for index, object_id in enumerate(self.hit_ids)
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class PageHit:
+    """One hit of a UBI result page: an impression whose product text the catalogue gives.
+
+    Every field was validated with its page record, and most hits are not sampled, so a hit is
+    a plain value; :meth:`impression` builds the relmon impression of a sampled one.
+    """
+
+    query_id: str
+    query: str
+    product_id: str
+    position: int
+    ordinal: int
+    event_time: datetime
+    session_hash: str | None
+
+    category = None
+    """a page carries no product text: the catalogue's category applies"""
+    needs_catalog = True
+
+    @property
+    def impression_id(self) -> str:
+        """The id the UBI impression event of the same result has."""
+        return f"ubi:{self.query_id}:{self.ordinal}:{self.product_id}"
+
+    def impression(self) -> Impression:
+        """The relmon impression of this hit (without product text)."""
+        return Impression(
+            impression_id=self.impression_id,
+            query_id=self.query_id,
+            query=self.query,
+            product_id=self.product_id,
+            position=self.position,
+            event_time=self.event_time,
+            session_hash=self.session_hash,
+            action="impression",
+            source="ubi",
+        )
+
+    def enriched(self, product: CatalogProduct) -> Impression:
+        """The relmon impression of this hit with the product text of ``product``."""
+        return self.impression().enriched(product)
 
 
 class UbiImpression(BaseModel):

@@ -32,8 +32,9 @@ from streams.sketch import SpaceSaving, normalise_query, tiers_from
 PlanKey = tuple[str, int, int]
 """(topic, partition, epoch index)"""
 Partition = tuple[str, int]
-Seen = tuple[str, int, int, datetime, str | None]
-"""(topic, partition, offset, event time, query text or None if not known yet)"""
+Seen = tuple[str, int, int, datetime, str | None, int]
+"""(topic, partition, offset, event time, query text or None if not known yet, impressions):
+a record that carries a result page counts its query once per hit"""
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class Planner:
         It has no side effect but caching, so it can be retried.
         """
         cfg = self.config
-        for tp in sorted({(t, p) for t, p, _, _, _ in seen} - set(self._parts)):
+        for tp in sorted({(s[0], s[1]) for s in seen} - set(self._parts)):
             cp = await store.latest_checkpoint(*tp)
             part = _Part(SpaceSaving(cfg.sketch_capacity, cfg.sketch_decay))
             if cp is not None:
@@ -169,7 +170,7 @@ class Planner:
                 )
             part.checkpointed_at = self._clock()
             self._parts[tp] = part
-        missing = sorted({(t, p, self.epoch(w)) for t, p, _, w, _ in seen} - set(self._plans))
+        missing = sorted({(s[0], s[1], self.epoch(s[3])) for s in seen} - set(self._plans))
         if missing:
             for key, stored in (await store.load_plans(missing)).items():
                 self._plans[key] = stored.plan
@@ -181,7 +182,7 @@ class Planner:
         the new plans, to be stored before use.
         """
         created: list[StoredPlan] = []
-        for topic, partition, offset, when, query in sorted(seen, key=lambda s: s[:3]):
+        for topic, partition, offset, when, query, hits in sorted(seen, key=lambda s: s[:3]):
             part = self._parts[(topic, partition)]
             key = (topic, partition, self.epoch(when))
             fresh = offset >= part.count_from  # not in the restored checkpoint yet
@@ -196,7 +197,7 @@ class Planner:
                 created.append(StoredPlan(key, plan))
             if fresh:
                 if query is not None:
-                    part.sketch.add(normalise_query(query))
+                    part.sketch.add(normalise_query(query), hits)
                 part.next_offset = max(part.next_offset, offset + 1)
         return created
 

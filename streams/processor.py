@@ -70,6 +70,7 @@ from schemas.models import (
 from schemas.ubi import (
     UBI_POSITION_BASE,
     InputRecord,
+    PageHit,
     UbiImpression,
     UbiOtherEvent,
     UbiQuery,
@@ -78,7 +79,7 @@ from schemas.ubi import (
 from scoring.text import product_text
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlanStore
+from streams.plans import Planner, PlanStore, Seen
 from streams.sampling import SamplingRates, unit_hash
 from streams.sketch import Tier
 
@@ -179,8 +180,12 @@ def _utc_now() -> datetime:
 @dataclass
 class _Pending:
     record: RawRecord
-    item: Impression | UbiImpression
+    item: Impression | UbiImpression | PageHit
     deadline: float
+
+
+_Known = tuple[Impression | PageHit, CatalogProduct | None]
+"""an impression whose query text is known, and the catalogue entry its product text needs"""
 
 
 @dataclass
@@ -213,7 +218,9 @@ class _Load:
 @dataclass
 class _Outcome:
     letters: list[DeadLetter] = field(default_factory=list)
-    ready: list[tuple[RawRecord, Impression, CatalogProduct | None]] = field(default_factory=list)
+    ready: list[tuple[RawRecord, Impression | PageHit, CatalogProduct | None]] = field(
+        default_factory=list
+    )
     """impressions known in full, each with the catalogue entry that completes its product text
     (None when the record carried the text): most are not sampled, so only the sampled ones
     are copied with the text filled in"""
@@ -376,12 +383,12 @@ class ImpressionProcessor:
 
     def _decode_all(
         self, records: Sequence[RawRecord], out: _Outcome
-    ) -> list[tuple[RawRecord, Impression | UbiImpression]]:
+    ) -> list[tuple[RawRecord, Impression | UbiImpression | PageHit]]:
         """Decode every record: UBI queries are remembered, other events and bad records done.
 
         A UBI query record with hit ids becomes the impressions of its page.
         """
-        items: list[tuple[RawRecord, Impression | UbiImpression]] = []
+        items: list[tuple[RawRecord, Impression | UbiImpression | PageHit]] = []
         now = self._wall_clock()
         for record in records:
             decoded = self._decode(record, out)
@@ -416,7 +423,7 @@ class ImpressionProcessor:
         query: UbiQuery,
         out: _Outcome,
         now: datetime,
-        items: list[tuple[RawRecord, Impression | UbiImpression]],
+        items: list[tuple[RawRecord, Impression | UbiImpression | PageHit]],
     ) -> None:
         """Queue the impressions of a result page; the record is done when all of them are."""
         assert query.timestamp is not None  # decode_record refuses a page without one
@@ -529,7 +536,7 @@ class ImpressionProcessor:
 
     def _complete(
         self, pending: _Pending
-    ) -> tuple[tuple[Impression, CatalogProduct | None] | None, tuple[DeadLetterKind, str] | None]:
+    ) -> tuple[_Known | None, tuple[DeadLetterKind, str] | None]:
         """The impression with its query text and its catalogue entry, or what is unknown."""
         item = pending.item
         if isinstance(item, UbiImpression):
@@ -552,22 +559,26 @@ class ImpressionProcessor:
 
         See :mod:`streams.plans`.
         """
-        seen = []
+        seen: list[Seen] = []
         for p in waiting:
-            item = p.item
+            item, record = p.item, p.record
+            if seen and seen[-1][:3] == (record.topic, record.partition, record.offset):
+                t, part, offset, when, query, hits = seen[-1]  # the next hit of a page
+                seen[-1] = (t, part, offset, when, query, hits + 1)
+                continue
             query = (
                 self._queries.get(item.query_id) if isinstance(item, UbiImpression) else item.query
             )
             when = item.timestamp if isinstance(item, UbiImpression) else item.event_time
-            seen.append((p.record.topic, p.record.partition, p.record.offset, when, query))
-            self._counted.add((p.record.topic, p.record.partition, p.record.offset))
+            seen.append((record.topic, record.partition, record.offset, when, query, 1))
+            self._counted.add((record.topic, record.partition, record.offset))
         await self._retrying(lambda s: self._planner.load(s, self._ports), seen, what="plan lookup")
         created = self._planner.advance(seen)
         if created:
             await self._retrying(self._ports.save_plans, created, what="plan store")
 
     def _sample(
-        self, ready: list[tuple[RawRecord, Impression, CatalogProduct | None]]
+        self, ready: list[tuple[RawRecord, Impression | PageHit, CatalogProduct | None]]
     ) -> list[_Draw]:
         """Decide which impressions are sampled, under the plan of their partition and epoch.
 
@@ -589,7 +600,12 @@ class ImpressionProcessor:
             demand += draw < base
             p = plan.probability(self._rates, tier, imp.position, category)
             if draw < p:  # streams.sampling.sampled(query_id, p), the hash computed once
-                full = imp.enriched(product) if product is not None else imp
+                if product is not None:
+                    full = imp.enriched(product)
+                elif isinstance(imp, PageHit):  # a page always takes its text from the catalogue
+                    full = imp.impression()
+                else:
+                    full = imp
                 draws.append(_Draw(full, p, tier, plan.plan_id))
         self._load.base_pairs += demand
         return draws

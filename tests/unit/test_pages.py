@@ -103,7 +103,9 @@ def test_a_query_record_with_hit_ids_is_a_page_in_order(wrap):
     assert [(i.product_id, i.position) for i in imps] == [("p2", 1), ("p1", 2), ("p3", 3)]
     assert [i.impression_id for i in imps] == ["ubi:q1:0:p2", "ubi:q1:1:p1", "ubi:q1:2:p3"]
     assert all(i.query == "velvet sofa" and i.event_time == NOW for i in imps)
-    assert all(i.source == "ubi" and i.needs_catalog and i.session_hash for i in imps)
+    assert all(i.needs_catalog and i.session_hash for i in imps)
+    full = imps[0].impression()
+    assert (full.impression_id, full.position, full.source) == ("ubi:q1:0:p2", 1, "ubi")
     # the ids follow the stream's first ordinal, as its impression events' ids do
     assert decoded.page(base=1)[0].impression_id == "ubi:q1:1:p2"
 
