@@ -1,0 +1,445 @@
+"""Stream bench: relmon's worker against a plain Faust agent on the same records.
+
+Run: ``python bench/stream.py`` (about 5 minutes on 2 cores). It starts its own tansu broker and
+local store in a temporary RELMON_HOME, publishes the replay catalogue (real ESCI products by
+default), pre-fills one topic with ``--pages`` result pages, each one UBI query record with
+``query_response_hit_ids`` (the replayer's page format), and then runs, back to back, each with
+its own consumer group and ClickHouse database:
+
+1. ``plain_faust``: a Faust agent that takes one event at a time and only ``json.loads`` it
+   (the floor of any Faust consumer on this machine);
+2. ``relmon_default``: ``relmon worker`` with default settings (the automatic scoring budget,
+   which plans to work a backlog off within 30 s, so on a pre-filled topic it reads only as
+   fast as that needs);
+3. ``relmon_budgeted``: ``relmon worker`` with a fixed scoring budget
+   (``RELMON_SCORING_BUDGET_PPS``) of ``--budget-share`` of the scorer capacity run 2 measured:
+   the ingest ceiling with scoring budgeted, the headline ``relmon_impressions_per_s``;
+4. ``relmon_unbudgeted``: ``relmon worker`` with ``RELMON_SCORING_BUDGET_PPS=0`` (every sampled
+   impression scored, at the base rates);
+5. ``lag``: the default worker fed at 3x its scorer's capacity of input (impressions/s whose
+   base-rate sample, run 4's share, is 3x the pairs/s it measured at start-up) for ``--lag-s``
+   seconds; the lag is bounded when it stops growing (the last third's mean lag at most 1.25x
+   the middle third's, or under one second of input);
+6. ``latency``: the default worker fed at 80% of the impressions/s it reached in run 2, for
+   ``--warmup-s`` seconds (the budget settles; sampling plans change once per minute of event
+   time) and then ``--latency-s`` seconds measured; impression-to-ClickHouse latency is the
+   ledger time of each sampled impression (written after its row and review request are
+   stored) minus its event time (set when it was produced).
+
+Throughput is measured between the consumer's first and last record (the worker's counters,
+polled every 0.2 s; the plain agent times itself), so start-up is not counted. Progress goes to
+stderr; the last line on stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
+
+from relmon import db  # noqa: E402
+from relmon.chaos import scrape  # noqa: E402
+from relmon.demo import store_process, worker_process  # noqa: E402
+from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
+from relmon.kafka import broker_process, ensure_topics, producer  # noqa: E402
+from relmon.replay import ReplayConfig, TrafficGenerator, load_catalog, publish_catalog  # noqa: E402
+from relmon.runtime import free_port, wait_until  # noqa: E402
+from relmon.settings import Settings, load_settings  # noqa: E402
+
+log = logging.getLogger("bench.stream")
+POLL_S = 0.2
+
+
+# --- The plain Faust agent (run in a child process) ---------------------------------------------
+
+
+def plain_agent(bootstrap: str, topic: str, group: str, expect: int, out: Path) -> None:
+    """Consume ``expect`` records one at a time, ``json.loads`` each; time them into ``out``."""
+    import faust
+
+    app = faust.App(
+        group,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        datadir=str(out.parent / f"faust-{group}"),
+    )
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    seen = {"n": 0, "first": 0.0}
+
+    @app.agent(source)
+    async def consume(stream: Any) -> None:
+        async for value in stream:
+            json.loads(value)
+            seen["n"] += 1
+            if seen["n"] == 1:
+                seen["first"] = time.monotonic()
+            if seen["n"] == expect:
+                elapsed = time.monotonic() - seen["first"]
+                out.write_text(json.dumps({"records": expect - 1, "seconds": elapsed}))
+
+    faust.Worker(app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
+
+
+def run_plain(settings: Settings, expect: int, timeout_s: float) -> dict[str, float]:
+    """Run the plain agent in a child process on ``settings``' impressions topic."""
+    out = settings.home / "plain-agent.json"
+    argv = [
+        sys.executable,
+        __file__,
+        "--plain-agent",
+        ",".join(settings.kafka_servers),
+        settings.topic_impressions,
+        "plain-faust",
+        str(expect),
+        str(out),
+    ]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(out.exists, timeout=timeout_s, interval=POLL_S, what="the plain Faust agent")
+    finally:
+        child.terminate()
+        try:
+            child.wait(20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    timing = json.loads(out.read_text())
+    return {"events_per_s": timing["records"] / timing["seconds"], **timing}
+
+
+# --- The relmon worker ---------------------------------------------------------------------------
+
+
+def counters(settings: Settings) -> dict[str, float]:
+    """The worker's /metrics, or {} while it is not up."""
+    try:
+        return scrape(settings)
+    except OSError:
+        return {}
+
+
+def finished(got: dict[str, float], records: int, impressions: int) -> bool:
+    """Whether a worker has taken every record and stored every sampled impression."""
+    return (
+        got.get("consumed", 0) >= records
+        and got.get("sampled", 0) + got.get("not_sampled", 0) >= impressions
+        and got.get("rows_written", 0) >= got.get("sampled", 1)
+        and got.get("pending", 1) == 0
+    )
+
+
+def run_worker(settings: Settings, expect: tuple[int, int], timeout_s: float) -> dict[str, float]:
+    """Start a worker on the pre-filled topic; time it from its first to its last record.
+
+    ``expect``: the topic's records and impressions.
+    """
+    proc = worker_process(settings, f"worker-{settings.consumer_group}").start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        first: tuple[float, dict[str, float]] | None = None
+        while True:
+            now, got = time.monotonic(), counters(settings)
+            if first is None and got.get("consumed", 0) > 0:
+                first = (now, got)
+            if finished(got, *expect):
+                break
+            if not proc.alive() or now > deadline:
+                raise RuntimeError(f"worker did not finish: {got}\n{proc.tail()}")
+            time.sleep(POLL_S)
+        assert first is not None
+        seconds = now - first[0]
+        records = got["consumed"] - first[1]["consumed"]
+        impressions = got["impressions"] - first[1].get("impressions", 0)
+        batches = got["batches"] - first[1].get("batches", 0)
+        return {
+            "seconds": round(seconds, 2),
+            "records_per_s": records / seconds,
+            "impressions_per_s": impressions / seconds,
+            "records_per_batch": records / max(batches, 1),
+            "sampled_share": got["sampled"] / max(got["impressions"], 1),
+            "scored": got["scored"],
+            "budget_factor": got.get("budget_factor", 1.0),
+            "scoring_capacity_pps": got.get("scoring_capacity_pps", 0.0),
+        }
+    finally:
+        proc.stop()
+
+
+def paced(
+    settings: Settings,
+    gen: TrafficGenerator,
+    impressions_per_s: float,
+    seconds: float,
+    stop: threading.Event,
+) -> int:
+    """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return pages."""
+    prod = producer(settings)
+    start, pages = time.monotonic(), 0
+    try:
+        while not stop.is_set() and time.monotonic() - start < seconds:
+            for key, value in gen.page(datetime.now(UTC)):
+                prod.send(settings.topic_impressions, key=key, value=value)
+            pages += 1
+            ahead = gen.counts["impressions"] / impressions_per_s - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    finally:
+        prod.flush(60)
+        prod.close()
+    return pages
+
+
+def run_lag(
+    settings: Settings, gen: TrafficGenerator, sampled_share: float, seconds: float
+) -> dict[str, Any]:
+    """Feed the default worker at 3x its scorer's capacity of input; is the lag bounded?"""
+    proc = worker_process(settings, f"worker-{settings.consumer_group}").start()
+    stop = threading.Event()
+    try:
+        wait_until(
+            lambda: counters(settings).get("scoring_capacity_pps", 0) > 0,
+            timeout=300,
+            interval=POLL_S,
+            what="the worker's scorer capacity",
+            alive=proc.alive,
+        )
+        capacity = counters(settings)["scoring_capacity_pps"]
+        rate = 3 * capacity / max(sampled_share, 1e-3)
+        log.info("lag run: capacity %.0f pairs/s, input %.0f impressions/s", capacity, rate)
+        feeder = threading.Thread(target=paced, args=(settings, gen, rate, seconds, stop))
+        feeder.start()
+        lags: list[float] = []
+        factors: list[float] = []
+        while feeder.is_alive():
+            got = counters(settings)
+            lags.append(got.get("processing_lag_records", 0.0))
+            factors.append(got.get("budget_factor", 1.0))
+            time.sleep(1.0)
+        third = max(len(lags) // 3, 1)
+        middle = statistics.fmean(lags[third : 2 * third] or [0.0])
+        last = statistics.fmean(lags[2 * third :] or [0.0])
+        records_per_s = rate / max(gen.config.page_size, 1)
+        bounded = last <= max(1.25 * middle, records_per_s)
+        return {
+            "input_impressions_per_s": round(rate, 1),
+            "scoring_capacity_pps": capacity,
+            "lag_records_middle_third": round(middle, 1),
+            "lag_records_last_third": round(last, 1),
+            "budget_factor_last": factors[-1] if factors else 1.0,
+            "lag_bounded": bounded,
+        }
+    finally:
+        stop.set()
+        proc.stop()
+
+
+def run_latency(
+    settings: Settings,
+    gen: TrafficGenerator,
+    impressions_per_s: float,
+    warmup_s: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """Feed the default worker at ``impressions_per_s``; impression-to-ClickHouse latency."""
+    proc = worker_process(settings, f"worker-{settings.consumer_group}").start()
+    stop = threading.Event()
+    try:
+        wait_until(
+            lambda: counters(settings).get("batches", 0) > 0 or proc.alive() is False,
+            timeout=300,
+            interval=POLL_S,
+            what="the worker's first poll",
+        )
+        started = datetime.now(UTC) + timedelta(seconds=warmup_s)
+        paced(settings, gen, impressions_per_s, warmup_s + seconds, stop)
+        produced = gen.counts["impressions"]
+        wait_until(
+            lambda: finished(counters(settings), 0, produced),
+            timeout=120,
+            interval=POLL_S,
+            what="the worker to drain",
+            alive=proc.alive,
+        )
+        time.sleep(2.0)  # the ledger write follows the counters by one batch at most
+        client = db.connect(settings)
+        try:
+            rows = client.query(
+                "SELECT quantiles(0.5, 0.99)(dateDiff('millisecond', event_time, done_at)), "
+                "count() FROM impression_ledger FINAL "
+                "WHERE event_time >= {since:DateTime64(3, 'UTC')}",
+                parameters={"since": started},
+            ).result_rows
+        finally:
+            client.close()
+        ((quantiles, count),) = rows
+        return {
+            "input_impressions_per_s": round(impressions_per_s, 1),
+            "rows": count,
+            "latency_ms_p50": round(quantiles[0], 1),
+            "latency_ms_p99": round(quantiles[1], 1),
+        }
+    finally:
+        stop.set()
+        proc.stop()
+
+
+# --- Set-up and the runs -------------------------------------------------------------------------
+
+
+def prefill(settings: Settings, gen: TrafficGenerator, pages: int) -> tuple[int, int]:
+    """Produce ``pages`` pages over the last 10 minutes of event time; (records, impressions)."""
+    prod = producer(settings)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    records = 0
+    for i in range(pages):
+        for key, value in gen.page(start + timedelta(seconds=600 * i / pages)):
+            prod.send(settings.topic_impressions, key=key, value=value)
+            records += 1
+    prod.flush(120)
+    prod.close()
+    return records, gen.counts["impressions"]
+
+
+def run_settings(base: Settings, name: str, **overrides: object) -> Settings:
+    """``base`` with its own consumer group, database and metrics port."""
+    s = base.with_overrides(
+        consumer_group=f"bench-{name}",
+        clickhouse_database=f"bench_{name}",
+        metrics_port=free_port(),
+        **overrides,
+    )
+    db.migrate(s)
+    return s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pages", type=int, default=4000, help="pre-filled result pages")
+    parser.add_argument("--page-size", type=int, default=10)
+    parser.add_argument("--dataset", choices=["esci", "synthetic"], default="esci")
+    parser.add_argument("--lag-s", type=float, default=60.0)
+    parser.add_argument("--latency-s", type=float, default=30.0)
+    parser.add_argument("--warmup-s", type=float, default=90.0)
+    parser.add_argument("--budget-share", type=float, default=0.25)
+    parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "relmon-minilm-ce")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary RELMON_HOME")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    home = Path(tempfile.mkdtemp(prefix="relmon-stream-"))
+    port = free_port()
+    base = load_settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        clickhouse_port=free_port(),
+        model_dir=args.model_dir,
+        store_dir=home / "store",
+    )
+    config = ReplayConfig(
+        seed=7,
+        dataset=args.dataset,
+        page_size=args.page_size,
+        page_share=1.0,
+        ubi_share=0.0,
+        catalog_share=0.0,
+        malformed_share=0.0,
+        unknown_product_share=0.0,
+    )
+    broker = broker_process(base, port).start()
+    store = store_process(base).start()
+    try:
+        ensure_topics(base)
+        catalog = load_catalog(config)
+        publish_catalog(base, catalog)
+        gen = TrafficGenerator(catalog, config)
+        records, impressions = prefill(base, gen, args.pages)
+        log.info("pre-filled %d records (%d impressions)", records, impressions)
+
+        plain = run_plain(base, records, args.timeout_s)
+        log.info("plain Faust agent: %.0f events/s", plain["events_per_s"])
+        expect = (records, impressions)
+        default = run_worker(run_settings(base, "default"), expect, args.timeout_s)
+        log.info("relmon worker, defaults: %s", default)
+        budget_pps = round(args.budget_share * default["scoring_capacity_pps"], 1)
+        budgeted = run_worker(
+            run_settings(base, "budgeted", scoring_budget_pps=str(budget_pps)),
+            expect,
+            args.timeout_s,
+        )
+        log.info("relmon worker, budget %.1f pairs/s: %s", budget_pps, budgeted)
+        unbudgeted = run_worker(
+            run_settings(base, "unbudgeted", scoring_budget_pps="0"), expect, args.timeout_s
+        )
+        log.info("relmon worker, no budget: %s", unbudgeted)
+
+        fresh = TrafficGenerator(catalog, replace(config, seed=8))
+        lag = run_lag(run_settings(base, "lag"), fresh, unbudgeted["sampled_share"], args.lag_s)
+        log.info("lag at 3x capacity: %s", lag)
+        latency = run_latency(
+            run_settings(base, "latency"),
+            TrafficGenerator(catalog, replace(config, seed=9)),
+            0.8 * default["impressions_per_s"],
+            args.warmup_s,
+            args.latency_s,
+        )
+        log.info("latency at 80%% of capacity: %s", latency)
+    finally:
+        store.stop()
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    result = {
+        "bench": "stream",
+        "dataset": args.dataset,
+        "records": records,
+        "impressions": impressions,
+        "page_size": args.page_size,
+        "plain_faust_events_per_s": round(plain["events_per_s"], 1),
+        "relmon_impressions_per_s": round(budgeted["impressions_per_s"], 1),
+        "relmon_records_per_s": round(budgeted["records_per_s"], 1),
+        "ratio_vs_plain_faust": round(budgeted["impressions_per_s"] / plain["events_per_s"], 2),
+        "budget_pps": budget_pps,
+        "relmon_budgeted": budgeted,
+        "relmon_default": default,
+        "relmon_unbudgeted": unbudgeted,
+        "lag": lag,
+        "lag_bounded": lag["lag_bounded"],
+        "latency": latency,
+        "latency_ms_p50": latency["latency_ms_p50"],
+        "latency_ms_p99": latency["latency_ms_p99"],
+        "cpu": cpu_model(),
+        "isa": isa_flags(),
+        "cores": os.cpu_count(),
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "--plain-agent":
+        _, _, servers, topic, group, expect, out = sys.argv
+        sys.argv = [sys.argv[0], "worker"]  # faust's Worker reads its command line
+        plain_agent(servers, topic, group, int(expect), Path(out))
+    else:
+        sys.exit(main())
