@@ -177,7 +177,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     record: RawRecord
     item: Impression | UbiImpression | PageHit
