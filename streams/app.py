@@ -258,6 +258,11 @@ class RelmonWorker:
             autodiscover=False,
             topic_partitions=s.topic_partitions,
             topic_disable_leader=True,
+            # no tables, so no standbys: with Faust's default of 1 its sticky assignor keeps
+            # ceil(partitions / members) on the old members and a joining worker can get none
+            # (4 partitions, 3 workers: 2, 2, 0); with 0 (and no changelog tables) the consumer
+            # assigns round-robin and every member of the group gets its share (2, 1, 1)
+            table_standby_replicas=0,
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=s.heartbeat_interval_s,
             broker_commit_interval=1.0,
