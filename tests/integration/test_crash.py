@@ -1,17 +1,24 @@
-"""Exactly-once effect of SIGKILLs (real tansu, real store, real workers and model).
+"""Scale-out and SIGKILLs change nothing (real tansu, real store, real workers and model).
 
-One replay is processed twice: by a worker that is never killed (the clean run), and by workers
-SIGKILLed one after the other in the middle of their work (the crashy run), each kill right
-after the victim's first insert into the store, i.e. in the window between a batch's store
-write and its offset commit where a crash can duplicate or lose work; a last worker finishes the
-replay. Both runs have their own consumer group, database, review and dead-letter topics. The
-tests compare what they left behind: the same rows and rates, and (issue 11 item 6) no review
-request lost, repeats only from the batch a kill caught between delivery and the ledger.
+One replay is processed twice: by one worker that is never killed (the clean run), and by a
+consumer group of three workers at once (the scale-out run, issue 12 item 4): two long-lived
+workers and a victim that is SIGKILLed in the middle of its work, right after its first insert
+into the store, i.e. in the window between a batch's store write and its offset commit where a
+crash can duplicate or lose work. Each kill is followed by a new victim joining the group, so
+members join and leave (SIGKILL included) six times while the group shares the partitions; at
+the end the two long-lived workers take over the last victim's partitions and drain the replay.
+The replay is a live stream: a backlog first, then more pages while victims join and die, so
+that each victim has records of its own to store and each kill lands while work is in flight,
+however fast the machine. Both runs have their own consumer group,
+database, review and dead-letter topics. The tests compare what they left behind: the same rows
+and rates as the 1-worker run, and (issue 11 item 6) no review request lost, repeats only from
+the batch a kill caught between delivery and the ledger.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,12 +26,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError
 from kafka import KafkaAdminClient
 
 from relmon import db
 from relmon.demo import worker_process
-from relmon.errors import StoreUnavailable
 from relmon.kafka import ensure_topics, producer, read_topic
 from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog
 from relmon.runtime import ManagedProcess, wait_until
@@ -32,27 +37,54 @@ from relmon.settings import Settings
 from relmon.synth import SyntheticCatalog
 from schemas import ReviewRequest
 from streams import repository
+from streams.app import metrics_path
+from streams.metrics import read_metrics
 from tests.conftest import isolated_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 KILLS = 6
+PAGES = 200
+BACKLOG = 80
+"""pages produced before the workers start; the rest follows while victims join and die"""
+ROUND = 10
+"""pages produced when the group caught up before a victim stored rows, and after its insert"""
 
 
-def produce(settings: Settings, pages: int) -> dict[int, int]:
-    """Three minutes of event time of traffic; return the end offset of each partition."""
-    catalog = SyntheticCatalog.generate(seed=21)
-    publish_catalog(settings, catalog)
-    gen = TrafficGenerator(catalog, ReplayConfig(seed=21, malformed_share=0.01))
-    start = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
-    prod = producer(settings)
-    ends: dict[int, int] = {}
-    for i in range(pages):
-        when = start + timedelta(seconds=180 * i / pages)
-        for key, value in gen.page(when, 180 * i / pages):
-            meta = prod.send(settings.topic_impressions, key=key, value=value).get(30)
-            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-    prod.close()
-    return ends
+class Feed:
+    """Three minutes of event time of traffic, ``pages`` pages, produced a part at a time.
+
+    The pages and their order do not depend on how they are split up: the runs see the same
+    input whenever it comes. ``ends`` holds the end offset of each partition produced so far.
+    """
+
+    def __init__(self, settings: Settings, pages: int) -> None:
+        catalog = SyntheticCatalog.generate(seed=21)
+        publish_catalog(settings, catalog)
+        self._settings = settings
+        self._gen = TrafficGenerator(catalog, ReplayConfig(seed=21, malformed_share=0.01))
+        self._start = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
+        self._prod = producer(settings)
+        self.pages = pages
+        self.sent = 0
+        self.ends: dict[int, int] = {}
+
+    def send(self, pages: int) -> None:
+        """Produce the next ``pages`` pages (fewer if the replay ends first)."""
+        for i in range(self.sent, min(self.sent + pages, self.pages)):
+            offset = 180 * i / self.pages
+            for key, value in self._gen.page(self._start + timedelta(seconds=offset), offset):
+                meta = self._prod.send(self._settings.topic_impressions, key=key, value=value)
+                got = meta.get(30)
+                self.ends[got.partition] = max(self.ends.get(got.partition, 0), got.offset + 1)
+            self.sent = i + 1
+        self._prod.flush()
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= self.pages
+
+    def close(self) -> None:
+        self._prod.close()
 
 
 def committed_all(settings: Settings, ends: dict[int, int]) -> bool:
@@ -67,20 +99,6 @@ def committed_all(settings: Settings, ends: dict[int, int]) -> bool:
         if tp.topic == settings.topic_impressions
     }
     return all(got.get(p, -1) >= end for p, end in ends.items())
-
-
-def inserted(settings: Settings) -> int:
-    """Rows inserted into the run's table so far (no FINAL: every insert counts)."""
-    try:
-        client = db.connect(settings)
-    except StoreUnavailable:  # the first worker has not created the database yet
-        return 0
-    try:
-        return int(client.command("SELECT count() FROM scored_impressions"))  # type: ignore[arg-type]
-    except DatabaseError:  # ... nor the table
-        return 0
-    finally:
-        client.close()
 
 
 def rows(settings: Settings):
@@ -104,9 +122,25 @@ def rows(settings: Settings):
 class Runs:
     clean: Settings
     crashy: Settings
+    """the scale-out run: three workers at once in one consumer group, victims SIGKILLed"""
     kills: int
     caught_mid_stream: int
     """kills that came after the victim's first insert (not after the whole replay)"""
+    counters: dict[str, dict[str, float | int | str]]
+    """the last published counters of each worker of the scale-out run, by worker name"""
+    survivors: tuple[str, ...]
+    """the long-lived workers of the scale-out run (never killed, they drain the replay)"""
+
+
+def counters(s: Settings, proc: ManagedProcess) -> dict[str, float | int | str]:
+    """The counters ``proc`` published last (a SIGKILLed worker: those before its kill)."""
+    assert proc.pid is not None
+    return read_metrics(metrics_path(s, proc.pid))
+
+
+def stored_rows(s: Settings, proc: ManagedProcess) -> bool:
+    """Whether ``proc`` has published that it wrote rows into the store."""
+    return int(counters(s, proc).get("rows_written", 0)) > 0
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +150,13 @@ def runs(
     store: ManagedProcess,
     model_dir: Path,
 ) -> Iterator[Runs]:
-    """The clean and the crashy run of one replay, both finished."""
+    """The clean 1-worker run and the 3-worker scale-out run of one replay, both finished."""
     # the default scorer: a pair's score does not depend on its batch-mates. No scoring budget:
     # an adaptive one samples by the lag each run meets, so runs could not be compared row by row
     base = isolated_settings(base_settings, unknown_product_retry_s=2.0, scoring_budget_pps="0")
     ensure_topics(base)
-    ends = produce(base, pages=200)
+    feed = Feed(base, pages=PAGES)
+    feed.send(BACKLOG)
 
     def run(name: str) -> Settings:
         s = base.with_overrides(
@@ -142,42 +177,96 @@ def runs(
         return proc.start()
 
     try:
-        # the clean run goes on while the crashy one is killed: they share nothing but the input
+        # the clean run goes on while the scale-out one is killed: they share nothing but input
         clean_worker = start("clean", clean)
+        survivors = [start("crashy-a", crashy), start("crashy-b", crashy)]
+
+        def survivors_alive() -> bool:
+            return all(p.alive() for p in survivors)
+
         rng = random.Random(4)
         caught = 0
         for n in range(KILLS):
-            before = inserted(crashy)
-            victim = start(f"crashy-{n}", crashy)
+            victim = start(f"crashy-{n}", crashy)  # joins the group: a rebalance
+
+            def first_insert(v: ManagedProcess = victim) -> bool:
+                if stored_rows(crashy, v):
+                    return True
+                if committed_all(crashy, feed.ends):  # the group caught up: more traffic
+                    feed.send(ROUND)
+                    return feed.done and committed_all(crashy, feed.ends)
+                return False
+
+            def group_alive(v: ManagedProcess = victim) -> bool:
+                return v.alive() and survivors_alive()
+
             wait_until(
-                lambda b=before: inserted(crashy) > b or committed_all(crashy, ends),
+                first_insert,
                 timeout=120,
                 interval=0.05,
-                what="the victim's first insert",
-                alive=victim.alive,
+                what=f"{victim.name}'s first insert",
+                alive=group_alive,
             )
-            caught += inserted(crashy) > before and not committed_all(crashy, ends)
+            feed.send(ROUND)  # the stream goes on: the three workers share the new records
             # at once or a little later: the next batches may be scored, written or committing
-            deadline = datetime.now() + timedelta(seconds=rng.uniform(0.0, 1.0))
-            wait_until(lambda d=deadline: datetime.now() >= d, timeout=5, what="kill moment")
-            victim.kill()
-        final = start("crashy-final", crashy)
-        for s, proc in ((crashy, final), (clean, clean_worker)):
+            deadline = time.monotonic() + rng.uniform(0.0, 1.0)
+
+            def kill_moment(d: float = deadline) -> bool:
+                return time.monotonic() >= d
+
+            wait_until(kill_moment, timeout=5, what="kill moment")
+            caught += stored_rows(crashy, victim) and not committed_all(crashy, feed.ends)
+            victim.kill()  # leaves the group without a word: its session has to time out
+        feed.send(PAGES)  # the rest of the replay
+        # the survivors take over the last victim's partitions and drain the replay
+        for s, what, alive in (
+            (crashy, "the two survivors", survivors_alive),
+            (clean, clean_worker.name, clean_worker.alive),
+        ):
+
+            def replay_committed(s: Settings = s) -> bool:
+                return committed_all(s, feed.ends)
+
             wait_until(
-                lambda s=s: committed_all(s, ends),
+                replay_committed,
                 timeout=240,
                 interval=1.0,
-                what=f"{proc.name} to commit the replay",
-                alive=proc.alive,
+                what=f"{what} to commit the replay",
+                alive=alive,
             )
-            proc.stop()
-        yield Runs(clean, crashy, KILLS, caught)
+        for proc in [*survivors, clean_worker]:
+            proc.stop()  # a clean stop publishes the final counters
+        crashy_workers = [p for p in started if p.name.startswith("crashy")]
+        yield Runs(
+            clean,
+            crashy,
+            KILLS,
+            caught,
+            {p.name: counters(crashy, p) for p in crashy_workers},
+            tuple(p.name for p in survivors),
+        )
     finally:
         for proc in reversed(started):
             proc.stop()
+        feed.close()
 
 
-def test_sigkills_change_no_row_and_no_rate(runs: Runs) -> None:
+def test_the_group_really_scaled_out(runs: Runs) -> None:
+    """Three workers shared the partitions: the survivors and victims all took records."""
+    assert set(runs.counters) == {*runs.survivors, *(f"crashy-{n}" for n in range(KILLS))}
+    consumed = {name: int(c.get("consumed", 0)) for name, c in runs.counters.items()}
+    written = {name: int(c.get("rows_written", 0)) for name, c in runs.counters.items()}
+    print(f"consumed {consumed}, rows written {written}")
+    # both long-lived workers had partitions of their own ...
+    assert all(consumed[name] > 0 and written[name] > 0 for name in runs.survivors), consumed
+    # ... and so had the victims, next to them (a victim is killed only after it stored rows)
+    victims = [name for name in runs.counters if name not in runs.survivors]
+    assert sum(written[name] > 0 for name in victims) >= max(KILLS // 2, runs.caught_mid_stream)
+
+
+def test_scale_out_and_sigkills_change_no_row_and_no_rate(runs: Runs) -> None:
+    """Three workers, members joining and SIGKILLed: the rows and rates of the 1-worker run."""
+    print(f"{runs.caught_mid_stream} of {runs.kills} kills while work was in flight")
     assert runs.caught_mid_stream >= KILLS // 2, "most kills must land while work is in flight"
     clean_rows, clean_rates = rows(runs.clean)
     crash_rows, crash_rates = rows(runs.crashy)
@@ -188,6 +277,7 @@ def test_sigkills_change_no_row_and_no_rate(runs: Runs) -> None:
 
 
 def test_kills_lose_no_review_and_repeat_only_the_batch_in_flight(runs: Runs) -> None:
+    """The scale-out run sent every review of the 1-worker run; kills repeat one batch."""
     s = runs.crashy
     client = db.connect(s)
     try:
