@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/scoring.py, for `import scoring`
 
 from relmon.chaos import ChaosConfig, run_chaos  # noqa: E402
-from relmon.demo import store_process  # noqa: E402
-from relmon.kafka import broker_process  # noqa: E402
-from relmon.runtime import free_port  # noqa: E402
-from relmon.settings import load_settings  # noqa: E402
+from relmon.demo import scratch_servers  # noqa: E402
 
 
 def main() -> int:
@@ -46,15 +41,6 @@ def main() -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    home = Path(tempfile.mkdtemp(prefix="relmon-chaos-"))
-    port = free_port()
-    settings = load_settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{port}",
-        clickhouse_port=free_port(),
-        model_dir=args.model_dir,
-        store_dir=home / "store",
-    )
     config = ChaosConfig(
         pages=args.pages,
         seed=args.seed,
@@ -62,14 +48,8 @@ def main() -> int:
         teacher_budget=args.teacher_budget,
         timeout_s=args.timeout_s,
     )
-    try:
-        with broker_process(settings, port), store_process(settings):
-            report = run_chaos(settings, config)
-    finally:
-        if args.keep:
-            print(f"RELMON_HOME kept at {home}", file=sys.stderr)
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+    with scratch_servers("relmon-chaos-", args.model_dir, keep=args.keep) as settings:
+        report = run_chaos(settings, config)
     report["wall_s"] = round(time.monotonic() - started, 1)  # broker and store start included
     print(json.dumps(report))
     return 0

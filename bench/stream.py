@@ -36,11 +36,9 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -53,12 +51,12 @@ sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 
 from relmon import db  # noqa: E402
 from relmon.chaos import scrape  # noqa: E402
-from relmon.demo import store_process, worker_process  # noqa: E402
+from relmon.demo import scratch_servers, worker_process  # noqa: E402
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
-from relmon.kafka import broker_process, ensure_topics, producer  # noqa: E402
+from relmon.kafka import ensure_topics, producer  # noqa: E402
 from relmon.replay import ReplayConfig, TrafficGenerator, load_catalog, publish_catalog  # noqa: E402
 from relmon.runtime import free_port, wait_until  # noqa: E402
-from relmon.settings import Settings, load_settings  # noqa: E402
+from relmon.settings import Settings  # noqa: E402
 
 log = logging.getLogger("bench.stream")
 POLL_S = 0.2
@@ -346,15 +344,6 @@ def main() -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    home = Path(tempfile.mkdtemp(prefix="relmon-stream-"))
-    port = free_port()
-    base = load_settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{port}",
-        clickhouse_port=free_port(),
-        model_dir=args.model_dir,
-        store_dir=home / "store",
-    )
     config = ReplayConfig(
         seed=7,
         dataset=args.dataset,
@@ -365,9 +354,7 @@ def main() -> int:
         malformed_share=0.0,
         unknown_product_share=0.0,
     )
-    broker = broker_process(base, port).start()
-    store = store_process(base).start()
-    try:
+    with scratch_servers("relmon-stream-", args.model_dir, keep=args.keep) as base:
         ensure_topics(base)
         catalog = load_catalog(config)
         publish_catalog(base, catalog)
@@ -403,11 +390,6 @@ def main() -> int:
             args.latency_s,
         )
         log.info("latency at 80%% of capacity: %s", latency)
-    finally:
-        store.stop()
-        broker.stop()
-        if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
     result = {
         "bench": "stream",
         "dataset": args.dataset,

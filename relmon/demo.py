@@ -13,8 +13,10 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,11 +24,11 @@ from typing import Any, Literal
 
 from relmon import db
 from relmon.errors import ServiceError
-from relmon.kafka import ensure_topics
+from relmon.kafka import broker_process, ensure_topics
 from relmon.replay import ReplayConfig, replay
 from relmon.runtime import ManagedProcess, free_port, port_open, relmon_argv, wait_until
 from relmon.scenario import Scenario
-from relmon.settings import Settings
+from relmon.settings import Settings, load_settings
 from streams import repository
 from streams.metrics import read_metrics
 
@@ -123,6 +125,32 @@ def dashboard_process(settings: Settings, port: int) -> ManagedProcess:
         env=env_of(settings),
         ready_timeout=90.0,
     )
+
+
+@contextmanager
+def scratch_servers(prefix: str, model_dir: Path, *, keep: bool = False) -> Iterator[Settings]:
+    """Settings of a temporary RELMON_HOME with its own tansu broker and local store (benches).
+
+    Both serve while the block runs and are stopped by PID after it; the home is removed then,
+    unless ``keep``.
+    """
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    settings = load_settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        clickhouse_port=free_port(),
+        model_dir=model_dir,
+        store_dir=home / "store",
+    )
+    try:
+        with broker_process(settings, port), store_process(settings):
+            yield settings
+    finally:
+        if keep:
+            log.info("RELMON_HOME kept at %s", home)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def env_of(settings: Settings) -> dict[str, str]:
