@@ -23,7 +23,7 @@ lint: bootstrap
 	$(BIN)/mypy
 
 test: lint $(MODEL)
-	$(BIN)/python -m pytest -ra $(ARGS)
+	$(BIN)/python -m pytest -ra --durations=25 $(ARGS)
 
 # The unit tier only, without the slow tests (no servers, no model build).
 test-fast: lint

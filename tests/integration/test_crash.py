@@ -42,7 +42,7 @@ from streams.metrics import read_metrics
 from tests.conftest import isolated_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-KILLS = 4
+KILLS = 3
 PAGES = 200
 BACKLOG = 80
 """pages produced before the workers start; the rest follows while victims join and die"""
