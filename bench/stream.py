@@ -290,8 +290,9 @@ def run_latency(
         return {
             "input_impressions_per_s": round(impressions_per_s, 1),
             "rows": count,
-            "latency_ms_p50": round(quantiles[0], 1),
-            "latency_ms_p99": round(quantiles[1], 1),
+            # no sampled row in the window (too short a run): no figure, not NaN
+            "latency_ms_p50": round(quantiles[0], 1) if count else None,
+            "latency_ms_p99": round(quantiles[1], 1) if count else None,
         }
     finally:
         stop.set()
