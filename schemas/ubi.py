@@ -59,6 +59,40 @@ MAX_POSITION = 10_000
 _UBI = ConfigDict(frozen=True, str_strip_whitespace=True)
 
 
+def ubi_impression_id(query_id: str, ordinal: int, object_id: str) -> str:
+    """The id of one UBI result, whether it came as an impression event or as a page hit."""
+    return f"ubi:{query_id}:{ordinal}:{object_id}"
+
+
+def _ubi_impression(
+    query_id: str,
+    query: str,
+    object_id: str,
+    ordinal: int,
+    position: int,
+    event_time: datetime,
+    session_hash: str | None,
+    locale: str = "en-US",
+) -> Impression:
+    """The relmon impression of one UBI result, however it arrived (event or page hit).
+
+    Its id is the result's (:func:`ubi_impression_id`), so the impression event and the page
+    hit of the same result are one impression.
+    """
+    return Impression(
+        impression_id=ubi_impression_id(query_id, ordinal, object_id),
+        query_id=query_id,
+        query=query,
+        product_id=object_id,
+        position=position,
+        event_time=event_time,
+        session_hash=session_hash,
+        locale=locale,
+        action="impression",
+        source="ubi",
+    )
+
+
 class UbiQuery(BaseModel):
     """A UBI query record: what the user searched for under ``query_id``, maybe with its page."""
 
@@ -116,20 +150,18 @@ class PageHit:
     @property
     def impression_id(self) -> str:
         """The id the UBI impression event of the same result has."""
-        return f"ubi:{self.query_id}:{self.ordinal}:{self.product_id}"
+        return ubi_impression_id(self.query_id, self.ordinal, self.product_id)
 
     def impression(self) -> Impression:
         """The relmon impression of this hit (without product text)."""
-        return Impression(
-            impression_id=self.impression_id,
-            query_id=self.query_id,
-            query=self.query,
-            product_id=self.product_id,
-            position=self.position,
-            event_time=self.event_time,
-            session_hash=self.session_hash,
-            action="impression",
-            source="ubi",
+        return _ubi_impression(
+            self.query_id,
+            self.query,
+            self.product_id,
+            self.ordinal,
+            self.position,
+            self.event_time,
+            self.session_hash,
         )
 
     def enriched(self, product: CatalogProduct) -> Impression:
@@ -153,21 +185,19 @@ class UbiImpression(BaseModel):
     @property
     def impression_id(self) -> str:
         """A deterministic id: the same event always maps to the same impression."""
-        return f"ubi:{self.query_id}:{self.ordinal}:{self.object_id}"
+        return ubi_impression_id(self.query_id, self.ordinal, self.object_id)
 
     def with_query(self, user_query: str) -> Impression:
         """Return the relmon impression once the query text is known."""
-        return Impression(
-            impression_id=self.impression_id,
-            query_id=self.query_id,
-            query=user_query,
-            product_id=self.object_id,
-            position=self.position,
-            event_time=self.timestamp,
-            session_hash=self.session_hash,
-            locale=self.locale,
-            action="impression",
-            source="ubi",
+        return _ubi_impression(
+            self.query_id,
+            user_query,
+            self.object_id,
+            self.ordinal,
+            self.position,
+            self.timestamp,
+            self.session_hash,
+            self.locale,
         )
 
 

@@ -588,7 +588,7 @@ class ImpressionProcessor:
         # a page's impressions share their record, plan, query and draw: look them up once
         last: tuple[RawRecord, str, str] | None = None
         for record, imp, product in ready:
-            if last is None or (last[0], last[1], last[2]) != (record, imp.query, imp.query_id):
+            if last != (record, imp.query, imp.query_id):
                 plan = self._planner.plan(
                     (record.topic, record.partition, self._planner.epoch(imp.event_time))
                 )
@@ -602,9 +602,8 @@ class ImpressionProcessor:
             if draw < p:  # streams.sampling.sampled(query_id, p), the hash computed once
                 if product is not None:
                     full = imp.enriched(product)
-                elif isinstance(imp, PageHit):  # a page always takes its text from the catalogue
-                    full = imp.impression()
-                else:
+                else:  # its record carried the text (a page hit always needs the catalogue)
+                    assert isinstance(imp, Impression)
                     full = imp
                 draws.append(_Draw(full, p, tier, plan.plan_id))
         self._load.base_pairs += demand
