@@ -73,6 +73,8 @@ class ReplayConfig:
 
 
 SYNTHETIC_BAD_SHARE = 0.25
+PageFormat = Literal["page", "ubi", "catalog", "text"]
+"""How a page goes out (see the module docstring)."""
 
 
 def _check_shares(config: ReplayConfig) -> None:
@@ -166,12 +168,10 @@ class TrafficGenerator:
         shown = self._shown(query, self.page_truth(query, at_s))
         locale = rng.choice(cfg.locales)
         session = hash_id(f"session-{rng.randrange(100_000)}")
-        style = rng.random()
+        style = self._style(rng.random())
         records: list[tuple[bytes, bytes, bool | None]] = []
-        as_page = style < cfg.page_share
-        style -= cfg.page_share
         hits: list[str] = []
-        if 0 <= style < cfg.ubi_share:
+        if style == "ubi":
             records.append((key, self._ubi_query(query_id, query.text, now), None))
             self.counts["ubi_query_records"] += 1
         for position, (product, relevant) in enumerate(shown, 1):
@@ -185,15 +185,13 @@ class TrafficGenerator:
                 self.counts["unknown_product"] += 1
             self.counts["impressions"] += 1
             self.counts["truly_irrelevant"] += int(not relevant)
-            if as_page:
+            if style == "page":
                 hits.append(product_id)
                 continue
-            if 0 <= style < cfg.ubi_share:
+            if style == "ubi":
                 value = self._ubi_impression(query_id, product_id, position, now, session)
             else:
-                with_text = style >= cfg.ubi_share + cfg.catalog_share and product_id == (
-                    product.product_id
-                )
+                with_text = style == "text" and product_id == product.product_id
                 imp = Impression(
                     impression_id=f"{query_id}:{position}",
                     query_id=query_id,
@@ -210,11 +208,25 @@ class TrafficGenerator:
                 )
                 value = imp.to_bytes()
             records.append((key, value, relevant))
-        if as_page:  # after the page's malformed records, like a late UBI query record
+        if style == "page":  # after the page's malformed records, like a late UBI query record
             records.append((key, self._ubi_query(query_id, query.text, now, hits), None))
             self.counts["ubi_page_records"] += 1
         self.counts["pages"] += 1
         return records
+
+    def _style(self, draw: float) -> PageFormat:
+        """The format of a page, from a uniform draw and the configured shares."""
+        cfg = self.config
+        shares: tuple[tuple[PageFormat, float], ...] = (
+            ("page", cfg.page_share),
+            ("ubi", cfg.ubi_share),
+            ("catalog", cfg.catalog_share),
+        )
+        for style, share in shares:
+            if draw < share:
+                return style
+            draw -= share
+        return "text"
 
     @staticmethod
     def _ubi_query(query_id: str, text: str, now: datetime, hits: list[str] | None = None) -> bytes:
