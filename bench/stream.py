@@ -260,10 +260,11 @@ def run_latency(
     stop = threading.Event()
     try:
         wait_until(
-            lambda: counters(settings).get("batches", 0) > 0 or proc.alive() is False,
+            lambda: "batches" in counters(settings),
             timeout=300,
             interval=POLL_S,
-            what="the worker's first poll",
+            what="the worker's metrics",
+            alive=proc.alive,
         )
         started = datetime.now(UTC) + timedelta(seconds=warmup_s)
         paced(settings, gen, impressions_per_s, warmup_s + seconds, stop)
@@ -275,9 +276,15 @@ def run_latency(
             what="the worker to drain",
             alive=proc.alive,
         )
-        time.sleep(2.0)  # the ledger write follows the counters by one batch at most
         client = db.connect(settings)
         try:
+
+            def ledger_complete() -> bool:  # the ledger write follows the row write
+                done = client.command("SELECT count() FROM impression_ledger FINAL")
+                stored = client.command("SELECT count() FROM scored_impressions FINAL")
+                return bool(done == stored)
+
+            wait_until(ledger_complete, timeout=60, interval=POLL_S, what="the ledger")
             rows = client.query(
                 "SELECT quantiles(0.5, 0.99)(dateDiff('millisecond', event_time, done_at)), "
                 "count() FROM impression_ledger FINAL "
@@ -316,21 +323,30 @@ def prefill(settings: Settings, gen: TrafficGenerator, pages: int) -> tuple[int,
     return records, gen.counts["impressions"]
 
 
-def run_settings(base: Settings, name: str, **overrides: object) -> Settings:
-    """``base`` with its own consumer group, database and metrics port."""
+def run_settings(
+    base: Settings, name: str, *, own_topic: bool = False, **overrides: object
+) -> Settings:
+    """``base`` with its own consumer group, database and metrics port.
+
+    ``own_topic``: an impressions topic of its own too, so a paced run does not start behind
+    the pre-filled records (its group reads from the earliest offset).
+    """
+    if own_topic:
+        overrides["topic_impressions"] = f"bench-{name}.impressions"
     s = base.with_overrides(
         consumer_group=f"bench-{name}",
         clickhouse_database=f"bench_{name}",
         metrics_port=free_port(),
         **overrides,
     )
+    ensure_topics(s)
     db.migrate(s)
     return s
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pages", type=int, default=4000, help="pre-filled result pages")
+    parser.add_argument("--pages", type=int, default=3000, help="pre-filled result pages")
     parser.add_argument("--page-size", type=int, default=10)
     parser.add_argument("--dataset", choices=["esci", "synthetic"], default="esci")
     parser.add_argument("--lag-s", type=float, default=60.0)
@@ -381,10 +397,15 @@ def main() -> int:
         log.info("relmon worker, no budget: %s", unbudgeted)
 
         fresh = TrafficGenerator(catalog, replace(config, seed=8))
-        lag = run_lag(run_settings(base, "lag"), fresh, unbudgeted["sampled_share"], args.lag_s)
+        lag = run_lag(
+            run_settings(base, "lag", own_topic=True),
+            fresh,
+            unbudgeted["sampled_share"],
+            args.lag_s,
+        )
         log.info("lag at 3x capacity: %s", lag)
         latency = run_latency(
-            run_settings(base, "latency"),
+            run_settings(base, "latency", own_topic=True),
             TrafficGenerator(catalog, replace(config, seed=9)),
             0.8 * default["impressions_per_s"],
             args.warmup_s,
