@@ -2,7 +2,7 @@
 
 Input per window is, for every segment, the five sums a GROUP BY gives (rows, bad rows, sum of
 weights, weighted bad, sum of squared weights), from ClickHouse in production
-(:func:`relmon.alerts.runner.query_window_sums`) or from simulated rows
+(:func:`relmon.alerts.repository.query_window_sums`) or from simulated rows
 (:func:`window_sums`). Segments are ``("overall", "all")`` and one per value of each of tier,
 category, locale, position bucket and model version.
 

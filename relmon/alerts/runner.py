@@ -1,47 +1,33 @@
-"""The alert runner: reads closed windows from ClickHouse, detects, keeps the lifecycle, sends.
+"""The alert runner's loop: read closed windows, detect, keep the lifecycle, send.
 
-Leadership: every runner (``relmon alerts``, or the thread inside a worker with
-``RELMON_ALERTS_IN_WORKER``) joins the Kafka consumer group ``<consumer group>-alerts`` on the
-single-partition topic ``<RELMON_TOPIC_ALERTS>.leader``. The group coordinator assigns that one
-partition to exactly one member: the leader, the only runner that detects and sends. When it
-dies or stalls past the session timeout the partition moves to another member, which warms up
-from ClickHouse (the baseline windows, the open alerts and the ids already sent), so it neither
-pages again for an alert that was sent nor forgets to resolve one. Nothing is ever written to
-the leader topic. (A deposed leader that has not yet noticed can act for at most one more tick;
-the table is idempotent per alert id and the webhook may then repeat one message.)
+It composes the other alert modules: :mod:`relmon.alerts.repository` reads ClickHouse (the
+stored watermark, window sums, enrichment, the open alerts on warm-up),
+:mod:`relmon.alerts.detect` and :mod:`relmon.alerts.lifecycle` judge, :mod:`relmon.alerts.sinks`
+send, and a :class:`~relmon.alerts.leader.Leader` says whether this runner may act at all (only
+the leader detects and sends; see :mod:`relmon.alerts.leader` for how a new leader warms up
+without paging twice). :class:`AlertThread` runs one in a daemon thread beside a worker.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from relmon import db
-from relmon.alerts.detect import SEGMENT_DIMENSIONS, Detector, DetectorConfig, rollup
-from relmon.alerts.lifecycle import Alert, AlertBook, AlertEvent
+from relmon.alerts.detect import Detector, DetectorConfig
+from relmon.alerts.leader import AlwaysLeader, KafkaLeader, Leader
+from relmon.alerts.lifecycle import AlertBook, AlertEvent
+from relmon.alerts.repository import enrich, load_alerts, query_window_sums, stored_watermark
 from relmon.alerts.sinks import AlertSink, build_sinks
-from relmon.errors import RelmonError, ServiceError
-from relmon.estimate import Sums, window_sums_sql
+from relmon.errors import RelmonError
 from relmon.settings import Settings
-from relmon.stats import RateEstimate
 
-__all__ = [
-    "AlertRunner",
-    "AlertThread",
-    "AlwaysLeader",
-    "KafkaLeader",
-    "detector_config",
-    "enrich",
-    "query_window_sums",
-]
+__all__ = ["AlertRunner", "AlertThread", "detector_config"]
 
 log = logging.getLogger(__name__)
 
@@ -71,213 +57,6 @@ def _floor(t: datetime, window_s: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def stored_watermark(client: Client) -> datetime | None:
-    """The newest event time in ``scored_impressions`` (None while it is empty)."""
-    rows = client.query(
-        "SELECT count(), max(event_time) FROM scored_impressions "
-        "WHERE event_time > now64(3) - toIntervalDay(2)"
-    ).result_rows
-    if not rows or not rows[0][0]:
-        return None
-    newest: datetime = rows[0][1]
-    return newest if newest.tzinfo else newest.replace(tzinfo=UTC)
-
-
-def query_window_sums(
-    client: Client, since: datetime, until: datetime, window_s: int
-) -> dict[datetime, dict[tuple[str, str], Sums]]:
-    """Per-window segment sums of ``scored_impressions`` in ``[since, until)``."""
-    result = client.query(
-        window_sums_sql("scored_impressions", SEGMENT_DIMENSIONS, bucket=True, until=True),
-        parameters={"w": window_s, "since": since, "until": until},
-    )
-    cells: dict[datetime, list[tuple[dict[str, str], Sums]]] = {}
-    for row in result.named_results():
-        dims = {d: str(row[d]) for d in SEGMENT_DIMENSIONS}
-        ws = row["window_start"]
-        start = ws if ws.tzinfo else ws.replace(tzinfo=UTC)
-        cells.setdefault(start, []).append((dims, Sums.from_row(row)))
-    return {start: rollup(c) for start, c in cells.items()}
-
-
-def _segment_filter(alert: Alert) -> tuple[str, dict[str, Any]]:
-    if alert.dimension == "overall":
-        return "1 = 1", {}
-    if alert.dimension not in SEGMENT_DIMENSIONS:
-        raise ValueError(f"unknown segment dimension {alert.dimension!r}")
-    # the column name comes from the fixed list above, the value is a bound parameter
-    return f"{alert.dimension} = {{v:String}}", {"v": alert.value}
-
-
-def enrich(client: Client, alert: Alert, queries: int = 5, examples: int = 3) -> Alert:
-    """Add the top offending queries and a few example bad cases of the alert's last window."""
-    where, params = _segment_filter(alert)
-    params |= {
-        "a": alert.last_window,
-        "b": alert.last_window + timedelta(seconds=alert.window_s),
-        "k": queries,
-        "e": examples,
-    }
-    span = (
-        "event_time >= {a:DateTime64(3, 'UTC')} AND event_time < {b:DateTime64(3, 'UTC')} "
-        f"AND {where}"
-    )
-    top = client.query(
-        "SELECT query, count() AS n, sum(is_bad) AS bad, "
-        "sum(sample_weight * is_bad) / sum(sample_weight) AS rate "
-        f"FROM scored_impressions FINAL WHERE {span} "
-        "GROUP BY query HAVING bad > 0 "
-        "ORDER BY sum(sample_weight * is_bad) DESC, query LIMIT {k:UInt32}",
-        parameters=params,
-    )
-    rows = client.query(
-        "SELECT query, title, category, position, score, threshold, model_version "
-        f"FROM scored_impressions FINAL WHERE {span} AND is_bad = 1 "
-        "ORDER BY score, impression_id LIMIT {e:UInt32}",
-        parameters=params,
-    )
-    return replace(
-        alert,
-        top_queries=tuple(
-            {"query": str(q), "sampled": int(n), "bad": int(b), "rate": round(float(r), 4)}
-            for q, n, b, r in top.result_rows
-        ),
-        examples=tuple(
-            {
-                "query": str(q),
-                "title": str(t),
-                "category": str(c),
-                "position": int(p),
-                "score": round(float(s), 4),
-                "threshold": round(float(th), 4),
-                "model_version": str(m),
-            }
-            for q, t, c, p, s, th, m in rows.result_rows
-        ),
-    )
-
-
-def _rate(rate: float, low: float, high: float, sampled: int, n_eff: float) -> RateEstimate:
-    return RateEstimate(int(sampled), 0, float(rate), float(n_eff), float(low), float(high))
-
-
-def load_alerts(client: Client, since: datetime) -> tuple[list[Alert], set[str]]:
-    """Open alerts (any age) and the ids of every alert started since ``since``."""
-    result = client.query(
-        "SELECT alert_id, status, dimension, value, started_at, last_window, window_s, "
-        "observed_rate, observed_low, observed_high, observed_sampled, observed_n_eff, "
-        "baseline_rate, baseline_low, baseline_high, baseline_sampled, baseline_n_eff, "
-        "peak_rate, z, p_value, detectors, top_queries, examples "
-        "FROM alerts FINAL WHERE status = 'firing' OR started_at >= {since:DateTime64(3, 'UTC')}",
-        parameters={"since": since},
-    )
-    open_alerts, ids = [], set()
-    for r in result.result_rows:
-        ids.add(str(r[0]))
-        if r[1] != "firing":
-            continue
-        open_alerts.append(
-            Alert(
-                alert_id=str(r[0]),
-                status="firing",
-                dimension=str(r[2]),
-                value=str(r[3]),
-                started_at=r[4].replace(tzinfo=UTC) if r[4].tzinfo is None else r[4],
-                last_window=r[5].replace(tzinfo=UTC) if r[5].tzinfo is None else r[5],
-                window_s=int(r[6]),
-                observed=_rate(*r[7:12]),
-                baseline=_rate(*r[12:17]),
-                peak_rate=float(r[17]),
-                z=float(r[18]),
-                p_value=float(r[19]),
-                detectors=tuple(r[20]),
-                top_queries=tuple(json.loads(r[21] or "[]")),
-                examples=tuple(json.loads(r[22] or "[]")),
-            )
-        )
-    return open_alerts, ids
-
-
-class AlwaysLeader:
-    """Leadership for a single runner (tests, benches): always the leader."""
-
-    def is_leader(self) -> bool:
-        """Always True."""
-        return True
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-class KafkaLeader:
-    """Leader election through a Kafka consumer group on a single-partition topic."""
-
-    def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaAdminClient, KafkaConsumer
-        from kafka.admin import NewTopic
-        from kafka.errors import KafkaError, TopicAlreadyExistsError
-
-        self.topic = f"{settings.topic_alerts}.leader"
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers)
-            try:
-                if self.topic not in set(admin.list_topics()):
-                    with contextlib.suppress(TopicAlreadyExistsError):
-                        admin.create_topics([NewTopic(self.topic, 1, 1)])
-            finally:
-                admin.close()
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=settings.kafka_servers,
-                group_id=f"{settings.consumer_group}-alerts",
-                enable_auto_commit=False,
-                session_timeout_ms=int(settings.session_timeout_s * 1000),
-                heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
-                max_poll_interval_ms=60_000,
-            )
-        except KafkaError as exc:
-            raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-        parts = self._consumer.partitions_for_topic(self.topic)
-        if parts is not None and len(parts) != 1:
-            self._consumer.close()
-            raise ServiceError(
-                f"leader topic {self.topic} has {len(parts)} partitions; it needs exactly 1 "
-                "(delete it and let relmon create it)"
-            )
-        self._consumer.subscribe([self.topic])
-        self._leading = False
-        self._closed = threading.Event()
-        # The group protocol needs a consumer that polls all the time: polled only once per
-        # alert interval, kafka-python keeps re-joining the group and never settles (measured
-        # against tansu with a 1 s gap). So one thread owns the consumer and polls it.
-        self._thread = threading.Thread(
-            target=self._poll_forever, name="relmon-alerts-leader", daemon=True
-        )
-        self._thread.start()
-
-    def _poll_forever(self) -> None:
-        try:
-            while not self._closed.is_set():
-                try:
-                    self._consumer.poll(timeout_ms=100)
-                    self._leading = bool(self._consumer.assignment())
-                except Exception as exc:  # keep electing; a broker hiccup must not end it
-                    self._leading = False
-                    log.warning("leader election: %s", exc)
-                    self._closed.wait(1.0)
-        finally:
-            self._leading = False
-            self._consumer.close()
-
-    def is_leader(self) -> bool:
-        """True while this member holds the leader topic's partition."""
-        return self._leading and self._thread.is_alive()
-
-    def close(self) -> None:
-        """Leave the group (another member takes over at once)."""
-        self._closed.set()
-        self._thread.join(timeout=30)
-
-
 class AlertRunner:
     """Detects on closed windows of ClickHouse data and sends alert events (leader only)."""
 
@@ -287,13 +66,13 @@ class AlertRunner:
         *,
         client: Callable[[], Client] | None = None,
         sinks: list[AlertSink] | None = None,
-        leader: Any = None,
+        leader: Leader | None = None,
     ) -> None:
         self.settings = settings
         self._own_client: Client | None = None
         self._client = client or self._default_client
         self.sinks = sinks if sinks is not None else build_sinks(settings, self._client)
-        self.leader = leader or AlwaysLeader()
+        self.leader: Leader = leader or AlwaysLeader()
         self.failures = 0
         self._reset()
 

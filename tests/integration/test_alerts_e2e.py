@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from relmon import db
-from relmon.alerts.runner import AlertRunner, AlertThread, KafkaLeader
+from relmon.alerts.leader import KafkaLeader
+from relmon.alerts.runner import AlertRunner, AlertThread
 from relmon.alerts.simulate import simulate_rows
 from relmon.kafka import read_topic
 from relmon.runtime import wait_until

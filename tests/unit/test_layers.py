@@ -14,10 +14,11 @@ with its reason. The layers (README, "Architecture"):
 2. **adapters**: what talks to the world: ClickHouse (``relmon.db``, the worker's
    ``streams.storage``), Kafka (``relmon.kafka``, ``relmon.lag``, the Faust app
    ``streams.app``), the local store and processes (``relmon.store``, ``relmon.runtime``), the
-   worker's Prometheus endpoint (``streams.prometheus``), the alert runner and its sinks, the
-   teacher (its client, consumer and store), the dashboard pages and their reads, and the
-   simulation that drives the system from outside (``relmon.synth``, ``replay``, ``scenario``,
-   ``realdata``, ``validation``, ``relmon.alerts.simulate``);
+   worker's Prometheus endpoint (``streams.prometheus``), the alert runner (its repository,
+   leader election and loop) and its sinks, the teacher (its client, consumer and store), the
+   dashboard pages and their reads, and the simulation that drives the system from outside
+   (``relmon.synth``, ``replay``, ``scenario``, ``realdata``, ``validation``,
+   ``relmon.alerts.simulate``);
 3. **entry points**: ``relmon.cli`` (and ``__main__``), ``relmon.demo``, ``dashboards.app``.
 
 Shared adapters (:data:`SHARED`: the ClickHouse and Kafka clients, the store, processes) are used
@@ -59,6 +60,8 @@ LAYERS: dict[str, int] = {
     "relmon.lag": ADAPTERS,
     "relmon.runtime": ADAPTERS,
     "relmon.store": ADAPTERS,
+    "relmon.alerts.repository": ADAPTERS,
+    "relmon.alerts.leader": ADAPTERS,
     "relmon.alerts.runner": ADAPTERS,
     "relmon.alerts.sinks": ADAPTERS,
     "relmon.alerts.simulate": ADAPTERS,
