@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from relmon.errors import ConfigError, RelmonError
 from relmon.runtime import ManagedProcess
@@ -56,19 +56,9 @@ def _load_scorer(settings: Settings) -> object:
         intra_op_threads=settings.intra_op_threads,
         max_length=settings.max_length,
         cache_size=settings.score_cache_size,
-        calibration=_calibration(settings.score_calibration),
+        calibration=settings.calibration,
         tier=settings.scorer_tier,
     )
-
-
-def _calibration(value: str) -> tuple[float, float] | Literal["card"] | None:
-    """RELMON_SCORE_CALIBRATION: none, card, or "alpha,beta"."""
-    if value == "none":
-        return None
-    if value == "card":
-        return "card"
-    alpha, beta = (float(x) for x in value.split(","))
-    return alpha, beta
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,7 @@ broker and the local ClickHouse store on 127.0.0.1. In production only the addre
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from relmon.errors import ConfigError
 
 Provider = Literal["auto", "cuda", "cpu"]
+# The scorer's calibration: none (raw scores), the model card's fitted one, or (alpha, beta).
+Calibration = tuple[float, float] | Literal["card"] | None
 
 
 def _default_home() -> Path:
@@ -175,7 +178,6 @@ class Settings(BaseSettings):
     )
     score_calibration: str = Field(
         default="card",
-        pattern=r"^(none|card|-?[0-9.]+(e-?[0-9]+)?,-?[0-9.]+(e-?[0-9]+)?)$",
         description="RELMON_SCORE_CALIBRATION: card (default: the Platt fit of P(good) on "
         'held-out real labels, from the model card), none (raw scores) or "alpha,beta": '
         "scores become sigmoid(alpha * (p - beta)).",
@@ -601,6 +603,17 @@ class Settings(BaseSettings):
         pps = float(self.scoring_budget_pps)
         return ("fixed", pps) if pps > 0 else ("off", 0.0)
 
+    @field_validator("score_calibration")
+    @classmethod
+    def _check_calibration(cls, value: str) -> str:
+        _parse_calibration(value)
+        return value
+
+    @property
+    def calibration(self) -> Calibration:
+        """RELMON_SCORE_CALIBRATION as the scorer takes it (``Scorer(calibration=...)``)."""
+        return _parse_calibration(self.score_calibration)
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -661,6 +674,29 @@ class Settings(BaseSettings):
         data = self.model_dump()
         data.update(changes)
         return load_settings(**data)
+
+
+def _parse_calibration(value: str) -> Calibration:
+    """RELMON_SCORE_CALIBRATION's value: ``none``, ``card`` or ``alpha,beta``.
+
+    The field's validator and :attr:`Settings.calibration` share it, so a value that passed
+    validation always parses.
+    """
+    if value == "none":
+        return None
+    if value == "card":
+        return "card"
+    alpha, beta = math.nan, math.nan
+    parts = value.split(",")
+    if len(parts) == 2:
+        with contextlib.suppress(ValueError):
+            alpha, beta = float(parts[0]), float(parts[1])
+    if not (math.isfinite(alpha) and math.isfinite(beta)):
+        raise ValueError(
+            f"{value!r} is not a calibration: use card (the model card's fit), none (raw scores) "
+            "or two numbers alpha,beta such as 5.2,0.42 (score = sigmoid(alpha * (p - beta)))"
+        )
+    return alpha, beta
 
 
 def password_file_of(store_dir: Path) -> Path:

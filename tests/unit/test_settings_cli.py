@@ -55,12 +55,26 @@ def test_every_field_documents_its_environment_variable():
         ("RELMON_PROVIDER", "tpu", "RELMON_PROVIDER"),
         ("RELMON_HEARTBEAT_INTERVAL_S", "10", "RELMON_HEARTBEAT_INTERVAL_S"),
         ("RELMON_ALERT_SCAN_WINDOWS", "9", "RELMON_ALERT_SCAN_WINDOWS=9 must be at most"),
+        ("RELMON_SCORE_CALIBRATION", "1.2.3,4", "RELMON_SCORE_CALIBRATION: Value error"),
+        ("RELMON_SCORE_CALIBRATION", "platt", "or two numbers alpha,beta"),
+        ("RELMON_SCORE_CALIBRATION", "1,nan", "RELMON_SCORE_CALIBRATION"),
     ],
 )
 def test_config_errors_name_the_variable(monkeypatch, env, value, fragment):
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "calibration"),
+    [("card", "card"), ("none", None), ("5.2,0.42", (5.2, 0.42)), ("-1e-3,2", (-0.001, 2.0))],
+)
+def test_score_calibration_is_typed_for_the_scorer(monkeypatch, value, calibration):
+    monkeypatch.setenv("RELMON_SCORE_CALIBRATION", value)
+    settings = load_settings()
+    assert settings.score_calibration == value  # the setting as given (doctor, dumps)
+    assert settings.calibration == calibration
 
 
 def test_cli_config_error_stops_with_message(monkeypatch, capsys):
