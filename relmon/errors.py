@@ -20,7 +20,7 @@ Tree (every exception relmon defines; ``tests/unit/test_exception_tree.py`` keep
 
 ``TeacherRejected``, ``BudgetExhausted`` and ``TeacherUnavailable`` live in
 ``relmon.teacher.client``. Test fakes that mimic a third-party client's error by name (such as
-``streams.fakes.MessageSizeTooLargeError``) are the only exceptions outside the tree: they stand
+``streams.testing.MessageSizeTooLargeError``) are the only exceptions outside the tree: they stand
 for errors relmon does not define, and adapters translate them like the real ones.
 
 The worker's error policy rests on this tree: a :class:`ServiceError` is retried with backoff

@@ -25,14 +25,14 @@ from relmon.scenario import Scenario, Shift
 from relmon.stats import RateEstimate
 from relmon.synth import SyntheticCatalog
 from schemas.models import Impression
+from streams import RawRecord, Routing, impression_text
 from streams.budget import BudgetController
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord, impression_text
 from streams.sampling import SamplingRates
 from streams.sketch import normalise_query
+from streams.testing import MemoryPorts, memory_processor
 
 DEFAULT_SCENARIO = Scenario(
     tier_bad_share={"head": 0.05, "torso": 0.15, "tail": 0.3},
@@ -153,12 +153,12 @@ async def _replay(
     scorer = OracleScorer()
     ports = MemoryPorts(scorer=scorer)  # type: ignore[arg-type]
     planner = Planner(PlannerConfig(), budget=budget)
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=Catalog(),
         planner=planner,
         rates=rates,
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="oracle",
         metrics=Metrics(),
     )

@@ -252,38 +252,6 @@ class ReviewRequest(_Record):
     position: int = 1
     event_time: datetime
 
-    @classmethod
-    def of(
-        cls,
-        row: ScoredImpression,
-        reason: ReviewReason = "below_threshold",
-        review_probability: float = 1.0,
-    ) -> ReviewRequest:
-        """Build the review request for a scored row."""
-        margin = row.threshold - row.score
-        priority = {"below_threshold": 2.0 + margin, "uncertain": 1.0 - abs(margin)}.get(
-            reason, 0.0
-        )
-        return cls(
-            impression_id=row.impression_id,
-            query_id=row.query_id,
-            query=row.query,
-            product_id=row.product_id,
-            title=row.title,
-            category=row.category,
-            score=row.score,
-            threshold=row.threshold,
-            model_version=row.model_version,
-            reason=reason,
-            priority=round(priority, 6),
-            sample_weight=row.sample_weight,
-            review_weight=1.0 / review_probability,
-            tier=row.tier,
-            locale=row.locale,
-            position=row.position,
-            event_time=row.event_time,
-        )
-
 
 class DeadLetter(_Record):
     """A record relmon could not process: value of ``relmon.dlq``; nothing is lost.

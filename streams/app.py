@@ -35,10 +35,13 @@ from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
 from streams.budget import BudgetConfig, BudgetController
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
+from streams.enrich import EventTimeWindow
 from streams.metrics import Metrics, RecentRate
 from streams.plans import Planner, PlannerConfig
-from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord, dead_letter
+from streams.processor import ImpressionProcessor
 from streams.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
+from streams.records import RawRecord, dead_letter
+from streams.route import Routing
 from streams.sampling import SamplingRates
 from streams.storage import ClickHouseStorePorts
 
@@ -219,14 +222,16 @@ class RelmonWorker:
             catalog=self.catalog,
             planner=Planner(planner_config(settings), budget=self.budget),
             rates=sampling_rates(settings),
-            threshold=(
-                settings.bad_threshold
-                if settings.bad_threshold is not None
-                else getattr(scorer, "operating_threshold", 0.5)
+            routing=Routing(
+                threshold=(
+                    settings.bad_threshold
+                    if settings.bad_threshold is not None
+                    else getattr(scorer, "operating_threshold", 0.5)
+                ),
+                category_thresholds=settings.category_thresholds,
+                uncertain_band=settings.review_uncertain_band,
+                audit_share=settings.review_audit_share,
             ),
-            category_thresholds=settings.category_thresholds,
-            uncertain_band=settings.review_uncertain_band,
-            audit_share=settings.review_audit_share,
             model_version=scorer.model_version,
             metrics=self.metrics,
             retry_s=settings.unknown_product_retry_s,

@@ -2,7 +2,7 @@
 
 Framework-free: the Faust agent (:mod:`streams.app`) feeds it raw records and provides the
 :class:`Ports` (Kafka sends, ClickHouse writes, scoring, acks); tests feed it in-package fakes
-(:mod:`streams.fakes`).
+(:mod:`streams.testing`).
 
 Per batch, in this order, so that a crash at any point loses nothing:
 
@@ -49,11 +49,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -64,7 +64,6 @@ from schemas.models import (
     DeadLetter,
     DeadLetterKind,
     Impression,
-    ReviewRequest,
     ScoredImpression,
 )
 from schemas.ubi import (
@@ -76,101 +75,18 @@ from schemas.ubi import (
     UbiQuery,
     decode_record,
 )
-from scoring.text import product_text
 from streams.catalog import Catalog
+from streams.enrich import EventTimeWindow, Problem, QueryTexts, complete, impression_text
 from streams.metrics import Metrics
-from streams.plans import Planner, PlanStore, Seen
+from streams.plans import Planner, Seen
+from streams.ports import Ports
+from streams.records import RawRecord, dead_letter
+from streams.route import Routing
 from streams.sampling import SamplingRates, unit_hash
 from streams.sketch import Tier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def impression_text(imp: Impression) -> str:
-    """What the model reads of an impression's product: title, brand, colour, category path."""
-    attrs = imp.attributes
-    return product_text(
-        imp.title or "",
-        imp.brand,
-        attrs.get("colour") or attrs.get("color"),
-        attrs.get("category_path") or imp.category,
-    )
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """One consumed Kafka record; ``handle`` is what :meth:`Ports.ack` needs (a Faust event)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None = None
-    handle: Any = field(default=None, compare=False, repr=False)
-
-
-class Ports(PlanStore, Protocol):
-    """What the processor needs from the outside world (plans included)."""
-
-    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
-        """Scores in [0, 1] of (query, title) pairs; ``keys`` are their product ids."""
-
-    async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Deliver dead letters (return once the broker has them)."""
-
-    async def send_reviews(self, reviews: list[ReviewRequest]) -> None:
-        """Deliver review requests (return once the broker has them)."""
-
-    async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        """Write scored rows (and refresh the roll-ups of their windows) and UBI query records."""
-
-    async def refresh_rollups(self, event_times: list[datetime]) -> None:
-        """Recompute the hourly and daily roll-ups of the windows holding these event times."""
-
-    async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
-        """Query texts of UBI query ids stored earlier."""
-
-    async def done(self, impression_ids: list[str]) -> set[str]:
-        """Which of these impressions the ledger records as done (stored, reviews delivered)."""
-
-    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
-        """The stored rows of these impressions (those stored already)."""
-
-    async def mark_done(self, rows: list[ScoredImpression]) -> None:
-        """Record these impressions as done in the ledger."""
-
-    async def ack(self, records: list[RawRecord]) -> None:
-        """Mark records done so their offsets can be committed."""
-
-
-@dataclass(frozen=True)
-class EventTimeWindow:
-    """The event times the worker accepts: ``max_age_s`` before its clock to ``max_future_s`` after.
-
-    Older events would be stored only to expire from ``scored_impressions`` (TTL 30 days of event
-    time) while their roll-ups and reviews stay; later ones are clock skew. Both are refused.
-    """
-
-    max_age_s: float
-    max_future_s: float
-
-    def refusal(self, event_time: datetime, now: datetime) -> str | None:
-        """Why ``event_time`` is refused at wall-clock time ``now`` (None: it is accepted)."""
-        oldest = now - timedelta(seconds=self.max_age_s)
-        latest = now + timedelta(seconds=self.max_future_s)
-        if oldest <= event_time <= latest:
-            return None
-        return (
-            f"event_time_out_of_range: event time {_iso(event_time)} is outside the accepted "
-            f"window [{_iso(oldest)}, {_iso(latest)}] (RELMON_MAX_EVENT_AGE_S={self.max_age_s:g} "
-            f"before the worker's clock, RELMON_MAX_EVENT_FUTURE_S={self.max_future_s:g} after it)"
-        )
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _utc_now() -> datetime:
@@ -184,17 +100,13 @@ class _Pending:
     deadline: float
 
 
-_Known = tuple[Impression | PageHit, CatalogProduct | None]
-"""an impression whose query text is known, and the catalogue entry its product text needs"""
-
-
 @dataclass
 class _Page:
     """A record that carries a whole result page: done once every one of its hits is."""
 
     size: int
     left: int
-    problems: list[tuple[DeadLetterKind, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -228,26 +140,6 @@ class _Outcome:
     queries: list[UbiQuery] = field(default_factory=list)
 
 
-def dead_letter(
-    record: RawRecord,
-    kind: DeadLetterKind,
-    reason: str,
-    max_bytes: int = DEAD_LETTER_MAX_BYTES,
-) -> DeadLetter:
-    """The dead letter of ``record``, keeping its original bytes (or a prefix) and coordinates."""
-    return DeadLetter.of(
-        kind=kind,
-        reason=reason,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        value=record.value or b"",
-        key=record.key,
-        timestamp_ms=record.timestamp_ms,
-        max_bytes=max_bytes,
-    )
-
-
 # Which counter a retried failure increments, by the type of the error.
 _ERROR_COUNTERS: tuple[tuple[type[ServiceError], str], ...] = (
     (StoreUnavailable, "store_errors"),
@@ -271,10 +163,7 @@ class ImpressionProcessor:
         catalog: Catalog,
         planner: Planner,
         rates: SamplingRates,
-        threshold: float,
-        category_thresholds: Mapping[str, float] | None = None,
-        uncertain_band: float = 0.0,
-        audit_share: float = 0.0,
+        routing: Routing,
         model_version: str,
         metrics: Metrics,
         retry_s: float = 10.0,
@@ -290,10 +179,7 @@ class ImpressionProcessor:
         self._catalog = catalog
         self._planner = planner
         self._rates = rates
-        self._threshold = threshold
-        self._category_thresholds = dict(category_thresholds or {})
-        self._uncertain_band = uncertain_band
-        self._audit_share = audit_share
+        self._routing = routing
         self._model_version = model_version
         self._metrics = metrics
         self._retry_s = retry_s
@@ -303,8 +189,7 @@ class ImpressionProcessor:
         self._dead_letter_max_bytes = dead_letter_max_bytes
         self._event_window = event_window
         self._wall_clock = wall_clock
-        self._queries: OrderedDict[str, str] = OrderedDict()
-        self._query_cache_size = query_cache_size
+        self._queries = QueryTexts(query_cache_size)
         self._pending: list[_Pending] = []
         # Acks go out strictly in offset order per partition (Faust commits the first run of
         # acked offsets it finds, even past an unacked one): every consumed offset is queued,
@@ -396,7 +281,7 @@ class ImpressionProcessor:
                 continue
             self._metrics.inc("decoded")
             if isinstance(decoded, UbiQuery):
-                self._remember_query(decoded.query_id, decoded.user_query)
+                self._queries.remember(decoded.query_id, decoded.user_query)
                 out.queries.append(decoded)
                 if decoded.hit_ids:
                     self._open_page(record, decoded, out, now, items)
@@ -441,7 +326,7 @@ class ImpressionProcessor:
         self,
         record: RawRecord,
         out: _Outcome,
-        problem: tuple[DeadLetterKind, str] | None = None,
+        problem: Problem | None = None,
     ) -> None:
         """One impression of ``record`` is finished: ready (no ``problem``) or refused.
 
@@ -491,12 +376,6 @@ class ImpressionProcessor:
         out.letters.append(dead_letter(record, kind, reason, self._dead_letter_max_bytes))
         out.done.append(record)
 
-    def _remember_query(self, query_id: str, text: str) -> None:
-        self._queries[query_id] = text
-        self._queries.move_to_end(query_id)
-        while len(self._queries) > self._query_cache_size:
-            self._queries.popitem(last=False)
-
     async def _resolve(self, waiting: list[_Pending], out: _Outcome, *, fresh: bool) -> None:
         missing = sorted(
             {
@@ -508,23 +387,24 @@ class ImpressionProcessor:
         if missing:
             found = await self._retrying(self._ports.lookup_queries, missing, what="query lookup")
             for query_id, text in found.items():
-                self._remember_query(query_id, text)
+                self._queries.remember(query_id, text)
         if fresh and waiting:
             await self._prepare_plans(waiting)
         now = self._clock()
         for pending in waiting:
             try:
-                item, problem = self._complete(pending)
+                item, product, problem = complete(pending.item, self._queries, self._catalog)
             except Exception as exc:  # one record's failure must not stop its batch
                 log.exception("completing %s failed", pending.record)
                 reason = f"cannot complete the impression: {type(exc).__name__}: {exc}"
                 self._item_done(pending.record, out, ("invalid", reason))
                 continue
-            if item is not None:
-                out.ready.append((pending.record, *item))
+            pending.item = item  # what is known so far: a retry does not look it up again
+            if problem is None:
+                assert not isinstance(item, UbiImpression)  # complete() gave it its query
+                out.ready.append((pending.record, item, product))
                 self._item_done(pending.record, out)
                 continue
-            assert problem is not None
             kind, reason = problem
             if fresh:
                 self._metrics.inc(f"{kind}_seen")
@@ -533,26 +413,6 @@ class ImpressionProcessor:
                 self._item_done(pending.record, out, problem)
             else:
                 self._pending.append(pending)
-
-    def _complete(
-        self, pending: _Pending
-    ) -> tuple[_Known | None, tuple[DeadLetterKind, str] | None]:
-        """The impression with its query text and its catalogue entry, or what is unknown."""
-        item = pending.item
-        if isinstance(item, UbiImpression):
-            text = self._queries.get(item.query_id)
-            if text is None:
-                return None, ("unknown_query", f"unknown query_id {item.query_id!r}")
-            item = pending.item = item.with_query(text)
-        if item.needs_catalog:
-            product = self._catalog.get(item.product_id)
-            if product is None:
-                return None, (
-                    "unknown_product",
-                    f"unknown product {item.product_id!r} at position {item.position}",
-                )
-            return (item, product), None
-        return (item, None), None
 
     async def _prepare_plans(self, waiting: list[_Pending]) -> None:
         """Count first-seen impressions in their partition's sketch; store missing plans.
@@ -629,7 +489,7 @@ class ImpressionProcessor:
             await self._retrying(self._ports.refresh_rollups, times, what="ClickHouse roll-ups")
             self._metrics.inc("rows_recovered", len(recovered))
         finished = rows + recovered
-        reviews = [r for r in map(self._review, finished) if r is not None]
+        reviews = [r for r in map(self._routing.review, finished) if r is not None]
         if reviews:  # only once their rows are stored
             await self._retrying(self._ports.send_reviews, reviews, what="review requests")
             self._metrics.inc("sent_to_review", len(reviews))
@@ -676,9 +536,7 @@ class ImpressionProcessor:
             ScoredImpression.of(
                 d.impression,
                 score=float(np.clip(score, 0.0, 1.0)),
-                threshold=self._category_thresholds.get(
-                    d.impression.category or "", self._threshold
-                ),
+                threshold=self._routing.threshold_for(d.impression.category),
                 model_version=self._model_version,
                 sample_rate=d.probability,
                 scored_at=now,
@@ -712,20 +570,6 @@ class ImpressionProcessor:
                 ready.append(self._done.pop(tpo))
         if ready:
             await self._ports.ack(ready)
-
-    def _review(self, row: ScoredImpression) -> ReviewRequest | None:
-        """The review request of a row, if any.
-
-        Every bad case, every uncertain one (within ``uncertain_band`` above the threshold),
-        and a deterministic random ``audit_share`` of the rest.
-        """
-        if row.is_bad:
-            return ReviewRequest.of(row, "below_threshold")
-        if row.score < row.threshold + self._uncertain_band:
-            return ReviewRequest.of(row, "uncertain")
-        if self._audit_share > 0 and unit_hash("audit:" + row.impression_id) < self._audit_share:
-            return ReviewRequest.of(row, "audit", review_probability=self._audit_share)
-        return None
 
     async def _write(self, args: tuple[list[ScoredImpression], list[UbiQuery]]) -> None:
         await self._ports.write(*args)

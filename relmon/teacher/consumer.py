@@ -38,6 +38,7 @@ from relmon.teacher.client import ChatClient, DailyBudget, RateLimiter, backoff_
 from relmon.teacher.judge import CachedGrade, CacheKey, LlmJudge
 from relmon.teacher.verdict import Verdict
 from schemas.models import DeadLetter, DeadLetterKind, ReviewRequest
+from streams.records import RawRecord, dead_letter
 
 __all__ = ["BatchResult", "TeacherConsumer", "build_judge"]
 
@@ -212,18 +213,12 @@ class TeacherConsumer:
                     e["type"] == "json_invalid" for e in exc.errors()
                 ):
                     kind = "malformed"
+                raw = RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
                 letters.append(
                     (
                         r.key,
-                        DeadLetter.of(
-                            kind=kind,
-                            reason=f"not a review request: {exc}",
-                            topic=r.topic,
-                            partition=r.partition,
-                            offset=r.offset,
-                            value=r.value or b"",
-                            key=r.key,
-                            timestamp_ms=r.timestamp,
+                        dead_letter(
+                            raw, kind, f"not a review request: {exc}", self.settings.dlq_max_bytes
                         ),
                     )
                 )

@@ -22,14 +22,13 @@ from relmon.settings import Settings, load_settings
 from relmon.store import StoreServer
 from schemas import Impression, ScoredImpression
 from schemas.models import CatalogProduct, DeadLetter, ReviewRequest
-from streams import repository
+from streams import EventTimeWindow, ImpressionProcessor, RawRecord, Routing, repository
 from streams.catalog import Catalog
-from streams.fakes import OverlapScorer
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord
 from streams.sampling import SamplingRates
 from streams.storage import ClickHouseStorePorts
+from streams.testing import OverlapScorer, memory_processor
 
 pytestmark = pytest.mark.integration
 
@@ -101,13 +100,12 @@ class StorePorts(ClickHouseStorePorts):
 
 
 def processor(ports: StorePorts) -> ImpressionProcessor:
-    return ImpressionProcessor(
+    return memory_processor(
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
         rates=SamplingRates(uniform=1.0),
-        threshold=0.5,
-        uncertain_band=0.1,
+        routing=Routing(0.5, uncertain_band=0.1),
         model_version="fake-overlap-1",
         metrics=Metrics(),
         backoff_max_s=0.05,

@@ -9,8 +9,8 @@ from streamlit.testing.v1 import AppTest
 from relmon import db, get_settings
 from relmon.kafka import read_topic
 from relmon.teacher import Verdict, store
-from schemas import ReviewRequest
 from streams import repository
+from streams.route import review_request
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +42,8 @@ def test_people_grade_the_queue_by_priority(page_env, scored_rows):
     assert any("review queue is empty" in i.value for i in empty.info)
 
     rows = scored_rows(n_good=3, n_bad=3)
-    requests = [ReviewRequest.of(r, "below_threshold") for r in rows[3:]]
-    requests.append(ReviewRequest.of(rows[0], "audit", review_probability=0.02))
+    requests = [review_request(r, "below_threshold") for r in rows[3:]]
+    requests.append(review_request(rows[0], "audit", review_probability=0.02))
     store.insert_queue(client, requests)
     top = min(requests, key=lambda r: (-r.priority, r.impression_id))  # ties: by id
     store.insert_verdicts(
@@ -114,8 +114,8 @@ def test_agreement_and_corrected_rates_are_shown(page_env, scored_rows):
 
     rows = scored_rows(n_good=40, n_bad=10)
     repository.insert_scored(client, rows)
-    flagged = [ReviewRequest.of(r, "below_threshold") for r in rows[40:]]
-    audits = [ReviewRequest.of(r, "audit", review_probability=0.25) for r in rows[:10]]
+    flagged = [review_request(r, "below_threshold") for r in rows[40:]]
+    audits = [review_request(r, "audit", review_probability=0.25) for r in rows[:10]]
     store.insert_queue(client, flagged + audits)
     verdicts = [
         Verdict.of(r, judge="teacher", judge_id="llm", grade=g, prompt_version="v1")

@@ -53,6 +53,7 @@ from schemas import Impression, ScoredImpression
 from schemas.models import ReviewRequest
 from scoring.esci import load_esci_judgments
 from streams import repository
+from streams.route import review_request
 from streams.sampling import unit_hash
 
 pytestmark = pytest.mark.integration
@@ -122,9 +123,9 @@ def review_requests(rows: list[ScoredImpression]) -> list[ReviewRequest]:
     out = []
     for row in rows:
         if row.is_bad:
-            out.append(ReviewRequest.of(row, "below_threshold"))
+            out.append(review_request(row, "below_threshold"))
         elif unit_hash("audit:" + row.impression_id) < AUDIT_SHARE:
-            out.append(ReviewRequest.of(row, "audit", review_probability=AUDIT_SHARE))
+            out.append(review_request(row, "audit", review_probability=AUDIT_SHARE))
     return out
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 FAULTY_WORKER = """
 from relmon.settings import get_settings
 from streams.app import RelmonWorker
-from streams.fakes import OverlapScorer
+from streams.testing import OverlapScorer
 
 
 class BuggyScorer(OverlapScorer):

@@ -10,12 +10,12 @@ import json
 from datetime import UTC, datetime
 
 from schemas.models import CatalogProduct, Impression
+from streams import RawRecord, Routing
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord
 from streams.sampling import SamplingRates
+from streams.testing import MemoryPorts, memory_processor
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -34,12 +34,12 @@ def impression(i: int) -> bytes:
 def test_counters_account_for_every_record() -> None:
     ports = MemoryPorts()
     metrics = Metrics()
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
         rates=SamplingRates(uniform=0.5),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="fake-overlap-1",
         metrics=metrics,
         backoff_max_s=0.05,

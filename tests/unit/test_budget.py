@@ -14,14 +14,14 @@ from relmon.settings import load_settings
 from relmon.synth import SyntheticCatalog
 from relmon.validation import PARTITIONS, replay_in_memory
 from schemas.models import Impression
+from streams import RawRecord, Routing
 from streams.budget import BudgetConfig, BudgetController, ladder_floor
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
 from streams.metrics import Metrics, RecentRate
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord
 from streams.prometheus import exposition
 from streams.sampling import SamplingRates
+from streams.testing import MemoryPorts, memory_processor
 
 CAPACITY = 400.0  # pairs/s while scoring
 DEMAND = 0.8  # pairs the base rates ask for per record
@@ -242,12 +242,12 @@ def test_a_restarted_worker_reuses_the_recorded_factor():
     metrics = Metrics()
 
     def run(ports: MemoryPorts, budget: BudgetController) -> dict[str, tuple[float, str]]:
-        proc = ImpressionProcessor(
+        proc = memory_processor(
             ports=ports,
             catalog=Catalog(),
             planner=Planner(PlannerConfig(), budget=budget),
             rates=SamplingRates(),
-            threshold=0.5,
+            routing=Routing(0.5),
             model_version="m",
             metrics=metrics,
         )

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from relmon.errors import DecodeError
 from schemas.models import CatalogProduct, Impression
 from schemas.ubi import MAX_RECORD_BYTES, UbiImpression, UbiOtherEvent, UbiQuery, decode_record
+from streams import RawRecord, Routing
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord
 from streams.sampling import SamplingRates, sampled
+from streams.testing import MemoryPorts, memory_processor
 
 FUZZ = settings(
     derandomize=True,
@@ -235,12 +235,12 @@ def _processor(base):
             CatalogProduct(product_id="7", title="Brass Lamp"),
         ]
     )
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=catalog,
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
         rates=SamplingRates(uniform=RATE),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="fake-overlap-1",
         metrics=Metrics(),
         retry_s=5.0,

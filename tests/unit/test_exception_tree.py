@@ -21,7 +21,7 @@ PACKAGES = ("relmon", "streams", "scoring", "schemas", "dashboards")
 # Test fakes that mimic a third-party client's error by its name, so that the adapters'
 # translation (relmon.errors.broker_error matches such names) is tested as it runs on the real
 # error. They stand for errors relmon does not define, so they cannot be RelmonErrors.
-OUTSIDE_THE_TREE = {"streams.fakes.MessageSizeTooLargeError"}
+OUTSIDE_THE_TREE = {"streams.testing.MessageSizeTooLargeError"}
 
 
 def module_name(path: Path) -> str:
@@ -108,7 +108,7 @@ def test_every_exception_relmon_defines_is_a_relmon_error() -> None:
         "relmon.store.protocol.StoreError",
         "relmon.teacher.client.TeacherUnavailable",
         "scoring.build.ModelRejectedError",
-        "streams.fakes.MessageSizeTooLargeError",
+        "streams.testing.MessageSizeTooLargeError",
     } <= set(found)
     outside = {
         name
@@ -127,4 +127,4 @@ def test_the_tree_in_relmon_errors_names_every_relmon_error() -> None:
 
 
 def test_outside_the_tree_are_only_fakes() -> None:
-    assert all(name.startswith("streams.fakes.") for name in OUTSIDE_THE_TREE)
+    assert all(name.startswith("streams.testing.") for name in OUTSIDE_THE_TREE)

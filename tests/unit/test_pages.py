@@ -9,12 +9,12 @@ import pytest
 from relmon.errors import DecodeError
 from schemas.models import CatalogProduct
 from schemas.ubi import UbiQuery, decode_record
+from streams import EventTimeWindow, RawRecord, Routing
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord
 from streams.sampling import SamplingRates
+from streams.testing import MemoryPorts, memory_processor
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PRODUCTS = {
@@ -71,12 +71,12 @@ def make(catalog=None, clock=None, event_window=None, rate=1.0):
         catalog = Catalog(
             [CatalogProduct(product_id=k, title=v, category="Sofas") for k, v in PRODUCTS.items()]
         )
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=catalog,
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
         rates=SamplingRates(uniform=rate),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="fake-overlap-1",
         metrics=metrics,
         retry_s=5.0,

@@ -7,12 +7,12 @@ import pytest
 
 from relmon.errors import BrokerError
 from schemas.models import CatalogProduct, Impression
+from streams import EventTimeWindow, RawRecord, Routing
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts, OverlapScorer
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import EventTimeWindow, ImpressionProcessor, RawRecord
 from streams.sampling import SamplingRates
+from streams.testing import MemoryPorts, OverlapScorer, memory_processor
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -58,7 +58,7 @@ def ubi_event(qid, product, ordinal):
 def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
     ports = ports or MemoryPorts()
     metrics = Metrics()
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=catalog
         if catalog is not None
@@ -71,7 +71,7 @@ def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
         ),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock or Clock()),
         rates=SamplingRates(uniform=rate),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="fake-overlap-1",
         metrics=metrics,
         retry_s=retry_s,
@@ -266,7 +266,7 @@ def popular_traffic(epoch_start, n_pages=60):
 
 def stratified(ports=None, clock=None):
     ports = ports or MemoryPorts()
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=Catalog(),
         planner=Planner(
@@ -275,7 +275,7 @@ def stratified(ports=None, clock=None):
         rates=SamplingRates(
             head=0.1, torso=0.4, tail=1.0, top_positions=3, rest_position_factor=0.5
         ),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="m",
         metrics=Metrics(),
         retry_s=5.0,
@@ -393,14 +393,12 @@ def test_rows_already_stored_are_not_scored_or_reviewed_again():
 
 def test_reviews_cover_bad_uncertain_and_an_audit_share():
     ports = MemoryPorts()
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=Catalog(),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
         rates=SamplingRates(uniform=1.0),
-        threshold=0.5,
-        uncertain_band=0.2,
-        audit_share=0.1,
+        routing=Routing(0.5, uncertain_band=0.2, audit_share=0.1),
         model_version="m",
         metrics=Metrics(),
         clock=Clock(),
@@ -582,12 +580,12 @@ def test_ubi_ordinals_from_zero_become_positions_from_one():
 
 def test_ubi_position_base_one():
     ports = MemoryPorts()
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=Clock()),
         rates=SamplingRates(uniform=1.0),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="m",
         metrics=Metrics(),
         clock=Clock(),
@@ -620,12 +618,12 @@ def test_numeric_event_time_is_dead_lettered_naming_the_field():
 
 def windowed(ports=None, now=NOW, max_age_s=28 * 86400, max_future_s=300):
     ports = ports or MemoryPorts()
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=Clock()),
         rates=SamplingRates(uniform=1.0),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="m",
         metrics=Metrics(),
         clock=Clock(),

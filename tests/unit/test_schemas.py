@@ -10,7 +10,8 @@ from relmon.errors import DecodeError
 from relmon.teacher.verdict import Verdict
 from schemas import Impression, UbiImpression, UbiOtherEvent, UbiQuery, decode_record
 from schemas.jsonschema import SHIPPED_DIR, generate, render
-from schemas.models import CatalogProduct, DeadLetter, ReviewRequest, ScoredImpression
+from schemas.models import CatalogProduct, DeadLetter, ScoredImpression
+from streams.route import review_request
 
 UBI = Path(schemas.__file__).parent / "ubi"
 
@@ -210,9 +211,9 @@ def test_scored_review_and_dead_letter():
         scored_at=datetime.now(UTC),
     )
     assert row.is_bad and row.sample_weight == 4.0 and row.category == "Lamps"
-    review = ReviewRequest.of(row)
+    review = review_request(row)
     assert review.reason == "below_threshold" and review.priority == pytest.approx(2.3)
-    audit = ReviewRequest.of(row, "audit", review_probability=0.02)
+    audit = review_request(row, "audit", review_probability=0.02)
     assert audit.review_weight == pytest.approx(50) and audit.priority < review.priority
     jsonschema.validate(json.loads(review.to_bytes()), generate()["review_request"])
     # the labels topic's record (teacher or person) against the shipped verdict schema

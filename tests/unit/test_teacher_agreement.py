@@ -33,12 +33,12 @@ from relmon.teacher.agreement import (
     rogan_gladen,
 )
 from schemas.models import Impression
+from streams import RawRecord, Routing, impression_text
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
 from streams.metrics import Metrics
 from streams.plans import Planner, PlannerConfig
-from streams.processor import ImpressionProcessor, RawRecord, impression_text
 from streams.sampling import SamplingRates, unit_hash
+from streams.testing import MemoryPorts, memory_processor
 
 MISS, FALSE_FLAG, UNCERTAIN = 0.4, 0.03, 0.1
 
@@ -88,14 +88,12 @@ def replay(minutes: int = 25, pages: int = 100, seed: int = 3):
     )
     student = NoisyStudent()
     ports = MemoryPorts(scorer=student)
-    proc = ImpressionProcessor(
+    proc = memory_processor(
         ports=ports,
         catalog=Catalog(),
         planner=Planner(PlannerConfig()),
         rates=SamplingRates(head=0.2, torso=0.5),
-        threshold=0.5,
-        uncertain_band=0.1,
-        audit_share=0.15,
+        routing=Routing(0.5, uncertain_band=0.1, audit_share=0.15),
         model_version="noisy",
         metrics=Metrics(),
     )

@@ -30,15 +30,16 @@ from relmon.runtime import free_port
 from relmon.settings import load_settings
 from schemas.models import CatalogProduct, Impression, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
+from streams import ImpressionProcessor, RawRecord, Routing
 from streams.app import send_all
 from streams.catalog import Catalog
-from streams.fakes import MemoryPorts
 from streams.metrics import COUNTERS, Metrics
 from streams.plans import Planner, PlannerConfig, StoredPlan
-from streams.processor import ImpressionProcessor, RawRecord, error_counter
+from streams.processor import error_counter
 from streams.prometheus import exposition
 from streams.sampling import SamplingRates
 from streams.storage import ClickHouseStorePorts
+from streams.testing import MemoryPorts, memory_processor
 
 T = TypeVar("T")
 
@@ -54,15 +55,16 @@ class Clock:
 
 
 def processor(ports: MemoryPorts, clock: Clock, metrics: Metrics) -> ImpressionProcessor:
-    return ImpressionProcessor(  # the worker's default backoff cap
+    return memory_processor(
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
         rates=SamplingRates(uniform=1.0),
-        threshold=0.5,
+        routing=Routing(0.5),
         model_version="fake",
         metrics=metrics,
         clock=clock,
+        backoff_max_s=5.0,  # the worker's default backoff cap
     )
 
 

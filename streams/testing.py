@@ -1,17 +1,32 @@
-"""In-package fakes for testing the processor without Kafka, ClickHouse or a model."""
+"""The processor in memory: fake ports and scorer, and the one builder tests and simulations use.
+
+:func:`memory_processor` wires an :class:`~streams.processor.ImpressionProcessor` to
+:class:`MemoryPorts` (or any ports) with test-friendly defaults: no Kafka, no ClickHouse, no
+model. The unit tests, the estimation validation (``relmon.validation``) and the teacher-loop
+simulation all build their processor with it, so they exercise the same wiring.
+"""
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
 from relmon.errors import StoreUnavailable, broker_error
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
-from streams.plans import MemoryPlanStore
-from streams.processor import RawRecord
+from streams.catalog import Catalog
+from streams.metrics import Metrics
+from streams.plans import MemoryPlanStore, Planner, PlannerConfig
+from streams.ports import Ports
+from streams.processor import ImpressionProcessor
+from streams.records import RawRecord
+from streams.route import Routing
+from streams.sampling import SamplingRates
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -130,3 +145,36 @@ class MemoryPorts(MemoryPlanStore):
     async def ack(self, records: list[RawRecord]) -> None:
         """Record acks."""
         self.acked.extend(records)
+
+
+def memory_processor(
+    ports: Ports | None = None,
+    *,
+    catalog: Catalog | None = None,
+    planner: Planner | None = None,
+    rates: SamplingRates | None = None,
+    routing: Routing | None = None,
+    model_version: str = "fake-overlap-1",
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    backoff_max_s: float = 0.05,
+    **options: Any,
+) -> ImpressionProcessor:
+    """A processor on ``ports`` (default: fresh :class:`MemoryPorts`).
+
+    Defaults: an empty catalogue, a planner that checkpoints at once on ``clock``, every
+    impression sampled, threshold 0.5, fresh metrics and a short retry backoff. ``options`` are
+    the processor's other keyword arguments (``retry_s``, ``event_window``, ...).
+    """
+    return ImpressionProcessor(
+        ports=ports if ports is not None else MemoryPorts(),
+        catalog=catalog if catalog is not None else Catalog(),
+        planner=planner or Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
+        rates=rates or SamplingRates(uniform=1.0),
+        routing=routing or Routing(0.5),
+        model_version=model_version,
+        metrics=metrics if metrics is not None else Metrics(),
+        clock=clock,
+        backoff_max_s=backoff_max_s,
+        **options,
+    )
