@@ -237,6 +237,11 @@ class ImpressionProcessor:
             await self._finish(out)
             self._report_load(0)
 
+    async def flush(self) -> None:
+        """Store every sketch checkpoint now and ack what they cover (a clean hand-over)."""
+        async with self._lock:
+            await self._release(force=True)
+
     def _report_load(self, records: int) -> None:
         """Tell the scoring budget what this call cost; publish its gauges."""
         load, now = self._load, self._clock()

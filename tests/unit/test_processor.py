@@ -264,13 +264,14 @@ def popular_traffic(epoch_start, n_pages=60):
     return records
 
 
-def stratified(ports=None, clock=None):
+def stratified(ports=None, clock=None, config=None):
     ports = ports or MemoryPorts()
     proc = memory_processor(
         ports=ports,
         catalog=Catalog(),
         planner=Planner(
-            PlannerConfig(epoch_s=60, head_share=0.2, torso_share=0.05), clock=clock or Clock()
+            config or PlannerConfig(epoch_s=60, head_share=0.2, torso_share=0.05),
+            clock=clock or Clock(),
         ),
         rates=SamplingRates(
             head=0.1, torso=0.4, tail=1.0, top_positions=3, rest_position_factor=0.5
@@ -329,10 +330,8 @@ def committed(acked, partition):
 
 
 def checkpointing(ports, clock):
-    proc, _ = stratified(ports=ports, clock=clock)
-    proc._planner.config = PlannerConfig(
-        epoch_s=60, head_share=0.2, torso_share=0.05, checkpoint_interval_s=3
-    )
+    config = PlannerConfig(epoch_s=60, head_share=0.2, torso_share=0.05, checkpoint_interval_s=3)
+    proc, _ = stratified(ports=ports, clock=clock, config=config)
     return proc
 
 
@@ -346,7 +345,7 @@ def test_crash_and_restart_give_the_same_rows_as_a_clean_run():
     for start in range(0, len(traffic), 50):
         clock.t += 1
         run(proc.process(traffic[start : start + 50]))
-    run(proc._release(force=True))
+    run(proc.flush())
     expected = {k: (r.sample_rate, r.tier, r.plan_id) for k, r in reference.rows.items()}
     assert {t for _, t, _ in expected.values()} >= {"head", "tail"}
 
@@ -372,7 +371,7 @@ def test_crash_and_restart_give_the_same_rows_as_a_clean_run():
     for start in range(0, len(todo), 50):
         clock.t += 1
         run(proc.process(todo[start : start + 50]))
-    run(proc._release(force=True))
+    run(proc.flush())
     got = {k: (r.sample_rate, r.tier, r.plan_id) for k, r in ports.rows.items()}
     assert got == expected
     # the popularity sketches evolved exactly as without crashes
@@ -616,7 +615,7 @@ def test_numeric_event_time_is_dead_lettered_naming_the_field():
 # --- issue 11 items 5 and 6: event-time window, store before review, the ledger ---------------
 
 
-def windowed(ports=None, now=NOW, max_age_s=28 * 86400, max_future_s=300):
+def windowed(ports=None, now=NOW, max_age_s=28 * 86400, max_future_s=300, metrics=None):
     ports = ports or MemoryPorts()
     proc = memory_processor(
         ports=ports,
@@ -625,11 +624,11 @@ def windowed(ports=None, now=NOW, max_age_s=28 * 86400, max_future_s=300):
         rates=SamplingRates(uniform=1.0),
         routing=Routing(0.5),
         model_version="m",
-        metrics=Metrics(),
+        metrics=metrics if metrics is not None else Metrics(),
         clock=Clock(),
         backoff_max_s=0.05,
         event_window=EventTimeWindow(max_age_s, max_future_s),
-        wall_clock=lambda: now,
+        wall_clock=now if callable(now) else lambda: now,
     )
     return proc, ports
 
@@ -647,7 +646,8 @@ def at(i, when, title="Oak Dining Table"):
 
 
 def test_event_times_outside_the_window_are_refused_never_scored():
-    proc, ports = windowed()
+    metrics = Metrics()
+    proc, ports = windowed(metrics=metrics)
     day = timedelta(days=1)
     ubi_late = json.loads(ubi_event("u1", "p1", 0))
     ubi_late["timestamp"] = (NOW + timedelta(seconds=301)).isoformat()
@@ -672,14 +672,13 @@ def test_event_times_outside_the_window_are_refused_never_scored():
     assert "RELMON_MAX_EVENT_FUTURE_S=300" in letters[4].reason
     assert all(letters[o].original == batch[o].value for o in letters)
     assert sorted(r.offset for r in ports.acked) == list(range(6))
-    assert proc._metrics.get("dead_lettered_event_time_out_of_range") == 3
+    assert metrics.get("dead_lettered_event_time_out_of_range") == 3
 
 
 def test_the_window_follows_the_wall_clock():
     clock = [NOW]
     ports = MemoryPorts()
-    proc, _ = windowed(ports)
-    proc._wall_clock = lambda: clock[0]
+    proc, _ = windowed(ports, now=lambda: clock[0])
     within(proc.process([record(at(0, NOW - timedelta(days=27)), 0)]))
     clock[0] = NOW + timedelta(days=2)  # a replay two days later: now too old
     within(proc.process([record(at(1, NOW - timedelta(days=27)), 1)]))
@@ -779,10 +778,11 @@ def test_rows_stored_before_a_crash_are_recovered_not_rescored():
     with pytest.raises(Crash):
         within(windowed(ports)[0].process(batch))
     assert ports.rows and not ports.reviews and not ports.ledger and not ports.acked
-    proc, _ = windowed(ports)
+    metrics = Metrics()
+    proc, _ = windowed(ports, metrics=metrics)
     within(proc.process(batch))
-    assert proc._metrics.get("rows_recovered") == len(ports.rows)
-    assert proc._metrics.get("scored") == 0
+    assert metrics.get("rows_recovered") == len(ports.rows)
+    assert metrics.get("scored") == 0
     assert sorted(ports.rollup_refreshes) == sorted(r.event_time for r in ports.rows.values())
     assert {r.impression_id for r in ports.reviews} == {
         r.impression_id for r in ports.rows.values() if r.is_bad
