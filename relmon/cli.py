@@ -237,18 +237,25 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring.card import write_card
-    from scoring.data import as_triples
+    from scoring.data import (
+        as_triples,
+        heldout_examples_of,
+        load_examples,
+        read_card,
+        write_evaluation,
+    )
     from scoring.metrics import evaluate_model
     from scoring.scorer import operating_threshold
 
     model_dir = Path(args.model_dir) if args.model_dir else settings.model_dir
+    if args.data and not Path(args.data).exists():  # say which flag it was
+        raise ConfigError(f"--data {args.data}: no such file or directory")
     examples = (
-        _read_labelled(Path(args.data), args.format, args.locale)
+        load_examples(Path(args.data), args.format, args.locale)
         if args.data
-        else _heldout_pairs(model_dir)
+        else heldout_examples_of(model_dir)
     )
-    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+    card = read_card(model_dir)
     report = evaluate_model(
         model_dir,
         as_triples(examples),
@@ -261,32 +268,10 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
         max_length=settings.max_length,
     )
     report["data"] = str(Path(args.data).resolve()) if args.data else "held-out (model card)"
-    card["evaluation"] = report
-    out = Path(args.card_out) if args.card_out else model_dir
-    out.mkdir(parents=True, exist_ok=True)
-    write_card(out, card)
-    print(f"model card: {out / 'card.json'}, {out / 'card.md'}", file=sys.stderr)
+    card_json = write_evaluation(card, report, Path(args.card_out) if args.card_out else model_dir)
+    print(f"model card: {card_json}, {card_json.with_suffix('.md')}", file=sys.stderr)
     print(json.dumps(_as_dict(report), sort_keys=True, default=str))
     return 0
-
-
-def _read_labelled(path: Path, fmt: str = "auto", locale: str | None = None) -> list[Any]:
-    """Labelled examples from WANDS, ESCI, or a CSV / JSON Lines file (see scoring.data)."""
-    from scoring.data import load_examples
-
-    if not path.exists():
-        raise ConfigError(f"--data {path}: no such file or directory")
-    return load_examples(path, fmt, locale)
-
-
-def _heldout_pairs(model_dir: Path) -> list[Any]:
-    """The held-out examples named in the model card (queries training never saw)."""
-    from scoring.build import heldout_examples
-
-    card_path = model_dir / "card.json"
-    if not card_path.is_file():
-        raise ConfigError(f"no model card at {card_path}: run `relmon model build`")
-    return heldout_examples(json.loads(card_path.read_text()))
 
 
 def _as_dict(obj: object) -> object:

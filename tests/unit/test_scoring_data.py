@@ -7,15 +7,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relmon.errors import ConfigError
+from relmon.errors import ConfigError, RelmonError
 from scoring.data import (
     Example,
+    heldout_examples_of,
     is_heldout_query,
     load_esci,
     load_examples,
     load_pairs_file,
     load_wands,
+    read_card,
     split_examples,
+    write_evaluation,
 )
 
 
@@ -145,3 +148,16 @@ def test_split_is_by_query_and_stable() -> None:
     assert is_heldout_query("Query 3 ", 0.2) == is_heldout_query("query  3", 0.2)
     _, capped = split_examples(examples, 0.2, max_heldout=10, seed=1)
     assert len(capped) == 10 and set(capped) <= set(held)
+
+
+def test_model_card_evaluation_round_trip(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="run `relmon model build`"):
+        read_card(tmp_path)
+    (tmp_path / "card.json").write_text(json.dumps({"model_version": "m1"}))
+    card = read_card(tmp_path)
+    path = write_evaluation(card, {"n": 4}, tmp_path / "out")
+    assert path == tmp_path / "out" / "card.json" and (tmp_path / "out" / "card.md").is_file()
+    assert json.loads(path.read_text())["evaluation"] == {"n": 4}
+    assert "evaluation" not in card  # the caller's card is not changed
+    with pytest.raises(RelmonError, match="rebuild"):  # no held-out folds named in this card
+        heldout_examples_of(tmp_path)
