@@ -1,66 +1,289 @@
-"""The model card: ``card.json`` (machine-readable) and ``card.md`` (the same, for people)."""
+"""The model card: ``card.json`` (machine-readable) and ``card.md`` (the same, for people).
+
+:class:`ModelCard` is ``card.json`` as types: the build writes it, the scorer reads its tiers,
+calibrations and operating points, ``relmon model eval`` rewrites its evaluation. It reads and
+writes the same JSON as the untyped dict did, so a card written before the types still loads:
+every field but ``model_version`` is optional (cards grew over time), keys the types do not know
+are kept and written back, and a key is written only when the card has it (``"previous": null``
+stays null, an absent key stays absent). The serving side needs only pydantic to read it.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["card_markdown", "write_card"]
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from relmon.errors import ModelNotFoundError
+
+__all__ = [
+    "CARD_FILE",
+    "Calibration",
+    "CrossEncoderHeldout",
+    "DataSplit",
+    "ModelCard",
+    "OperatingPoint",
+    "PreviousModel",
+    "TierCard",
+    "TierHeldout",
+    "card_markdown",
+    "write_card",
+]
+
+CARD_FILE = "card.json"
+_HINT = "run `relmon model build` to build it"
+
+
+class _Part(BaseModel):
+    """A part of the card: immutable, and keeps the keys it does not know (newer cards')."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    def to_json(self) -> dict[str, Any]:
+        """The part as JSON: the keys it was given, in the declared order, then unknown ones."""
+        return self.model_dump(exclude_unset=True)
+
+
+class Calibration(_Part):
+    """A Platt map of the raw score to P(good): ``sigmoid(alpha * (s - beta))``."""
+
+    alpha: float
+    beta: float
+    method: str | None = None
+
+
+class OperatingPoint(_Part):
+    """The raw-score threshold at which the share flagged bad equals the true bad share."""
+
+    threshold: float
+    flagged_share: float | None = None
+    true_bad_share: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    threshold_calibrated: float | None = None
+    variant: str | None = None
+    fitted_on: str | None = None
+
+
+class DataSplit(_Part):
+    """Which ESCI fold was held out (``kind`` ``"esci-folds"``), so it can be rebuilt."""
+
+    kind: str
+    seed: int | None = None
+    heldout_fold: int | None = None
+    folds: int | None = None
+
+
+class CrossEncoderHeldout(_Part):
+    """The cross-encoder's figures on the held-out fold.
+
+    The title-only AUC is measured on the served variant only, so one of its two keys is set.
+    """
+
+    auc_fp32: float | None = None
+    auc_int8: float | None = None
+    int8_auc_drop: float | None = None
+    auc_int8_title_only: float | None = None
+    auc_fp32_title_only: float | None = None
+    auc_served_check: float | None = None
+    true_bad_share: float | None = None
+    flag_precision: float | None = None
+    flag_recall: float | None = None
+    ece_fp32: float | None = None
+    ece_int8: float | None = None
+    fp32_int8_pearson: float | None = None
+    fp32_int8_max_abs_diff: float | None = None
+
+    def auc(self, variant: str) -> float:
+        """The held-out AUC of ``variant`` (``"int8"`` or ``"fp32"``)."""
+        value = getattr(self, f"auc_{variant}", None)
+        if value is None:
+            raise KeyError(f"the card has no held-out AUC of the {variant} variant")
+        return float(value)
+
+
+class TierHeldout(_Part):
+    """A non-default tier's figures on the held-out fold (fitted on training-fold pairs)."""
+
+    auc: float | None = None
+    auc_title_only: float | None = None
+    true_bad_share: float | None = None
+    flagged_share: float | None = None
+    flag_precision: float | None = None
+    flag_recall: float | None = None
+    ece: float | None = None
+
+
+class TierCard(_Part):
+    """What the scorer needs of one tier: its version, calibration and operating point."""
+
+    model_version: str
+    file: str | None = None
+    task: str | None = None
+    calibration: Calibration | None = None
+    operating_point: OperatingPoint | None = None
+    heldout: TierHeldout | None = None
+
+
+class PreviousModel(_Part):
+    """The model this build replaced, scored on the new build's held-out pairs."""
+
+    model_version: str
+    auc: float
+    variant: str
+
+
+class ModelCard(_Part):
+    """``card.json``. Fields are declared in the order the build writes them.
+
+    The cross-encoder tier's version, calibration and operating point are the top-level fields
+    (cards before the cosine tier had only those); other tiers are under ``tiers``.
+    ``evaluation`` is :func:`scoring.metrics.evaluate_model`'s report, kept as it is.
+    """
+
+    model_version: str
+    base_model: str | None = None
+    task: str | None = None
+    training_data: str | None = None
+    heldout_data: str | None = None
+    heldout_queries: list[str] | None = None
+    data: DataSplit | None = None
+    train_pairs: int | None = None
+    train_soft_targets: int | None = None
+    eval_pairs: int | None = None
+    recipe: dict[str, Any] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    max_length: int | None = None
+    seed: int | None = None
+    onnx_opset: int | None = None
+    int8_quantisation: str | None = None
+    sizes_bytes: dict[str, int] | None = None
+    sha256: dict[str, str] | None = None
+    cpu_default_variant: str | None = None
+    calibration: Calibration | None = None
+    operating_point: OperatingPoint | None = None
+    heldout: CrossEncoderHeldout | None = None
+    evaluation: dict[str, Any] | None = None
+    previous: PreviousModel | None = None
+    tiers: dict[str, TierCard] | None = None
+    served_tier: str | None = None
+    build_seconds: float | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelCard:
+        """The card of ``card.json``'s content (a card read as plain JSON, as the CLI does)."""
+        return cls.model_validate(dict(data))
+
+    @classmethod
+    def load(cls, model_dir: Path | str) -> ModelCard:
+        """Read ``model_dir/card.json``.
+
+        Raises:
+            ModelNotFoundError: no card, or one without a ``model_version`` or of the wrong shape.
+
+        """
+        path = Path(model_dir) / CARD_FILE
+        if not path.is_file():
+            raise ModelNotFoundError(f"{CARD_FILE} missing in {model_dir}: {_HINT}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "model_version" not in data:
+            raise ModelNotFoundError(f"{path} has no model_version: {_HINT}")
+        try:
+            return cls.from_json(data)
+        except ValidationError as exc:
+            raise ModelNotFoundError(f"{path} is not a model card ({exc}): {_HINT}") from exc
+
+    def save(self, model_dir: Path | str) -> None:
+        """Write ``card.json`` and ``card.md`` into ``model_dir``."""
+        write_card(model_dir, self)
+
+    def tier(self, name: str) -> TierCard:
+        """The card entries of tier ``name``: its version, calibration and operating point.
+
+        Raises:
+            ModelNotFoundError: the card has no such tier (it predates it: rebuild).
+
+        """
+        if name == "cross-encoder":
+            return TierCard(
+                model_version=self.model_version,
+                calibration=self.calibration,
+                operating_point=self.operating_point,
+            )
+        entry = (self.tiers or {}).get(name)
+        if entry is None:
+            raise ModelNotFoundError(
+                f"the model card has no {name!r} tier: rebuild the model (relmon model build)"
+            )
+        return entry
+
+
+def _as_card(card: ModelCard | Mapping[str, Any]) -> ModelCard:
+    return card if isinstance(card, ModelCard) else ModelCard.from_json(card)
 
 
 def _f(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def card_markdown(card: dict[str, Any]) -> str:
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def card_markdown(card: ModelCard | Mapping[str, Any]) -> str:
     """Render a card as Markdown: data, sizes, held-out numbers, calibration, file hashes."""
+    c = _as_card(card)
     lines = [
-        f"# Model card: {card['model_version']}",
+        f"# Model card: {c.model_version}",
         "",
-        f"- base model: {card.get('base_model', '?')}",
-        f"- task: {card.get('task', '?')}",
-        f"- training data: {card.get('training_data', '?')}",
-        f"- held-out data: {card.get('heldout_data', '?')}",
-        f"- training pairs: {card.get('train_pairs', '?')} "
-        f"(with a teacher probability: {card.get('train_soft_targets', 0)}), "
-        f"held-out pairs: {card.get('eval_pairs', '?')}",
-        f"- epochs {card.get('epochs')}, batch {card.get('batch_size')}, "
-        f"learning rate {card.get('learning_rate')}, max length {card.get('max_length')}, "
-        f"seed {card.get('seed')}",
-        f"- int8: {card.get('int8_quantisation', '?')}",
-        f"- CPU default variant: {card.get('cpu_default_variant', 'int8')}",
-        f"- build time: {card.get('build_seconds', '?')} s",
+        f"- base model: {_or(c.base_model, '?')}",
+        f"- task: {_or(c.task, '?')}",
+        f"- training data: {_or(c.training_data, '?')}",
+        f"- held-out data: {_or(c.heldout_data, '?')}",
+        f"- training pairs: {_or(c.train_pairs, '?')} "
+        f"(with a teacher probability: {_or(c.train_soft_targets, 0)}), "
+        f"held-out pairs: {_or(c.eval_pairs, '?')}",
+        f"- epochs {c.epochs}, batch {c.batch_size}, "
+        f"learning rate {c.learning_rate}, max length {c.max_length}, "
+        f"seed {c.seed}",
+        f"- int8: {_or(c.int8_quantisation, '?')}",
+        f"- CPU default variant: {_or(c.cpu_default_variant, 'int8')}",
+        f"- build time: {_or(c.build_seconds, '?')} s",
         "",
     ]
-    held = card.get("heldout")
+    held = c.heldout.to_json() if c.heldout else {}
     if held:
         lines += ["## Held-out results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_f(v)} |" for k, v in held.items()]
         lines.append("")
-    ev = card.get("evaluation")
-    if ev:
-        lines += _eval_markdown(ev)
-    cal = card.get("calibration")
+    if c.evaluation:
+        lines += _eval_markdown(c.evaluation)
+    cal = c.calibration
     if cal:
         lines += [
             "## Calibration option",
             "",
             f"Walmart sigmoid polarisation fitted on the held-out fp32 scores: "
-            f"`sigmoid({cal['alpha']:.3f} * (s - {cal['beta']:.3f}))` "
+            f"`sigmoid({cal.alpha:.3f} * (s - {cal.beta:.3f}))` "
             "(RELMON_SCORE_CALIBRATION=card).",
             "",
         ]
-    prev = card.get("previous")
+    prev = c.previous
     if prev:
         lines += [
-            f"Published model before this one: {prev['model_version']}, "
-            f"AUC {_f(prev['auc'])} ({prev['variant']}) on the same held-out pairs.",
+            f"Published model before this one: {prev.model_version}, "
+            f"AUC {_f(prev.auc)} ({prev.variant}) on the same held-out pairs.",
             "",
         ]
     lines += ["## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
-    for name, digest in card.get("sha256", {}).items():
-        lines.append(f"| {name} | {card.get('sizes_bytes', {}).get(name, '?')} | `{digest}` |")
+    sizes = c.sizes_bytes or {}
+    for name, digest in (c.sha256 or {}).items():
+        lines.append(f"| {name} | {sizes.get(name, '?')} | `{digest}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,8 +338,11 @@ def _eval_markdown(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_card(model_dir: Path | str, card: dict[str, Any]) -> None:
-    """Write ``card.json`` and ``card.md`` into ``model_dir``."""
+def write_card(model_dir: Path | str, card: ModelCard | Mapping[str, Any]) -> None:
+    """Write ``card.json`` and ``card.md`` into ``model_dir`` (a plain dict is checked first)."""
+    typed = _as_card(card)
     d = Path(model_dir)
-    (d / "card.json").write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
-    (d / "card.md").write_text(card_markdown(card), encoding="utf-8")
+    (d / CARD_FILE).write_text(
+        json.dumps(typed.to_json(), indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    (d / "card.md").write_text(card_markdown(typed), encoding="utf-8")

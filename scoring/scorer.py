@@ -7,9 +7,11 @@ Two tiers share one model directory (``tier``):
   query's and the product text's vectors, each computed once and cached, mapped to
   ``(cos + 1) / 2``. On real labels it ranks better than today's fine-tuned student (README,
   "Model quality"), so the build marks it as the served tier.
-- ``"card"``: the tier the model card serves (``card["served_tier"]``).
+- ``"card"``: the tier the model card serves (:attr:`ModelCard.served_tier
+  <scoring.card.ModelCard.served_tier>`).
 
-Each tier has its own calibration and operating point in the card (``card["tiers"]``).
+Each tier has its own calibration and operating point in the card (:meth:`ModelCard.tier
+<scoring.card.ModelCard.tier>`).
 
 Provider choice (``provider``):
 
@@ -41,12 +43,11 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import json
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -56,6 +57,7 @@ import numpy as np
 import onnxruntime as ort
 
 from relmon.errors import ConfigError, ModelNotFoundError
+from scoring.card import ModelCard, TierCard
 from scoring.embedding import EMBED_FILE, EmbeddingCache
 
 __all__ = [
@@ -115,35 +117,20 @@ def polarise(scores: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return _sigmoid(alpha * (np.asarray(scores, dtype=np.float64) - beta))
 
 
-def tier_card(card: dict[str, Any], tier: str) -> dict[str, Any]:
-    """The card entries of ``tier``: its calibration, operating point and version.
-
-    The cross-encoder's live at the card's top level (cards before the cosine tier had only
-    those); other tiers' under ``card["tiers"][tier]``.
-    """
-    if tier == "cross-encoder":
-        return card
-    entry = (card.get("tiers") or {}).get(tier)
-    if entry is None:
-        raise ModelNotFoundError(
-            f"the model card has no {tier!r} tier: rebuild the model (relmon model build)"
-        )
-    return dict(entry)
-
-
 def operating_threshold(
-    card: dict[str, Any], calibration: tuple[float, float] | None = None
+    card: ModelCard | TierCard | Mapping[str, Any], calibration: tuple[float, float] | None = None
 ) -> float:
     """The card's operating point (0.5 when the card has none), mapped through ``calibration``.
 
     The operating point is the raw-score threshold at which the share of held-out real pairs
     flagged bad equals their true bad share; a calibrated scorer compares calibrated scores, so
-    the threshold goes through the same function.
+    the threshold goes through the same function. ``card`` is a card or a tier of one, or
+    ``card.json`` read as plain JSON (the cross-encoder's point, at its top level).
     """
-    point = card.get("operating_point") or {}
-    if "threshold" not in point:
+    typed = ModelCard.from_json(card) if isinstance(card, Mapping) else card
+    if typed.operating_point is None:
         return 0.5
-    raw = np.array([float(point["threshold"])])
+    raw = np.array([typed.operating_point.threshold])
     if calibration is not None:
         raw = polarise(raw, *calibration)
     return float(raw[0])
@@ -195,21 +182,21 @@ class Scorer:
         self._device_id = device_id
         self.intra_op_threads = intra_op_threads or default_threads()
         card = self._check_files(variant)
-        self.card: dict[str, Any] = card
-        resolved = str(card.get("served_tier", "cross-encoder")) if tier == "card" else tier
+        self.card: ModelCard = card
+        resolved = (card.served_tier or "cross-encoder") if tier == "card" else tier
         if resolved not in ("cross-encoder", "cosine"):
             raise ConfigError(f"unknown scorer tier {resolved!r}: cross-encoder or cosine")
         self.tier: Literal["cross-encoder", "cosine"] = (
             "cosine" if resolved == "cosine" else "cross-encoder"
         )
-        self._tier_card = tier_card(card, self.tier)
+        self._tier_card = card.tier(self.tier)
         if self.tier == "cosine" and not (self.model_dir / EMBED_FILE).is_file():
             raise ModelNotFoundError(
                 f"{EMBED_FILE} missing in {self.model_dir}: run `relmon model build` to build it"
             )
         want_cuda = provider == "cuda" or (provider == "auto" and _cuda_loadable())
         cpu_default: Literal["int8", "fp32"] = (
-            "fp32" if card.get("cpu_default_variant") == "fp32" else "int8"
+            "fp32" if card.cpu_default_variant == "fp32" else "int8"
         )
         chosen = self._pick(variant, want_cuda, cpu_default)
         if self.tier == "cosine":  # one fp32 embedder on every provider
@@ -230,9 +217,9 @@ class Scorer:
                 self.provider = self._session.get_providers()[0]
         self.variant: Literal["int8", "fp32", "fp16"] = chosen
         # int8/fp16 scores differ slightly from fp32: the variant is part of the row's version
-        base = str(self._tier_card["model_version"])
+        base = self._tier_card.model_version
         version = base if chosen == "fp32" else f"{base}-{chosen}"
-        digest = (card.get("sha256") or {}).get(_FILES[chosen])
+        digest = (card.sha256 or {}).get(_FILES[chosen])
         if chosen != "fp32" and digest:  # a re-quantised file gets a version of its own
             version = f"{version}.{digest[:8]}"
         self.calibration: tuple[float, float] | None = self._calibration(
@@ -257,15 +244,14 @@ class Scorer:
 
     @staticmethod
     def _calibration(
-        value: tuple[float, float] | Literal["card"] | None, card: dict[str, Any]
+        value: tuple[float, float] | Literal["card"] | None, tier: TierCard
     ) -> tuple[float, float] | None:
         if value is None:
             return None
         if value == "card":
-            fitted = card.get("calibration") or {}
-            if "alpha" not in fitted or "beta" not in fitted:
+            if tier.calibration is None:
                 raise ConfigError("calibration='card' but card.json has no fitted alpha/beta")
-            return float(fitted["alpha"]), float(fitted["beta"])
+            return tier.calibration.alpha, tier.calibration.beta
         alpha, beta = value
         return float(alpha), float(beta)
 
@@ -285,7 +271,7 @@ class Scorer:
             prefs = [cpu_default, "fp32" if cpu_default == "int8" else "int8"]
         return next(v for v in prefs if (self.model_dir / _FILES[v]).is_file())
 
-    def _check_files(self, variant: Variant) -> dict[str, Any]:
+    def _check_files(self, variant: Variant) -> ModelCard:
         hint = "run `relmon model build` to build it"
         d = self.model_dir
         if not d.is_dir():
@@ -293,13 +279,10 @@ class Scorer:
         wanted = [_FILES[variant]] if variant != "auto" else [_FILES["int8"], _FILES["fp32"]]
         if not any((d / f).is_file() for f in wanted):
             raise ModelNotFoundError(f"{' or '.join(wanted)} missing in {d}: {hint}")
-        for name in ("tokenizer.json", "tokenizer_config.json", "card.json"):
+        for name in ("tokenizer.json", "tokenizer_config.json"):
             if not (d / name).is_file():
                 raise ModelNotFoundError(f"{name} missing in {d}: {hint}")
-        card: dict[str, Any] = json.loads((d / "card.json").read_text(encoding="utf-8"))
-        if "model_version" not in card:
-            raise ModelNotFoundError(f"{d / 'card.json'} has no model_version: {hint}")
-        return card
+        return ModelCard.load(d)
 
     def _open(self, variant: str, cuda: bool, device_id: int) -> ort.InferenceSession:
         opts = ort.SessionOptions()
