@@ -44,34 +44,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
-from scoring import Scorer  # noqa: E402
-from scoring.build import (  # noqa: E402
+from scoring import ModelCard, Scorer  # noqa: E402
+from scoring.card import DataSplit  # noqa: E402
+from scoring.esci import load_esci_judgments  # noqa: E402
+from scoring.metrics import fit_polarisation, reliability, roc_auc  # noqa: E402
+from scoring.scorer import polarise  # noqa: E402
+from scoring.training import (  # noqa: E402
     DEFAULT_RECIPE,
     FOLDS,
     SERVED_TIER,
     build_model,
+    embed,
     operating_point,
+    query_folds,
 )
-from scoring.esci import load_esci_judgments  # noqa: E402
-from scoring.metrics import fit_polarisation, reliability, roc_auc  # noqa: E402
-from scoring.scorer import polarise  # noqa: E402
-from scoring.training import embed, query_folds  # noqa: E402
 
 
 def _same_build(model_dir: Path, fold: int, seed: int, epochs: int | None) -> bool:
-    card_file = model_dir / "card.json"
-    if not card_file.is_file():
+    if not (model_dir / "card.json").is_file():
         return False
-    card = json.loads(card_file.read_text())
+    card = ModelCard.load(model_dir)
     recipe = {**DEFAULT_RECIPE.as_dict(), "seed": seed}
     if epochs:
         recipe["epochs"] = epochs
     return bool(
-        card.get("data")
-        == {"kind": "esci-folds", "seed": seed, "heldout_fold": fold, "folds": FOLDS}
-        and card.get("recipe") == recipe
-        and card.get("train_pairs", 0) > 0
-        and "synthetic" not in str(card.get("training_data", "")).lower()
+        card.data == DataSplit(kind="esci-folds", seed=seed, heldout_fold=fold, folds=FOLDS)
+        and card.recipe == recipe
+        and (card.train_pairs or 0) > 0
+        and "synthetic" not in (card.training_data or "").lower()
     )
 
 

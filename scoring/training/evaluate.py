@@ -1,0 +1,186 @@
+"""The build's *evaluate and calibrate* steps: held-out figures, Platt maps, operating points.
+
+The cross-encoder (:func:`evaluate_and_calibrate`) is measured on the held-out fold, fp32 and
+int8, with and without product fields; the served CPU variant is int8 unless it loses more than
+:data:`MAX_INT8_AUC_DROP` AUC. Its Platt fit maps the raw score to P(good) (applied by the scorer
+with RELMON_SCORE_CALIBRATION=card, the default), and its *operating point* is the threshold at
+which the share of held-out pairs flagged bad equals their true bad share (:func:`operating_point`):
+the worker's default threshold, so that the flagged rate the dashboard shows estimates the true
+bad share.
+
+The cosine tier (:func:`cosine_tier`) is not trained, so its calibration and operating point are
+fitted on training-fold pairs and its held-out figures are out-of-sample.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from scoring.card import (
+    Calibration,
+    CrossEncoderHeldout,
+    ModelCard,
+    OperatingPoint,
+    TierCard,
+    TierHeldout,
+)
+from scoring.data import Example
+from scoring.embedding import EMBED_FILE
+from scoring.metrics import evaluate_model, fit_polarisation, reliability, roc_auc
+from scoring.scorer import Scorer, polarise
+from scoring.training.data import esci_split
+
+__all__ = [
+    "COSINE_FIT_PAIRS",
+    "MAX_INT8_AUC_DROP",
+    "cosine_tier",
+    "evaluate_and_calibrate",
+    "operating_point",
+]
+
+MAX_INT8_AUC_DROP = 0.005  # above it, the card makes fp32 the CPU default
+COSINE_FIT_PAIRS = 2000  # training-fold pairs the cosine tier's calibration is fitted on
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """The threshold at which the share flagged bad (score below it) equals the true bad share.
+
+    Labels are 1 = good; returns the threshold with the flagged share, true bad share, and the
+    precision and recall of the bad flag there.
+    """
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    bad_share = float((~y).mean())
+    order = np.sort(s)
+    k = round(bad_share * len(s))
+    threshold = float(order[k]) if 0 < k < len(s) else float(order[min(k, len(s) - 1)])
+    flagged = s < threshold
+    tp = float((flagged & ~y).sum())
+    return {
+        "threshold": threshold,
+        "flagged_share": float(flagged.mean()),
+        "true_bad_share": bad_share,
+        "precision": tp / max(1.0, float(flagged.sum())),
+        "recall": tp / max(1.0, float((~y).sum())),
+    }
+
+
+def _card_point(point: dict[str, float], alpha: float, beta: float, **where: str) -> OperatingPoint:
+    """:func:`operating_point`'s point for the card, with its threshold on the calibrated scale."""
+    calibrated = float(polarise(np.array([point["threshold"]]), alpha, beta)[0])
+    return OperatingPoint.model_validate({**point, "threshold_calibrated": calibrated, **where})
+
+
+def evaluate_and_calibrate(
+    model_dir: Path, card: ModelCard, heldout: Sequence[Example], max_length: int
+) -> ModelCard:
+    """``card`` with the served CPU variant, held-out figures, calibration and operating point.
+
+    ``model_dir`` holds the exported cross-encoder and ``card`` (its versions name the scores).
+    """
+    triples = [(e.query, e.text(), e.hard_label) for e in heldout]
+    ev = evaluate_model(
+        model_dir, triples, max_length=max_length, grades=[e.grade for e in heldout]
+    )
+    drop = ev["fp32"]["auc"] - ev["int8"]["auc"]
+    served: Literal["int8", "fp32"] = "int8" if drop <= MAX_INT8_AUC_DROP else "fp32"
+    title_only = evaluate_model(
+        model_dir,
+        [(e.query, e.text(fields=False), e.hard_label) for e in heldout],
+        variants=(served,),
+        max_length=max_length,
+        fit_calibration=False,
+    )
+    labels = np.array([e.hard_label for e in heldout])
+    raw = Scorer(model_dir, provider="cpu", variant=served, max_length=max_length).predict(
+        [(e.query, e.text()) for e in heldout]
+    )
+    alpha, beta = fit_polarisation(labels, raw)
+    point = operating_point(labels, raw)
+    heldout_figures = CrossEncoderHeldout.model_validate(
+        {
+            "auc_fp32": ev["fp32"]["auc"],
+            "auc_int8": ev["int8"]["auc"],
+            "int8_auc_drop": drop,
+            f"auc_{served}_title_only": title_only[served]["auc"],
+            "auc_served_check": roc_auc(labels, raw),
+            "true_bad_share": point["true_bad_share"],
+            "flag_precision": point["precision"],
+            "flag_recall": point["recall"],
+            "ece_fp32": ev["fp32"]["calibration"]["ece"],
+            "ece_int8": ev["int8"]["calibration"]["ece"],
+            "fp32_int8_pearson": ev["agreement"]["pearson"],
+            "fp32_int8_max_abs_diff": ev["agreement"]["max_abs_diff"],
+        }
+    )
+    return card.model_copy(
+        update={
+            "cpu_default_variant": served,
+            "calibration": Calibration(
+                alpha=alpha,
+                beta=beta,
+                method="Platt (logistic) fit of the good/bad labels on the served variant's "
+                "raw held-out scores",
+            ),
+            "operating_point": _card_point(point, alpha, beta, variant=served),
+            "heldout": heldout_figures,
+            "evaluation": ev,
+        }
+    )
+
+
+def cosine_tier(model_dir: Path, digest: str, seed: int, heldout_fold: int) -> TierCard:
+    """The cosine tier's card entry (``embed.onnx`` in ``model_dir``), figures on the held-out fold.
+
+    Its calibration and operating point are fitted on training-fold pairs: the tier is not
+    trained, so they are out-of-sample there. ``card.json`` in ``model_dir`` is a placeholder
+    naming the tier afterwards (the scorer reads its version from it); the build rewrites it.
+    """
+    train, held = esci_split(seed, heldout_fold)
+    fit = random.Random(seed + 5).sample(train, min(COSINE_FIT_PAIRS, len(train)))
+    entry = TierCard(
+        model_version=f"minilm-cos-{digest[:12]}",
+        file=EMBED_FILE,
+        task="cosine of the untouched all-MiniLM-L6-v2's mean-pooled embeddings of the query "
+        "and the product text; (cos + 1) / 2 = raw score, the tier's calibration maps it to "
+        "P(good: ESCI E or S)",
+    )
+    placeholder = ModelCard(model_version="building", tiers={"cosine": entry})
+    (model_dir / "card.json").write_text(json.dumps(placeholder.to_json()), encoding="utf-8")
+    scorer = Scorer(model_dir, provider="cpu", tier="cosine")
+    y_fit = np.array([e.hard_label for e in fit])
+    s_fit = scorer.predict([(e.query, e.text()) for e in fit])
+    alpha, beta = fit_polarisation(y_fit, s_fit)
+    point = operating_point(y_fit, s_fit)
+    y = np.array([e.hard_label for e in held])
+    raw = scorer.predict([(e.query, e.text()) for e in held])
+    title_only = scorer.predict([(e.query, e.text(fields=False)) for e in held])
+    flagged = raw < point["threshold"]
+    tp = float((flagged & (y == 0)).sum())
+    return entry.model_copy(
+        update={
+            "calibration": Calibration(
+                alpha=alpha,
+                beta=beta,
+                method=f"Platt (logistic) fit on {len(fit)} training-fold pairs",
+            ),
+            "operating_point": _card_point(
+                point, alpha, beta, fitted_on=f"{len(fit)} training-fold pairs"
+            ),
+            "heldout": TierHeldout(
+                auc=roc_auc(y, raw),
+                auc_title_only=roc_auc(y, title_only),
+                true_bad_share=float((y == 0).mean()),
+                flagged_share=float(flagged.mean()),
+                flag_precision=tp / max(1.0, float(flagged.sum())),
+                flag_recall=tp / max(1.0, float((y == 0).sum())),
+                ece=reliability(y, polarise(raw, alpha, beta))["ece"],
+            ),
+        }
+    )

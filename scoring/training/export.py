@@ -1,0 +1,221 @@
+"""The build's *export* steps: ONNX files from torch models, static int8, fp16.
+
+The cross-encoder (:func:`export_cross_encoder`): ``model.onnx`` (fp32), ``model.int8.onnx``
+(static int8: QDQ, uint8 activations with scales calibrated on training pairs, int8 per-channel
+weights, so a pair's score does not depend on its batch-mates), ``model.fp16.onnx`` (for CUDA)
+and ``torch/`` (the same weights as a Hugging Face model). The cosine tier
+(:func:`export_embedder`): ``embed.onnx``, the untouched base model's hidden states (pooled in
+numpy at serving time, :mod:`scoring.embedding`).
+
+Every function here is deterministic: the same model and pairs give byte-identical files.
+Needs the ``train`` extra (torch, onnx), imported when called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scoring.data import Example
+from scoring.embedding import EMBED_FILE
+from scoring.training.finetune import TrainConfig, base_model_path
+
+__all__ = [
+    "export_cross_encoder",
+    "export_embedder",
+    "export_onnx",
+    "export_pair_model",
+    "quantise_static",
+    "sha256",
+    "to_fp16",
+]
+
+log = logging.getLogger(__name__)
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256, hex (the card's ``sha256``, the model versions' suffixes)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_cross_encoder(
+    model: Any,
+    tokenizer_cls: Any,
+    tmp: Path,
+    train: Sequence[Example],
+    cfg: TrainConfig,
+    calibration_pairs: int,
+) -> list[Path]:
+    """Write the cross-encoder's files into ``tmp``; returns the ONNX files written.
+
+    ``model.onnx`` (fp32), the tokenizer and config, ``model.int8.onnx`` (static int8, activation
+    scales from ``calibration_pairs`` training pairs drawn by ``cfg.seed``), ``model.fp16.onnx``
+    when the conversion works, and ``torch/``. A placeholder ``card.json`` lets the quantiser's
+    scorer open the directory.
+    """
+    tokenizer = tokenizer_cls.from_pretrained(base_model_path(), local_files_only=True)
+    fp32, int8, fp16 = tmp / "model.onnx", tmp / "model.int8.onnx", tmp / "model.fp16.onnx"
+    export_pair_model(model, tokenizer, fp32)
+    tokenizer.save_pretrained(str(tmp))
+    model.config.save_pretrained(str(tmp))
+    (tmp / "card.json").write_text('{"model_version": "building"}\n', encoding="utf-8")
+    calib = random.Random(cfg.seed + 3).sample(list(train), min(calibration_pairs, len(train)))
+    quantise_static(tmp, [(e.query, e.text()) for e in calib])
+    to_fp16(fp32, fp16)
+    model.save_pretrained(str(tmp / "torch"))  # same weights, for torch / CrossEncoder
+    tokenizer.save_pretrained(str(tmp / "torch"))
+    return [fp32, int8, fp16] if fp16.is_file() else [fp32, int8]
+
+
+def export_pair_model(model: Any, tokenizer: Any, path: Path) -> None:
+    """Export a cross-encoder (a pair in, its logit out) to ONNX at ``path``."""
+    enc = tokenizer(
+        ["velvet bar stool"], ["Lark Manor 30'' Swivel Bar Stool in Walnut"], return_tensors="pt"
+    )
+    args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    export_onnx(model, args, str(path), "logits", {0: "batch"})
+
+
+def export_embedder(out_dir: Path, base: Any = None) -> Path:
+    """Export a BERT body (hidden states out) to ``out_dir/embed.onnx``.
+
+    ``base`` defaults to the untouched all-MiniLM-L6-v2 (tests pass a tiny model).
+    """
+    import torch
+    from transformers import AutoModel
+
+    if base is None:
+        base = AutoModel.from_pretrained(base_model_path(), local_files_only=True)
+    base = base.eval()
+
+    class _Hidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.base(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    ids = torch.tensor([[101, 16904, 3347, 14425, 102]])  # "[CLS] velvet bar stool [SEP]"
+    args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    path = out_dir / EMBED_FILE
+    export_onnx(_Hidden().eval(), args, str(path), "hidden", {0: "batch", 1: "sequence"})
+    return path
+
+
+def export_onnx(
+    module: Any, args: tuple[Any, ...], path: str, output: str, output_axes: dict[int, str]
+) -> None:
+    """Export a BERT-shaped module (input ids, attention mask, token types in) to ONNX opset 17.
+
+    Batch and sequence axes of the inputs are dynamic; ``output_axes`` names the output's.
+    Tracing warns about Python-level branches on shapes and the mask's index operator; every
+    exported graph is checked against held-out labels by the build and against torch by tests.
+    """
+    import warnings
+
+    import torch
+
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            module,
+            args,
+            path,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=[output],
+            dynamic_axes={
+                "input_ids": axes,
+                "attention_mask": axes,
+                "token_type_ids": axes,
+                output: output_axes,
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def quantise_static(model_dir: Path, pairs: list[tuple[str, str]]) -> None:
+    """Static int8 (QDQ) with activation scales calibrated on ``pairs``; per-channel weights."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    from scoring.scorer import Scorer
+
+    model_dir = model_dir.resolve()  # the working directory changes below
+    scorer = Scorer(model_dir, provider="cpu", variant="fp32", max_length=64)
+    feeds = [feed for _, feed in scorer._batches(pairs, 32)]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    pre = model_dir / "model.pre.onnx"
+    cwd = os.getcwd()
+    os.chdir(model_dir)  # onnxruntime writes temporary files into the working directory
+    try:
+        quant_pre_process(str(model_dir / "model.onnx"), str(pre), skip_symbolic_shape=True)
+        # The output projections (attention output and FFN output: their inputs have the widest
+        # activation ranges) stay fp32; measured: held-out AUC drop 0.0027 instead of 0.0059.
+        import onnx
+
+        keep_fp32 = [
+            n.name
+            for n in onnx.load(str(pre), load_external_data=False).graph.node
+            if n.op_type == "MatMul" and "output/dense" in n.name
+        ]
+        quantize_static(
+            str(pre),
+            str(model_dir / "model.int8.onnx"),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=keep_fp32,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        os.chdir(cwd)
+        pre.unlink(missing_ok=True)
+        for leftover in model_dir.glob("*.data"):
+            leftover.unlink()
+        (model_dir / "sym_shape_infer_temp.onnx").unlink(missing_ok=True)
+
+
+def to_fp16(fp32: Path, fp16: Path) -> None:
+    """fp16 copy for CUDA (inputs and output stay int64 / float32). Best effort."""
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        onnx.save(model, str(fp16))
+    except Exception as exc:  # the CPU variants do not need it
+        log.warning("fp16 conversion failed, no model.fp16.onnx: %s", exc)
+        fp16.unlink(missing_ok=True)
