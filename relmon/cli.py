@@ -89,8 +89,8 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay_config(args: argparse.Namespace) -> object:
-    from relmon.replay import ReplayConfig
-    from relmon.scenario import Scenario
+    from relmon.sim.replay import ReplayConfig
+    from relmon.sim.scenario import Scenario
 
     return ReplayConfig(
         scenario=Scenario.load(Path(args.scenario)) if args.scenario else None,
@@ -110,7 +110,7 @@ def _replay_config(args: argparse.Namespace) -> object:
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.kafka import ensure_topics
-    from relmon.replay import replay
+    from relmon.sim.replay import replay
 
     ensure_topics(settings)
     counts = replay(
@@ -139,7 +139,7 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.demo import DemoOptions, run_demo
-    from relmon.scenario import Scenario
+    from relmon.sim.scenario import Scenario
 
     result = run_demo(
         settings,
@@ -210,7 +210,7 @@ def _default_schema_dir() -> Path:
 
 
 def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring.build import build_model
+    from scoring.training import build_model
 
     out = Path(args.out) if args.out else settings.model_dir
     kwargs: dict[str, Any] = {"seed": args.seed, "force": args.force}
@@ -221,7 +221,7 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
     if args.data:
         kwargs.update(data=Path(args.data), data_format=args.format, locale=args.locale)
     if args.synthetic_pairs:
-        from relmon.synth import SyntheticCatalog, labelled_pairs
+        from relmon.sim.synth import SyntheticCatalog, labelled_pairs
         from scoring.data import Example
 
         n, seed = args.synthetic_pairs, args.seed
@@ -229,7 +229,7 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
             Example(q, t, y, None, "relevant" if y else "irrelevant", "synthetic")
             for q, t, y in labelled_pairs(SyntheticCatalog.generate(seed=seed), n, seed=seed)
         ]
-        kwargs["extra"] = (synthetic, f"{n} SYNTHETIC pairs (relmon.synth, seed {seed})")
+        kwargs["extra"] = (synthetic, f"{n} SYNTHETIC pairs (relmon.sim.synth, seed {seed})")
     info = build_model(out, progress=_progress_printer(), **kwargs)
     print(file=sys.stderr)
     print(json.dumps(_as_dict(info), sort_keys=True, default=str))
@@ -237,13 +237,8 @@ def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring.data import (
-        as_triples,
-        heldout_examples_of,
-        load_examples,
-        read_card,
-        write_evaluation,
-    )
+    from scoring.card import ModelCard
+    from scoring.data import as_triples, heldout_examples_of, load_examples
     from scoring.metrics import evaluate_model
     from scoring.scorer import operating_threshold
 
@@ -255,7 +250,7 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
         if args.data
         else heldout_examples_of(model_dir)
     )
-    card = read_card(model_dir)
+    card = ModelCard.load(model_dir)
     report = evaluate_model(
         model_dir,
         as_triples(examples),
@@ -268,8 +263,10 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
         max_length=settings.max_length,
     )
     report["data"] = str(Path(args.data).resolve()) if args.data else "held-out (model card)"
-    card_json = write_evaluation(card, report, Path(args.card_out) if args.card_out else model_dir)
-    print(f"model card: {card_json}, {card_json.with_suffix('.md')}", file=sys.stderr)
+    out = Path(args.card_out) if args.card_out else model_dir
+    out.mkdir(parents=True, exist_ok=True)
+    card.model_copy(update={"evaluation": report}).save(out)  # card.md says the same
+    print(f"model card: {out / 'card.json'}, {out / 'card.md'}", file=sys.stderr)
     print(json.dumps(_as_dict(report), sort_keys=True, default=str))
     return 0
 
@@ -307,7 +304,7 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     try:
         scorer: Any = _load_scorer(settings)
         report["session_provider"] = scorer.provider
-        report["session_providers"] = scorer._session.get_providers()
+        report["session_providers"] = scorer.session_providers
         report["model_variant"] = scorer.variant
         report["scorer_tier"] = scorer.tier
         report["model_version"] = scorer.model_version

@@ -7,7 +7,7 @@ Tree (every exception relmon defines; ``tests/unit/test_exception_tree.py`` keep
     │   ├── ModelNotFoundError   no built model where RELMON_MODEL_DIR points
     │   └── TeacherRejected      the chat API rejected the request (4xx): fix the configuration
     ├── DecodeError              an input record cannot be decoded or validated (caller's data)
-    ├── ModelRejectedError       a new model is worse than the published one (``scoring.build``)
+    ├── ModelRejectedError       a new model is worse than the published one (``scoring.training``)
     ├── BudgetExhausted          the teacher's daily request budget is spent
     ├── StoreError               the local store refuses or fails a request, as ClickHouse
     │                            would answer it (``relmon.store.protocol``; server side)

@@ -23,7 +23,7 @@ Grades map to targets by :data:`GRADE_TARGETS`; a target >= 0.5 is the hard labe
 so WANDS Partial and ESCI Substitute count as relevant and ESCI Complement as not.
 
 A built model's own evaluation data comes from its card: :func:`heldout_examples_of` rebuilds
-the held-out examples it names, and :func:`write_evaluation` records a report in the card.
+the held-out examples it names.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from relmon.errors import ConfigError
-from scoring.card import write_card
+from scoring.card import ModelCard
 from scoring.text import product_text
 
 __all__ = [
@@ -50,9 +49,7 @@ __all__ = [
     "load_examples",
     "load_pairs_file",
     "load_wands",
-    "read_card",
     "split_examples",
-    "write_evaluation",
 ]
 
 GRADE_TARGETS: dict[str, float] = {
@@ -289,35 +286,14 @@ def as_triples(examples: Sequence[Example]) -> list[tuple[str, str, int]]:
     return [(e.query, e.text(), e.hard_label) for e in examples]
 
 
-def read_card(model_dir: Path | str) -> dict[str, Any]:
-    """The model card (``card.json``) of the model in ``model_dir``.
+def heldout_examples_of(model_dir: Path | str) -> list[Example]:
+    """The held-out examples named in ``model_dir``'s card: queries its training never saw.
 
     Raises:
-        ConfigError: there is none; the message names the command that builds one.
+        ModelNotFoundError: there is no card; the message names the command that builds one.
 
     """
-    path = Path(model_dir) / "card.json"
-    if not path.is_file():
-        raise ConfigError(f"no model card at {path}: run `relmon model build`")
-    card: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return card
+    # imported here: scoring.training imports this module (and torch with it)
+    from scoring.training.data import heldout_examples
 
-
-def heldout_examples_of(model_dir: Path | str) -> list[Example]:
-    """The held-out examples named in ``model_dir``'s card: queries its training never saw."""
-    # imported here: scoring.build imports this module (and training's torch with it)
-    from scoring.build import heldout_examples
-
-    return heldout_examples(read_card(model_dir))
-
-
-def write_evaluation(card: dict[str, Any], report: dict[str, Any], out_dir: Path | str) -> Path:
-    """Write ``card`` with ``report`` as its ``evaluation`` into ``out_dir``; return the card path.
-
-    ``card.md`` is written beside it, so people read the same evaluation; ``card`` itself is not
-    changed (the report goes into a copy).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_card(out, {**card, "evaluation": report})
-    return out / "card.json"
+    return heldout_examples(ModelCard.load(model_dir))

@@ -226,6 +226,8 @@ class Scorer:
             calibration, self._tier_card
         )
         self.model_version: str = f"{version}-cal" if self.calibration else version
+        self.session_providers: list[str] = list(self._session.get_providers())
+        """onnxruntime's providers of the session, in its order of preference"""
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._output = self._session.get_outputs()[0].name
         self._tokenizer = self._load_tokenizer()

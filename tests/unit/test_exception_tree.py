@@ -107,7 +107,7 @@ def test_every_exception_relmon_defines_is_a_relmon_error() -> None:
         "relmon.errors.ServiceError",
         "relmon.store.protocol.StoreError",
         "relmon.teacher.client.TeacherUnavailable",
-        "scoring.build.ModelRejectedError",
+        "scoring.training.publish.ModelRejectedError",
         "streams.testing.MessageSizeTooLargeError",
     } <= set(found)
     outside = {

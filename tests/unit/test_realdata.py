@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from relmon.realdata import EsciCatalog
-from relmon.replay import ReplayConfig, TrafficGenerator
-from relmon.scenario import Scenario, Shift
-from scoring.build import operating_point
+from relmon.sim.realdata import EsciCatalog
+from relmon.sim.replay import ReplayConfig, TrafficGenerator
+from relmon.sim.scenario import Scenario, Shift
 from scoring.esci import BAD_GRADES, load_esci_judgments, load_esci_products
 from scoring.text import category_leaf, product_text
-from scoring.training import TrainConfig, query_folds, training_pairs
+from scoring.training import TrainConfig, operating_point, query_folds, training_pairs
 
 
 def test_product_text_leaves_out_what_is_missing():

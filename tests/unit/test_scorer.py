@@ -8,7 +8,6 @@ wheel.
 import json
 import random
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring import Scorer
-from scoring.batching import BatchingScorer
 from scoring.scorer import polarise
 from scoring.training.export import export_pair_model, quantise_static
 
@@ -245,35 +243,6 @@ def test_polarisation_option(tiny_model: tuple[Path, torch.nn.Module], fp32: Sco
     np.testing.assert_allclose(card.predict(PAIRS), 1 / (1 + np.exp(-8 * (raw - 0.5))), atol=1e-6)
     given = Scorer(tiny_model[0], provider="cpu", variant="fp32", calibration=(2.0, 0.1))
     np.testing.assert_allclose(given.predict(PAIRS), polarise(raw, 2.0, 0.1), atol=1e-7)
-
-
-def test_batching_scorer_merges_concurrent_calls_without_changing_scores(
-    tiny_model: tuple[Path, torch.nn.Module],
-) -> None:
-    scorer = Scorer(tiny_model[0], provider="cpu", variant="int8")
-    requests = [_many_pairs(n, seed=10 + n) for n in (1, 5, 17, 40, 3, 9)]
-    expected = [scorer.predict(r) for r in requests]
-    results: dict[int, np.ndarray] = {}
-    start = threading.Barrier(len(requests))
-    with BatchingScorer(scorer, max_batch=64, max_wait_ms=200) as batcher:
-        assert batcher.model_version == scorer.model_version
-
-        def call(i: int) -> None:
-            start.wait()
-            results[i] = batcher.predict(requests[i], 32)
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        stats = batcher.stats()
-    assert stats["requests"] == len(requests)
-    assert stats["merged_calls"] < len(requests)  # calls were merged
-    for i, want in enumerate(expected):
-        np.testing.assert_array_equal(results[i], want)
-    with pytest.raises(RuntimeError, match="closed"):
-        batcher.predict(PAIRS)
 
 
 @pytest.fixture(scope="session")
