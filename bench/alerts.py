@@ -2,7 +2,7 @@
 
 Run: ``python bench/alerts.py`` (about 5 minutes on 2 cores). Synthetic traffic from scenarios
 with known truth goes through the real stream processor (sketch, sampling plans, stratified
-sampling, oracle scorer: see relmon/validation.py); the scored rows are summed per alert window
+sampling, oracle scorer: see relmon/sim/validation.py); the scored rows are summed per alert window
 and segment and fed to the same detector and alert lifecycle that `relmon alerts` runs on
 ClickHouse query results.
 
@@ -29,8 +29,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relmon.alerts import AlertBook, Detector, DetectorConfig, Sums, window_sums
-from relmon.alerts.simulate import simulate_rows
-from relmon.scenario import Scenario, Shift
+from relmon.sim.alerts import simulate_rows
+from relmon.sim.scenario import Scenario, Shift
 
 BASE = {"head": 0.05, "torso": 0.15, "tail": 0.3}
 CATEGORIES = {"Wall Art": 0.2, "Accent Chairs": 0.15, "Area Rugs": 0.15, "Desks": 0.45}

@@ -2,7 +2,7 @@
 
 Run: ``python bench/chaos.py`` (about 3 minutes on 2 cores, 60 s of it the store outage). It
 starts a tansu broker and a local store in a temporary RELMON_HOME, then
-:func:`relmon.chaos.run_chaos` runs the pipeline (real workers, a real teacher, a fake chat
+:func:`relmon.sim.chaos.run_chaos` runs the pipeline (real workers, a real teacher, a fake chat
 API) twice on one deterministic input of valid and hostile records: clean, and with the chat
 API failing (500, 429, slow, hanging), the chaos run's store down ``--store-down-s`` and its
 worker SIGKILLed during the outage. Progress goes to stderr; the last line on stdout is one JSON
@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/scoring.py, for `import scoring`
 
-from relmon.chaos import ChaosConfig, run_chaos  # noqa: E402
 from relmon.demo import scratch_servers  # noqa: E402
+from relmon.sim.chaos import ChaosConfig, run_chaos  # noqa: E402
 
 
 def main() -> int:

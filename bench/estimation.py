@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from relmon.validation import simulate
+from relmon.sim.validation import simulate
 from streams.sampling import SamplingRates
 
 

@@ -50,13 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 
 from relmon import db  # noqa: E402
-from relmon.chaos import scrape  # noqa: E402
 from relmon.demo import scratch_servers, worker_process  # noqa: E402
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from relmon.kafka import ensure_topics, producer  # noqa: E402
-from relmon.replay import ReplayConfig, TrafficGenerator, load_catalog, publish_catalog  # noqa: E402
 from relmon.runtime import free_port, wait_until  # noqa: E402
 from relmon.settings import Settings  # noqa: E402
+from relmon.sim.chaos import scrape  # noqa: E402
+from relmon.sim.replay import ReplayConfig, TrafficGenerator, load_catalog, publish_catalog  # noqa: E402
 
 log = logging.getLogger("bench.stream")
 POLL_S = 0.2

@@ -25,10 +25,10 @@ from typing import Any, Literal
 from relmon import db
 from relmon.errors import ServiceError
 from relmon.kafka import broker_process, ensure_topics
-from relmon.replay import ReplayConfig, replay
 from relmon.runtime import ManagedProcess, free_port, port_open, relmon_argv, wait_until
-from relmon.scenario import Scenario
 from relmon.settings import Settings, load_settings
+from relmon.sim.replay import ReplayConfig, replay
+from relmon.sim.scenario import Scenario
 from streams import repository
 from streams.metrics import read_metrics
 

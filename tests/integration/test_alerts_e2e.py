@@ -13,10 +13,10 @@ import pytest
 from relmon import db
 from relmon.alerts.leader import KafkaLeader
 from relmon.alerts.runner import AlertRunner, AlertThread
-from relmon.alerts.simulate import simulate_rows
 from relmon.kafka import read_topic
 from relmon.runtime import wait_until
-from relmon.scenario import Scenario, Shift
+from relmon.sim.alerts import simulate_rows
+from relmon.sim.scenario import Scenario, Shift
 from streams import repository
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Chaos: the whole pipeline under faults gives the rows, rates and roll-ups of a clean run.
 
 Real tansu, real local stores, real ``relmon worker`` and ``relmon teacher`` processes and a
-fake chat API (:func:`relmon.chaos.run_chaos`). In one run: the chat API answers 500, 429,
+fake chat API (:func:`relmon.sim.chaos.run_chaos`). In one run: the chat API answers 500, 429,
 slowly and not at all; the store is down for 60 s while new records arrive; the worker is
 SIGKILLed with a batch in flight during that outage and restarted; a second, 15 s outage is
 ridden out by the restarted worker. The input mixes valid traffic with hostile records
@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from relmon.chaos import ChaosConfig, run_chaos
+from relmon.sim.chaos import ChaosConfig, run_chaos
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.chaos]
 

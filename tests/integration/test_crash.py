@@ -31,10 +31,10 @@ from kafka import KafkaAdminClient
 from relmon import db
 from relmon.demo import worker_process
 from relmon.kafka import ensure_topics, producer, read_topic
-from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog
 from relmon.runtime import ManagedProcess, wait_until
 from relmon.settings import Settings
-from relmon.synth import SyntheticCatalog
+from relmon.sim.replay import ReplayConfig, TrafficGenerator, publish_catalog
+from relmon.sim.synth import SyntheticCatalog
 from schemas import ReviewRequest
 from streams import repository
 from streams.app import metrics_path

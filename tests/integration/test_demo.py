@@ -15,8 +15,8 @@ import pytest
 
 from relmon import db
 from relmon.runtime import free_port, wait_until
-from relmon.scenario import Scenario
 from relmon.settings import load_settings
+from relmon.sim.scenario import Scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 # Synthetic traffic (truth by construction): no irrelevant results, then two minutes in only

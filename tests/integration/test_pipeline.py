@@ -12,10 +12,10 @@ from relmon import db
 from relmon.demo import worker_totals
 from relmon.errors import DecodeError
 from relmon.kafka import producer, read_topic
-from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog
 from relmon.runtime import wait_until
+from relmon.sim.replay import ReplayConfig, TrafficGenerator, publish_catalog
+from relmon.sim.synth import SyntheticCatalog
 from relmon.stats import RateEstimate
-from relmon.synth import SyntheticCatalog
 from schemas import (
     DeadLetter,
     Impression,

@@ -3,7 +3,7 @@
 Every judged (query, product) pair of the bundled ESCI slice is one scored row (less the pairs
 :func:`~relmon.teacher.fakes.esci_reference_grader` cannot tell apart: one title judged with
 different grades for one query). The query's tier and the product's top-level category come
-from :class:`~relmon.realdata.EsciCatalog`; each row carries the inclusion probability of its
+from :class:`~relmon.sim.realdata.EsciCatalog`; each row carries the inclusion probability of its
 tier (:data:`SAMPLE_RATES`), as the worker's stratified sampler records it.
 
 The student is a stand-in, since the point is the correction, not the student: it scores a pair
@@ -37,9 +37,9 @@ import pytest
 
 from relmon import db
 from relmon.kafka import ensure_topics, producer
-from relmon.realdata import EsciCatalog
 from relmon.runtime import wait_until
 from relmon.settings import Settings
+from relmon.sim.realdata import EsciCatalog
 from relmon.teacher import TeacherConsumer, build_judge, store
 from relmon.teacher.agreement import corrected_rates
 from relmon.teacher.fakes import (

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from relmon.errors import ConfigError
-from relmon.scenario import Scenario, Shift
 from relmon.settings import load_settings
-from relmon.synth import SyntheticCatalog
-from relmon.validation import PARTITIONS, replay_in_memory
+from relmon.sim.scenario import Scenario, Shift
+from relmon.sim.synth import SyntheticCatalog
+from relmon.sim.validation import PARTITIONS, replay_in_memory
 from schemas.models import Impression
 from streams import RawRecord, Routing
 from streams.budget import BudgetConfig, BudgetController, ladder_floor

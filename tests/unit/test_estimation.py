@@ -2,8 +2,8 @@
 
 import pytest
 
-from relmon.scenario import Scenario, Shift
-from relmon.validation import simulate
+from relmon.sim.scenario import Scenario, Shift
+from relmon.sim.validation import simulate
 from streams.sampling import SamplingRates
 
 

@@ -17,9 +17,11 @@ with its reason. The layers (README, "Architecture"):
    worker's Prometheus endpoint (``streams.prometheus``), the alert runner (its repository,
    leader election and loop) and its sinks, the teacher (its client, consumer and store), the
    dashboard pages and their reads, and the simulation that drives the system from outside
-   (``relmon.synth``, ``replay``, ``scenario``, ``realdata``, ``validation``,
-   ``relmon.alerts.simulate``);
-3. **entry points**: ``relmon.cli`` (and ``__main__``), ``relmon.demo``, ``dashboards.app``.
+   (``relmon.sim``: ``synth``, ``replay``, ``scenario``, ``realdata``, ``validation``,
+   ``alerts``);
+3. **entry points**: ``relmon.cli`` (and ``__main__``), ``relmon.demo``, the chaos run
+   ``relmon.sim.chaos`` (it composes workers and the store, as the demo does),
+   ``dashboards.app``.
 
 Shared adapters (:data:`SHARED`: the ClickHouse and Kafka clients, the store, processes) are used
 by every component, so they may import contracts only: one that imports a component (the worker's
@@ -64,18 +66,13 @@ LAYERS: dict[str, int] = {
     "relmon.alerts.leader": ADAPTERS,
     "relmon.alerts.runner": ADAPTERS,
     "relmon.alerts.sinks": ADAPTERS,
-    "relmon.alerts.simulate": ADAPTERS,
     "relmon.teacher": ADAPTERS,
-    "relmon.synth": ADAPTERS,
-    "relmon.scenario": ADAPTERS,
-    "relmon.replay": ADAPTERS,
-    "relmon.realdata": ADAPTERS,
-    "relmon.validation": ADAPTERS,
+    "relmon.sim": ADAPTERS,
     "dashboards": ADAPTERS,
     "relmon.cli": ENTRY_POINTS,
     "relmon.__main__": ENTRY_POINTS,
     "relmon.demo": ENTRY_POINTS,
-    "relmon.chaos": ENTRY_POINTS,
+    "relmon.sim.chaos": ENTRY_POINTS,
     "dashboards.app": ENTRY_POINTS,
 }
 

@@ -250,8 +250,8 @@ def test_revoking_a_partition_forgets_its_half_done_pages():
 
 
 def test_the_replayer_sends_a_page_as_one_record_with_its_hits_in_order():
-    from relmon.replay import ReplayConfig, TrafficGenerator
-    from relmon.synth import SyntheticCatalog
+    from relmon.sim.replay import ReplayConfig, TrafficGenerator
+    from relmon.sim.synth import SyntheticCatalog
 
     catalog = SyntheticCatalog.generate(seed=3)
     config = ReplayConfig(
@@ -282,8 +282,8 @@ def test_the_replayer_sends_a_page_as_one_record_with_its_hits_in_order():
     ],
 )
 def test_the_replayer_refuses_format_shares_that_do_not_add_up(shares, says):
-    from relmon.replay import ReplayConfig, TrafficGenerator
-    from relmon.synth import SyntheticCatalog
+    from relmon.sim.replay import ReplayConfig, TrafficGenerator
+    from relmon.sim.synth import SyntheticCatalog
 
     with pytest.raises(ValueError, match=says):
         TrafficGenerator(SyntheticCatalog.generate(seed=3), ReplayConfig(**shares))

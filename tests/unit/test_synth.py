@@ -1,9 +1,10 @@
+import hashlib
 import random
 
 import pytest
 
-import relmon.synth as synth
-from relmon.synth import Product, Query, SyntheticCatalog, labelled_pairs, result_page
+import relmon.sim.synth as synth
+from relmon.sim.synth import Product, Query, SyntheticCatalog, labelled_pairs, result_page
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,34 @@ def test_result_page(catalog: SyntheticCatalog) -> None:
     big = result_page(catalog, q, random.Random(5), size=30, bad_share=0.0)
     assert len(big) == 30 and all(ok for _, ok in big)
     assert all(not ok for _, ok in result_page(catalog, q, random.Random(5), 5, 1.0))
+
+
+def _digest(catalog: SyntheticCatalog) -> str:
+    rows = [
+        (p.product_id, p.title, p.category, p.brand, sorted(p.attributes.items()))
+        for p in catalog.products
+    ]
+    return hashlib.sha256(repr((rows, catalog.queries)).encode()).hexdigest()
+
+
+def test_the_vocabulary_file_makes_the_same_catalogue(catalog: SyntheticCatalog) -> None:
+    """The words moved from code into vocabulary.json; the catalogue of seed 7 is unchanged.
+
+    A change of this digest means every synthetic replay and bench figure changes: make it on
+    purpose, never as a side effect of editing the vocabulary's layout.
+    """
+    assert "Lark Manor" in synth.VOCABULARY.brands
+    assert next(iter(synth.VOCABULARY.families)) == "outdoor"  # first match wins: order is data
+    assert _digest(catalog) == "a6ee56234f7434699a53e0e8d1198c7e93b8a735bb491a3b00ce34ce58e9195a"
+
+
+def test_misfiled_negatives_keep_the_draws_and_take_the_query_category(
+    catalog: SyntheticCatalog,
+) -> None:
+    misfiled = SyntheticCatalog.generate(seed=7, misfiled_negatives=True)
+    assert misfiled.products == catalog.products
+    for q in catalog.queries[:40]:
+        plain = catalog.irrelevant_for(q, random.Random(q.query_id))
+        mis = misfiled.irrelevant_for(q, random.Random(q.query_id))
+        assert (mis.product_id, mis.category) == (f"mis-{plain.product_id}", q.category)
+        assert (mis.title, mis.brand) == (plain.title, plain.brand)

@@ -1,7 +1,7 @@
 """Agreement statistics and the bias-corrected bad-case rate, checked against known truth.
 
 A replay with known relevance runs through the real processor in memory (as
-relmon/validation.py does) with a student whose errors are known: it misses 40% of bad pairs and
+relmon/sim/validation.py does) with a student whose errors are known: it misses 40% of bad pairs and
 flags 3% of good ones. The review stream's cases get the true grade (a perfect reference), and
 the corrected rate must cover the true rate of all impressions, where the raw rate does not.
 """
@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relmon.replay import ReplayConfig, TrafficGenerator
-from relmon.scenario import Scenario
+from relmon.sim.replay import ReplayConfig, TrafficGenerator
+from relmon.sim.scenario import Scenario
+from relmon.sim.synth import SyntheticCatalog
 from relmon.stats import RateEstimate
-from relmon.synth import SyntheticCatalog
 from relmon.teacher.agreement import (
     Reviewed,
     agreement_over_time,

@@ -1,6 +1,6 @@
 """Real traffic to replay: the bundled ESCI queries, products and human grades as a catalogue.
 
-:class:`EsciCatalog` has the shape of :class:`relmon.synth.SyntheticCatalog`, so the replayer
+:class:`EsciCatalog` has the shape of :class:`relmon.sim.synth.SyntheticCatalog`, so the replayer
 sends real queries and real products the same way it sends synthetic ones:
 
 - products: the 6,764 real products (``category`` is the top level of the product's category
@@ -27,7 +27,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Literal
 
-from relmon.synth import Product, Query, SyntheticCatalog, zipf_popularities
+from relmon.sim.synth import Product, Query, SyntheticCatalog, zipf_popularities
 from scoring.esci import BAD_GRADES, load_esci_judgments, load_esci_products
 
 __all__ = ["EsciCatalog"]

@@ -3,10 +3,10 @@
 Two data sets (``ReplayConfig.dataset``):
 
 - ``"esci"`` (the default): real queries, real products and real human grades
-  (:mod:`relmon.realdata`): pages are drawn from each query's judged results, so every replayed
+  (:mod:`relmon.sim.realdata`): pages are drawn from each query's judged results, so every replayed
   impression's truth is a person's judgment;
 - ``"synthetic"``: the synthetic catalogue built around the 480 real WANDS queries
-  (:mod:`relmon.synth`), each page with a known share of irrelevant products.
+  (:mod:`relmon.sim.synth`), each page with a known share of irrelevant products.
 
 Queries are drawn by popularity (head / torso / tail, Zipf-like). A page goes out in one of four
 formats, by configurable shares:
@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from relmon.kafka import producer
-from relmon.realdata import EsciCatalog
-from relmon.scenario import Scenario
 from relmon.settings import Settings
-from relmon.synth import Product, Query, SyntheticCatalog, result_page
+from relmon.sim.realdata import EsciCatalog
+from relmon.sim.scenario import Scenario
+from relmon.sim.synth import Product, Query, SyntheticCatalog, result_page
 from schemas.models import CatalogProduct, Impression, hash_id
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Validation of relmon's estimates against known truth, by simulation.
 
-Synthetic traffic with known relevance (a :class:`~relmon.scenario.Scenario`) runs through the
+Synthetic traffic with known relevance (a :class:`~relmon.sim.scenario.Scenario`) runs through the
 real :class:`~streams.processor.ImpressionProcessor` (decoding, sketch, sampling plans, stratified
 or uniform sampling) with in-memory ports and an oracle scorer that scores bad results 0 and good
 ones 1, so what is measured is the sampling and the estimator, not the model. For every one-minute
@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from relmon.estimate import Sums, judged
-from relmon.replay import ReplayConfig, TrafficGenerator
-from relmon.scenario import Scenario, Shift
+from relmon.sim.replay import ReplayConfig, TrafficGenerator
+from relmon.sim.scenario import Scenario, Shift
+from relmon.sim.synth import SyntheticCatalog
 from relmon.stats import RateEstimate
-from relmon.synth import SyntheticCatalog
 from schemas.models import Impression
 from streams import RawRecord, Routing, impression_text
 from streams.budget import BudgetController

@@ -19,14 +19,15 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 import csv
+import json
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "Product",
@@ -37,212 +38,65 @@ __all__ = [
     "zipf_popularities",
 ]
 
-_QUERY_FILE = Path(__file__).parent / "data" / "wands_query.tsv"
-_STOP = frozenset(
-    re.findall(
-        r"\w+",
-        "a an and the for with of in on to by that have has set sets x ft inch inches my me "
-        "is are be at or from it its this what which tjat ate year old cool",
-    )
-)
-_NOUNS = {  # classes whose names the generic rule in _nouns() gets wrong
-    "Accent Chests / Cabinets": ["Accent Chest", "Accent Cabinet"],
-    "Bird Play Stand & Playcenters": ["Bird Play Stand", "Bird Playcenter"],
-    "Boxes, Bins, Baskets, & Buckets": ["Storage Box", "Storage Bin", "Basket", "Bucket"],
-    "Curtain Hardware & Accessories": ["Curtain Rod", "Curtain Ring", "Curtain Hardware"],
-    "Dog and Cat Bowls, Feeders & Accessories": ["Dog Bowl", "Cat Feeder", "Pet Feeder"],
-    "Fencing & Accessories": ["Garden Fence Panel", "Privacy Fence"],
-    "Glassware & Barware": ["Glassware Set", "Barware Set"],
-    "Licensed Products": ["Licensed Throw Blanket", "Licensed Wall Art"],
-    "Molding & Millwork": ["Molding", "Millwork Trim"],
-    "Strainers, Colanders, & Salad Spinners": ["Strainer", "Colander", "Salad Spinner"],
-    "Uniters Outdoor Furniture": ["Outdoor Furniture Set"],
-    "Vases, Urns, Jars, & Bottles": ["Vase", "Urn", "Jar", "Bottle"],
-}
-_BRANDS = (
-    "Lark Manor", "Wade Logan", "Andover Mills", "Three Posts", "Red Barrel Studio",
-    "Latitude Run", "Mercury Row", "Zipcode Design", "Ebern Designs", "Gracie Oaks",
-    "Winston Porter", "Birch Lane", "Joss & Main", "AllModern", "Highland Dunes",
-    "Beachcrest Home", "Union Rustic", "Mistana", "Foundstone", "Orren Ellis", "Brayden Studio",
-    "Charlton Home", "Alcott Hill", "Darby Home Co", "Rosdorf Park", "Sand & Stable",
-    "Wrought Studio", "Harriet Bee", "Zoomie Kids", "Sol 72 Outdoor", "Symple Stuff", "Rebrilliant",
-)  # fmt: skip
-_COLOURS = (
-    "Black", "White", "Grey", "Navy", "Walnut", "Espresso", "Natural", "Ivory", "Beige",
-    "Turquoise", "Sage Green", "Charcoal", "Brown", "Blush", "Gold", "Teal", "Cream", "Oak",
-)  # fmt: skip
-_STYLES = ("Modern", "Farmhouse", "Mid-Century", "Rustic", "Coastal", "Industrial", "Glam",
-           "Traditional", "Bohemian", "Scandinavian", "Contemporary", "Vintage")  # fmt: skip
+_QUERY_FILE = Path(__file__).parents[1] / "data" / "wands_query.tsv"
+_VOCABULARY_FILE = Path(__file__).with_name("vocabulary.json")
 
-# Family -> (keywords in the class name, materials, sizes, features). First matching family wins.
-_FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "outdoor": (
-        (
-            "patio",
-            "outdoor",
-            "garden",
-            "deck",
-            "pergola",
-            "awning",
-            "fencing",
-            "fountain",
-            "planter",
-            "landscape",
-            "lawn",
-            "swing",
-            "playhouse",
-            "umbrella",
-            "mailbox",
-            "log",
-            "sauna",
-            "weather",
-            "ride-on",
-            "uniters",
-        ),
-        ("Teak", "Resin Wicker", "Aluminum", "Acacia Wood", "Steel", "Polyethylene"),
-        ("2 Piece", "4 Piece", "Large", "Small", "72''", "10' x 10'"),
-        ("Weather Resistant", "with Cushions", "Solar", "Folding", "Stackable"),
-    ),
-    "lighting": (
-        ("light", "lamp", "chandelier", "sconce", "lantern", "fan", "bulb", "shade"),
-        ("Glass", "Metal", "Crystal", "Brass", "Linen", "Rattan"),
-        ("1 - Light", "3 - Light", "5 - Light", "6 - Light", "LED", "Dimmable"),
-        ("Dimmable", "Drum", "Globe", "Lantern", "Empire"),
-    ),
-    "bath": (
-        ("bath", "shower", "tub", "toilet", "towel", "faucet", "sink", "vanit", "whirlpool"),
-        ("Brass", "Stainless Steel", "Porcelain", "Ceramic", "Chrome", "Marble"),
-        ("24''", "30''", "36''", "48''", "Single", "Double"),
-        ("Widespread", "Single Handle", "Freestanding", "Wall Mounted", "Rainfall"),
-    ),
-    "bed": (
-        ("bed", "mattress", "headboard", "sheet", "crib", "daybed"),
-        ("Cotton", "Microfiber", "Memory Foam", "Upholstered", "Solid Wood", "Linen"),
-        ("Twin", "Full", "Queen", "King", "California King", "Twin over Full"),
-        ("Platform", "Storage", "Tufted", "Cooling", "Hypoallergenic", "Bunk"),
-    ),
-    "table": (
-        ("table", "desk", "nightstand", "island", "lectern"),
-        ("Solid Wood", "Marble", "Glass", "Metal", "Reclaimed Wood", "Manufactured Wood"),
-        ("36''", "42''", "48''", "60''", "72''", "Round", "Rectangular"),
-        ("Lift Top", "Extendable", "with Storage", "Drop Leaf", "Nesting", "Pedestal"),
-    ),
-    "seating": (
-        (
-            "chair",
-            "stool",
-            "bench",
-            "ottoman",
-            "recliner",
-            "sofa",
-            "sectional",
-            "lounge",
-            "rocker",
-            "massage",
-        ),
-        ("Velvet", "Leather", "Linen", "Solid Wood", "Metal", "Faux Leather", "Boucle"),
-        ("24''", "26''", "30''", "32''", "78''", "Oversized", "Wide"),
-        ("Swivel", "Tufted", "Reclining", "Upholstered", "Armless", "Counter Height"),
-    ),
-    "storage": (
-        (
-            "dresser",
-            "chest",
-            "cabinet",
-            "bookcase",
-            "shelv",
-            "storage",
-            "armoire",
-            "wardrobe",
-            "drawer",
-            "rack",
-            "sideboard",
-            "buffet",
-            "stand",
-            "cart",
-            "organizer",
-            "hamper",
-            "box",
-            "bin",
-            "basket",
-            "hook",
-            "trash",
-        ),
-        ("Solid Wood", "Metal", "Manufactured Wood", "Bamboo", "Wicker", "Plastic"),
-        ("3 Drawer", "5 Drawer", "6 Drawer", "36''", "60''", "Tall", "Wide"),
-        ("with Doors", "Wall Mounted", "Freestanding", "Rolling", "Stackable"),
-    ),
-    "kitchen": (
-        (
-            "kitchen",
-            "cook",
-            "utensil",
-            "pan",
-            "bowl",
-            "plate",
-            "dish",
-            "glass",
-            "flatware",
-            "serving",
-            "canister",
-            "espresso",
-            "crock",
-            "strainer",
-            "food",
-            "refrigerator",
-            "range",
-            "dining linens",
-            "dryer",
-            "washing",
-        ),
-        ("Stainless Steel", "Ceramic", "Glass", "Stoneware", "Cast Iron", "Porcelain"),
-        ("12 Piece", "4 Piece", "16 oz", "10''", "Large", "Set of 4"),
-        ("Dishwasher Safe", "Non-Stick", "Programmable", "Airtight", "Energy Star"),
-    ),
-    "textile": (
-        ("rug", "mat", "pillow", "curtain", "drape", "cushion", "cover", "bedding", "linen"),
-        ("Wool", "Cotton", "Polyester", "Jute", "Velvet", "Outdoor Polypropylene"),
-        ("5' x 8'", "8' x 10'", "18'' x 18''", "20'' x 20''", "84''", "Runner"),
-        ("Ombre", "Geometric", "Striped", "Floral", "Shag", "Blackout"),
-    ),
-    "decor": (
-        (
-            "wall",
-            "art",
-            "décor",
-            "mirror",
-            "clock",
-            "frame",
-            "vase",
-            "wreath",
-            "floral",
-            "plant",
-            "tree",
-            "candle",
-            "decorative",
-            "statue",
-            "memo",
-            "object",
-            "tray",
-        ),
-        ("Metal", "Wood", "Glass", "Canvas", "Resin", "Ceramic"),
-        ("Small", "Medium", "Large", "24''", "36''", "Set of 3"),
-        ("Abstract", "Botanical", "Sunburst", "Framed", "Handmade", "Rustic"),
-    ),
-}
-_DEFAULT_FAMILY = (
-    (),
-    ("Metal", "Wood", "Plastic", "Steel", "Brass"),
-    ("Small", "Large", "Standard", "Heavy Duty"),
-    ("Adjustable", "Easy Install", "Universal"),
-)
-_TITLE_FORMS = (
-    "{brand} {size} {feature} {noun} in {colour}",
-    "{brand} {style} {material} {noun}",
-    "{brand} {size} {material} {noun}",
-    "{brand} {colour} {feature} {noun}",
-    "{brand} {feature} {style} {noun} in {colour}",
-)
+
+class Family(NamedTuple):
+    """Words of one family of classes (outdoor, lighting, ...) that titles are made of."""
+
+    keywords: tuple[str, ...]
+    """a class whose lower-case name contains one of these belongs to the family"""
+    materials: tuple[str, ...]
+    sizes: tuple[str, ...]
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words the catalogue is made of, read from ``vocabulary.json`` next to this module.
+
+    They are data, not code, so that a reader sees the whole vocabulary in one place and can
+    change a word without touching the generator. The file's order matters: a seed draws from
+    these lists by position, and the first matching family wins; reorder a list and the same
+    seed makes another catalogue.
+    """
+
+    stopwords: frozenset[str]
+    """words too common to tie a query to a class or a product (typos of real queries included)"""
+    brands: tuple[str, ...]
+    colours: tuple[str, ...]
+    styles: tuple[str, ...]
+    title_forms: tuple[str, ...]
+    """``str.format`` templates of a title (brand, noun, colour, material, size, style, feature)"""
+    nouns: Mapping[str, tuple[str, ...]]
+    """product nouns of the classes whose names the generic rule in ``_nouns`` gets wrong"""
+    families: Mapping[str, Family]
+    default_family: Family
+    """the words of a class of no family"""
+
+    @classmethod
+    def load(cls, path: Path = _VOCABULARY_FILE) -> Vocabulary:
+        """Read the vocabulary file (the ``about`` key is its documentation)."""
+        raw = json.loads(path.read_text(encoding="utf-8"))
+
+        def family(words: dict[str, list[str]]) -> Family:
+            return Family(*(tuple(words[f]) for f in Family._fields))
+
+        return cls(
+            stopwords=frozenset(raw["stopwords"]),
+            brands=tuple(raw["brands"]),
+            colours=tuple(raw["colours"]),
+            styles=tuple(raw["styles"]),
+            title_forms=tuple(raw["title_forms"]),
+            nouns=MappingProxyType({k: tuple(v) for k, v in raw["nouns"].items()}),
+            families=MappingProxyType({k: family(v) for k, v in raw["families"].items()}),
+            default_family=family(raw["default_family"]),
+        )
+
+
+VOCABULARY = Vocabulary.load()  # read once, at import
+_STOP = VOCABULARY.stopwords
 
 
 @dataclass(frozen=True)
@@ -287,8 +141,8 @@ def _singular(word: str) -> str:
 
 def _nouns(category: str) -> list[str]:
     """Singular product nouns of a class: "Coffee & Cocktail Tables" -> Coffee/Cocktail Table."""
-    if category in _NOUNS:
-        return _NOUNS[category]
+    if category in VOCABULARY.nouns:
+        return list(VOCABULARY.nouns[category])
     parts = [p.split() for p in re.split(r" & | and | And ", category) if p.strip()]
     first, last = parts[0], parts[-1]
     nouns = []
@@ -308,8 +162,8 @@ def _heads(category: str) -> frozenset[str]:
 
 def _family(category: str) -> str:
     low = category.lower()
-    for name, (keys, *_rest) in _FAMILIES.items():
-        if any(k in low for k in keys):
+    for name, family in VOCABULARY.families.items():
+        if any(k in low for k in family.keywords):
             return name
     return "other"
 
@@ -354,8 +208,16 @@ def _zipf_exponent(n: int, head: int, share: float = 0.5) -> float:
 class SyntheticCatalog:
     """Products and queries of the synthetic catalogue; build it with :meth:`generate`."""
 
-    def __init__(self, products: Sequence[Product], queries: Sequence[Query], seed: int) -> None:
+    def __init__(
+        self,
+        products: Sequence[Product],
+        queries: Sequence[Query],
+        seed: int,
+        *,
+        misfiled_negatives: bool = False,
+    ) -> None:
         self.seed = seed
+        self.misfiled_negatives = misfiled_negatives
         self.products: tuple[Product, ...] = tuple(products)
         self.queries: tuple[Query, ...] = tuple(queries)
         self._by_id = {p.product_id: p for p in self.products}
@@ -365,8 +227,19 @@ class SyntheticCatalog:
         self.categories: tuple[str, ...] = tuple(sorted(self._by_cat))
 
     @classmethod
-    def generate(cls, seed: int = 7, products_per_category: int = 12) -> SyntheticCatalog:
-        """Generate the catalogue; the same seed always gives the same catalogue."""
+    def generate(
+        cls, seed: int = 7, products_per_category: int = 12, *, misfiled_negatives: bool = False
+    ) -> SyntheticCatalog:
+        """Generate the catalogue; the same seed always gives the same catalogue.
+
+        ``misfiled_negatives``: every irrelevant product :meth:`irrelevant_for` picks comes filed
+        under the query's category (and an id of its own, ``mis-<id>``), as a botched catalogue
+        import or a ranker mixing up products within a category would show it. Stored rows
+        carry the product's category, so without it a shift of one query category's bad share
+        spreads over the negatives' categories; with it, the shift is a shift of that
+        category's stored bad-case rate, which is what the alert detectors watch
+        (:mod:`relmon.sim.alerts`). The draws are the same either way.
+        """
         rng = random.Random(seed)
         rows = _read_queries()
         vocab: dict[str, list[str]] = {}
@@ -379,22 +252,24 @@ class SyntheticCatalog:
                         vocab[cat].append(w)
         products: list[Product] = []
         for cat in sorted({c for _, _, c in rows}):
-            _keys, materials, sizes, features = _FAMILIES.get(_family(cat), _DEFAULT_FAMILY)
+            words_of = VOCABULARY.families.get(_family(cat), VOCABULARY.default_family)
             for i in range(products_per_category):
                 words = vocab.get(cat, [])
                 attrs = {
-                    "colour": rng.choice(_COLOURS),
-                    "material": rng.choice(materials),
-                    "size": rng.choice(sizes),
-                    "style": rng.choice(_STYLES),
+                    "colour": rng.choice(VOCABULARY.colours),
+                    "material": rng.choice(words_of.materials),
+                    "size": rng.choice(words_of.sizes),
+                    "style": rng.choice(VOCABULARY.styles),
                     # Half the titles reuse a word from the class's real queries.
                     "feature": (
-                        rng.choice(words).title() if words and i % 2 == 0 else rng.choice(features)
+                        rng.choice(words).title()
+                        if words and i % 2 == 0
+                        else rng.choice(words_of.features)
                     ),
                 }
-                brand = rng.choice(_BRANDS)
+                brand = rng.choice(VOCABULARY.brands)
                 noun = rng.choice(_nouns(cat))
-                title = rng.choice(_TITLE_FORMS).format(brand=brand, noun=noun, **attrs)
+                title = rng.choice(VOCABULARY.title_forms).format(brand=brand, noun=noun, **attrs)
                 pid = f"p{len(products):05d}"
                 attrs_ro = MappingProxyType(dict(attrs))
                 products.append(Product(pid, " ".join(title.split()), cat, brand, attrs_ro))
@@ -410,7 +285,7 @@ class SyntheticCatalog:
             )
             queries.append(Query(f"q{qid}", text, cat, tier, popularity[rank - 1]))
         queries.sort(key=lambda q: int(q.query_id[1:]))
-        return cls(products, queries, seed)
+        return cls(products, queries, seed, misfiled_negatives=misfiled_negatives)
 
     def product(self, product_id: str) -> Product:
         """Return the product with this id (KeyError if unknown)."""
@@ -443,7 +318,18 @@ class SyntheticCatalog:
     def irrelevant_for(
         self, query: Query, rng: random.Random, kind: Literal["any", "easy", "hard"] = "any"
     ) -> Product:
-        """Pick a product not relevant to ``query``: easy, hard, or either (50/50)."""
+        """Pick a product not relevant to ``query``: easy, hard, or either (50/50).
+
+        Filed under the query's category when the catalogue has ``misfiled_negatives``.
+        """
+        product = self._negative(query, rng, kind)
+        if not self.misfiled_negatives:
+            return product
+        return replace(product, product_id=f"mis-{product.product_id}", category=query.category)
+
+    def _negative(
+        self, query: Query, rng: random.Random, kind: Literal["any", "easy", "hard"]
+    ) -> Product:
         related, unrelated = self._negative_cats[query.category]
         if kind == "any":
             kind = "hard" if rng.random() < 0.5 else "easy"

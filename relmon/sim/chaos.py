@@ -52,10 +52,10 @@ from relmon.errors import ServiceError
 from relmon.hostinfo import cpu_model, isa_flags
 from relmon.kafka import ensure_topics, producer, read_topic
 from relmon.lag import consumer_lag
-from relmon.replay import ReplayConfig, TrafficGenerator, publish_catalog, to_catalog_product
 from relmon.runtime import ManagedProcess, free_port, relmon_argv, wait_until
 from relmon.settings import Settings
-from relmon.synth import SyntheticCatalog
+from relmon.sim.replay import ReplayConfig, TrafficGenerator, publish_catalog, to_catalog_product
+from relmon.sim.synth import SyntheticCatalog
 from relmon.teacher import store as teacher_store
 from relmon.teacher.fakes import FakeChatServer
 from schemas.models import DeadLetter, Impression, ReviewRequest
