@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
-from relmon.synth import SyntheticCatalog, result_page  # noqa: E402
+from relmon.sim.synth import SyntheticCatalog, result_page  # noqa: E402
 from scoring import ModelCard, Scorer  # noqa: E402
 from scoring.data import as_triples  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
