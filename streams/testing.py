@@ -2,7 +2,7 @@
 
 :func:`memory_processor` wires an :class:`~streams.processor.ImpressionProcessor` to
 :class:`MemoryPorts` (or any ports) with test-friendly defaults: no Kafka, no ClickHouse, no
-model. The unit tests, the estimation validation (``relmon.validation``) and the teacher-loop
+model. The unit tests, the estimation validation (``relmon.sim.validation``) and the teacher-loop
 simulation all build their processor with it, so they exercise the same wiring.
 """
 
