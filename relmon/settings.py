@@ -140,12 +140,14 @@ class Settings(BaseSettings):
         description="RELMON_MODEL_VARIANT: ONNX variant to serve "
         "(auto = int8 on CPU, fp32 on CUDA).",
     )
-    scorer_tier: Literal["card", "cross-encoder", "cosine"] = Field(
+    scorer_tier: Literal["card", "cross-encoder", "cosine", "page"] = Field(
         default="card",
         description="RELMON_SCORER_TIER: which scorer of the model directory serves: card (the "
-        "tier the model card serves, chosen by cross-validation on real labels: the cosine "
-        "tier today), cross-encoder (the fine-tuned student) or cosine (the base model's "
-        "embeddings, cached per query and product text).",
+        "tier the model card serves, chosen by cross-validation on real labels), cross-encoder "
+        "(the fine-tuned student), cosine (the base model's embeddings, cached per query and "
+        "product text) or page (a result of a UBI result page judged against its page: the "
+        "cosine, its agreement with the page's most query-like results and the page's share "
+        "in its category; results that arrive alone get the cosine tier).",
     )
     provider: Provider = Field(
         default="auto",

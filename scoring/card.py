@@ -26,6 +26,7 @@ __all__ = [
     "DataSplit",
     "ModelCard",
     "OperatingPoint",
+    "PageModelCard",
     "PreviousModel",
     "TierCard",
     "TierHeldout",
@@ -117,6 +118,18 @@ class TierHeldout(_Part):
     ece: float | None = None
 
 
+class PageModelCard(_Part):
+    """The page tier's logistic model (:class:`scoring.page.PageModel`) and its features."""
+
+    features: tuple[str, ...]
+    anchors: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    fitted_on: str | None = None
+
+
 class TierCard(_Part):
     """What the scorer needs of one tier: its version, calibration and operating point."""
 
@@ -126,6 +139,7 @@ class TierCard(_Part):
     calibration: Calibration | None = None
     operating_point: OperatingPoint | None = None
     heldout: TierHeldout | None = None
+    page_model: PageModelCard | None = None
 
 
 class PreviousModel(_Part):

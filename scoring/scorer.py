@@ -7,6 +7,11 @@ Two tiers share one model directory (``tier``):
   query's and the product text's vectors, each computed once and cached, mapped to
   ``(cos + 1) / 2``. On real labels it ranks better than today's fine-tuned student (README,
   "Model quality"), so the build marks it as the served tier.
+- ``"page"``: a result judged against its result page (:mod:`scoring.page`): the cosine, the
+  product's cosine to the page's most query-like results, and the page's share in its category,
+  combined by a logistic model fitted on real labels. Only results that come with their page
+  (:meth:`Scorer.predict`'s ``pages``) are scored so, with the version and operating point of
+  :attr:`Scorer.page`; a result that arrives alone is scored by the cosine tier.
 - ``"card"``: the tier the model card serves (:attr:`ModelCard.served_tier
   <scoring.card.ModelCard.served_tier>`).
 
@@ -49,6 +54,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +65,7 @@ import onnxruntime as ort
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring.card import ModelCard, TierCard
 from scoring.embedding import EMBED_FILE, EmbeddingCache
+from scoring.page import FEATURES, PageContext, PageModel, PageRef, page_features
 
 __all__ = [
     "Provider",
@@ -74,7 +81,7 @@ log = logging.getLogger(__name__)
 
 Provider = Literal["auto", "cuda", "cpu"]
 Variant = Literal["auto", "int8", "fp32", "fp16"]
-Tier = Literal["card", "cross-encoder", "cosine"]
+Tier = Literal["card", "cross-encoder", "cosine", "page"]
 _FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -139,6 +146,36 @@ def operating_threshold(
 CacheKey = tuple[str, Hashable, str]
 
 
+@dataclass(frozen=True)
+class PageTier:
+    """The page tier's card entry as the scorer uses it: version, operating point, model."""
+
+    model_version: str
+    operating_threshold: float
+    """P(good) below which a result is flagged bad (flagged share = true bad share)"""
+    model: PageModel
+
+    @classmethod
+    def of(cls, entry: TierCard) -> PageTier:
+        """The tier of a card entry.
+
+        Raises:
+            ModelNotFoundError: the entry lacks its model or operating point (rebuild).
+
+        """
+        if entry.page_model is None or entry.operating_point is None:
+            raise ModelNotFoundError(
+                "the model card's page tier has no model or operating point: rebuild the model "
+                "(relmon model build)"
+            )
+        m = entry.page_model
+        return cls(
+            model_version=entry.model_version,
+            operating_threshold=entry.operating_point.threshold,
+            model=PageModel(mean=m.mean, std=m.std, weights=m.weights, bias=m.bias),
+        )
+
+
 class Scorer:
     """Score (query, title) pairs with the ONNX cross-encoder built by ``build_model``.
 
@@ -184,13 +221,16 @@ class Scorer:
         card = self._check_files(variant)
         self.card: ModelCard = card
         resolved = (card.served_tier or "cross-encoder") if tier == "card" else tier
-        if resolved not in ("cross-encoder", "cosine"):
-            raise ConfigError(f"unknown scorer tier {resolved!r}: cross-encoder or cosine")
-        self.tier: Literal["cross-encoder", "cosine"] = (
-            "cosine" if resolved == "cosine" else "cross-encoder"
-        )
-        self._tier_card = card.tier(self.tier)
-        if self.tier == "cosine" and not (self.model_dir / EMBED_FILE).is_file():
+        if resolved not in ("cross-encoder", "cosine", "page"):
+            raise ConfigError(f"unknown scorer tier {resolved!r}: cross-encoder, cosine or page")
+        self.tier: Literal["cross-encoder", "cosine", "page"] = resolved  # type: ignore[assignment]
+        # the page tier scores a result that arrives alone with the cosine tier
+        self._single = "cross-encoder" if resolved == "cross-encoder" else "cosine"
+        self._tier_card = card.tier(self._single)
+        self.page: PageTier | None = None
+        if resolved == "page":
+            self.page = PageTier.of(card.tier("page"))
+        if self._single == "cosine" and not (self.model_dir / EMBED_FILE).is_file():
             raise ModelNotFoundError(
                 f"{EMBED_FILE} missing in {self.model_dir}: run `relmon model build` to build it"
             )
@@ -199,7 +239,7 @@ class Scorer:
             "fp32" if card.cpu_default_variant == "fp32" else "int8"
         )
         chosen = self._pick(variant, want_cuda, cpu_default)
-        if self.tier == "cosine":  # one fp32 embedder on every provider
+        if self._single == "cosine":  # one fp32 embedder on every provider
             chosen = "fp32"
         self._session = self._open(chosen, want_cuda, device_id)
         self.provider: str = self._session.get_providers()[0]
@@ -211,7 +251,7 @@ class Scorer:
                     "provider='auto' or 'cpu'"
                 )
             log.info("CUDA did not initialise; scoring on %s", self.provider)
-            if variant == "auto" and chosen != cpu_default and self.tier == "cross-encoder":
+            if variant == "auto" and chosen != cpu_default and self._single == "cross-encoder":
                 chosen = self._pick("auto", False, cpu_default)
                 self._session = self._open(chosen, False, device_id)
                 self.provider = self._session.get_providers()[0]
@@ -239,7 +279,7 @@ class Scorer:
         self.cache_misses = 0
         self._tok_pool = ThreadPoolExecutor(1, thread_name_prefix="relmon-tokenise")
         self._embeddings: EmbeddingCache | None = None
-        if self.tier == "cosine":
+        if self._single == "cosine":
             self._embeddings = EmbeddingCache(
                 self.model_dir / "tokenizer.json", self._run, self._feeds
             )
@@ -301,7 +341,7 @@ class Scorer:
                 "do_copy_in_default_stream": True,
             }
             providers = [(_CUDA, cuda_opts), _CPU]
-        name = EMBED_FILE if self.tier == "cosine" else _FILES[variant]
+        name = EMBED_FILE if self._single == "cosine" else _FILES[variant]
         path = str(self.model_dir / name)
         return ort.InferenceSession(path, sess_options=opts, providers=providers)
 
@@ -335,6 +375,7 @@ class Scorer:
         pairs: Sequence[tuple[str, str]],
         batch_size: int = 32,
         keys: Sequence[Hashable] | None = None,
+        pages: Sequence[PageRef | None] | None = None,
     ) -> np.ndarray:
         """Return the relevance probability (sigmoid of the logit) of each pair, in order.
 
@@ -342,11 +383,36 @@ class Scorer:
         the cache key. Pairs are sorted by token length and batched so that each batch is padded
         only to its own longest pair; the scores come back in the input order. A pair's score
         does not depend on the other pairs of the call.
+
+        ``pages`` (page tier only; one per pair or None): the page a result was shown on and its
+        index there. Those results get the page tier's P(good) (:attr:`page`); the others, and
+        every result on other tiers, this tier's score.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if keys is not None and len(keys) != len(pairs):
             raise ValueError(f"{len(keys)} keys for {len(pairs)} pairs")
+        if pages is not None and len(pages) != len(pairs):
+            raise ValueError(f"{len(pages)} pages for {len(pairs)} pairs")
+        on_page = (
+            []
+            if pages is None or self.page is None
+            else [i for i, ref in enumerate(pages) if ref is not None]
+        )
+        if on_page:
+            assert pages is not None
+            alone = [i for i, ref in enumerate(pages) if ref is None]
+            out = np.empty(len(pairs), dtype=np.float32)
+            out[on_page] = self._predict_pages(
+                [pairs[i][0] for i in on_page], [pages[i] for i in on_page], batch_size
+            )
+            if alone:
+                out[alone] = self.predict(
+                    [pairs[i] for i in alone],
+                    batch_size,
+                    None if keys is None else [keys[i] for i in alone],
+                )
+            return out
         out = np.empty(len(pairs), dtype=np.float32)
         todo = list(range(len(pairs)))
         ckeys: list[CacheKey] = []
@@ -376,6 +442,35 @@ class Scorer:
         if self.calibration is not None:
             out = polarise(out, *self.calibration)
         return out
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Unit vectors of texts from the base model (cosine and page tiers), cached per text."""
+        if self._embeddings is None:
+            raise ConfigError("the cross-encoder tier has no embeddings: use tier cosine or page")
+        return self._embeddings.embed(texts, batch_size)
+
+    def page_features(self, query: str, page: PageContext, batch_size: int = 32) -> np.ndarray:
+        """The page tier's features (:data:`scoring.page.FEATURES`) of every result of ``page``."""
+        vectors = self.embed([query, *page.texts], batch_size)
+        return page_features(vectors[0], vectors[1:], page.categories)
+
+    def _predict_pages(
+        self, queries: Sequence[str], refs: Sequence[PageRef | None], batch_size: int
+    ) -> np.ndarray:
+        """The page tier's P(good) of results with their pages (each page's features once)."""
+        assert self.page is not None
+        features = np.empty((len(queries), len(FEATURES)))
+        done: dict[tuple[int, str], np.ndarray] = {}
+        pages: dict[int, PageContext] = {}  # keeps each page alive while its id is a key
+        for n, (query, ref) in enumerate(zip(queries, refs, strict=True)):
+            assert ref is not None
+            page, index = ref
+            key = (id(page), query)
+            if key not in done:
+                pages[id(page)] = page
+                done[key] = self.page_features(query, page, batch_size)
+            features[n] = done[key][index]
+        return self.page.model.p_good(features).astype(np.float32)
 
     def _encode(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
         encs = self._tokenizer.encode_batch([(q, t) for q, t in pairs])

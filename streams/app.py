@@ -33,6 +33,7 @@ from relmon.errors import broker_error
 from relmon.kafka import ensure_topics, producer
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
+from scoring.page import PageRef
 from streams.budget import BudgetConfig, BudgetController
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.enrich import EventTimeWindow
@@ -140,13 +141,24 @@ class _FaustPorts(ClickHouseStorePorts):
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="relmon-infer")
         self.stream: Any = None
 
-    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
+    async def score(
+        self,
+        pairs: list[tuple[str, str]],
+        keys: list[str],
+        pages: list[PageRef | None] | None = None,
+    ) -> np.ndarray:
         loop = asyncio.get_running_loop()
         scorer, size = self._w.scorer, self._w.settings.batch_size
         started = time.perf_counter()
-        scores = await loop.run_in_executor(
-            self._infer, lambda: scorer.predict(pairs, size, keys=keys)
-        )
+        if pages is None:
+            scores = await loop.run_in_executor(
+                self._infer, lambda: scorer.predict(pairs, size, keys=keys)
+            )
+        else:
+            paged: Any = scorer  # only scoring.Scorer serves the page tier
+            scores = await loop.run_in_executor(
+                self._infer, lambda: paged.predict(pairs, size, keys=keys, pages=pages)
+            )
         self._w.score_latency.observe(time.perf_counter() - started)
         return scores
 
@@ -217,6 +229,7 @@ class RelmonWorker:
         self.failure: Exception | None = None
         self.app = self._make_app()
         self.ports = _FaustPorts(self)
+        page = getattr(scorer, "page", None)  # the page tier (scoring.Scorer only)
         self.processor = ImpressionProcessor(
             ports=self.ports,
             catalog=self.catalog,
@@ -231,8 +244,14 @@ class RelmonWorker:
                 category_thresholds=settings.category_thresholds,
                 uncertain_band=settings.review_uncertain_band,
                 audit_share=settings.review_audit_share,
+                page_threshold=(
+                    settings.bad_threshold
+                    if settings.bad_threshold is not None or page is None
+                    else page.operating_threshold
+                ),
             ),
             model_version=scorer.model_version,
+            page_model_version=None if page is None else page.model_version,
             metrics=self.metrics,
             retry_s=settings.unknown_product_retry_s,
             backoff_max_s=settings.retry_backoff_max_s,

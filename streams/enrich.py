@@ -10,12 +10,14 @@ dead-letters.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from schemas.models import CatalogProduct, DeadLetterKind, Impression
 from schemas.ubi import PageHit, UbiImpression
-from scoring.text import product_text
+from scoring.page import PageContext
+from scoring.text import category_leaf, product_text
 from streams.catalog import Catalog
 
 Problem = tuple[DeadLetterKind, str]
@@ -108,3 +110,24 @@ def complete(
             return item, None, problem
         return item, product, None
     return item, None, None
+
+
+def page_context(hits: Sequence[PageHit], catalog: Catalog) -> tuple[PageContext, dict[int, int]]:
+    """The page tier's view of a result page, and each hit's index on it by position.
+
+    Every hit whose product the catalogue knows is on the page, with the text the model reads
+    (:func:`impression_text`) and its category leaf; a hit whose product is unknown (it waits,
+    then is dead-lettered) is left out.
+    """
+    texts: list[str] = []
+    leaves: list[str] = []
+    index: dict[int, int] = {}
+    for hit in hits:
+        product = catalog.get(hit.product_id)
+        if product is None:
+            continue
+        full = hit.enriched(product)
+        index[hit.position] = len(texts)
+        texts.append(impression_text(full))
+        leaves.append(category_leaf(full.attributes.get("category_path") or full.category) or "")
+    return PageContext(tuple(texts), tuple(leaves)), index

@@ -14,6 +14,7 @@ import numpy as np
 
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
+from scoring.page import PageRef
 from streams.plans import PlanStore
 from streams.records import RawRecord
 
@@ -21,8 +22,17 @@ from streams.records import RawRecord
 class Ports(PlanStore, Protocol):
     """What the processor needs from the outside world (plans included)."""
 
-    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
-        """Scores in [0, 1] of (query, title) pairs; ``keys`` are their product ids."""
+    async def score(
+        self,
+        pairs: list[tuple[str, str]],
+        keys: list[str],
+        pages: list[PageRef | None] | None = None,
+    ) -> np.ndarray:
+        """Scores in [0, 1] of (query, product text) pairs; ``keys`` are their product ids.
+
+        ``pages`` (only when the processor serves the page tier): each result's page and its
+        index there, or None for a result that arrived alone (scored by the cosine tier).
+        """
 
     async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Deliver dead letters (return once the broker has them)."""

@@ -75,8 +75,16 @@ from schemas.ubi import (
     UbiQuery,
     decode_record,
 )
+from scoring.page import PageContext, PageRef
 from streams.catalog import Catalog
-from streams.enrich import EventTimeWindow, Problem, QueryTexts, complete, impression_text
+from streams.enrich import (
+    EventTimeWindow,
+    Problem,
+    QueryTexts,
+    complete,
+    impression_text,
+    page_context,
+)
 from streams.metrics import Metrics
 from streams.plans import Planner, Seen
 from streams.ports import Ports
@@ -107,6 +115,10 @@ class _Page:
     size: int
     left: int
     problems: list[Problem] = field(default_factory=list)
+    hits: Sequence[PageHit] = ()
+    """the page's hits, kept when the page tier scores them against their page"""
+    context: tuple[PageContext, dict[int, int]] | None = None
+    """the page as the page tier sees it, built when one of its hits is first sampled"""
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,7 @@ class _Draw:
     probability: float
     tier: Tier
     plan_id: str
+    page: PageRef | None = None
 
 
 @dataclass
@@ -138,6 +151,8 @@ class _Outcome:
     are copied with the text filled in"""
     done: list[RawRecord] = field(default_factory=list)
     queries: list[UbiQuery] = field(default_factory=list)
+    pages: dict[tuple[str, int, int], _Page] = field(default_factory=dict)
+    """the pages of ready hits (a page may be finished before its hits are sampled)"""
 
 
 # Which counter a retried failure increments, by the type of the error.
@@ -165,6 +180,7 @@ class ImpressionProcessor:
         rates: SamplingRates,
         routing: Routing,
         model_version: str,
+        page_model_version: str | None = None,
         metrics: Metrics,
         retry_s: float = 10.0,
         query_cache_size: int = 100_000,
@@ -180,6 +196,8 @@ class ImpressionProcessor:
         self._planner = planner
         self._rates = rates
         self._routing = routing
+        self._page_model_version = page_model_version
+        self._page_version = page_model_version or model_version
         self._model_version = model_version
         self._metrics = metrics
         self._retry_s = retry_s
@@ -324,7 +342,9 @@ class ImpressionProcessor:
         page = query.page(self._ubi_position_base)
         self._metrics.inc("ubi_pages")
         self._metrics.inc("impressions", len(page))
-        self._pages[(record.topic, record.partition, record.offset)] = _Page(len(page), len(page))
+        hits = page if self._page_model_version is not None else ()
+        key = (record.topic, record.partition, record.offset)
+        self._pages[key] = _Page(len(page), len(page), hits=hits)
         items.extend((record, imp) for imp in page)
 
     def _item_done(
@@ -408,6 +428,11 @@ class ImpressionProcessor:
             if problem is None:
                 assert not isinstance(item, UbiImpression)  # complete() gave it its query
                 out.ready.append((pending.record, item, product))
+                if isinstance(item, PageHit) and self._page_model_version is not None:
+                    r = pending.record
+                    out.pages[(r.topic, r.partition, r.offset)] = self._pages[
+                        (r.topic, r.partition, r.offset)
+                    ]
                 self._item_done(pending.record, out)
                 continue
             kind, reason = problem
@@ -442,8 +467,23 @@ class ImpressionProcessor:
         if created:
             await self._retrying(self._ports.save_plans, created, what="plan store")
 
+    def _page_of(
+        self, record: RawRecord, imp: Impression | PageHit, out: _Outcome
+    ) -> PageRef | None:
+        """A sampled page hit's page and index, when the page tier scores it (else None)."""
+        if self._page_model_version is None or not isinstance(imp, PageHit):
+            return None
+        page = out.pages[(record.topic, record.partition, record.offset)]
+        if page.context is None or imp.position not in page.context[1]:
+            # first sampled hit, or one whose product the catalogue learnt since
+            page.context = page_context(page.hits, self._catalog)
+        context, index = page.context
+        return context, index[imp.position]
+
     def _sample(
-        self, ready: list[tuple[RawRecord, Impression | PageHit, CatalogProduct | None]]
+        self,
+        ready: list[tuple[RawRecord, Impression | PageHit, CatalogProduct | None]],
+        out: _Outcome,
     ) -> list[_Draw]:
         """Decide which impressions are sampled, under the plan of their partition and epoch.
 
@@ -470,12 +510,12 @@ class ImpressionProcessor:
                 else:  # its record carried the text (a page hit always needs the catalogue)
                     assert isinstance(imp, Impression)
                     full = imp
-                draws.append(_Draw(full, p, tier, plan.plan_id))
+                draws.append(_Draw(full, p, tier, plan.plan_id, self._page_of(record, imp, out)))
         self._load.base_pairs += demand
         return draws
 
     async def _finish(self, out: _Outcome) -> None:
-        draws = self._sample(out.ready) if out.ready else []
+        draws = self._sample(out.ready, out) if out.ready else []
         self._metrics.inc("sampled", len(draws))
         self._metrics.inc("not_sampled", len(out.ready) - len(draws))
         fresh, recovered = await self._triage(draws)
@@ -531,8 +571,15 @@ class ImpressionProcessor:
         """Score the draws off the event loop; their rows."""
         pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
         keys = [d.impression.product_id for d in fresh]
+        pages = [d.page for d in fresh] if self._page_model_version is not None else None
         started, waited = self._clock(), self._load.waited_s
-        scores = await self._retrying(lambda p: self._ports.score(p, keys), pairs, what="scoring")
+        scores = await self._retrying(
+            lambda p: (
+                self._ports.score(p, keys) if pages is None else self._ports.score(p, keys, pages)
+            ),
+            pairs,
+            what="scoring",
+        )
         seconds = self._clock() - started - (self._load.waited_s - waited)
         self._load.scoring_s += seconds
         self._planner.budget.observe_scoring(len(pairs), seconds, self._clock())
@@ -541,8 +588,8 @@ class ImpressionProcessor:
             ScoredImpression.of(
                 d.impression,
                 score=float(np.clip(score, 0.0, 1.0)),
-                threshold=self._routing.threshold_for(d.impression.category),
-                model_version=self._model_version,
+                threshold=self._routing.threshold_for(d.impression.category, d.page is not None),
+                model_version=self._model_version if d.page is None else self._page_version,
                 sample_rate=d.probability,
                 scored_at=now,
                 tier=d.tier,

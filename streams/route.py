@@ -62,10 +62,15 @@ class Routing:
     category_thresholds: Mapping[str, float] = field(default_factory=dict)
     uncertain_band: float = 0.0
     audit_share: float = 0.0
+    page_threshold: float | None = None
+    """the threshold of results scored on their page (the page tier's operating point)"""
 
-    def threshold_for(self, category: str | None) -> float:
-        """The threshold of a product in ``category`` (its own, else the global one)."""
-        return self.category_thresholds.get(category or "", self.threshold)
+    def threshold_for(self, category: str | None, on_page: bool = False) -> float:
+        """The threshold of a product in ``category`` (its own, else the tier's global one)."""
+        default = self.threshold
+        if on_page and self.page_threshold is not None:
+            default = self.page_threshold
+        return self.category_thresholds.get(category or "", default)
 
     def review(self, row: ScoredImpression) -> ReviewRequest | None:
         """The review request of a row, if it is bad, uncertain or drawn for audit."""

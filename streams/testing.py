@@ -19,6 +19,7 @@ import numpy as np
 from relmon.errors import StoreUnavailable, broker_error
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
+from scoring.page import PageRef
 from streams.catalog import Catalog
 from streams.metrics import Metrics
 from streams.plans import MemoryPlanStore, Planner, PlannerConfig
@@ -90,9 +91,16 @@ class MemoryPorts(MemoryPlanStore):
         self.fail_writes = fail_writes
         self.ledger: dict[str, datetime] = {}
         self.rollup_refreshes: list[datetime] = []
+        self.pages_seen: list[PageRef | None] = []
 
-    async def score(self, pairs: list[tuple[str, str]], keys: list[str]) -> np.ndarray:
-        """Score with the fake scorer."""
+    async def score(
+        self,
+        pairs: list[tuple[str, str]],
+        keys: list[str],
+        pages: list[PageRef | None] | None = None,
+    ) -> np.ndarray:
+        """Score with the fake scorer; its pages are kept in :attr:`pages_seen`."""
+        self.pages_seen.extend(pages or [None] * len(pairs))
         return self.scorer.predict(pairs)
 
     async def send_dead_letters(self, letters: list[DeadLetter]) -> None:

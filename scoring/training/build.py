@@ -38,7 +38,7 @@ from scoring.data import Example
 from scoring.embedding import EMBED_FILE
 from scoring.scorer import default_threads
 from scoring.training.data import TrainingData, load_training_data
-from scoring.training.evaluate import cosine_tier, evaluate_and_calibrate
+from scoring.training.evaluate import embedding_tiers, evaluate_and_calibrate
 from scoring.training.export import export_cross_encoder, export_embedder, sha256
 from scoring.training.finetune import INSTALL_HINT, TrainConfig, fit_cross_encoder
 from scoring.training.publish import previous_auc, publish, reject_if_worse
@@ -142,8 +142,8 @@ def build_model(
         say(f"evaluating fp32 and int8 on {len(split.heldout)} held-out pairs of real labels")
         card = evaluate_and_calibrate(tmp, card, split.heldout, cfg.max_length)
         card = _gate(tmp, out_dir, card, split.heldout, cfg.max_length, force, tolerance)
-        say("exporting the cosine tier (the base model's embeddings) and calibrating it")
-        card = _add_cosine_tier(tmp, card, seed, heldout_fold)
+        say("exporting the base model's embeddings; fitting the cosine and page tiers")
+        card = _add_embedding_tiers(tmp, card, seed, heldout_fold)
         card = card.model_copy(update={"build_seconds": round(time.perf_counter() - t_start, 1)})
         card.save(tmp)
         publish(tmp, out_dir)
@@ -209,15 +209,15 @@ def _gate(
     return card
 
 
-def _add_cosine_tier(tmp: Path, card: ModelCard, seed: int, heldout_fold: int) -> ModelCard:
-    """``card`` serving the cosine tier, after exporting ``embed.onnx`` and calibrating it."""
+def _add_embedding_tiers(tmp: Path, card: ModelCard, seed: int, heldout_fold: int) -> ModelCard:
+    """``card`` with the tiers on ``embed.onnx`` (cosine, page), exported and fitted."""
     embedder = export_embedder(tmp)
     digest = sha256(embedder)
     return card.model_copy(
         update={
             "sizes_bytes": {**(card.sizes_bytes or {}), EMBED_FILE: embedder.stat().st_size},
             "sha256": {**(card.sha256 or {}), EMBED_FILE: digest},
-            "tiers": {"cosine": cosine_tier(tmp, digest, seed, heldout_fold)},
+            "tiers": embedding_tiers(tmp, digest, seed, heldout_fold),
             "served_tier": SERVED_TIER,
         }
     )

@@ -14,6 +14,7 @@ fitted on training-fold pairs and its held-out figures are out-of-sample.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -27,21 +28,28 @@ from scoring.card import (
     CrossEncoderHeldout,
     ModelCard,
     OperatingPoint,
+    PageModelCard,
     TierCard,
     TierHeldout,
 )
 from scoring.data import Example
 from scoring.embedding import EMBED_FILE
 from scoring.metrics import evaluate_model, fit_polarisation, reliability, roc_auc
+from scoring.page import ANCHORS, FEATURES, PageContext, fit_page_model
 from scoring.scorer import Scorer, polarise
+from scoring.text import category_leaf
 from scoring.training.data import esci_split
 
 __all__ = [
     "COSINE_FIT_PAIRS",
     "MAX_INT8_AUC_DROP",
     "cosine_tier",
+    "embedding_tiers",
     "evaluate_and_calibrate",
     "operating_point",
+    "page_tier",
+    "pool_features",
+    "pool_pages",
 ]
 
 MAX_INT8_AUC_DROP = 0.005  # above it, the card makes fp32 the CPU default
@@ -135,15 +143,17 @@ def evaluate_and_calibrate(
     )
 
 
-def cosine_tier(model_dir: Path, digest: str, seed: int, heldout_fold: int) -> TierCard:
-    """The cosine tier's card entry (``embed.onnx`` in ``model_dir``), figures on the held-out fold.
+def embedding_tiers(
+    model_dir: Path, digest: str, seed: int, heldout_fold: int
+) -> dict[str, TierCard]:
+    """The card entries of the tiers on ``embed.onnx`` (in ``model_dir``): cosine and page.
 
-    Its calibration and operating point are fitted on training-fold pairs: the tier is not
-    trained, so they are out-of-sample there. ``card.json`` in ``model_dir`` is a placeholder
-    naming the tier afterwards (the scorer reads its version from it); the build rewrites it.
+    Both are fitted on training-fold pairs (the base model is not trained, so their figures on
+    the held-out fold are out of sample) and share one scorer, so each text is embedded once.
+    ``card.json`` in ``model_dir`` is a placeholder naming the cosine tier afterwards (the scorer
+    reads its version from it); the build rewrites it.
     """
     train, held = esci_split(seed, heldout_fold)
-    fit = random.Random(seed + 5).sample(train, min(COSINE_FIT_PAIRS, len(train)))
     entry = TierCard(
         model_version=f"minilm-cos-{digest[:12]}",
         file=EMBED_FILE,
@@ -154,6 +164,21 @@ def cosine_tier(model_dir: Path, digest: str, seed: int, heldout_fold: int) -> T
     placeholder = ModelCard(model_version="building", tiers={"cosine": entry})
     (model_dir / "card.json").write_text(json.dumps(placeholder.to_json()), encoding="utf-8")
     scorer = Scorer(model_dir, provider="cpu", tier="cosine")
+    return {
+        "cosine": cosine_tier(scorer, entry, seed, train, held),
+        "page": page_tier(scorer, digest, train, held),
+    }
+
+
+def cosine_tier(
+    scorer: Scorer,
+    entry: TierCard,
+    seed: int,
+    train: Sequence[Example],
+    held: Sequence[Example],
+) -> TierCard:
+    """The cosine tier's ``entry`` with its calibration, operating point and held-out figures."""
+    fit = random.Random(seed + 5).sample(list(train), min(COSINE_FIT_PAIRS, len(train)))
     y_fit = np.array([e.hard_label for e in fit])
     s_fit = scorer.predict([(e.query, e.text()) for e in fit])
     alpha, beta = fit_polarisation(y_fit, s_fit)
@@ -183,4 +208,84 @@ def cosine_tier(model_dir: Path, digest: str, seed: int, heldout_fold: int) -> T
                 ece=reliability(y, polarise(raw, alpha, beta))["ece"],
             ),
         }
+    )
+
+
+def pool_pages(examples: Sequence[Example], fields: bool = True) -> list[tuple[str, PageContext]]:
+    """Each query's judged pool as its result page (in data order), with the examples' order.
+
+    The judged pool is the closest thing to a result page the real labels have: the products
+    one query's results were drawn from. Without ``fields`` the page is titles only and no
+    category is known (as a catalogue that sends titles only).
+    """
+    pools: dict[str, list[Example]] = {}
+    for e in examples:
+        pools.setdefault(e.query, []).append(e)
+    return [
+        (
+            query,
+            PageContext(
+                texts=tuple(e.text(fields) for e in pool),
+                categories=tuple((category_leaf(e.category) or "") if fields else "" for e in pool),
+            ),
+        )
+        for query, pool in pools.items()
+    ]
+
+
+def pool_features(scorer: Scorer, examples: Sequence[Example], fields: bool = True) -> np.ndarray:
+    """The page features of every example (rows in ``examples``' order), pools as pages."""
+    rows: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        rows.setdefault(e.query, []).append(i)
+    out = np.empty((len(examples), len(FEATURES)))
+    for query, page in pool_pages(examples, fields):
+        out[rows[query]] = scorer.page_features(query, page)
+    return out
+
+
+def page_tier(
+    scorer: Scorer, digest: str, train: Sequence[Example], held: Sequence[Example]
+) -> TierCard:
+    """The page tier's card entry: its model fitted on the training queries' pools.
+
+    ``scorer`` serves the cosine tier (its embeddings are the features' source); ``digest`` is
+    ``embed.onnx``'s sha256. The operating point is fitted on the training pairs; the held-out
+    figures are out of sample.
+    """
+    y_fit = np.array([e.hard_label for e in train])
+    x_fit = pool_features(scorer, train)
+    model = fit_page_model(x_fit, y_fit)
+    p_fit = model.p_good(x_fit)
+    point = operating_point(y_fit, p_fit)
+    y = np.array([e.hard_label for e in held])
+    p = model.p_good(pool_features(scorer, held))
+    title_only = model.p_good(pool_features(scorer, held, fields=False))
+    flagged = p < point["threshold"]
+    tp = float((flagged & (y == 0)).sum())
+    spec = model.to_json()
+    version = hashlib.sha256((digest + json.dumps(spec, sort_keys=True)).encode()).hexdigest()
+    queries = len({e.query for e in train})
+    return TierCard(
+        model_version=f"minilm-page-{version[:12]}",
+        file=EMBED_FILE,
+        task="P(good: ESCI E or S) of a result on its result page: a logistic model of the "
+        "cosine of query and product, the product's cosine to the centroid of the page's "
+        f"{ANCHORS} most query-like results, and the page's share in its category leaf "
+        "(scoring.page)",
+        operating_point=OperatingPoint.model_validate(
+            {**point, "fitted_on": f"{len(train)} training-fold pairs"}
+        ),
+        heldout=TierHeldout(
+            auc=roc_auc(y, p),
+            auc_title_only=roc_auc(y, title_only),
+            true_bad_share=float((y == 0).mean()),
+            flagged_share=float(flagged.mean()),
+            flag_precision=tp / max(1.0, float(flagged.sum())),
+            flag_recall=tp / max(1.0, float((y == 0).sum())),
+            ece=reliability(y, p)["ece"],
+        ),
+        page_model=PageModelCard.model_validate(
+            {**spec, "fitted_on": f"{len(train)} pairs of {queries} training queries' pools"}
+        ),
     )

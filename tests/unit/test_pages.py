@@ -64,7 +64,7 @@ def record(value, offset, partition=0):
     return RawRecord("relmon.impressions", partition, offset, b"k", value, 1714564800000)
 
 
-def make(catalog=None, clock=None, event_window=None, rate=1.0):
+def make(catalog=None, clock=None, event_window=None, rate=1.0, page_tier=False):
     clock = clock or Clock()
     ports, metrics = MemoryPorts(), Metrics()
     if catalog is None:
@@ -76,8 +76,9 @@ def make(catalog=None, clock=None, event_window=None, rate=1.0):
         catalog=catalog,
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
         rates=SamplingRates(uniform=rate),
-        routing=Routing(0.5),
+        routing=Routing(0.5, page_threshold=0.3 if page_tier else None),
         model_version="fake-overlap-1",
+        page_model_version="fake-page-1" if page_tier else None,
         metrics=metrics,
         retry_s=5.0,
         clock=clock,
@@ -200,6 +201,43 @@ def test_an_unknown_hit_waits_and_the_page_is_acked_only_when_it_is_known():
     run(proc.retry_pending())
     assert "ubi:q1:1:late" in ports.rows
     assert [r.offset for r in ports.acked] == [0, 1] and ports.dead_letters == []
+
+
+def test_the_page_tier_gets_each_sampled_hit_with_its_page_and_results_alone_without():
+    clock = Clock()
+    catalog = Catalog(
+        [
+            CatalogProduct(product_id="p1", title="Blue Velvet Sofa", category="Home > Sofas"),
+            CatalogProduct(product_id="p2", title="Oak Table", brand="Acme", category="Tables"),
+            CatalogProduct(product_id="p3", title="Grey Linen Sofa", category="Home > Sofas"),
+        ]
+    )
+    proc, ports, _ = make(catalog=catalog, clock=clock, page_tier=True)
+    alone = {"query_id": "q9", "user_query": "sofa"}
+    events = [record(json.dumps(alone).encode(), 1), record(ubi_event("q9", "p2", 0), 2)]
+    run(proc.process([record(page("q1", ["p1", "late", "p2", "p3"]), 0), *events]))
+    assert len(ports.pages_seen) == 4  # three page hits and the impression event
+    refs = [ref for ref in ports.pages_seen if ref is not None]
+    assert len(refs) == 3 and len({id(page) for page, _ in refs}) == 1  # one page, built once
+    context = refs[0][0]
+    # the page as the model reads it: the known hits' texts and category leaves, in order
+    assert context.texts[0].startswith("Blue Velvet Sofa") and "brand Acme" in context.texts[1]
+    assert context.categories == ("Home > Sofas", "Tables", "Home > Sofas")
+    assert sorted(index for _, index in refs) == [0, 1, 2]
+    rows = ports.rows
+    on_page = [r for k, r in rows.items() if k.startswith("ubi:q1")]
+    assert {(r.model_version, r.threshold) for r in on_page} == {("fake-page-1", 0.3)}
+    assert (rows["ubi:q9:0:p2"].model_version, rows["ubi:q9:0:p2"].threshold) == (
+        "fake-overlap-1",
+        0.5,
+    )
+    # the unknown hit arrives: it is scored against the page as now known
+    catalog.put(CatalogProduct(product_id="late", title="Sofa Bed", category="Home > Sofas"))
+    clock.t += 1
+    run(proc.retry_pending())
+    late, index = ports.pages_seen[-1]
+    assert len(late.texts) == 4 and late.texts[index].startswith("Sofa Bed") and index == 1
+    assert rows["ubi:q1:1:late"].model_version == "fake-page-1"
 
 
 def test_unknown_hits_dead_letter_the_page_once_with_its_bytes_and_the_rest_is_scored():

@@ -18,6 +18,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring import Scorer
+from scoring.page import PageContext, PageRef
 from scoring.scorer import polarise
 from scoring.training.export import export_pair_model, quantise_static
 
@@ -275,7 +276,19 @@ def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.n
             "model_version": "minilm-cos-tiny",
             "calibration": {"alpha": 10.0, "beta": 0.6},
             "operating_point": {"threshold": 0.7},
-        }
+        },
+        "page": {
+            "model_version": "minilm-page-tiny",
+            "operating_point": {"threshold": 0.55},
+            "page_model": {
+                "features": ["cosine", "anchored_cosine", "category_share"],
+                "anchors": 5,
+                "mean": [0.5, 0.7, 0.4],
+                "std": [0.15, 0.15, 0.3],
+                "weights": [0.2, 0.5, 0.5],
+                "bias": 1.5,
+            },
+        },
     }
     (out / "card.json").write_text(json.dumps(card))
     return out, body
@@ -359,3 +372,30 @@ def test_cosine_tier_without_its_file_says_how_to_build_it(
         Scorer(copy, provider="cpu", tier="card")
     with pytest.raises(ConfigError, match="tier"):
         Scorer(model_dir, provider="cpu", tier="bogus")  # type: ignore[arg-type]
+
+
+def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_tier(
+    tiny_cosine: tuple[Path, torch.nn.Module],
+) -> None:
+    model_dir, _ = tiny_cosine
+    scorer = Scorer(model_dir, provider="cpu", tier="page", calibration="card")
+    cosine = Scorer(model_dir, provider="cpu", tier="cosine", calibration="card")
+    assert scorer.page is not None and scorer.page.model_version == "minilm-page-tiny"
+    assert scorer.page.operating_threshold == 0.55
+    assert scorer.model_version == cosine.model_version  # results that arrive alone
+    texts = tuple(t for _, t in PAIRS)
+    page = PageContext(texts, tuple("Sofas" if i % 2 else "Lamps" for i in range(len(texts))))
+    query = PAIRS[0][0]
+    pairs = [(query, t) for t in texts]
+    refs: list[PageRef | None] = [(page, i) for i in range(len(texts))]
+    on_page = scorer.predict(pairs, pages=refs)
+    features = scorer.page_features(query, page)
+    np.testing.assert_allclose(on_page, scorer.page.model.p_good(features), rtol=1e-6)
+    # a result's score depends on its page only: alone in a call, in another order, mixed
+    # with results that came without a page (those get the cosine tier's score)
+    np.testing.assert_array_equal(scorer.predict(pairs[2:3], pages=refs[2:3]), on_page[2:3])
+    mixed = scorer.predict([pairs[3], pairs[1]], pages=[None, refs[1]])
+    assert mixed[1] == on_page[1]
+    assert mixed[0] == pytest.approx(float(cosine.predict([pairs[3]])[0]), abs=1e-6)
+    # other tiers ignore pages
+    np.testing.assert_array_equal(cosine.predict(pairs, pages=refs), cosine.predict(pairs))
