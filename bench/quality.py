@@ -48,6 +48,7 @@ from scoring import ModelCard, Scorer  # noqa: E402
 from scoring.card import DataSplit  # noqa: E402
 from scoring.esci import load_esci_judgments  # noqa: E402
 from scoring.metrics import fit_polarisation, reliability, roc_auc  # noqa: E402
+from scoring.page import fit_logistic  # noqa: E402
 from scoring.scorer import polarise  # noqa: E402
 from scoring.training import (  # noqa: E402
     DEFAULT_RECIPE,
@@ -110,56 +111,23 @@ def per_query_error(queries: list[str], truth_bad: np.ndarray, est_bad: np.ndarr
     return float(np.mean(errs))
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
-    """Weights of a logistic regression (Newton steps, a tiny ridge)."""
-    w = np.zeros(x.shape[1])
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(x @ w)))
-        g = x.T @ (p - y) + l2 * w
-        h = (x.T * (p * (1 - p))) @ x + l2 * np.eye(x.shape[1])
-        step = np.linalg.solve(h, g)
-        w -= step
-        if np.abs(step).max() < 1e-9:
-            break
-    return w
-
-
-def page_context(
-    examples: list[Any],
-    fold_of: np.ndarray,
-    todo: list[int],
-    cos_fields: np.ndarray,
-    vec: np.ndarray,
+def page_tier(
+    examples: list[Any], fold_of: np.ndarray, todo: list[int], fields: bool = True
 ) -> np.ndarray:
-    """Research figure, not served: the cosine plus the product's agreement with its page.
+    """The page tier's P(good), cross-fitted: the served features and fitter, weights per fold.
 
-    A result that looks unlike the page's most query-like results, or sits in a category few
-    of the page's results share, is more often irrelevant. Features per pair: the cosine, the
-    cosine to the centroid of the 5 results most similar to the query, and the share of the
-    page in the product's category leaf; a logistic combination, cross-fitted over folds. The
-    judged pool of a query stands in for its result page. Serving it needs whole pages in one
-    record (the worker scores sampled pairs, not pages), so it is measured here only.
+    Each query's judged pool stands in for its result page (as in the model build); the model
+    applied to fold k is fitted on the other folds' pools only.
     """
-    from collections import Counter
+    from scoring.training.evaluate import pool_features
 
-    queries = np.array([e.query for e in examples])
-    anchored, cat_share = np.zeros(len(examples)), np.zeros(len(examples))
-    for q in set(queries.tolist()):
-        m = np.flatnonzero(queries == q)
-        top = m[np.argsort(-cos_fields[m])[:5]]
-        centroid = vec[top].mean(0)
-        anchored[m] = vec[m] @ (centroid / np.linalg.norm(centroid))
-        leaf = [(examples[i].category or "").split(" > ")[-1] for i in m]
-        counts = Counter(leaf)
-        cat_share[m] = [counts[c] / len(m) for c in leaf]
-    x = np.c_[cos_fields, anchored, cat_share]
-    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
-    x = np.c_[x, np.ones(len(x))]
+    scorer = Scorer(ROOT / "models" / "relmon-minilm-ce", provider="cpu", tier="cosine")
+    x = pool_features(scorer, examples, fields)
     y = np.array([e.hard_label for e in examples])
     out = np.zeros(len(examples))
     for k in todo:
         other = np.isin(fold_of, [j for j in todo if j != k]) | (len(todo) == 1)
-        out[fold_of == k] = x[fold_of == k] @ _logistic(x[other], y[other], l2=1e-2)
+        out[fold_of == k] = fit_logistic(x[other], y[other]).p_good(x[fold_of == k])
     return out
 
 
@@ -331,14 +299,17 @@ def main() -> None:
     # Fusion with the base model's knowledge: a logistic combination of the student's logit and
     # the zero-shot cosine, cross-fitted the same way (weights from the other folds).
     logit = np.log(np.clip(raw["int8"], 1e-6, 1 - 1e-6) / np.clip(1 - raw["int8"], 1e-6, 1))
-    feats = np.c_[logit, cos_title, cos_fields, np.ones(n)]
+    feats = np.c_[logit, cos_title, cos_fields]
     fused = np.zeros(n)
     for k in todo:
         other = np.isin(fold_of, [j for j in todo if j != k]) | (len(todo) == 1)
-        fused[fold_of == k] = feats[fold_of == k] @ _logistic(feats[other], y[other])
+        fused[fold_of == k] = fit_logistic(feats[other], y[other]).p_good(feats[fold_of == k])
     cos_best = max(cv_auc(cos_title), cv_auc(cos_fields))
-    page = page_context(examples, fold_of, todo, cos_fields, fields_vec)
-    served = {"cosine": (cos_fields + 1) / 2, "cross-encoder": raw["int8"]}[SERVED_TIER]
+    print("the page tier (the served features, fitted per fold)", file=sys.stderr, flush=True)
+    page = page_tier(examples, fold_of, todo)
+    page_title_only = page_tier(examples, fold_of, todo, fields=False)
+    tiers = {"cosine": (cos_fields + 1) / 2, "page": page, "cross-encoder": raw["int8"]}
+    served = tiers[SERVED_TIER]
     result: dict[str, Any] = {
         "folds": len(todo),
         "pairs": int(done.sum()),
@@ -355,7 +326,10 @@ def main() -> None:
         "cv_auc_zero_shot_cosine_sd": cos_best[1],
         "cv_auc_query_overlap": cv_auc(ov)[0],
         "cv_auc_fused_with_cosine": cv_auc(fused)[0],
-        "cv_auc_page_context": cv_auc(page)[0],
+        "cv_auc_page_tier": cv_auc(page)[0],
+        "cv_auc_page_tier_sd": cv_auc(page)[1],
+        "cv_auc_page_tier_title_only": cv_auc(page_title_only)[0],
+        **{f"{name}_{k}": v for name in ("cosine", "page") for k, v in rates(tiers[name]).items()},
         **rates(served),
         **{f"student_{k}": v for k, v in rates(raw["int8"]).items()},
         "recipe": DEFAULT_RECIPE.as_dict() | ({"epochs": args.epochs} if args.epochs else {}),
@@ -364,6 +338,9 @@ def main() -> None:
         "isa": isa_flags(),
     }
     result["cv_auc_lift_over_cosine"] = result["cv_auc"] - result["cv_auc_zero_shot_cosine"]
+    result["cv_auc_served_lift_over_cosine"] = (
+        result["cv_auc_served"] - result["cv_auc_zero_shot_cosine"]
+    )
     if args.e2e_impressions > 0:
         print("end to end: replaying real traffic", file=sys.stderr, flush=True)
         result.update(end_to_end(args.e2e_impressions, args.e2e_rate))

@@ -121,11 +121,11 @@ class TierHeldout(_Part):
 class PageModelCard(_Part):
     """The page tier's logistic model (:class:`scoring.page.PageModel`) and its features."""
 
-    features: tuple[str, ...]
+    features: list[str]
     anchors: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    weights: tuple[float, ...]
+    mean: list[float]
+    std: list[float]
+    weights: list[float]
     bias: float
     fitted_on: str | None = None
 

@@ -90,7 +90,7 @@ class PageModel:
         }
 
 
-def fit_page_model(features: np.ndarray, good: np.ndarray, l2: float = 1e-2) -> PageModel:
+def fit_logistic(features: np.ndarray, good: np.ndarray, l2: float = 1e-2) -> PageModel:
     """A logistic regression of ``good`` (0/1) on standardised features (Newton steps, ridge)."""
     mean, std = features.mean(axis=0), features.std(axis=0) + 1e-9
     x = np.c_[(features - mean) / std, np.ones(len(features))]

