@@ -71,6 +71,15 @@ class ReplayConfig:
     scenario: Scenario | None = None
     """true bad shares per segment and their shifts (default: ``bad_share`` everywhere)"""
 
+    @classmethod
+    def clean_impressions(cls, **fields: Any) -> ReplayConfig:
+        """Every result its own relmon impression with product text, and no faulty record.
+
+        For simulations that count per record or compare with a known population.
+        """
+        shares = dict.fromkeys(("page_share", "ubi_share", "catalog_share", "malformed_share"), 0.0)
+        return cls(**{**shares, "unknown_product_share": 0.0, **fields})
+
 
 SYNTHETIC_BAD_SHARE = 0.25
 PageFormat = Literal["page", "ubi", "catalog", "text"]

@@ -140,15 +140,7 @@ async def _replay(
     t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
     gen = TrafficGenerator(
         catalog,
-        ReplayConfig(
-            seed=seed,
-            page_share=0.0,
-            ubi_share=0.0,
-            catalog_share=0.0,
-            malformed_share=0.0,
-            unknown_product_share=0.0,
-            scenario=scenario,
-        ),
+        ReplayConfig.clean_impressions(seed=seed, scenario=scenario),
     )
     scorer = OracleScorer()
     ports = MemoryPorts(scorer=scorer)  # type: ignore[arg-type]

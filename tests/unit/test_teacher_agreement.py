@@ -76,15 +76,7 @@ def replay(minutes: int = 25, pages: int = 100, seed: int = 3):
     )
     gen = TrafficGenerator(
         catalog,
-        ReplayConfig(
-            seed=seed,
-            page_share=0.0,
-            ubi_share=0.0,
-            catalog_share=0.0,
-            malformed_share=0.0,
-            unknown_product_share=0.0,
-            scenario=scenario,
-        ),
+        ReplayConfig.clean_impressions(seed=seed, scenario=scenario),
     )
     student = NoisyStudent()
     ports = MemoryPorts(scorer=student)
