@@ -17,7 +17,10 @@ Per batch, in this order, so that a crash at any point loses nothing:
    meanwhile), then becomes a dead letter;
 4. impressions are sampled (:mod:`streams.sampling`: deterministic by query id, stratified by
    query tier and position, under the sampling plan of their partition and epoch); sampled pairs
-   not stored yet are scored off the event loop. What each call cost (records, pairs the base
+   not stored yet are scored off the event loop (when the page tier serves, a page's hit with
+   its page: :func:`streams.enrich.page_context`, built once per page from the hits whose
+   product is known, so its score does not depend on which hits were sampled or batched with
+   it; other impressions alone). What each call cost (records, pairs the base
    rates asked for, time busy and time scoring) goes to the scoring budget
    (:mod:`streams.budget`), which sets the budget factor of the plans created next;
 5. dead letters are sent; rows are written to ClickHouse with their roll-ups (each impression
