@@ -112,20 +112,20 @@ def complete(
     return item, None, None
 
 
-def page_context(hits: Sequence[PageHit], catalog: Catalog) -> tuple[PageContext, dict[int, int]]:
+def page_context(
+    hits: Sequence[tuple[PageHit, CatalogProduct | None]],
+) -> tuple[PageContext, dict[int, int]]:
     """The page tier's view of a result page, and each hit's index on it by position.
 
-    Every hit whose product the catalogue knows is on the page, with the text the model reads
-    (:func:`impression_text`) and its category leaf; a hit whose product is unknown (it waits,
-    then is dead-lettered) is left out.
+    ``hits`` are the page's hits known in full, in page order, each with its catalogue entry
+    (a hit whose product stayed unknown was dead-lettered and is not on the page): each is on
+    the page with the text the model reads (:func:`impression_text`) and its category leaf.
     """
     texts: list[str] = []
     leaves: list[str] = []
     index: dict[int, int] = {}
-    for hit in hits:
-        product = catalog.get(hit.product_id)
-        if product is None:
-            continue
+    for hit, product in hits:
+        assert product is not None  # a page hit always needs, so has, its catalogue entry
         full = hit.enriched(product)
         index[hit.position] = len(texts)
         texts.append(impression_text(full))

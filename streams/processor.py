@@ -17,10 +17,11 @@ Per batch, in this order, so that a crash at any point loses nothing:
    meanwhile), then becomes a dead letter;
 4. impressions are sampled (:mod:`streams.sampling`: deterministic by query id, stratified by
    query tier and position, under the sampling plan of their partition and epoch); sampled pairs
-   not stored yet are scored off the event loop (when the page tier serves, a page's hit with
-   its page: :func:`streams.enrich.page_context`, built once per page from the hits whose
-   product is known, so its score does not depend on which hits were sampled or batched with
-   it; other impressions alone). What each call cost (records, pairs the base
+   not stored yet are scored off the event loop (when the page tier serves, a page's hits wait
+   until the whole page is finished and are scored with it, :func:`streams.enrich.page_context`,
+   built once from the page's hits known in full: a score does not depend on which hits were
+   sampled or batched with it, nor on when the catalogue learnt a product; other impressions
+   alone). What each call cost (records, pairs the base
    rates asked for, time busy and time scoring) goes to the scoring budget
    (:mod:`streams.budget`), which sets the budget factor of the plans created next;
 5. dead letters are sent; rows are written to ClickHouse with their roll-ups (each impression
@@ -118,8 +119,10 @@ class _Page:
     size: int
     left: int
     problems: list[Problem] = field(default_factory=list)
-    hits: Sequence[PageHit] = ()
-    """the page's hits, kept when the page tier scores them against their page"""
+    deferred: bool = False
+    """the page tier serves: the page's hits wait for each other (see ``_item_done``)"""
+    ready: list[tuple[RawRecord, PageHit, CatalogProduct | None]] = field(default_factory=list)
+    """hits known in full, held until the page is finished (``deferred`` only)"""
     context: tuple[PageContext, dict[int, int]] | None = None
     """the page as the page tier sees it, built when one of its hits is first sampled"""
 
@@ -345,9 +348,9 @@ class ImpressionProcessor:
         page = query.page(self._ubi_position_base)
         self._metrics.inc("ubi_pages")
         self._metrics.inc("impressions", len(page))
-        hits = page if self._page_model_version is not None else ()
         key = (record.topic, record.partition, record.offset)
-        self._pages[key] = _Page(len(page), len(page), hits=hits)
+        deferred = self._page_model_version is not None
+        self._pages[key] = _Page(len(page), len(page), deferred=deferred)
         items.extend((record, imp) for imp in page)
 
     def _item_done(
@@ -360,8 +363,11 @@ class ImpressionProcessor:
 
         A single impression's record is done (or dead-lettered) at once. A page's record is done
         with its last hit, and dead-lettered once, with its original bytes and every hit's
-        problem, when any hit was refused: the page's other hits are scored meanwhile, and a
-        re-sent page scores only what was refused (the rest is in the ledger).
+        problem, when any hit was refused: the page's other hits are scored, and a re-sent page
+        scores only what was refused (the rest is in the ledger). Its hits are scored meanwhile,
+        or, when the page tier serves, all together once the page is finished: the page they are
+        judged against is then the same whenever the catalogue learnt their products (a worker
+        that starts behind the catalogue, a replay), so a replay gives the same scores.
         """
         key = (record.topic, record.partition, record.offset)
         page = self._pages.get(key)
@@ -377,6 +383,10 @@ class ImpressionProcessor:
         if page.left > 0:
             return
         del self._pages[key]
+        if page.ready:
+            page.ready.sort(key=lambda known: known[1].position)  # page order, however resolved
+            out.ready.extend(page.ready)
+            out.pages[key] = page
         if not page.problems:
             out.done.append(record)
             return
@@ -430,13 +440,14 @@ class ImpressionProcessor:
             pending.item = item  # what is known so far: a retry does not look it up again
             if problem is None:
                 assert not isinstance(item, UbiImpression)  # complete() gave it its query
-                out.ready.append((pending.record, item, product))
-                if isinstance(item, PageHit) and self._page_model_version is not None:
-                    r = pending.record
-                    out.pages[(r.topic, r.partition, r.offset)] = self._pages[
-                        (r.topic, r.partition, r.offset)
-                    ]
-                self._item_done(pending.record, out)
+                r = pending.record
+                page = self._pages.get((r.topic, r.partition, r.offset))
+                if page is not None and page.deferred:
+                    assert isinstance(item, PageHit)
+                    page.ready.append((r, item, product))
+                else:
+                    out.ready.append((r, item, product))
+                self._item_done(r, out)
                 continue
             kind, reason = problem
             if fresh:
@@ -477,9 +488,8 @@ class ImpressionProcessor:
         if self._page_model_version is None or not isinstance(imp, PageHit):
             return None
         page = out.pages[(record.topic, record.partition, record.offset)]
-        if page.context is None or imp.position not in page.context[1]:
-            # first sampled hit, or one whose product the catalogue learnt since
-            page.context = page_context(page.hits, self._catalog)
+        if page.context is None:
+            page.context = page_context([(hit, product) for _, hit, product in page.ready])
         context, index = page.context
         return context, index[imp.position]
 

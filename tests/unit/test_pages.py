@@ -216,28 +216,48 @@ def test_the_page_tier_gets_each_sampled_hit_with_its_page_and_results_alone_wit
     alone = {"query_id": "q9", "user_query": "sofa"}
     events = [record(json.dumps(alone).encode(), 1), record(ubi_event("q9", "p2", 0), 2)]
     run(proc.process([record(page("q1", ["p1", "late", "p2", "p3"]), 0), *events]))
-    assert len(ports.pages_seen) == 4  # three page hits and the impression event
-    refs = [ref for ref in ports.pages_seen if ref is not None]
-    assert len(refs) == 3 and len({id(page) for page, _ in refs}) == 1  # one page, built once
-    context = refs[0][0]
-    # the page as the model reads it: the known hits' texts and category leaves, in order
-    assert context.texts[0].startswith("Blue Velvet Sofa") and "brand Acme" in context.texts[1]
-    assert context.categories == ("Home > Sofas", "Tables", "Home > Sofas")
-    assert sorted(index for _, index in refs) == [0, 1, 2]
-    rows = ports.rows
-    on_page = [r for k, r in rows.items() if k.startswith("ubi:q1")]
-    assert {(r.model_version, r.threshold) for r in on_page} == {("fake-page-1", 0.3)}
-    assert (rows["ubi:q9:0:p2"].model_version, rows["ubi:q9:0:p2"].threshold) == (
-        "fake-overlap-1",
-        0.5,
-    )
-    # the unknown hit arrives: it is scored against the page as now known
+    # the impression event is scored alone; the page's hits wait for its unknown hit
+    assert list(ports.rows) == ["ubi:q9:0:p2"] and ports.pages_seen == [None]
+    row = ports.rows["ubi:q9:0:p2"]
+    assert (row.model_version, row.threshold) == ("fake-overlap-1", 0.5)
     catalog.put(CatalogProduct(product_id="late", title="Sofa Bed", category="Home > Sofas"))
     clock.t += 1
     run(proc.retry_pending())
-    late, index = ports.pages_seen[-1]
-    assert len(late.texts) == 4 and late.texts[index].startswith("Sofa Bed") and index == 1
-    assert rows["ubi:q1:1:late"].model_version == "fake-page-1"
+    refs = [ref for ref in ports.pages_seen if ref is not None]
+    assert len(refs) == 4 and len({id(page) for page, _ in refs}) == 1  # one page, built once
+    context = refs[0][0]
+    # the page as the model reads it: every hit's text and category leaf, in page order
+    assert context.texts[0].startswith("Blue Velvet Sofa") and "brand Acme" in context.texts[2]
+    assert context.texts[1].startswith("Sofa Bed")
+    assert context.categories == ("Home > Sofas", "Home > Sofas", "Tables", "Home > Sofas")
+    assert sorted(index for _, index in refs) == [0, 1, 2, 3]
+    on_page = [r for k, r in ports.rows.items() if k.startswith("ubi:q1")]
+    assert len(on_page) == 4
+    assert {(r.model_version, r.threshold) for r in on_page} == {("fake-page-1", 0.3)}
+    assert [r.offset for r in ports.acked] == [0, 1, 2]
+
+
+def test_the_page_tier_judges_a_page_by_its_hits_known_in_full_whenever_they_were_known():
+    """The page is the same when the catalogue learns a product late: a replay agrees."""
+
+    def scored(late_catalog: bool) -> list[tuple[tuple[str, ...], int]]:
+        clock = Clock()
+        products = [
+            CatalogProduct(product_id=k, title=v, category="Sofas") for k, v in PRODUCTS.items()
+        ]
+        catalog = Catalog(products[:2] if late_catalog else products)
+        proc, ports, _ = make(catalog=catalog, clock=clock, page_tier=True)
+        run(proc.process([record(page("q1", ["p1", "p2", "p3", "p4", "gone"]), 0)]))
+        for product in products[2:]:
+            catalog.put(product)
+        clock.t += 10  # past the wait: "gone" is refused, the rest is scored
+        run(proc.retry_pending())
+        (letter,) = ports.dead_letters
+        assert "'gone' at position 5" in letter.reason
+        return [(ref[0].texts, ref[1]) for ref in ports.pages_seen if ref is not None]
+
+    on_time, late = scored(False), scored(True)
+    assert len(on_time) == 4 and sorted(on_time) == sorted(late)
 
 
 def test_unknown_hits_dead_letter_the_page_once_with_its_bytes_and_the_rest_is_scored():
