@@ -105,13 +105,14 @@ def rows(settings: Settings):
     client = db.connect(settings)
     try:
         data = client.query(
-            "SELECT impression_id, tier, position_bucket, sample_rate, is_bad, plan_id "
-            "FROM scored_impressions ORDER BY impression_id"
+            "SELECT impression_id, tier, position_bucket, sample_rate, is_bad, plan_id, "
+            "model_version FROM scored_impressions ORDER BY impression_id"
         ).result_rows
+        # a segment has one rate per tier that scored it (page hits, results alone): ORDER BY ALL
         rates = client.query(
-            "SELECT window_start, tier, category, locale, position_bucket, sampled, bad, "
-            "round(weighted_rate, 9), round(ci_low, 9), round(ci_high, 9) FROM bad_case_rates "
-            "ORDER BY window_start, tier, category, locale, position_bucket"
+            "SELECT window_start, tier, category, locale, position_bucket, model_version, "
+            "sampled, bad, round(weighted_rate, 9), round(ci_low, 9), round(ci_high, 9) "
+            "FROM bad_case_rates ORDER BY ALL"
         ).result_rows
     finally:
         client.close()
