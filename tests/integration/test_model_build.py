@@ -13,7 +13,9 @@ import pytest
 
 from relmon.cli import main
 from scoring import ModelCard, Scorer, roc_auc
+from scoring.card import card_markdown, write_card
 from scoring.page import PageRef
+from scoring.scorer import polarise
 from scoring.training.data import esci_split
 from scoring.training.evaluate import pool_pages
 from scoring.training.publish import previous_auc
@@ -58,11 +60,12 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     assert scorer.provider == "CPUExecutionProvider"
     pairs = [(e.query, e.text()) for e in held]
     labels = np.array([e.hard_label for e in held])
-    calibrated = scorer.predict(pairs)
+    raw = Scorer(out).predict(pairs)
+    assert scorer.calibration is not None  # calibrated scores are polarise(raw): one inference
+    calibrated = polarise(raw, *scorer.calibration)
     assert (calibrated < scorer.operating_threshold).mean() == pytest.approx(
         point["true_bad_share"], abs=0.01
     )
-    raw = Scorer(out).predict(pairs)
     assert roc_auc(labels, raw) == pytest.approx(roc_auc(labels, calibrated), abs=1e-3)
 
     # The cosine tier (results that arrive alone): calibrated on training-fold pairs, figures
@@ -114,3 +117,17 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     previous = previous_auc(out, held, scorer.variant, 64)
     assert previous is not None and previous.model_version.startswith(version)
     assert previous.auc == pytest.approx(heldout[f"auc_{scorer.variant}"], abs=1e-9)
+
+
+def test_the_published_card_round_trips_and_renders_the_same_markdown(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    raw = json.loads((model_dir / "card.json").read_text())
+    card = ModelCard.load(model_dir)
+    assert card.to_json() == raw
+    assert json.dumps(card.to_json(), sort_keys=True) == json.dumps(raw, sort_keys=True)
+    assert card_markdown(card) == (model_dir / "card.md").read_text()
+    assert card.tier("cosine").model_version.startswith("minilm-cos-")
+    assert card.tier("page").model_version.startswith("minilm-page-")
+    write_card(tmp_path, raw)  # the CLI's path: a card read as plain JSON
+    assert json.loads((tmp_path / "card.json").read_text()) == raw
