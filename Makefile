@@ -22,8 +22,8 @@ lint: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The model build runs beside the unit tier when the model is missing (scripts/test.sh).
-test: lint
+# Lint and every test; a missing model is built beside lint and the unit tier (scripts/test.sh).
+test: bootstrap
 	bash scripts/test.sh $(ARGS)
 
 # The unit tier only, without the slow tests (no servers, no model build).

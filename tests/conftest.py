@@ -192,3 +192,10 @@ def dashboard_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 
     yield render
     get_settings.cache_clear()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use the built model, so `make test` can run the rest during its build."""
+    for item in items:
+        if "model_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_model)
