@@ -462,14 +462,12 @@ class Scorer:
         """The page tier's P(good) of results with their pages (each page's features once)."""
         assert self.page is not None
         features = np.empty((len(queries), len(FEATURES)))
-        done: dict[tuple[int, str], np.ndarray] = {}
-        pages: dict[int, PageContext] = {}  # keeps each page alive while its id is a key
+        done: dict[tuple[int, str], np.ndarray] = {}  # ``refs`` keeps each keyed page alive
         for n, (query, ref) in enumerate(zip(queries, refs, strict=True)):
             assert ref is not None
             page, index = ref
             key = (id(page), query)
             if key not in done:
-                pages[id(page)] = page
                 done[key] = self.page_features(query, page, batch_size)
             features[n] = done[key][index]
         return self.page.model.p_good(features).astype(np.float32)
