@@ -92,6 +92,10 @@ class EsciCatalog(SyntheticCatalog):
         queries.sort(key=lambda q: q.query_id)
         return cls(products, queries, seed, judged)
 
+    def judgments(self, query: Query) -> list[tuple[str, str]]:
+        """The query's judged results: (product id, human grade E/S/C/I), in the data's order."""
+        return list(self._judged.get(query.text, ()))
+
     def grade(self, query: Query, product_id: str) -> str | None:
         """The human grade of (query, product), if judged."""
         return dict(self._judged.get(query.text, ())).get(product_id)

@@ -13,7 +13,7 @@ mostly share a word with their query (they were retrieved by it), so the rule mi
 pairs and flags good ones that merely use other words: its raw rate is biased, and the test
 checks that it is.
 
-The review requests are the worker's probability sample (as ``ImpressionProcessor._review``
+The review requests are the worker's probability sample (as ``streams.route.Routing.review``
 builds them, without an uncertain band): every flagged row with review weight 1 and an audit
 share of the rest (by the worker's hash of the impression id) with review weight 1 / share.
 They go through the real broker to the real :class:`~relmon.teacher.TeacherConsumer`, whose
