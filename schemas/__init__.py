@@ -1,5 +1,6 @@
 """relmon's record contracts (Kafka JSON), UBI input decoding and ClickHouse migrations."""
 
+from schemas.alert import AlertRecord
 from schemas.models import (
     CatalogProduct,
     DeadLetter,
@@ -10,6 +11,7 @@ from schemas.models import (
 from schemas.ubi import InputRecord, UbiImpression, UbiOtherEvent, UbiQuery, decode_record
 
 __all__ = [
+    "AlertRecord",
     "CatalogProduct",
     "DeadLetter",
     "Impression",

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.alert import AlertRecord
 from schemas.models import CatalogProduct, DeadLetter, Impression, ReviewRequest, ScoredImpression
 from schemas.verdict import Verdict
 
@@ -23,6 +24,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "dead_letter": DeadLetter,
     "catalog_product": CatalogProduct,
     "verdict": Verdict,
+    "alert": AlertRecord,
 }
 
 

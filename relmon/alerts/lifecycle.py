@@ -15,29 +15,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from relmon.alerts.detect import Segment, SegmentTest
 from relmon.stats import RateEstimate
+from schemas.alert import (
+    AlertEventKind,
+    AlertExample,
+    AlertRecord,
+    AlertStatus,
+    RateRecord,
+    TopQuery,
+)
 
-__all__ = ["Alert", "AlertBook", "AlertEvent", "rate_dict"]
-
-Status = Literal["firing", "resolved"]
+__all__ = ["Alert", "AlertBook", "AlertEvent", "rate_record"]
 
 
-def rate_dict(est: RateEstimate) -> dict[str, float]:
-    """A rate estimate as plain JSON numbers."""
-    return {
-        "rate": round(est.rate, 6) if est.rate == est.rate else float("nan"),
-        "ci_low": round(est.ci_low, 6),
-        "ci_high": round(est.ci_high, 6),
-        "sampled": est.sampled,
-        "bad": est.bad,
-        "n_eff": round(est.n_eff, 3),
-    }
+def _rounded(x: float, digits: int) -> float | None:
+    """``x`` rounded, or None (published as null) when it is NaN or infinite."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def rate_record(est: RateEstimate) -> RateRecord:
+    """A rate estimate as published: rounded, and a NaN rate (no sample) as null."""
+    return RateRecord(
+        rate=_rounded(est.rate, 6),
+        ci_low=round(est.ci_low, 6),
+        ci_high=round(est.ci_high, 6),
+        sampled=est.sampled,
+        bad=est.bad,
+        n_eff=round(est.n_eff, 3),
+    )
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ class Alert:
     """One alert: a segment whose bad-case rate rose above its baseline."""
 
     alert_id: str
-    status: Status
+    status: AlertStatus
     dimension: str
     value: str
     started_at: datetime
@@ -77,38 +89,48 @@ class Alert:
             f" vs baseline {b.rate:.1%} (95% {b.ci_low:.1%}-{b.ci_high:.1%}, n={b.sampled})"
         )
 
+    def to_record(self, event: AlertEventKind) -> AlertRecord:
+        """The published record of this alert for an ``event`` (the ``relmon.alerts`` value)."""
+        return AlertRecord(
+            event=event,
+            alert_id=self.alert_id,
+            status=self.status,
+            dimension=self.dimension,  # type: ignore[arg-type]  # a str, checked by the record
+            value=self.value,
+            started_at=self.started_at,
+            last_window=self.last_window,
+            resolved_at=self.resolved_at,
+            window_s=self.window_s,
+            observed=rate_record(self.observed),
+            baseline=rate_record(self.baseline),
+            peak_rate=_rounded(self.peak_rate, 6),
+            z=_rounded(self.z, 3),
+            p_value=self.p_value,
+            detectors=list(self.detectors),
+            top_queries=[TopQuery.model_validate(q) for q in self.top_queries],
+            examples=[AlertExample.model_validate(e) for e in self.examples],
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the payload of every sink)."""
-        return {
-            "alert_id": self.alert_id,
-            "status": self.status,
-            "dimension": self.dimension,
-            "value": self.value,
-            "started_at": self.started_at.isoformat(),
-            "last_window": self.last_window.isoformat(),
-            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
-            "window_s": self.window_s,
-            "observed": rate_dict(self.observed),
-            "baseline": rate_dict(self.baseline),
-            "peak_rate": round(self.peak_rate, 6),
-            "z": round(self.z, 3) if self.z == self.z else None,
-            "p_value": self.p_value,
-            "detectors": list(self.detectors),
-            "top_queries": list(self.top_queries),
-            "examples": list(self.examples),
-        }
+        """The record's JSON fields but ``event`` (the sinks add the event kind)."""
+        event: AlertEventKind = "resolved" if self.status == "resolved" else "updated"
+        return self.to_record(event).model_dump(mode="json", exclude={"event"})
 
     def to_json(self) -> bytes:
-        """The dict as JSON bytes."""
-        return json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """:meth:`to_dict` as JSON bytes (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False).encode()
 
 
 @dataclass(frozen=True)
 class AlertEvent:
     """A change worth telling the sinks: ``fired`` or ``resolved`` (``updated`` is stored only)."""
 
-    kind: Literal["fired", "updated", "resolved"]
+    kind: AlertEventKind
     alert: Alert
+
+    def to_record(self) -> AlertRecord:
+        """The published record of this event."""
+        return self.alert.to_record(self.kind)
 
 
 def _alert_id(segment: Segment, start: datetime) -> str:

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -6,9 +7,13 @@ import jsonschema
 import pytest
 
 import schemas
+from relmon.alerts.detect import SEGMENT_DIMENSIONS
+from relmon.alerts.lifecycle import Alert, AlertEvent
 from relmon.errors import DecodeError
+from relmon.stats import RateEstimate
 from relmon.teacher.verdict import Verdict
-from schemas import Impression, UbiImpression, UbiOtherEvent, UbiQuery, decode_record
+from schemas import AlertRecord, Impression, UbiImpression, UbiOtherEvent, UbiQuery, decode_record
+from schemas.alert import AlertDimension
 from schemas.jsonschema import SHIPPED_DIR, generate, render
 from schemas.models import CatalogProduct, DeadLetter, ScoredImpression
 from streams.route import review_request
@@ -53,6 +58,7 @@ def ubi_impression(**over):
 def test_exported_names():
     assert sorted(schemas.__all__) == sorted(
         [
+            "AlertRecord",
             "CatalogProduct",
             "DeadLetter",
             "Impression",
@@ -476,3 +482,127 @@ def test_default_dead_letter_limit_keeps_letters_under_a_megabyte():
         kind="malformed", reason="r", topic="t", partition=0, offset=0, value=b"x" * 1_000_000
     )
     assert letter.truncated and len(letter.to_bytes()) <= 512 * 1024
+
+
+# --- issue 13: the alert record on relmon.alerts --------------------------------------------------
+
+ALERT_SCHEMA = json.loads((SHIPPED_DIR / "alert.schema.json").read_text())
+NO_SAMPLE = RateEstimate.from_sums(0, 0, 0.0, 0.0, 0.0)
+
+
+def an_alert(**over):
+    start = datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
+    alert = Alert(
+        alert_id="a-0123456789abcdef",
+        status="firing",
+        dimension="category",
+        value="Area Rugs",
+        started_at=start,
+        last_window=start,
+        window_s=300,
+        observed=RateEstimate.from_sums(60, 30, 60.0, 30.0, 60.0),
+        baseline=RateEstimate(2000, 400, 0.2, 1800.0, 0.18, 0.22),
+        peak_rate=0.5,
+        z=6.0123456,
+        p_value=1e-9,
+        detectors=("z-test-2w", "cusum"),
+        top_queries=({"query": "wool rug", "sampled": 60, "bad": 30, "rate": 0.5},),
+        examples=(
+            {
+                "query": "wool rug",
+                "title": "Jute Doormat",
+                "category": "Area Rugs",
+                "position": 2,
+                "score": 0.1234,
+                "threshold": 0.5,
+                "model_version": "m1",
+            },
+        ),
+    )
+    return replace(alert, **over)
+
+
+def published(event):
+    """The bytes the Kafka sink sends, parsed strictly: NaN or Infinity would raise."""
+    raw = event.to_record().to_bytes()
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+def test_published_alert_records_validate_against_the_shipped_schema():
+    fired = published(AlertEvent("fired", an_alert()))
+    jsonschema.validate(fired, ALERT_SCHEMA)
+    assert fired["schema_version"] == 1 and fired["event"] == "fired"
+    # the formats consumers have read from the start: isoformat times, rounded numbers, lists
+    assert fired["started_at"] == "2026-01-01T10:05:00+00:00" and fired["resolved_at"] is None
+    assert fired["observed"] == {
+        "rate": 0.5,
+        "ci_low": 0.37735,
+        "ci_high": 0.62265,
+        "sampled": 60,
+        "bad": 30,
+        "n_eff": 60.0,
+    }
+    assert fired["z"] == 6.012 and fired["p_value"] == 1e-9
+    assert fired["detectors"] == ["z-test-2w", "cusum"]
+    assert fired["top_queries"][0]["query"] == "wool rug"
+    assert fired["examples"][0]["title"] == "Jute Doormat"
+    assert datetime.fromisoformat(fired["last_window"]) == datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
+
+    # a resolved alert whose last window had no sample: NaN rate, NaN z and peak -> null
+    end = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    resolved = published(
+        AlertEvent(
+            "resolved",
+            an_alert(
+                status="resolved",
+                resolved_at=end,
+                observed=NO_SAMPLE,
+                peak_rate=float("nan"),
+                z=float("inf"),
+                top_queries=(),
+                examples=(),
+            ),
+        )
+    )
+    jsonschema.validate(resolved, ALERT_SCHEMA)
+    assert resolved["event"] == "resolved" and resolved["status"] == "resolved"
+    assert resolved["resolved_at"] == "2026-01-01T11:00:00+00:00"
+    assert resolved["observed"]["rate"] is None and resolved["observed"]["sampled"] == 0
+    assert resolved["peak_rate"] is None and resolved["z"] is None
+    assert resolved["top_queries"] == [] and resolved["examples"] == []
+
+
+def test_alert_record_round_trips_and_the_schema_refuses_what_it_should():
+    gone = an_alert(
+        status="resolved", resolved_at=datetime(2026, 1, 1, 11, tzinfo=UTC), observed=NO_SAMPLE
+    )
+    record = AlertEvent("resolved", gone).to_record()
+    assert AlertRecord.model_validate_json(record.to_bytes()) == record
+    good = json.loads(record.to_bytes())
+    for bad in (
+        {**good, "event": "opened"},
+        {**good, "dimension": "brand"},
+        {**good, "observed": {**good["observed"], "rate": "NaN"}},
+        {**good, "observed": {**good["observed"], "rate": 1.5}},
+        {**good, "surprise": 1},
+        {k: v for k, v in good.items() if k != "alert_id"},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, ALERT_SCHEMA)
+
+
+def test_alert_to_dict_is_the_record_without_its_event():
+    alert = an_alert(observed=NO_SAMPLE)
+    record = json.loads(alert.to_record("fired").to_bytes())
+    assert {"event": "fired", **alert.to_dict()} == record
+    assert json.loads(alert.to_json()) == alert.to_dict()
+
+
+def test_alert_dimensions_are_the_detectors_segments():
+    from typing import get_args
+
+    assert set(get_args(AlertDimension)) == {"overall", *SEGMENT_DIMENSIONS}
