@@ -28,7 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relmon.alerts import AlertBook, Detector, DetectorConfig, Sums, window_sums
+from relmon.alerts import AlertBook, Detector, Sums, window_sums
+from relmon.settings import DetectorConfig
 from relmon.sim.alerts import simulate_rows
 from relmon.sim.scenario import Scenario, Shift
 

@@ -117,12 +117,12 @@ def main() -> None:
     )
     for key, value in {
         "RELMON_HOME": str(home),
-        "RELMON_CLICKHOUSE_PORT": str(settings.clickhouse_port),
+        "RELMON_CLICKHOUSE_PORT": str(settings.clickhouse.port),
         "RELMON_CLICKHOUSE_DATABASE": "week",
-        "RELMON_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "RELMON_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
     }.items():
         os.environ[key] = value
-    port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+    port = int(settings.kafka.bootstrap.rsplit(":", 1)[1])
     with store_process(settings), broker_process(settings, port):
         ensure_topics(settings)
         db.migrate(settings)

@@ -13,8 +13,8 @@ import argparse
 import json
 import time
 
+from relmon.settings import SamplingRates
 from relmon.sim.validation import simulate
-from streams.sampling import SamplingRates
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
         minutes=args.minutes,
         pages_per_minute=args.pages_per_minute,
         seed=args.seed,
-        rates=SamplingRates(uniform=budget),
+        rates=SamplingRates.uniform_at(budget),
     )
     print(
         f"{strat.impressions} impressions over {args.minutes} simulated minutes; "

@@ -156,7 +156,7 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
             client.close()
         reviews = [
             ReviewRequest.model_validate_json(v)
-            for _, v in read_topic(s, s.topic_review, idle_s=3.0)
+            for _, v in read_topic(s, s.topics.review, idle_s=3.0)
             if v is not None
         ]
         return {"rows": rows, "reviews": reviews}

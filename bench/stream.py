@@ -103,8 +103,8 @@ def run_plain(settings: Settings, expect: int, timeout_s: float) -> dict[str, fl
         sys.executable,
         __file__,
         "--plain-agent",
-        ",".join(settings.kafka_servers),
-        settings.topic_impressions,
+        ",".join(settings.kafka.servers),
+        settings.topics.impressions,
         "plain-faust",
         str(expect),
         str(out),
@@ -148,7 +148,7 @@ def run_worker(settings: Settings, expect: tuple[int, int], timeout_s: float) ->
 
     ``expect``: the topic's records and impressions.
     """
-    proc = worker_process(settings, f"worker-{settings.consumer_group}").start()
+    proc = worker_process(settings, f"worker-{settings.kafka.consumer_group}").start()
     try:
         deadline = time.monotonic() + timeout_s
         first: tuple[float, dict[str, float]] | None = None
@@ -193,7 +193,7 @@ def paced(
     try:
         while not stop.is_set() and time.monotonic() - start < seconds:
             for key, value in gen.page(datetime.now(UTC)):
-                prod.send(settings.topic_impressions, key=key, value=value)
+                prod.send(settings.topics.impressions, key=key, value=value)
             pages += 1
             ahead = gen.counts["impressions"] / impressions_per_s - (time.monotonic() - start)
             if ahead > 0:
@@ -208,7 +208,7 @@ def run_lag(
     settings: Settings, gen: TrafficGenerator, sampled_share: float, seconds: float
 ) -> dict[str, Any]:
     """Feed the default worker at 3x its scorer's capacity of input; is the lag bounded?"""
-    proc = worker_process(settings, f"worker-{settings.consumer_group}").start()
+    proc = worker_process(settings, f"worker-{settings.kafka.consumer_group}").start()
     stop = threading.Event()
     try:
         wait_until(
@@ -256,7 +256,7 @@ def run_latency(
     seconds: float,
 ) -> dict[str, Any]:
     """Feed the default worker at ``impressions_per_s``; impression-to-ClickHouse latency."""
-    proc = worker_process(settings, f"worker-{settings.consumer_group}").start()
+    proc = worker_process(settings, f"worker-{settings.kafka.consumer_group}").start()
     stop = threading.Event()
     try:
         wait_until(
@@ -316,7 +316,7 @@ def prefill(settings: Settings, gen: TrafficGenerator, pages: int) -> tuple[int,
     records = 0
     for i in range(pages):
         for key, value in gen.page(start + timedelta(seconds=600 * i / pages)):
-            prod.send(settings.topic_impressions, key=key, value=value)
+            prod.send(settings.topics.impressions, key=key, value=value)
             records += 1
     prod.flush(120)
     prod.close()

@@ -149,9 +149,9 @@ def render() -> None:
         "several records."
     )
     try:
-        frame = consumer_lag(s.kafka_bootstrap, s.topic_impressions, s.consumer_group)
+        frame = consumer_lag(s.kafka.bootstrap, s.topics.impressions, s.kafka.consumer_group)
     except Exception as exc:  # the page must render even when Kafka is down
-        st.warning(f"cannot read consumer lag from Kafka at {s.kafka_bootstrap}: {exc}")
+        st.warning(f"cannot read consumer lag from Kafka at {s.kafka.bootstrap}: {exc}")
         return
     st.metric("total lag (records)", f"{int(frame['lag'].sum()) if not frame.empty else 0:,}")
     st.dataframe(frame, hide_index=True, width="stretch")

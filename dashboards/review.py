@@ -84,10 +84,10 @@ def _publish(verdict: Verdict) -> str | None:
     settings = get_settings()
     try:
         _labels_producer().send(
-            settings.topic_labels, key=verdict.impression_id.encode(), value=verdict.to_bytes()
+            settings.topics.labels, key=verdict.impression_id.encode(), value=verdict.to_bytes()
         ).get(10)
     except (KafkaError, RelmonError) as exc:
-        return f"grade stored, but not sent to {settings.topic_labels}: {exc}"
+        return f"grade stored, but not sent to {settings.topics.labels}: {exc}"
     return None
 
 

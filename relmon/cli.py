@@ -12,7 +12,7 @@ from typing import Any
 
 from relmon.errors import ConfigError, RelmonError
 from relmon.runtime import ManagedProcess
-from relmon.settings import Settings, get_settings
+from relmon.settings import Settings, get_settings, reference
 
 log = logging.getLogger("relmon")
 
@@ -30,7 +30,7 @@ def _foreground(proc: ManagedProcess, banner: str) -> int:
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.kafka import broker_process
 
-    port = args.port if args.port is not None else settings.broker_port
+    port = args.port if args.port is not None else settings.kafka.broker_port
     return _foreground(
         broker_process(settings, port), f"tansu broker on {settings.bind_host}:{port}"
     )
@@ -39,9 +39,9 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_store(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.store import serve
 
-    port = args.port if args.port is not None else settings.clickhouse_port
+    port = args.port if args.port is not None else settings.clickhouse.port
     data_dir = Path(args.dir) if args.dir else settings.store_path
-    password = settings.clickhouse_password.get_secret_value() or None
+    password = settings.clickhouse.password.get_secret_value() or None
     serve(data_dir, settings.bind_host, port, password=password)
     return 0
 
@@ -50,14 +50,14 @@ def _load_scorer(settings: Settings) -> object:
     from scoring import Scorer
 
     return Scorer(
-        settings.model_dir,
-        provider=settings.provider,
-        variant=settings.model_variant,
-        intra_op_threads=settings.intra_op_threads,
-        max_length=settings.max_length,
-        cache_size=settings.score_cache_size,
-        calibration=settings.calibration,
-        tier=settings.scorer_tier,
+        settings.scorer.model_dir,
+        provider=settings.scorer.provider,
+        variant=settings.scorer.variant,
+        intra_op_threads=settings.scorer.intra_op_threads,
+        max_length=settings.scorer.max_length,
+        cache_size=settings.scorer.cache_size,
+        calibration=settings.scorer.calibration,
+        tier=settings.scorer.tier,
     )
 
 
@@ -70,7 +70,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         getattr(scorer, "model_version", "?"),
         getattr(scorer, "provider", "?"),
     )
-    if not settings.alerts_in_worker:
+    if not settings.alerts.in_worker:
         RelmonWorker(settings, scorer).run()  # type: ignore[arg-type]
         return 0
     # RELMON_ALERTS_IN_WORKER: the leader-elected alert runner in a thread beside the worker,
@@ -137,6 +137,12 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     return _foreground(dashboard_process(settings, port), f"dashboard on {url}")
 
 
+def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the Markdown reference of the settings (the README's "Configuration" tables)."""
+    print(reference())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from relmon.demo import DemoOptions, run_demo
     from relmon.sim.scenario import Scenario
@@ -172,12 +178,12 @@ def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             runner.close()
         for event in events:
-            print(json.dumps({"event": event.kind, **event.alert.to_dict()}, default=str))
+            print(event.to_record().to_bytes().decode())
         return 0
     runner = AlertRunner(settings, leader=KafkaLeader(settings))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"alert runner (leader election on topic {settings.topic_alerts}.leader)")
+    print(f"alert runner (leader election on topic {settings.topics.alerts}.leader)")
     try:
         runner.run(stop)
     except KeyboardInterrupt:
@@ -212,7 +218,7 @@ def _default_schema_dir() -> Path:
 def _cmd_model_build(args: argparse.Namespace, settings: Settings) -> int:
     from scoring.training import build_model
 
-    out = Path(args.out) if args.out else settings.model_dir
+    out = Path(args.out) if args.out else settings.scorer.model_dir
     kwargs: dict[str, Any] = {"seed": args.seed, "force": args.force}
     if args.train_pairs is not None:
         kwargs["train_pairs"] = args.train_pairs
@@ -242,7 +248,7 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     from scoring.metrics import evaluate_model
     from scoring.scorer import operating_threshold
 
-    model_dir = Path(args.model_dir) if args.model_dir else settings.model_dir
+    model_dir = Path(args.model_dir) if args.model_dir else settings.scorer.model_dir
     if args.data and not Path(args.data).exists():  # say which flag it was
         raise ConfigError(f"--data {args.data}: no such file or directory")
     examples = (
@@ -255,12 +261,12 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
         model_dir,
         as_triples(examples),
         threshold=(  # evaluate_model compares raw scores: the raw operating point
-            settings.bad_threshold
-            if settings.bad_threshold is not None
+            settings.routing.bad_threshold
+            if settings.routing.bad_threshold is not None
             else operating_threshold(card)
         ),
         grades=[e.grade for e in examples],
-        max_length=settings.max_length,
+        max_length=settings.scorer.max_length,
     )
     report["data"] = str(Path(args.data).resolve()) if args.data else "held-out (model card)"
     out = Path(args.card_out) if args.card_out else model_dir
@@ -334,7 +340,7 @@ def _cmd_teacher(args: argparse.Namespace, settings: Settings) -> int:
             "review queue for people (dashboard)"
         )
     else:
-        log.info("teacher %s at %s", settings.teacher_model, settings.teacher_base_url)
+        log.info("teacher %s at %s", settings.teacher.model, settings.teacher.base_url)
     consumer = TeacherConsumer(settings, judge, client=client)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())  # finish the batch, then stop
     try:
@@ -475,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="create the ClickHouse database and tables")
     p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("settings", help="print the reference of every RELMON_* setting")
+    p.set_defaults(func=_cmd_settings)
 
     p = sub.add_parser("doctor", help="show onnxruntime providers and the one really used")
     p.set_defaults(func=_cmd_doctor)

@@ -39,19 +39,19 @@ def connect(settings: Settings, *, database: str | None = None, **kwargs: Any) -
     """
     try:
         return clickhouse_connect.get_client(
-            host=settings.clickhouse_host,
-            port=settings.clickhouse_port,
-            username=settings.clickhouse_user,
+            host=settings.clickhouse.host,
+            port=settings.clickhouse.port,
+            username=settings.clickhouse.user,
             password=settings.clickhouse_password_value(),
-            database=database if database is not None else settings.clickhouse_database,
-            secure=settings.clickhouse_secure,
+            database=database if database is not None else settings.clickhouse.database,
+            secure=settings.clickhouse.secure,
             compress=False,
             autogenerate_session_id=False,
             **kwargs,
         )
     except (ClickHouseError, OSError) as exc:
         raise StoreUnavailable(
-            f"cannot reach ClickHouse at {settings.clickhouse_host}:{settings.clickhouse_port}: "
+            f"cannot reach ClickHouse at {settings.clickhouse.host}:{settings.clickhouse.port}: "
             f"{exc}. Start the local store with `relmon store` or set RELMON_CLICKHOUSE_HOST/PORT."
         ) from exc
 
@@ -91,7 +91,7 @@ def migrations() -> list[tuple[int, str, list[str]]]:
 
 def migrate(settings: Settings) -> list[str]:
     """Create the database and apply pending migrations, idempotently; return the applied ones."""
-    database = settings.clickhouse_database
+    database = settings.clickhouse.database
     if not _IDENT.match(database):
         raise ServiceError(f"invalid database name {database!r}")
     admin = connect(settings, database="default")

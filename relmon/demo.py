@@ -69,7 +69,7 @@ def _http_ok(url: str) -> bool:
 
 def store_process(settings: Settings) -> ManagedProcess:
     """The local ClickHouse store as a child process (not started yet)."""
-    host, port = settings.clickhouse_host, settings.clickhouse_port
+    host, port = settings.clickhouse.host, settings.clickhouse.port
     return ManagedProcess(
         "store",
         relmon_argv("store"),
@@ -155,13 +155,7 @@ def scratch_servers(prefix: str, model_dir: Path, *, keep: bool = False) -> Iter
 
 def env_of(settings: Settings) -> dict[str, str]:
     """Environment that gives a child process the same settings as ``settings``."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"RELMON_{name.upper()}"] = str(raw)
-    return env
+    return settings.to_env()
 
 
 def worker_totals(settings: Settings) -> dict[str, int]:
@@ -180,29 +174,29 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     host = settings.bind_host
     shutil.rmtree(home / "run", ignore_errors=True)
     settings = settings.with_overrides(
-        kafka_bootstrap=f"{host}:{_port(settings.broker_port, host)}",
+        kafka_bootstrap=f"{host}:{_port(settings.kafka.broker_port, host)}",
         clickhouse_host=host,
-        clickhouse_port=_port(settings.clickhouse_port, host),
-        alerts_in_worker=settings.alerts_in_worker or options.alerts,
+        clickhouse_port=_port(settings.clickhouse.port, host),
+        alerts_in_worker=settings.alerts.in_worker or options.alerts,
     )
-    broker_port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+    broker_port = int(settings.kafka.bootstrap.rsplit(":", 1)[1])
     from relmon.kafka import broker_process
 
     started: list[ManagedProcess] = []
     try:
         started.append(store_process(settings).start())
         _say(
-            f"store   ClickHouse HTTP on {host}:{settings.clickhouse_port} ({settings.store_path})"
+            f"store   ClickHouse HTTP on {host}:{settings.clickhouse.port} ({settings.store_path})"
         )
         started.append(broker_process(settings, broker_port).start())
-        _say(f"broker  tansu Kafka on {settings.kafka_bootstrap}")
+        _say(f"broker  tansu Kafka on {settings.kafka.bootstrap}")
         ensure_topics(settings)
         db.migrate(settings)
         worker = worker_process(settings).start()
         started.append(worker)
         alerting = (
-            f"; alert runner on {settings.alert_window_s} s windows"
-            if settings.alerts_in_worker
+            f"; alert runner on {settings.alerts.window_s} s windows"
+            if settings.alerts.in_worker
             else ""
         )
         _say(f"worker  pid {worker.pid} (log {worker.log_path}){alerting}")

@@ -78,7 +78,7 @@ def broker_process(settings: Settings, port: int) -> ManagedProcess:
 
 def _client_kwargs(settings: Settings) -> dict[str, object]:
     return {
-        "bootstrap_servers": settings.kafka_servers,
+        "bootstrap_servers": settings.kafka.servers,
         "client_id": "relmon",
         "request_timeout_ms": 15000,
     }
@@ -105,13 +105,13 @@ def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(name, settings.topic_partitions, 1, topic_configs=configs)
+            NewTopic(name, settings.topics.partitions, 1, topic_configs=configs)
             for name, configs in (
-                (settings.topic_impressions, {}),
-                (settings.topic_catalog, {"cleanup.policy": "compact"}),
-                (settings.topic_review, {}),
-                (settings.topic_dlq, {}),
-                (settings.topic_labels, {}),
+                (settings.topics.impressions, {}),
+                (settings.topics.catalog, {"cleanup.policy": "compact"}),
+                (settings.topics.review, {}),
+                (settings.topics.dlq, {}),
+                (settings.topics.labels, {}),
             )
             if name not in existing
         ]
@@ -128,7 +128,7 @@ def _admin(settings: Settings) -> KafkaAdminClient:
         return KafkaAdminClient(**_client_kwargs(settings))
     except KafkaError as exc:
         raise ServiceError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}. Start the local broker "
+            f"cannot reach Kafka at {settings.kafka.bootstrap}: {exc}. Start the local broker "
             "with `relmon broker` or set RELMON_KAFKA_BOOTSTRAP."
         ) from exc
 
@@ -140,7 +140,7 @@ def producer(settings: Settings, **overrides: object) -> KafkaProducer:
     try:
         return KafkaProducer(**kwargs)
     except KafkaError as exc:
-        raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise ServiceError(f"cannot reach Kafka at {settings.kafka.bootstrap}: {exc}") from exc
 
 
 def read_topic(
@@ -200,7 +200,7 @@ def librdkafka_config(
     go in as ``**{"enable.idempotence": True}``.
     """
     config: dict[str, object] = {
-        "bootstrap.servers": ",".join(settings.kafka_servers),
+        "bootstrap.servers": ",".join(settings.kafka.servers),
         "client.id": "relmon",
     }
     if group is not None:
@@ -208,8 +208,8 @@ def librdkafka_config(
             {
                 "group.id": group,
                 "auto.offset.reset": "earliest",
-                "session.timeout.ms": int(settings.session_timeout_s * 1000),
-                "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+                "session.timeout.ms": int(settings.kafka.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(settings.kafka.heartbeat_interval_s * 1000),
             }
         )
     config.update(overrides)

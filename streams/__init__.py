@@ -10,12 +10,12 @@ one.
 from streams.catalog import Catalog, CatalogFollower
 from streams.enrich import EventTimeWindow, impression_text
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
+from streams.plans import Planner
 from streams.ports import Ports
 from streams.processor import ImpressionProcessor
 from streams.records import RawRecord, dead_letter
 from streams.route import Routing, review_request
-from streams.sampling import QuerySampler, SamplingRates
+from streams.sampling import QuerySampler
 
 __all__ = [
     "Catalog",
@@ -24,12 +24,10 @@ __all__ = [
     "ImpressionProcessor",
     "Metrics",
     "Planner",
-    "PlannerConfig",
     "Ports",
     "QuerySampler",
     "RawRecord",
     "Routing",
-    "SamplingRates",
     "dead_letter",
     "impression_text",
     "review_request",

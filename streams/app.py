@@ -34,50 +34,19 @@ from relmon.kafka import ensure_topics, producer
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
 from scoring.page import PageRef
-from streams.budget import BudgetConfig, BudgetController
+from streams.budget import BudgetController
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.enrich import EventTimeWindow
 from streams.metrics import Metrics, RecentRate
-from streams.plans import Planner, PlannerConfig
+from streams.plans import Planner
 from streams.processor import ImpressionProcessor
 from streams.prometheus import CachedLag, LatencyHistogram, MetricsServer, exposition
 from streams.records import RawRecord, dead_letter
 from streams.route import Routing
-from streams.sampling import SamplingRates
 from streams.storage import ClickHouseStorePorts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def sampling_rates(s: Settings) -> SamplingRates:
-    """The sampling rates configured in ``s``."""
-    return SamplingRates(
-        head=s.rate_head,
-        torso=s.rate_torso,
-        tail=s.rate_tail,
-        top_positions=s.top_positions,
-        rest_position_factor=s.rest_position_factor,
-        min_prob=s.min_inclusion_prob,
-        uniform=s.sample_rate if s.sampling_mode == "uniform" else None,
-    )
-
-
-def planner_config(s: Settings) -> PlannerConfig:
-    """The sampling-plan parameters configured in ``s``."""
-    return PlannerConfig(
-        epoch_s=s.plan_epoch_s,
-        head_share=s.head_share,
-        torso_share=s.torso_share,
-        sketch_capacity=s.sketch_capacity,
-        sketch_decay=s.sketch_decay,
-    )
-
-
-def budget_config(s: Settings) -> BudgetConfig:
-    """The scoring budget configured in ``s`` (``RELMON_SCORING_BUDGET_PPS``)."""
-    mode, pps = s.scoring_budget
-    return BudgetConfig(mode=mode, pairs_per_s=pps, drain_s=s.scoring_budget_drain_s)
 
 
 def measure_capacity(
@@ -115,7 +84,9 @@ class ScorerLike(Protocol):
 
 def metrics_path(settings: Settings, pid: int | None = None) -> Path:
     """Where the worker process ``pid`` (default: this one) publishes its counters."""
-    return settings.home / "run" / f"worker-{settings.consumer_group}-{pid or os.getpid()}.json"
+    return (
+        settings.home / "run" / f"worker-{settings.kafka.consumer_group}-{pid or os.getpid()}.json"
+    )
 
 
 async def send_all(topic: faust.types.TopicT, items: list[tuple[bytes, bytes]]) -> None:
@@ -148,7 +119,7 @@ class _FaustPorts(ClickHouseStorePorts):
         pages: list[PageRef | None] | None = None,
     ) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        scorer, size = self._w.scorer, self._w.settings.batch_size
+        scorer, size = self._w.scorer, self._w.settings.scorer.batch_size
         started = time.perf_counter()
         if pages is None:
             scores = await loop.run_in_executor(
@@ -213,15 +184,17 @@ class RelmonWorker:
         self.metrics.set("model_version", scorer.model_version)
         self.metrics.set("provider", scorer.provider)
         self.score_latency = LatencyHistogram()
-        self.budget = BudgetController(budget_config(settings))
-        self.metrics.set("budget_mode", settings.scoring_budget_pps)
+        self.budget = BudgetController(settings.budget)
+        self.metrics.set("budget_mode", settings.budget.pps)
         self._publish_budget()
         self._rates = {name: RecentRate(60.0) for name in ("impressions", "consumed", "scored")}
         self._next_offset: dict[tuple[str, int], int] = {}
         self.lag = CachedLag(
-            settings.kafka_servers, settings.topic_impressions, settings.consumer_group
+            settings.kafka.servers, settings.topics.impressions, settings.kafka.consumer_group
         )
-        products = load_catalog_file(settings.catalog_file) if settings.catalog_file else []
+        products = (
+            load_catalog_file(settings.ingest.catalog_file) if settings.ingest.catalog_file else []
+        )
         self.catalog = Catalog(products)
         self._client: Client | None = None
         self._dlq_producer: Any = None
@@ -233,36 +206,38 @@ class RelmonWorker:
         self.processor = ImpressionProcessor(
             ports=self.ports,
             catalog=self.catalog,
-            planner=Planner(planner_config(settings), budget=self.budget),
-            rates=sampling_rates(settings),
+            planner=Planner(settings.plans, budget=self.budget),
+            rates=settings.sampling,
             routing=Routing(
                 threshold=(
-                    settings.bad_threshold
-                    if settings.bad_threshold is not None
+                    settings.routing.bad_threshold
+                    if settings.routing.bad_threshold is not None
                     else getattr(scorer, "operating_threshold", 0.5)
                 ),
-                category_thresholds=settings.category_thresholds,
-                uncertain_band=settings.review_uncertain_band,
-                audit_share=settings.review_audit_share,
+                category_thresholds=settings.routing.category_thresholds,
+                uncertain_band=settings.routing.uncertain_band,
+                audit_share=settings.routing.audit_share,
                 page_threshold=(
-                    settings.bad_threshold
-                    if settings.bad_threshold is not None or page is None
+                    settings.routing.bad_threshold
+                    if settings.routing.bad_threshold is not None or page is None
                     else page.operating_threshold
                 ),
             ),
             model_version=scorer.model_version,
             page_model_version=None if page is None else page.model_version,
             metrics=self.metrics,
-            retry_s=settings.unknown_product_retry_s,
-            backoff_max_s=settings.retry_backoff_max_s,
-            ubi_position_base=settings.ubi_position_base,
-            dead_letter_max_bytes=settings.dlq_max_bytes,
-            event_window=EventTimeWindow(settings.max_event_age_s, settings.max_event_future_s),
+            retry_s=settings.ingest.unknown_product_retry_s,
+            backoff_max_s=settings.ingest.retry_backoff_max_s,
+            ubi_position_base=settings.ingest.ubi_position_base,
+            dead_letter_max_bytes=settings.ingest.dlq_max_bytes,
+            event_window=EventTimeWindow(
+                settings.ingest.max_event_age_s, settings.ingest.max_event_future_s
+            ),
         )
         self.follower = CatalogFollower(
             self.catalog,
-            servers=settings.kafka_servers,
-            topic=settings.topic_catalog,
+            servers=settings.kafka.servers,
+            topic=settings.topics.catalog,
             on_invalid=self._catalog_invalid,
             on_update=lambda: self.metrics.set("catalog_products", len(self.catalog)),
         )
@@ -276,32 +251,32 @@ class RelmonWorker:
     def _make_app(self) -> faust.App:
         s = self.settings
         app = faust.App(
-            s.consumer_group,
-            broker=[f"kafka://{server}" for server in s.kafka_servers],
+            s.kafka.consumer_group,
+            broker=[f"kafka://{server}" for server in s.kafka.servers],
             store="memory://",
             autodiscover=False,
-            topic_partitions=s.topic_partitions,
+            topic_partitions=s.topics.partitions,
             topic_disable_leader=True,
             # no tables, so no standbys: with Faust's default of 1 its sticky assignor keeps
             # ceil(partitions / members) on the old members and a joining worker can get none
             # (4 partitions, 3 workers: 2, 2, 0); with 0 (and no changelog tables) the consumer
             # assigns round-robin and every member of the group gets its share (2, 1, 1)
             table_standby_replicas=0,
-            broker_session_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=s.heartbeat_interval_s,
+            broker_session_timeout=s.kafka.session_timeout_s,
+            broker_heartbeat_interval=s.kafka.heartbeat_interval_s,
             broker_commit_interval=1.0,
             consumer_auto_offset_reset="earliest",
             processing_guarantee="at_least_once",
             producer_acks=-1,
             stream_wait_empty=False,
             web_enabled=False,
-            datadir=str(s.home / "faust" / s.consumer_group),
+            datadir=str(s.home / "faust" / s.kafka.consumer_group),
         )
         self.impressions_topic = app.topic(
-            s.topic_impressions, key_serializer="raw", value_serializer="raw"
+            s.topics.impressions, key_serializer="raw", value_serializer="raw"
         )
-        self.review_topic = app.topic(s.topic_review, key_serializer="raw", value_serializer="raw")
-        self.dlq_topic = app.topic(s.topic_dlq, key_serializer="raw", value_serializer="raw")
+        self.review_topic = app.topic(s.topics.review, key_serializer="raw", value_serializer="raw")
+        self.dlq_topic = app.topic(s.topics.dlq, key_serializer="raw", value_serializer="raw")
         app.agent(self.impressions_topic, name="relmon-impressions")(self._agent)
         app.timer(1.0)(self._tick)
         app.task(self._on_start)
@@ -311,7 +286,7 @@ class RelmonWorker:
     async def _agent(self, stream: Any) -> None:
         self.ports.stream = stream
         s = self.settings
-        async for events in stream.noack_take(s.take_max, within=s.take_within_s):
+        async for events in stream.noack_take(s.ingest.take_max, within=s.ingest.take_within_s):
             try:
                 records = [_raw(event) for event in events]
                 self._observe_lag(records)
@@ -343,7 +318,7 @@ class RelmonWorker:
             for tp in consumer.assignment():
                 key = (tp.topic, tp.partition)
                 taken = self._next_offset.get(key, first.get(key))
-                if tp.topic == self.settings.topic_impressions and taken is not None:
+                if tp.topic == self.settings.topics.impressions and taken is not None:
                     lag += max(int(consumer.highwater(tp) or 0) - taken, 0)
         except Exception as exc:  # lag is advice: the batch goes on without it
             log.debug("lag unavailable: %r", exc)
@@ -422,17 +397,17 @@ class RelmonWorker:
             RawRecord(topic, partition, offset, key, value),
             "invalid",
             reason,
-            self.settings.dlq_max_bytes,
+            self.settings.ingest.dlq_max_bytes,
         )
         if self._dlq_producer is None:
             self._dlq_producer = producer(self.settings)
-        self._dlq_producer.send(self.settings.topic_dlq, key=key, value=letter.to_bytes()).get(30)
+        self._dlq_producer.send(self.settings.topics.dlq, key=key, value=letter.to_bytes()).get(30)
         self.metrics.inc("dead_lettered")
         self.metrics.inc("dead_lettered_invalid")
 
     def prepare(self) -> None:
         """Create topics and apply ClickHouse migrations (idempotent)."""
-        (self.settings.home / "faust" / self.settings.consumer_group).mkdir(
+        (self.settings.home / "faust" / self.settings.kafka.consumer_group).mkdir(
             parents=True, exist_ok=True
         )
         ensure_topics(self.settings)
@@ -447,7 +422,9 @@ class RelmonWorker:
         """Run the worker in the foreground until SIGTERM / SIGINT (after :meth:`prepare`)."""
         if self.budget.config.mode == "auto":
             try:
-                capacity = measure_capacity(self.scorer, self.settings.batch_size, self.budget)
+                capacity = measure_capacity(
+                    self.scorer, self.settings.scorer.batch_size, self.budget
+                )
             except Exception as exc:  # a scorer that cannot score: the same loud stop as later
                 log.critical("the worker stops on an unexpected error: %r", exc, exc_info=exc)
                 raise

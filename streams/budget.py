@@ -38,12 +38,11 @@ watched) and ``off`` (always 1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+
+from relmon.settings import BudgetConfig, BudgetMode
 
 __all__ = ["BudgetConfig", "BudgetController", "BudgetMode", "ladder_floor"]
 
-BudgetMode = Literal["auto", "fixed", "off"]
 _STEPS_PER_OCTAVE = 4
 
 
@@ -65,31 +64,6 @@ def _level(k: int) -> float:
 
 def _step(factor: float) -> int:
     return round(-_STEPS_PER_OCTAVE * math.log2(factor))
-
-
-@dataclass(frozen=True)
-class BudgetConfig:
-    """How the budget is set (see the module docstring)."""
-
-    mode: BudgetMode = "off"
-    pairs_per_s: float = 0.0
-    """``fixed`` mode: the pairs/s the scorer may take"""
-    drain_s: float = 30.0
-    """lag is planned to be worked off within this many seconds"""
-    utilisation: float = 0.8
-    """share of the worker's time a lowered factor plans to use (the rest is headroom)"""
-    smoothing_s: float = 20.0
-    min_factor: float = 0.01
-    recover_s: float = 10.0
-    """the factor rises by at most one ladder step per this many seconds"""
-
-    def __post_init__(self) -> None:
-        if self.mode == "fixed" and self.pairs_per_s <= 0:
-            raise ValueError("a fixed scoring budget needs pairs_per_s > 0")
-        if not 0 < self.utilisation <= 1 or not 0 < self.min_factor <= 1:
-            raise ValueError("utilisation and min_factor must be in (0, 1]")
-        if self.drain_s <= 0 or self.smoothing_s <= 0 or self.recover_s < 0:
-            raise ValueError("drain_s and smoothing_s must be > 0, recover_s >= 0")
 
 
 class _Decayed:

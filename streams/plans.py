@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from streams.budget import BudgetConfig, BudgetController
+from relmon.settings import BudgetConfig, PlannerConfig
+from streams.budget import BudgetController
 from streams.sampling import SamplingPlan
 from streams.sketch import SpaceSaving, normalise_query, tiers_from
 
@@ -84,20 +85,6 @@ class PlanStore(Protocol):
         """Store checkpoints."""
 
 
-@dataclass(frozen=True)
-class PlannerConfig:
-    """Tiering, budget and checkpoint parameters."""
-
-    epoch_s: int = 60
-    head_share: float = 0.01
-    torso_share: float = 0.0015
-    sketch_capacity: int = 2000
-    sketch_decay: float = 0.7
-    budget_pps: float = 0.0
-    """a fixed scoring budget when no controller is given (0 = none)"""
-    checkpoint_interval_s: float = 5.0
-
-
 @dataclass
 class _Part:
     sketch: SpaceSaving
@@ -118,19 +105,12 @@ class Planner:
         clock: Callable[[], float] = time.monotonic,
         budget: BudgetController | None = None,
     ) -> None:
-        """``budget``: decides each new plan's budget factor (default: ``config.budget_pps``)."""
+        """``budget``: decides each new plan's budget factor (default: none, factor 1)."""
         self.config = config
         self._clock = clock
         self._plans: dict[PlanKey, SamplingPlan] = {}
         self._parts: dict[Partition, _Part] = {}
-        if budget is None:
-            fixed = config.budget_pps > 0
-            budget = BudgetController(
-                BudgetConfig(mode="fixed", pairs_per_s=config.budget_pps)
-                if fixed
-                else BudgetConfig(mode="off")
-            )
-        self.budget = budget
+        self.budget = budget or BudgetController(BudgetConfig(pps="0"))
 
     def epoch(self, event_time: datetime) -> int:
         """Epoch index of an event time."""

@@ -62,6 +62,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from relmon.errors import BrokerError, DecodeError, MessageRefused, ServiceError, StoreUnavailable
+from relmon.settings import SamplingRates
 from schemas.models import (
     DEAD_LETTER_MAX_BYTES,
     CatalogProduct,
@@ -94,7 +95,7 @@ from streams.plans import Planner, Seen
 from streams.ports import Ports
 from streams.records import RawRecord, dead_letter
 from streams.route import Routing
-from streams.sampling import SamplingRates, unit_hash
+from streams.sampling import unit_hash
 from streams.sketch import Tier
 
 log = logging.getLogger(__name__)
@@ -513,10 +514,8 @@ class ImpressionProcessor:
                 tier = plan.tier(imp.query)
                 draw = unit_hash(imp.query_id)
                 last = (record, imp.query, imp.query_id)
-            category = imp.category or (product.category if product is not None else None)
-            base = self._rates.base_probability(tier, imp.position, category)
-            demand += draw < base
-            p = plan.probability(self._rates, tier, imp.position, category)
+            demand += draw < self._rates.base_probability(tier, imp.position)
+            p = plan.probability(self._rates, tier, imp.position)
             if draw < p:  # streams.sampling.sampled(query_id, p), the hash computed once
                 if product is not None:
                     full = imp.enriched(product)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from relmon.settings import SamplingRates
 from streams.sketch import Tier, normalise_query
 
 _SCALE = float(2**64)
@@ -29,40 +30,6 @@ def unit_hash(key: str) -> float:
     """Map ``key`` to a uniform number in [0, 1) (blake2b, stable across processes)."""
     digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"relmon-sample").digest()
     return int.from_bytes(digest, "big") / _SCALE
-
-
-@dataclass(frozen=True)
-class SamplingRates:
-    """Base inclusion rates per stratum."""
-
-    head: float = 0.05
-    torso: float = 0.25
-    tail: float = 1.0
-    top_positions: int = 3
-    rest_position_factor: float = 0.75
-    category_factor: Mapping[str, float] = field(default_factory=dict)
-    min_prob: float = 0.005
-    uniform: float | None = None
-    """if set, every impression has this probability (uniform sampling)"""
-
-    def tier_rate(self, tier: Tier) -> float:
-        """Base rate of a tier."""
-        return {"head": self.head, "torso": self.torso, "tail": self.tail}[tier]
-
-    def position_bucket(self, position: int) -> str:
-        """``top`` for positions 1..k, else ``rest``."""
-        return "top" if position <= self.top_positions else "rest"
-
-    def base_probability(self, tier: Tier, position: int, category: str | None) -> float:
-        """Inclusion probability before the budget factor."""
-        if self.uniform is not None:
-            return self.uniform
-        p = self.tier_rate(tier)
-        if position > self.top_positions:
-            p *= self.rest_position_factor
-        if category is not None:
-            p *= self.category_factor.get(category, 1.0)
-        return min(1.0, p)
 
 
 @dataclass(frozen=True)
@@ -77,11 +44,9 @@ class SamplingPlan:
         """The tier of a query text under this plan."""
         return self.tiers.get(normalise_query(query), "tail")
 
-    def probability(
-        self, rates: SamplingRates, tier: Tier, position: int, category: str | None
-    ) -> float:
+    def probability(self, rates: SamplingRates, tier: Tier, position: int) -> float:
         """Inclusion probability of an impression in this stratum."""
-        p = rates.base_probability(tier, position, category) * self.budget_factor
+        p = rates.base_probability(tier, position) * self.budget_factor
         return min(1.0, max(rates.min_prob, p))
 
     def to_json(self) -> str:

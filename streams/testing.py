@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 
 from relmon.errors import StoreUnavailable, broker_error
+from relmon.settings import PlannerConfig, SamplingRates
 from schemas.models import DeadLetter, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
 from scoring.page import PageRef
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import MemoryPlanStore, Planner, PlannerConfig
+from streams.plans import MemoryPlanStore, Planner
 from streams.ports import Ports
 from streams.processor import ImpressionProcessor
 from streams.records import RawRecord
 from streams.route import Routing
-from streams.sampling import SamplingRates
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -178,7 +178,7 @@ def memory_processor(
         ports=ports if ports is not None else MemoryPorts(),
         catalog=catalog if catalog is not None else Catalog(),
         planner=planner or Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
-        rates=rates or SamplingRates(uniform=1.0),
+        rates=rates or SamplingRates.uniform_at(1.0),
         routing=routing or Routing(0.5),
         model_version=model_version,
         metrics=metrics if metrics is not None else Metrics(),

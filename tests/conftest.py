@@ -57,7 +57,7 @@ def base_settings(session_home: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def broker(base_settings: Settings) -> Iterator[ManagedProcess]:
-    port = int(base_settings.kafka_bootstrap.rsplit(":", 1)[1])
+    port = int(base_settings.kafka.bootstrap.rsplit(":", 1)[1])
     with broker_process(base_settings, port) as proc:
         yield proc
 
@@ -180,8 +180,8 @@ def dashboard_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     from relmon import get_settings
 
     def render(name: str, settings: Settings) -> AppTest:
-        monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
-        monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
+        monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse.port))
+        monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse.database)
         monkeypatch.setenv("RELMON_HOME", str(settings.home))
         get_settings.cache_clear()
         st.cache_data.clear()

@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from relmon.estimate import Sums
+from relmon.settings import DetectorConfig
 from relmon.stats import RateEstimate
 
 __all__ = [
@@ -100,36 +101,6 @@ def benjamini_hochberg(p_values: Sequence[float], q: float) -> list[bool]:
         if rank <= cutoff:
             rejected[i] = True
     return rejected
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Sensitivity of the detectors (see the module docstring)."""
-
-    baseline_windows: int = 48
-    baseline_gap: int = 3
-    min_sample: float = 30.0
-    min_baseline_sample: float = 200.0
-    min_baseline_windows: int = 6
-    min_bad: int = 3
-    fdr: float = 1e-6
-    scan_windows: int = 3
-    min_lift: float = 1.25
-    ewma_lambda: float = 0.2
-    ewma_limit: float = 5.0
-    cusum_k: float = 1.0
-    cusum_h: float = 8.0
-    resolve_windows: int = 2
-    resolve_p: float = 0.05
-    dispersion_prior: int = 4
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.scan_windows <= self.baseline_gap + 1:
-            msg = (
-                f"scan_windows={self.scan_windows} must be between 1 and baseline_gap + 1 "
-                f"({self.baseline_gap + 1}): a scanned window must not be in the baseline"
-            )
-            raise ValueError(msg)
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,9 @@ class KafkaLeader:
         from kafka.admin import NewTopic
         from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-        self.topic = f"{settings.topic_alerts}.leader"
+        self.topic = f"{settings.topics.alerts}.leader"
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+            admin = KafkaAdminClient(bootstrap_servers=settings.kafka.servers)
             try:
                 if self.topic not in set(admin.list_topics()):
                     with contextlib.suppress(TopicAlreadyExistsError):
@@ -70,15 +70,15 @@ class KafkaLeader:
             finally:
                 admin.close()
             self._consumer = KafkaConsumer(
-                bootstrap_servers=settings.kafka_servers,
-                group_id=f"{settings.consumer_group}-alerts",
+                bootstrap_servers=settings.kafka.servers,
+                group_id=f"{settings.kafka.consumer_group}-alerts",
                 enable_auto_commit=False,
-                session_timeout_ms=int(settings.session_timeout_s * 1000),
-                heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
+                session_timeout_ms=int(settings.kafka.session_timeout_s * 1000),
+                heartbeat_interval_ms=int(settings.kafka.heartbeat_interval_s * 1000),
                 max_poll_interval_ms=60_000,
             )
         except KafkaError as exc:
-            raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+            raise ServiceError(f"cannot reach Kafka at {settings.kafka.bootstrap}: {exc}") from exc
         parts = self._consumer.partitions_for_topic(self.topic)
         if parts is not None and len(parts) != 1:
             self._consumer.close()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 
 from relmon import db
-from relmon.alerts.detect import Detector, DetectorConfig
+from relmon.alerts.detect import Detector
 from relmon.alerts.leader import AlwaysLeader, KafkaLeader, Leader
 from relmon.alerts.lifecycle import AlertBook, AlertEvent
 from relmon.alerts.repository import enrich, load_alerts, query_window_sums, stored_watermark
@@ -27,29 +27,9 @@ from relmon.alerts.sinks import AlertSink, build_sinks
 from relmon.errors import RelmonError
 from relmon.settings import Settings
 
-__all__ = ["AlertRunner", "AlertThread", "detector_config"]
+__all__ = ["AlertRunner", "AlertThread"]
 
 log = logging.getLogger(__name__)
-
-
-def detector_config(s: Settings) -> DetectorConfig:
-    """The detector sensitivity configured in ``s``."""
-    return DetectorConfig(
-        baseline_windows=s.alert_baseline_windows,
-        baseline_gap=s.alert_baseline_gap,
-        min_baseline_windows=s.alert_min_baseline_windows,
-        min_sample=s.alert_min_sample,
-        min_baseline_sample=s.alert_min_baseline_sample,
-        min_bad=s.alert_min_bad,
-        fdr=s.alert_fdr,
-        scan_windows=s.alert_scan_windows,
-        min_lift=s.alert_min_lift,
-        ewma_lambda=s.alert_ewma_lambda,
-        ewma_limit=s.alert_ewma_limit,
-        cusum_k=s.alert_cusum_k,
-        cusum_h=s.alert_cusum_h,
-        resolve_windows=s.alert_resolve_windows,
-    )
 
 
 def _floor(t: datetime, window_s: int) -> datetime:
@@ -82,10 +62,10 @@ class AlertRunner:
         return self._own_client
 
     def _reset(self) -> None:
-        self.detector = Detector(detector_config(self.settings))
+        self.detector = Detector(self.settings.detector)
         self.book = AlertBook(
-            window_s=self.settings.alert_window_s,
-            cooldown_windows=self.settings.alert_cooldown_windows,
+            window_s=self.settings.alerts.window_s,
+            cooldown_windows=self.settings.alerts.cooldown_windows,
         )
         self._next: datetime | None = None
         self._sent: set[str] = set()
@@ -97,9 +77,9 @@ class AlertRunner:
         newest stored event time is past it too.
         """
         s = self.settings
-        w = s.alert_window_s
+        w = s.alerts.window_s
         now = now or datetime.now(UTC)
-        until = _floor(now - timedelta(seconds=s.alert_lateness_s), w)
+        until = _floor(now - timedelta(seconds=s.alerts.lateness_s), w)
         # ...and only windows the stored data has moved past: a worker running behind must not
         # get a window judged on the part of it already written
         watermark = stored_watermark(self._client())
@@ -107,7 +87,7 @@ class AlertRunner:
             until = min(until, _floor(watermark, w))
         first = self._next is None
         if self._next is None:
-            warm = s.alert_baseline_windows + s.alert_baseline_gap + 1
+            warm = s.detector.baseline_windows + s.detector.baseline_gap + 1
             self._next = until - timedelta(seconds=w * warm)
             restored, self._sent = load_alerts(self._client(), self._next)
             for alert in restored:
@@ -133,7 +113,7 @@ class AlertRunner:
             alert = replace(
                 self.book.open.pop(seg),
                 status="resolved",
-                resolved_at=last + timedelta(seconds=self.settings.alert_window_s),
+                resolved_at=last + timedelta(seconds=self.settings.alerts.window_s),
             )
             self.book.resolved[seg] = alert
             out.append(AlertEvent("resolved", alert))
@@ -195,7 +175,7 @@ class AlertRunner:
                 log.error("alert runner: %s", exc)
             if on_round is not None:
                 on_round(leading)
-            stop.wait(self.settings.alert_interval_s)
+            stop.wait(self.settings.alerts.interval_s)
 
     def close(self) -> None:
         """Release the leadership and clients."""
@@ -235,7 +215,7 @@ class AlertThread:
             self.error = str(exc)
             log.error("alert runner not started: %s", exc)
             return
-        log.info("alert runner started (leader election on %s.leader)", self.settings.topic_alerts)
+        log.info("alert runner started (leader election on %s.leader)", self.settings.topics.alerts)
         try:
             runner.run(self._stop, on_round=self._on_round)
         except Exception:

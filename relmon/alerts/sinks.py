@@ -141,9 +141,9 @@ class KafkaSink:
             from relmon.kafka import producer
 
             self._producer = producer(self._settings)
-        value = json.dumps({"event": event.kind, **event.alert.to_dict()}, default=str).encode()
+        value = event.to_record().to_bytes()
         self._producer.send(
-            self._settings.topic_alerts, key=event.alert.alert_id.encode(), value=value
+            self._settings.topics.alerts, key=event.alert.alert_id.encode(), value=value
         ).get(timeout=30)
 
     def close(self) -> None:
@@ -229,19 +229,19 @@ class WebhookSink:
 
 def build_sinks(settings: Settings, client: Callable[[], Client]) -> list[AlertSink]:
     """The sinks configured by ``RELMON_ALERT_SINKS`` (and the webhook URL)."""
-    names = {n.strip() for n in settings.alert_sinks.split(",") if n.strip()}
+    names = settings.alerts.sinks
     sinks: list[AlertSink] = []
     if "clickhouse" in names:
         sinks.append(ClickHouseSink(client))
     if "kafka" in names:
         sinks.append(KafkaSink(settings))
-    url = settings.alert_webhook_url.get_secret_value()
+    url = settings.alerts.webhook_url.get_secret_value()
     if "webhook" in names and url:
         sinks.append(
             WebhookSink(
                 url,
-                retries=settings.alert_webhook_retries,
-                backoff_s=settings.alert_webhook_backoff_s,
+                retries=settings.alerts.webhook_retries,
+                backoff_s=settings.alerts.webhook_backoff_s,
             )
         )
     return sinks

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from relmon.settings import SamplingRates
 from relmon.sim.scenario import Scenario
 from relmon.sim.synth import SyntheticCatalog
 from relmon.sim.validation import replay_in_memory
 from schemas.models import ScoredImpression
-from streams.sampling import SamplingRates
 
 __all__ = ["simulate_rows"]
 

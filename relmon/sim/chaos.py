@@ -311,7 +311,7 @@ def produce(settings: Settings, records: list[_Record], into: _Input) -> None:
 
 def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
     """The committed offset of ``group`` on each partition of ``topic``."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.servers)
     try:
         offsets = admin.list_group_offsets(group).get(group, {})
     finally:
@@ -321,7 +321,7 @@ def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
 
 def committed_all(settings: Settings, ends: Mapping[int, int]) -> bool:
     """Whether the worker group committed every partition up to ``ends``."""
-    got = committed(settings, settings.consumer_group, settings.topic_impressions)
+    got = committed(settings, settings.kafka.consumer_group, settings.topics.impressions)
     return all(got.get(p, -1) >= end for p, end in ends.items())
 
 
@@ -383,7 +383,7 @@ def teacher_process(settings: Settings, name: str) -> ManagedProcess:
 def teacher_done(settings: Settings) -> bool:
     """Whether the teacher group has committed every review request sent so far."""
     lags = consumer_lag(
-        settings.kafka_servers, settings.topic_review, settings.teacher_group, read_s=1.0
+        settings.kafka.servers, settings.topics.review, settings.teacher.group, read_s=1.0
     )
     return all(p.lag == 0 for p in lags)
 
@@ -494,12 +494,12 @@ def _base(settings: Settings, config: ChaosConfig, catalog_file: Path) -> Settin
 
 def _run_settings(base: Settings, name: str, **changes: Any) -> Settings:
     s = base.with_overrides(
-        consumer_group=f"{base.consumer_group}-{name}",
-        clickhouse_database=f"{base.clickhouse_database}_{name}",
-        topic_review=f"{base.topic_review}-{name}",
-        topic_dlq=f"{base.topic_dlq}-{name}",
-        topic_labels=f"{base.topic_review}-{name}.labels",
-        teacher_group=f"{base.consumer_group}-{name}-teacher",
+        consumer_group=f"{base.kafka.consumer_group}-{name}",
+        clickhouse_database=f"{base.clickhouse.database}_{name}",
+        topic_review=f"{base.topics.review}-{name}",
+        topic_dlq=f"{base.topics.dlq}-{name}",
+        topic_labels=f"{base.topics.review}-{name}.labels",
+        teacher_group=f"{base.kafka.consumer_group}-{name}-teacher",
         home=base.home / name,
         **changes,
     )
@@ -626,7 +626,7 @@ def _dead_letters(s: Settings, data: _Input) -> tuple[set[tuple[int, int, str]],
     """
     letters = [
         DeadLetter.model_validate_json(v or b"")
-        for _, v in read_topic(s, s.topic_dlq, idle_s=3.0, timeout_s=120)
+        for _, v in read_topic(s, s.topics.dlq, idle_s=3.0, timeout_s=120)
     ]
     mine = [x for x in letters if x.topic == data.topic]
     intact = all(
@@ -640,7 +640,7 @@ def _dead_letters(s: Settings, data: _Input) -> tuple[set[tuple[int, int, str]],
 def _reviews(s: Settings) -> Counter[str]:
     return Counter(
         ReviewRequest.model_validate_json(v or b"").impression_id
-        for _, v in read_topic(s, s.topic_review, idle_s=3.0, timeout_s=120)
+        for _, v in read_topic(s, s.topics.review, idle_s=3.0, timeout_s=120)
     )
 
 
@@ -677,8 +677,8 @@ def run_chaos(settings: Settings, config: ChaosConfig | None = None) -> dict[str
     ensure_topics(base)
     publish_catalog(base, catalog)
     start = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
-    first, second, third = build_input(catalog, config, base.topic_partitions, start)
-    data = _Input(base.topic_impressions)
+    first, second, third = build_input(catalog, config, base.topics.partitions, start)
+    data = _Input(base.topics.impressions)
     chaos_home = base.home / "chaos"
     clean_s = _run_settings(base, "clean")
     chaos_s = _run_settings(
@@ -714,7 +714,7 @@ def run_chaos(settings: Settings, config: ChaosConfig | None = None) -> dict[str
         down_s, in_flight, survivor = _outage(
             chaos, store, worker, produce_second, config, clean_meanwhile
         )
-        moved = committed(chaos.settings, chaos.settings.consumer_group, data.topic)
+        moved = committed(chaos.settings, chaos.settings.kafka.consumer_group, data.topic)
         if any(moved.get(p, -1) != end for p, end in first_ends.items()):
             # the first phase's counters would not cover what the killed worker committed
             raise ServiceError(f"the killed worker committed {moved}, not {first_ends}")

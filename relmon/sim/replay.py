@@ -290,7 +290,7 @@ def publish_catalog(settings: Settings, catalog: SyntheticCatalog) -> int:
         for product in catalog.products:
             record = to_catalog_product(product)
             prod.send(
-                settings.topic_catalog, key=product.product_id.encode(), value=record.to_bytes()
+                settings.topics.catalog, key=product.product_id.encode(), value=record.to_bytes()
             )
         prod.flush(timeout=60)
     finally:
@@ -327,7 +327,7 @@ def replay(
             if config.impressions is not None and gen.counts["impressions"] >= config.impressions:
                 break
             for key, value in gen.page(datetime.now(UTC), time.monotonic() - start):
-                prod.send(settings.topic_impressions, key=key, value=value)
+                prod.send(settings.topics.impressions, key=key, value=value)
                 produced += 1
             if config.rate > 0:
                 ahead = gen.counts["impressions"] / config.rate - (time.monotonic() - start)

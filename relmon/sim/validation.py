@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from relmon.estimate import Sums, judged
+from relmon.settings import PlannerConfig, SamplingRates
 from relmon.sim.replay import ReplayConfig, TrafficGenerator
 from relmon.sim.scenario import Scenario, Shift
 from relmon.sim.synth import SyntheticCatalog
@@ -29,8 +30,7 @@ from streams import RawRecord, Routing, impression_text
 from streams.budget import BudgetController
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.sampling import SamplingRates
+from streams.plans import Planner
 from streams.sketch import normalise_query
 from streams.testing import MemoryPorts, memory_processor
 

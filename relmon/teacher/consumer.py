@@ -72,26 +72,26 @@ def build_judge(settings: Settings, client: Client | None = None) -> LlmJudge | 
     connection): every request is reserved there before it is sent and every process counts
     every process's requests, so restarts and a second teacher stay within the budget.
     """
-    if not settings.teacher_base_url:
+    if not settings.teacher.base_url:
         return None
     ledger = (
-        store.StoreSpendLedger(lambda: db.connect(settings), judge_id=settings.teacher_model)
+        store.StoreSpendLedger(lambda: db.connect(settings), judge_id=settings.teacher.model)
         if client is not None
         else None
     )
     chat = ChatClient(
-        settings.teacher_base_url,
-        settings.teacher_model,
-        api_key=settings.teacher_api_key.get_secret_value(),
-        timeout_s=settings.teacher_timeout_s,
-        max_attempts=settings.teacher_max_attempts,
-        backoff_s=settings.teacher_backoff_s,
-        backoff_max_s=settings.teacher_backoff_max_s,
-        max_tokens=settings.teacher_max_tokens,
-        json_mode=settings.teacher_json_mode,
-        limiter=RateLimiter(settings.teacher_rate_per_s, burst=settings.teacher_concurrency),
-        budget=DailyBudget(settings.teacher_daily_budget, ledger=ledger),
-        max_connections=settings.teacher_concurrency,
+        settings.teacher.base_url,
+        settings.teacher.model,
+        api_key=settings.teacher.api_key.get_secret_value(),
+        timeout_s=settings.teacher.timeout_s,
+        max_attempts=settings.teacher.max_attempts,
+        backoff_s=settings.teacher.backoff_s,
+        backoff_max_s=settings.teacher.backoff_max_s,
+        max_tokens=settings.teacher.max_tokens,
+        json_mode=settings.teacher.json_mode,
+        limiter=RateLimiter(settings.teacher.rate_per_s, burst=settings.teacher.concurrency),
+        budget=DailyBudget(settings.teacher.daily_budget, ledger=ledger),
+        max_connections=settings.teacher.concurrency,
     )
 
     def lookup(keys: Sequence[CacheKey]) -> dict[CacheKey, CachedGrade]:
@@ -100,9 +100,9 @@ def build_judge(settings: Settings, client: Client | None = None) -> LlmJudge | 
 
     return LlmJudge(
         chat,
-        concurrency=settings.teacher_concurrency,
-        parse_retries=settings.teacher_parse_retries,
-        cache_size=settings.teacher_cache_size,
+        concurrency=settings.teacher.concurrency,
+        parse_retries=settings.teacher.parse_retries,
+        cache_size=settings.teacher.cache_size,
         lookup=lookup,
     )
 
@@ -130,17 +130,17 @@ class TeacherConsumer:
         self._client = client or db.connect(settings)
         self._producer: KafkaProducer = make_producer(settings)
         self._consumer = KafkaConsumer(
-            settings.topic_review,
-            bootstrap_servers=settings.kafka_servers,
+            settings.topics.review,
+            bootstrap_servers=settings.kafka.servers,
             client_id="relmon-teacher",
-            group_id=settings.teacher_group,
+            group_id=settings.teacher.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=max_poll_records,
-            session_timeout_ms=int(settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
+            session_timeout_ms=int(settings.kafka.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(settings.kafka.heartbeat_interval_s * 1000),
             # judging a batch may take long; the group must not drop us meanwhile
-            max_poll_interval_ms=max(300_000, int(settings.teacher_timeout_s * 1000 * 10)),
+            max_poll_interval_ms=max(300_000, int(settings.teacher.timeout_s * 1000 * 10)),
         )
         self.totals = _Totals()
         self._stop = threading.Event()
@@ -177,10 +177,10 @@ class TeacherConsumer:
                 raise
             delay = backoff_delay(
                 min(self._failures, 10),
-                self.settings.teacher_backoff_s,
-                self.settings.teacher_backoff_max_s,
+                self.settings.teacher.backoff_s,
+                self.settings.teacher.backoff_max_s,
             )
-            secret = self.settings.teacher_api_key.get_secret_value()
+            secret = self.settings.teacher.api_key.get_secret_value()
             reason = redact(str(exc), [secret])
             log.warning("teacher batch failed (%s); retrying in %.1f s", reason, delay)
             self._stop.wait(delay)
@@ -218,12 +218,15 @@ class TeacherConsumer:
                     (
                         r.key,
                         dead_letter(
-                            raw, kind, f"not a review request: {exc}", self.settings.dlq_max_bytes
+                            raw,
+                            kind,
+                            f"not a review request: {exc}",
+                            self.settings.ingest.dlq_max_bytes,
                         ),
                     )
                 )
         futures = [
-            self._producer.send(self.settings.topic_dlq, key=key, value=letter.to_bytes())
+            self._producer.send(self.settings.topics.dlq, key=key, value=letter.to_bytes())
             for key, letter in letters
         ]
         store.insert_queue(self._client, requests)
@@ -249,7 +252,7 @@ class TeacherConsumer:
             )
             futures += [
                 self._producer.send(
-                    self.settings.topic_labels,
+                    self.settings.topics.labels,
                     key=v.impression_id.encode(),
                     value=v.to_bytes(),
                 )

@@ -75,7 +75,7 @@ def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(
     assert len(hooks) == 1 and "category=Wall Art" in hooks[0]["text"]
     assert hooks[0]["relmon"]["event"] == "fired" and hooks[0]["relmon"]["top_queries"]
 
-    records = [json.loads(v) for _k, v in read_topic(s, s.topic_alerts, expect=len(fired))]
+    records = [json.loads(v) for _k, v in read_topic(s, s.topics.alerts, expect=len(fired))]
     assert alert.alert_id in {r["alert_id"] for r in records}
 
     stored = client.query(
@@ -103,7 +103,7 @@ def test_spike_fires_alert_to_webhook_kafka_store_and_dashboard(
 
 
 def test_exactly_one_runner_leads(settings):
-    s = settings.with_overrides(topic_alerts=f"{settings.topic_impressions}.alerts")
+    s = settings.with_overrides(topic_alerts=f"{settings.topics.impressions}.alerts")
     a = KafkaLeader(s)
     b = KafkaLeader(s)
     try:
@@ -131,7 +131,7 @@ def test_alert_threads_in_workers_page_once_and_hand_over(settings, webhook_rece
     now = datetime.now(UTC)
     rows, _spike_at = _spiked_replay(now)
     s = settings.with_overrides(
-        topic_alerts=f"{settings.topic_impressions}.alerts",
+        topic_alerts=f"{settings.topics.impressions}.alerts",
         alert_window_s=WINDOW_S,
         alert_lateness_s=0,
         alert_interval_s=1.0,  # kafka-python never settled in the group when polled this rarely

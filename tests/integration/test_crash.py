@@ -73,7 +73,7 @@ class Feed:
         for i in range(self.sent, min(self.sent + pages, self.pages)):
             offset = 180 * i / self.pages
             for key, value in self._gen.page(self._start + timedelta(seconds=offset), offset):
-                meta = self._prod.send(self._settings.topic_impressions, key=key, value=value)
+                meta = self._prod.send(self._settings.topics.impressions, key=key, value=value)
                 got = meta.get(30)
                 self.ends[got.partition] = max(self.ends.get(got.partition, 0), got.offset + 1)
             self.sent = i + 1
@@ -88,15 +88,17 @@ class Feed:
 
 
 def committed_all(settings: Settings, ends: dict[int, int]) -> bool:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.servers)
     try:
-        offsets = admin.list_group_offsets(settings.consumer_group).get(settings.consumer_group, {})
+        offsets = admin.list_group_offsets(settings.kafka.consumer_group).get(
+            settings.kafka.consumer_group, {}
+        )
     finally:
         admin.close()
     got = {
         tp.partition: meta.offset
         for tp, meta in offsets.items()
-        if tp.topic == settings.topic_impressions
+        if tp.topic == settings.topics.impressions
     }
     return all(got.get(p, -1) >= end for p, end in ends.items())
 
@@ -161,10 +163,10 @@ def runs(
 
     def run(name: str) -> Settings:
         s = base.with_overrides(
-            consumer_group=f"{base.consumer_group}-{name}",
-            clickhouse_database=f"{base.clickhouse_database}_{name}",
-            topic_review=f"{base.topic_review}-{name}",
-            topic_dlq=f"{base.topic_dlq}-{name}",
+            consumer_group=f"{base.kafka.consumer_group}-{name}",
+            clickhouse_database=f"{base.clickhouse.database}_{name}",
+            topic_review=f"{base.topics.review}-{name}",
+            topic_dlq=f"{base.topics.dlq}-{name}",
         )
         ensure_topics(s)
         return s
@@ -299,7 +301,7 @@ def test_kills_lose_no_review_and_repeat_only_the_batch_in_flight(runs: Runs) ->
     def sent(settings: Settings) -> tuple[Counter[str], list[ReviewRequest]]:
         reviews = [
             ReviewRequest.model_validate_json(v or b"")
-            for _, v in read_topic(settings, settings.topic_review, idle_s=3.0, timeout_s=60)
+            for _, v in read_topic(settings, settings.topics.review, idle_s=3.0, timeout_s=60)
         ]
         return Counter(r.impression_id for r in reviews), reviews
 
@@ -314,4 +316,4 @@ def test_kills_lose_no_review_and_repeat_only_the_batch_in_flight(runs: Runs) ->
     repeats = sum(n - 1 for n in counts.values())
     print(f"{len(counts)} reviewed, {repeats} repeated requests after {runs.kills} kills")
     # a kill repeats at most the requests of the one batch it caught after their delivery
-    assert repeats <= runs.kills * s.take_max
+    assert repeats <= runs.kills * s.ingest.take_max

@@ -19,8 +19,8 @@ APP = str(Path(dashboards.__file__).parent / "app.py")
 @pytest.fixture
 def dashboard_env(settings, monkeypatch):
     db.migrate(settings)
-    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
-    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse.port))
+    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse.database)
     get_settings.cache_clear()
     st.cache_data.clear()
     st.cache_resource.clear()

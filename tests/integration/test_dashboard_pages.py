@@ -21,11 +21,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def page_env(settings, monkeypatch):
     db.migrate(settings)
-    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
-    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
-    monkeypatch.setenv("RELMON_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
-    monkeypatch.setenv("RELMON_TOPIC_IMPRESSIONS", settings.topic_impressions)
-    monkeypatch.setenv("RELMON_CONSUMER_GROUP", settings.consumer_group)
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse.port))
+    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse.database)
+    monkeypatch.setenv("RELMON_KAFKA_BOOTSTRAP", settings.kafka.bootstrap)
+    monkeypatch.setenv("RELMON_TOPIC_IMPRESSIONS", settings.topics.impressions)
+    monkeypatch.setenv("RELMON_CONSUMER_GROUP", settings.kafka.consumer_group)
     monkeypatch.setenv("RELMON_HOME", str(settings.home))
     get_settings.cache_clear()
     st.cache_data.clear()
@@ -159,7 +159,7 @@ def test_health_page_counts_lag_honestly(page_env):
     )
     p = producer(s, linger_ms=200)
     for i in range(20):
-        p.send(s.topic_impressions, key=b"k", value=b"v%d" % i, partition=0)
+        p.send(s.topics.impressions, key=b"k", value=b"v%d" % i, partition=0)
     p.flush()
     p.close()
     at = page("health")

@@ -101,7 +101,7 @@ def test_impressions_end_to_end(settings, start_worker):
     worker = start_worker(s=s)
     prod = producer(s)
     for key, value in duplicated:
-        prod.send(s.topic_impressions, key=key, value=value)
+        prod.send(s.topics.impressions, key=key, value=value)
     prod.flush(30)
     prod.close()
 
@@ -127,16 +127,16 @@ def test_impressions_end_to_end(settings, start_worker):
     letters = [
         DeadLetter.model_validate_json(v)
         for _, v in read_topic(
-            s, s.topic_dlq, expect=len(malformed) + len(unknown_records), timeout_s=60
+            s, s.topics.dlq, expect=len(malformed) + len(unknown_records), timeout_s=60
         )
     ]
     originals = Counter(
         letter.original for letter in letters if letter.kind in ("malformed", "invalid")
     )
     assert set(originals) == set(malformed)
-    assert all(letter.reason and letter.topic == s.topic_impressions for letter in letters)
+    assert all(letter.reason and letter.topic == s.topics.impressions for letter in letters)
     assert all(
-        letter.offset >= 0 and 0 <= letter.partition < s.topic_partitions for letter in letters
+        letter.offset >= 0 and 0 <= letter.partition < s.topics.partitions for letter in letters
     )
     dead_unknown = {
         impression_id
@@ -156,7 +156,7 @@ def test_impressions_end_to_end(settings, start_worker):
     assert bad_ids, "the demo catalogue has irrelevant results: some rows must score low"
     reviews = [
         ReviewRequest.model_validate_json(v)
-        for _, v in read_topic(s, s.topic_review, idle_s=3.0, timeout_s=60)
+        for _, v in read_topic(s, s.topics.review, idle_s=3.0, timeout_s=60)
     ]
     # every bad row was sent for review once; the rest of the reviews are uncertain or audits
     by_reason = defaultdict(list)
@@ -164,7 +164,7 @@ def test_impressions_end_to_end(settings, start_worker):
         by_reason[r.reason].append(r)
     assert sorted(r.impression_id for r in by_reason["below_threshold"]) == sorted(bad_ids)
     assert all(r.score < r.threshold for r in by_reason["below_threshold"])
-    band = s.review_uncertain_band
+    band = s.routing.uncertain_band
     assert all(r.threshold <= r.score < r.threshold + band for r in by_reason["uncertain"])
     assert all(r.score >= r.threshold + band for r in by_reason["audit"])
     assert len({r.impression_id for r in reviews}) == len(reviews)

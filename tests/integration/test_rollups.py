@@ -18,15 +18,14 @@ import pytest
 
 from relmon import db
 from relmon.estimate import Sums, window_sums_sql
-from relmon.settings import Settings, load_settings
+from relmon.settings import PlannerConfig, SamplingRates, Settings, load_settings
 from relmon.store import StoreServer
 from schemas import Impression, ScoredImpression
 from schemas.models import CatalogProduct, DeadLetter, ReviewRequest
 from streams import EventTimeWindow, ImpressionProcessor, RawRecord, Routing, repository
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.sampling import SamplingRates
+from streams.plans import Planner
 from streams.storage import ClickHouseStorePorts
 from streams.testing import OverlapScorer, memory_processor
 
@@ -104,7 +103,7 @@ def processor(ports: StorePorts) -> ImpressionProcessor:
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
-        rates=SamplingRates(uniform=1.0),
+        rates=SamplingRates.uniform_at(1.0),
         routing=Routing(0.5, uncertain_band=0.1),
         model_version="fake-overlap-1",
         metrics=Metrics(),

@@ -62,7 +62,7 @@ def reviews(n: int, prefix: str = "imp") -> list[ReviewRequest]:
 @pytest.fixture
 def teacher_settings(settings):
     s = settings.with_overrides(
-        topic_labels=f"{settings.topic_review}.labels",
+        topic_labels=f"{settings.topics.review}.labels",
         teacher_group=f"teacher-{uuid.uuid4().hex[:8]}",
         teacher_backoff_s=0.01,
         teacher_backoff_max_s=0.05,
@@ -102,19 +102,19 @@ def run_until(consumer: TeacherConsumer, done, timeout: float = 60.0) -> None:
 
 
 def committed(s) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_servers)
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka.servers)
     try:
-        offsets = admin.list_group_offsets(s.teacher_group)[s.teacher_group]
+        offsets = admin.list_group_offsets(s.teacher.group)[s.teacher.group]
     finally:
         admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == s.topic_review)
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == s.topics.review)
 
 
 def test_review_records_become_verdicts_end_to_end(teacher_settings):
     s = teacher_settings
     cases = reviews(20)
     malformed = [b"{not json", b'{"impression_id": "x"}']
-    produce(s, s.topic_review, [c.to_bytes() for c in cases] + malformed)
+    produce(s, s.topics.review, [c.to_bytes() for c in cases] + malformed)
     faults = ["429", "500", "hang", "malformed", "garbage"]
     with FakeChatServer(faults=faults, hang_s=5.0, api_key="sk-relmon") as server:
         s = s.with_overrides(
@@ -147,20 +147,20 @@ def test_review_records_become_verdicts_end_to_end(teacher_settings):
         assert int(client.command("SELECT count() FROM review_queue FINAL")) == len(cases)
 
         labels = [
-            Verdict.model_validate_json(v) for _, v in read_topic(s, s.topic_labels, expect=20)
+            Verdict.model_validate_json(v) for _, v in read_topic(s, s.topics.labels, expect=20)
         ]
         assert {v.impression_id for v in labels} == set(by_id)
         letters = [
-            DeadLetter.model_validate_json(v) for _, v in read_topic(s, s.topic_dlq, expect=2)
+            DeadLetter.model_validate_json(v) for _, v in read_topic(s, s.topics.dlq, expect=2)
         ]
         assert sorted(base64.b64decode(d.value_b64) for d in letters) == sorted(malformed)
         assert {d.kind for d in letters} == {"malformed", "invalid"}
-        assert all(d.topic == s.topic_review and d.offset >= 0 for d in letters)
+        assert all(d.topic == s.topics.review and d.offset >= 0 for d in letters)
         wait_until(lambda: committed(s) == len(cases) + 2, timeout=20, what="commits")
 
         # a replay of the same cases, by a fresh process: no new chat call, no new row
         requests_before = len(server.requests)
-        produce(s, s.topic_review, [c.to_bytes() for c in cases[:10]])
+        produce(s, s.topics.review, [c.to_bytes() for c in cases[:10]])
         consumer = TeacherConsumer(s, build_judge(s, client), client=client)
         run_until(consumer, lambda: consumer.totals.counts.get("consumed", 0) >= 10)
         consumer.close()
@@ -174,7 +174,7 @@ def test_without_llm_the_queue_fills_and_people_labels_export(teacher_settings, 
     s = teacher_settings
     assert build_judge(s) is None
     cases = reviews(8)
-    produce(s, s.topic_review, [c.to_bytes() for c in cases])
+    produce(s, s.topics.review, [c.to_bytes() for c in cases])
     client = db.connect(s)
     consumer = TeacherConsumer(s, None, client=client)
     run_until(consumer, lambda: len(store.queue_frame(client)) >= len(cases))
@@ -219,8 +219,8 @@ def test_calls_on_answers_that_stay_malformed_count_against_the_budget_after_res
 ):
     s = teacher_settings
     case = reviews(1, prefix="spend")[0]
-    produce(s, s.topic_review, [case.to_bytes()])
-    attempts = s.teacher_parse_retries + 1
+    produce(s, s.topics.review, [case.to_bytes()])
+    attempts = s.teacher.parse_retries + 1
     with FakeChatServer(faults=["malformed"] * attempts, api_key="sk-relmon") as server:
         s = s.with_overrides(
             teacher_base_url=server.url,

@@ -58,7 +58,7 @@ def cases(n: int, prefix: str) -> list[ReviewRequest]:
 @pytest.fixture
 def budget_settings(settings: Settings) -> Settings:
     s = settings.with_overrides(
-        topic_labels=f"{settings.topic_review}.labels",
+        topic_labels=f"{settings.topics.review}.labels",
         teacher_group=f"teacher-{uuid.uuid4().hex[:8]}",
         teacher_model="fake-judge",
         teacher_daily_budget=BUDGET,
@@ -77,7 +77,7 @@ def budget_settings(settings: Settings) -> Settings:
 def produce(s: Settings, requests: list[ReviewRequest]) -> None:
     prod = producer(s)
     for r in requests:
-        prod.send(s.topic_review, key=r.impression_id.encode(), value=r.to_bytes())
+        prod.send(s.topics.review, key=r.impression_id.encode(), value=r.to_bytes())
     prod.flush(30)
     prod.close()
 
@@ -178,7 +178,7 @@ def test_spend_survives_a_restart_and_cached_reissues_keep_the_original_calls(
         restarted = build_judge(s, client)
         assert restarted is not None and restarted.client.budget.spent == 2
         consumer = TeacherConsumer(
-            s.with_overrides(teacher_group=f"{s.teacher_group}-2"), restarted, client=client
+            s.with_overrides(teacher_group=f"{s.teacher.group}-2"), restarted, client=client
         )
         judged_once(consumer, 2)  # the first delivery and the replay, both from the cache
         consumer.close()

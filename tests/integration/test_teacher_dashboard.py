@@ -18,10 +18,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def page_env(settings, monkeypatch, tmp_path):
     db.migrate(settings)
-    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse_port))
-    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
-    monkeypatch.setenv("RELMON_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
-    monkeypatch.setenv("RELMON_TOPIC_LABELS", settings.topic_review + ".labels")
+    monkeypatch.setenv("RELMON_CLICKHOUSE_PORT", str(settings.clickhouse.port))
+    monkeypatch.setenv("RELMON_CLICKHOUSE_DATABASE", settings.clickhouse.database)
+    monkeypatch.setenv("RELMON_KAFKA_BOOTSTRAP", settings.kafka.bootstrap)
+    monkeypatch.setenv("RELMON_TOPIC_LABELS", settings.topics.review + ".labels")
     get_settings.cache_clear()
     st.cache_data.clear()
     st.cache_resource.clear()
@@ -93,7 +93,7 @@ def test_people_grade_the_queue_by_priority(page_env, scored_rows):
     assert not at.warning  # ... and sent to the labels topic like a teacher verdict
     (label,) = [
         Verdict.model_validate_json(v)
-        for _, v in read_topic(get_settings(), get_settings().topic_labels, expect=1, timeout_s=30)
+        for _, v in read_topic(get_settings(), get_settings().topics.labels, expect=1, timeout_s=30)
     ]
     assert (label.impression_id, label.judge, label.judge_id, label.grade) == (
         picked,

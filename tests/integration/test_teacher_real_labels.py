@@ -171,7 +171,7 @@ def run_until_judged(consumer: TeacherConsumer, client, n: int, timeout: float) 
 def teacher_settings(settings: Settings) -> Settings:
     """The test's topics and database, with a teacher that is neither throttled nor capped."""
     s = settings.with_overrides(
-        topic_labels=f"{settings.topic_review}.labels",
+        topic_labels=f"{settings.topics.review}.labels",
         teacher_group=f"teacher-{uuid.uuid4().hex[:8]}",
         teacher_backoff_s=0.01,
         teacher_backoff_max_s=0.05,
@@ -201,7 +201,7 @@ def test_corrected_rate_on_human_grades_covers_the_truth_the_raw_rate_misses(
     repository.insert_scored(client, rows)
     prod = producer(s)
     for r in reviews:
-        prod.send(s.topic_review, key=r.impression_id.encode(), value=r.to_bytes())
+        prod.send(s.topics.review, key=r.impression_id.encode(), value=r.to_bytes())
     prod.flush(60)
     prod.close()
 

@@ -57,7 +57,7 @@ def test_a_scorer_bug_stops_the_worker_process_with_a_failure_code(settings: Set
             event_time=datetime.now(UTC),
         )
         send = producer(s)
-        send.send(s.topic_impressions, key=b"q1", value=imp.to_bytes()).get(30)
+        send.send(s.topics.impressions, key=b"q1", value=imp.to_bytes()).get(30)
         send.close()
         code = proc.wait(timeout=120)
     finally:

@@ -18,7 +18,7 @@ def test_worker_serves_prometheus_metrics(settings, start_worker):
         metrics_port=port,
         alerts_in_worker=True,
         alert_interval_s=1.0,
-        topic_alerts=f"{settings.topic_impressions}.alerts",
+        topic_alerts=f"{settings.topics.impressions}.alerts",
     )
     start_worker(s=s)
     url = f"http://127.0.0.1:{port}/metrics"

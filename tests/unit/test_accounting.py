@@ -9,12 +9,12 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
+from relmon.settings import PlannerConfig, SamplingRates
 from schemas.models import CatalogProduct, Impression
 from streams import RawRecord, Routing
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.sampling import SamplingRates
+from streams.plans import Planner
 from streams.testing import MemoryPorts, memory_processor
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -38,7 +38,7 @@ def test_counters_account_for_every_record() -> None:
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
-        rates=SamplingRates(uniform=0.5),
+        rates=SamplingRates.uniform_at(0.5),
         routing=Routing(0.5),
         model_version="fake-overlap-1",
         metrics=metrics,

@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 import random
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
+import jsonschema
 import pytest
 
 import relmon.alerts
-from relmon.alerts import AlertBook, Detector, DetectorConfig, Sums
+from relmon.alerts import AlertBook, Detector, Sums
 from relmon.alerts.detect import benjamini_hochberg, rollup
 from relmon.alerts.lifecycle import AlertEvent
-from relmon.alerts.sinks import WebhookSink, slack_payload
+from relmon.alerts.sinks import KafkaSink, WebhookSink, slack_payload
 from relmon.errors import ServiceError
+from relmon.settings import DetectorConfig, load_settings
+from relmon.stats import RateEstimate
+from schemas.jsonschema import SHIPPED_DIR
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 W = 300
@@ -29,7 +34,6 @@ def test_public_api():
         "AlertBook",
         "AlertEvent",
         "Detector",
-        "DetectorConfig",
         "Sums",
         "window_sums",
     ]
@@ -125,7 +129,10 @@ def test_scan_over_recent_windows_catches_a_lift_too_small_for_one_window(scan, 
 
 
 def test_scan_may_not_reach_into_the_baseline():
-    with pytest.raises(ValueError, match="scan_windows=5 must be between 1 and baseline_gap"):
+    with pytest.raises(
+        ValueError,
+        match=r"RELMON_ALERT_SCAN_WINDOWS=5 must be at most RELMON_ALERT_BASELINE_GAP \+ 1",
+    ):
         DetectorConfig(scan_windows=5, baseline_gap=3)
 
 
@@ -198,3 +205,57 @@ def test_updates_are_not_announced():
     event = _an_alert()
     assert slack_payload(event)["relmon"]["alert_id"] == event.alert.alert_id
     WebhookSink("http://127.0.0.1:9/never", retries=0).send(AlertEvent("updated", event.alert))
+
+
+class _Producer:
+    """kafka-python's producer, as far as the sink uses it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes):
+        self.sent.append((topic, key, value))
+        return self
+
+    def get(self, timeout: float) -> None:
+        pass
+
+
+def _strict_json(raw: bytes) -> dict:
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+def test_kafka_sink_publishes_the_alert_record(tmp_path):
+    schema = json.loads((SHIPPED_DIR / "alert.schema.json").read_text())
+    producer = _Producer()
+    sink = KafkaSink(load_settings(home=tmp_path), producer=producer)
+    fired = _an_alert()
+    sink.send(fired)
+    sink.send(AlertEvent("updated", fired.alert))  # stored only, never published
+    # resolved after a window without a sample: the NaN rate goes out as null, not as NaN
+    gone = replace(
+        fired.alert,
+        status="resolved",
+        resolved_at=fired.alert.last_window + timedelta(seconds=W),
+        observed=RateEstimate.from_sums(0, 0, 0.0, 0.0, 0.0),
+    )
+    sink.send(AlertEvent("resolved", gone))
+    assert [(t, k) for t, k, _ in producer.sent] == [
+        ("relmon.alerts", fired.alert.alert_id.encode()),
+        ("relmon.alerts", fired.alert.alert_id.encode()),
+    ]
+    records = [_strict_json(v) for _, _, v in producer.sent]
+    for record in records:
+        jsonschema.validate(record, schema)
+    first, last = records
+    assert first["event"] == "fired" and first["status"] == "firing"
+    assert first["dimension"] == "category" and first["value"] == "A"
+    assert first["started_at"] == fired.alert.started_at.isoformat()
+    assert first["observed"]["rate"] == round(fired.alert.observed.rate, 6)
+    assert last["event"] == "resolved" and last["resolved_at"] is not None
+    assert last["observed"]["rate"] is None and last["observed"]["sampled"] == 0
+    # the webhook carries the same record under "relmon"
+    assert slack_payload(fired)["relmon"] == first

@@ -9,18 +9,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from relmon.errors import ConfigError
-from relmon.settings import load_settings
+from relmon.settings import BudgetConfig, PlannerConfig, SamplingRates, load_settings
 from relmon.sim.scenario import Scenario, Shift
 from relmon.sim.synth import SyntheticCatalog
 from relmon.sim.validation import PARTITIONS, replay_in_memory
 from schemas.models import Impression
 from streams import RawRecord, Routing
-from streams.budget import BudgetConfig, BudgetController, ladder_floor
+from streams.budget import BudgetController, ladder_floor
 from streams.catalog import Catalog
 from streams.metrics import Metrics, RecentRate
-from streams.plans import Planner, PlannerConfig
+from streams.plans import Planner
 from streams.prometheus import exposition
-from streams.sampling import SamplingRates
 from streams.testing import MemoryPorts, memory_processor
 
 CAPACITY = 400.0  # pairs/s while scoring
@@ -64,7 +63,7 @@ class Worker:
 
 
 def auto() -> BudgetController:
-    return BudgetController(BudgetConfig(mode="auto", drain_s=30.0, recover_s=10.0))
+    return BudgetController(BudgetConfig(pps="auto", drain_s=30.0, recover_s=10.0))
 
 
 def test_ladder():
@@ -135,29 +134,35 @@ def test_no_capacity_measured_means_no_change():
 
 
 def test_off_is_always_one():
-    c = BudgetController(BudgetConfig(mode="off"))
+    c = BudgetController(BudgetConfig(pps="0"))
     c.observe_scoring(10, 10.0, 0.0)
     c.observe_lag(10**6, 1.0)
     assert c.factor(2.0) == 1.0
 
 
 def test_fixed_budget_caps_demand():
-    c = BudgetController(BudgetConfig(mode="fixed", pairs_per_s=250.0))
+    c = BudgetController(BudgetConfig(pps="250"))
     for t in range(1, 31):  # 1,000 base pairs asked for per second
         c.observe_batch(records=1250, base_pairs=1000, busy_s=0.5, scoring_s=0.4, now=float(t))
     assert c.factor(31.0) == 0.25
 
 
-@pytest.mark.parametrize("bad", [{"mode": "fixed"}, {"utilisation": 0.0}, {"drain_s": 0.0}])
+@pytest.mark.parametrize(
+    "bad", [{"pps": "-1"}, {"utilisation": 0.0}, {"drain_s": 0.0}, {"mode": "fixed"}]
+)
 def test_config_errors(bad):
     with pytest.raises(ValueError):
         BudgetConfig(**bad)
 
 
 def test_settings_default_auto_number_and_errors():
-    assert load_settings().scoring_budget == ("auto", 0.0)
-    assert load_settings(scoring_budget_pps="350").scoring_budget == ("fixed", 350.0)
-    assert load_settings(scoring_budget_pps=0).scoring_budget == ("off", 0.0)
+    def budget(**overrides: object) -> tuple[str, float]:
+        config = load_settings(**overrides).budget
+        return config.mode, config.pairs_per_s
+
+    assert budget() == ("auto", 0.0)
+    assert budget(scoring_budget_pps="350") == ("fixed", 350.0)
+    assert budget(scoring_budget_pps=0) == ("off", 0.0)
     with pytest.raises(ConfigError, match=r"RELMON_SCORING_BUDGET_PPS.*'auto'"):
         load_settings(scoring_budget_pps="fast")
     with pytest.raises(ConfigError, match="RELMON_SCORING_BUDGET_PPS"):
@@ -178,7 +183,7 @@ class ScriptedBudget(BudgetController):
     """Factor 1 for the first ``full`` plans, then ``low`` (deterministic: counts plans)."""
 
     def __init__(self, full: int, low: float) -> None:
-        super().__init__(BudgetConfig(mode="auto"))
+        super().__init__(BudgetConfig(pps="auto"))
         self.full, self.low, self.calls = full, low, 0
 
     def factor(self, now: float) -> float:
@@ -261,5 +266,5 @@ def test_a_restarted_worker_reuses_the_recorded_factor():
         assert f"\nrelmon_{name} " in text
     again = MemoryPorts()
     again.plans = dict(first.plans)  # the stored plans survive the crash, the rows do not
-    after = run(again, BudgetController(BudgetConfig(mode="off")))
+    after = run(again, BudgetController(BudgetConfig(pps="0")))
     assert before == after and 0 < len(before) < 400

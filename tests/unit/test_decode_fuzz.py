@@ -18,13 +18,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from relmon.errors import DecodeError
+from relmon.settings import PlannerConfig, SamplingRates
 from schemas.models import CatalogProduct, Impression
 from schemas.ubi import MAX_RECORD_BYTES, UbiImpression, UbiOtherEvent, UbiQuery, decode_record
 from streams import RawRecord, Routing
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.sampling import SamplingRates, sampled
+from streams.plans import Planner
+from streams.sampling import sampled
 from streams.testing import MemoryPorts, memory_processor
 
 FUZZ = settings(
@@ -239,7 +240,7 @@ def _processor(base):
         ports=ports,
         catalog=catalog,
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
-        rates=SamplingRates(uniform=RATE),
+        rates=SamplingRates.uniform_at(RATE),
         routing=Routing(0.5),
         model_version="fake-overlap-1",
         metrics=Metrics(),

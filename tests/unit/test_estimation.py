@@ -2,9 +2,9 @@
 
 import pytest
 
+from relmon.settings import SamplingRates
 from relmon.sim.scenario import Scenario, Shift
 from relmon.sim.validation import simulate
-from streams.sampling import SamplingRates
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_intervals_cover_the_true_rate(stratified):
 def test_stratified_tail_intervals_are_narrower_at_equal_budget(stratified):
     budget = stratified.sampled / stratified.impressions
     uniform = simulate(
-        minutes=75, pages_per_minute=120, seed=3, rates=SamplingRates(uniform=budget)
+        minutes=75, pages_per_minute=120, seed=3, rates=SamplingRates.uniform_at(budget)
     )
     assert abs(uniform.sampled - stratified.sampled) / stratified.sampled < 0.05
     assert stratified.mean_width("tail") / uniform.mean_width("tail") <= 0.7

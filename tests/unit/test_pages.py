@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from relmon.errors import DecodeError
+from relmon.settings import PlannerConfig, SamplingRates
 from schemas.models import CatalogProduct
 from schemas.ubi import UbiQuery, decode_record
 from streams import EventTimeWindow, RawRecord, Routing
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.sampling import SamplingRates
+from streams.plans import Planner
 from streams.testing import MemoryPorts, memory_processor
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -75,7 +75,7 @@ def make(catalog=None, clock=None, event_window=None, rate=1.0, page_tier=False)
         ports=ports,
         catalog=catalog,
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
-        rates=SamplingRates(uniform=rate),
+        rates=SamplingRates.uniform_at(rate),
         routing=Routing(0.5, page_threshold=0.3 if page_tier else None),
         model_version="fake-overlap-1",
         page_model_version="fake-page-1" if page_tier else None,

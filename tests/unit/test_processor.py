@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from relmon.errors import BrokerError
+from relmon.settings import PlannerConfig, SamplingRates
 from schemas.models import CatalogProduct, Impression
 from streams import EventTimeWindow, RawRecord, Routing
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.sampling import SamplingRates
+from streams.plans import Planner
 from streams.testing import MemoryPorts, OverlapScorer, memory_processor
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -70,7 +70,7 @@ def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
             ]
         ),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock or Clock()),
-        rates=SamplingRates(uniform=rate),
+        rates=SamplingRates.uniform_at(rate),
         routing=Routing(0.5),
         model_version="fake-overlap-1",
         metrics=metrics,
@@ -396,7 +396,7 @@ def test_reviews_cover_bad_uncertain_and_an_audit_share():
         ports=ports,
         catalog=Catalog(),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
-        rates=SamplingRates(uniform=1.0),
+        rates=SamplingRates.uniform_at(1.0),
         routing=Routing(0.5, uncertain_band=0.2, audit_share=0.1),
         model_version="m",
         metrics=Metrics(),
@@ -583,7 +583,7 @@ def test_ubi_position_base_one():
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=Clock()),
-        rates=SamplingRates(uniform=1.0),
+        rates=SamplingRates.uniform_at(1.0),
         routing=Routing(0.5),
         model_version="m",
         metrics=Metrics(),
@@ -621,7 +621,7 @@ def windowed(ports=None, now=NOW, max_age_s=28 * 86400, max_future_s=300, metric
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=Clock()),
-        rates=SamplingRates(uniform=1.0),
+        rates=SamplingRates.uniform_at(1.0),
         routing=Routing(0.5),
         model_version="m",
         metrics=metrics if metrics is not None else Metrics(),
@@ -691,8 +691,8 @@ def test_max_event_age_must_leave_every_accepted_hour_in_the_raw_rows():
     from relmon.errors import ConfigError
     from relmon.settings import load_settings
 
-    assert load_settings().max_event_age_s == 28 * 86400
-    assert load_settings().max_event_future_s == 300
+    assert load_settings().ingest.max_event_age_s == 28 * 86400
+    assert load_settings().ingest.max_event_future_s == 300
     with pytest.raises(ConfigError, match="RELMON_MAX_EVENT_AGE_S"):
         load_settings(max_event_age_s=30 * 86400)
 

@@ -9,7 +9,15 @@ import yaml
 import relmon
 from relmon.cli import build_parser, main
 from relmon.errors import ConfigError
-from relmon.settings import Settings, load_settings
+from relmon.settings import (
+    BudgetConfig,
+    DetectorConfig,
+    PlannerConfig,
+    SamplingRates,
+    env_names,
+    load_settings,
+    reference,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,28 +30,56 @@ def test_exported_names():
 
 def test_defaults_are_the_public_contract():
     s = load_settings()
-    assert (s.topic_impressions, s.topic_catalog, s.topic_review, s.topic_dlq) == (
+    assert (s.topics.impressions, s.topics.catalog, s.topics.review, s.topics.dlq) == (
         "relmon.impressions",
         "relmon.catalog",
         "relmon.teacher-review",
         "relmon.dlq",
     )
-    assert s.clickhouse_database == "relmon"
-    assert s.bind_host == "127.0.0.1" and s.clickhouse_host == "127.0.0.1"
+    assert s.clickhouse.database == "relmon"
+    assert s.bind_host == "127.0.0.1" and s.clickhouse.host == "127.0.0.1"
 
 
 def test_settings_are_frozen_and_secret_is_masked(monkeypatch):
     monkeypatch.setenv("RELMON_CLICKHOUSE_PASSWORD", "hunter2")
     s = load_settings()
-    assert s.clickhouse_password.get_secret_value() == "hunter2"
+    assert s.clickhouse.password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
     with pytest.raises(Exception, match="frozen"):
-        s.batch_size = 3  # type: ignore[misc]
+        s.scorer.batch_size = 3  # type: ignore[misc]
 
 
-def test_every_field_documents_its_environment_variable():
-    for name, field in Settings.model_fields.items():
-        assert field.description and field.description.startswith(f"RELMON_{name.upper()}:")
+def test_every_setting_has_one_generated_variable_and_a_description():
+    names = [name for name, _ in env_names()]
+    assert len(names) == len(set(names)) and all(n.startswith("RELMON_") for n in names)
+    for name, field in env_names():
+        assert field.description, name
+        assert not field.description.startswith("RELMON_"), f"{name} repeats its name by hand"
+    # names kept from the flat settings: a prefix + field, or the field's older name
+    assert {"RELMON_ALERT_WINDOW_S", "RELMON_RATE_HEAD", "RELMON_SCORE_CALIBRATION"} <= set(names)
+    assert {"RELMON_KAFKA_BOOTSTRAP", "RELMON_TOPIC_DLQ", "RELMON_ALERTS_IN_WORKER"} <= set(names)
+
+
+def test_sections_are_the_components_configs(monkeypatch):
+    # a component's defaults are written once: built in code, a section reads no environment
+    plain = load_settings()
+    assert (plain.plans, plain.detector, plain.sampling) == (
+        PlannerConfig(),
+        DetectorConfig(),
+        SamplingRates(),
+    )
+    monkeypatch.setenv("RELMON_SKETCH_CAPACITY", "777")
+    monkeypatch.setenv("RELMON_ALERT_MIN_LIFT", "1.5")
+    s = load_settings(rate_tail=0.5, scoring_budget_pps="120")
+    assert isinstance(s.plans, PlannerConfig) and s.plans.sketch_capacity == 777
+    assert isinstance(s.detector, DetectorConfig) and s.detector.min_lift == 1.5
+    assert isinstance(s.sampling, SamplingRates) and s.sampling.tail == 0.5
+    assert isinstance(s.budget, BudgetConfig) and (s.budget.mode, s.budget.pairs_per_s) == (
+        "fixed",
+        120.0,
+    )
+    with pytest.raises(ConfigError, match="no such settings: rate_haed"):
+        s.with_overrides(rate_haed=0.1)
 
 
 @pytest.mark.parametrize(
@@ -73,8 +109,10 @@ def test_config_errors_name_the_variable(monkeypatch, env, value, fragment):
 def test_score_calibration_is_typed_for_the_scorer(monkeypatch, value, calibration):
     monkeypatch.setenv("RELMON_SCORE_CALIBRATION", value)
     settings = load_settings()
-    assert settings.score_calibration == value  # the setting as given (doctor, dumps)
-    assert settings.calibration == calibration
+    assert settings.scorer.calibration == calibration
+    assert (
+        load_settings(score_calibration=settings.to_env()["RELMON_SCORE_CALIBRATION"]) == settings
+    )
 
 
 def test_cli_config_error_stops_with_message(monkeypatch, capsys):
@@ -128,7 +166,7 @@ def test_compose_agrees_with_settings():
     assert {"kafka", "clickhouse", "worker", "dashboard"} <= set(services)
     assert "KRaft" in (ROOT / "docker-compose.yml").read_text()
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
-    fields = {f"RELMON_{name.upper()}" for name in Settings.model_fields}
+    fields = {name for name, _ in env_names()}
     for name in ("worker", "dashboard"):
         env = services[name]["environment"]
         unknown = set(env) - fields
@@ -162,9 +200,40 @@ def test_compose_agrees_with_settings():
 
 def test_readme_documents_every_setting_and_starts_with_two_commands():
     readme = (ROOT / "README.md").read_text()
-    for name in Settings.model_fields:
-        assert f"`RELMON_{name.upper()}`" in readme, f"README lacks RELMON_{name.upper()}"
+    for name, _ in env_names():
+        assert f"`{name}`" in readme, f"README lacks {name}"
+    assert reference() in readme, "README's settings tables differ from `relmon settings`"
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
     assert commands == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_a_child_environment_gives_back_the_same_settings(monkeypatch, tmp_path):
+    s = load_settings(
+        home=tmp_path,
+        score_calibration="none",
+        category_thresholds={"Area Rugs": 0.4},
+        alert_sinks="kafka,webhook",
+        rate_head=0.123456789,
+        alert_webhook_url="https://hooks.example/x",
+        alerts_in_worker=True,
+        bad_threshold=0.3,
+    )
+    env = s.to_env()
+    assert env["RELMON_SCORE_CALIBRATION"] == "none" and "RELMON_CATALOG_FILE" not in env
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == s
+    assert load_settings(score_calibration="1.5,0.25").to_env()["RELMON_SCORE_CALIBRATION"] == (
+        "1.5,0.25"
+    )
+
+
+def test_a_dotenv_file_sets_section_fields_below_the_environment(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("RELMON_RATE_HEAD=0.3\nRELMON_ALERT_WINDOW_S=60\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RELMON_ALERT_WINDOW_S", "120")
+    s = load_settings()
+    assert (s.sampling.head, s.alerts.window_s) == (0.3, 120)
+    assert load_settings(alert_window_s=30).alerts.window_s == 30  # code over both

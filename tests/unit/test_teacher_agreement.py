@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from relmon.settings import PlannerConfig, SamplingRates
 from relmon.sim.replay import ReplayConfig, TrafficGenerator
 from relmon.sim.scenario import Scenario
 from relmon.sim.synth import SyntheticCatalog
@@ -36,8 +37,8 @@ from schemas.models import Impression
 from streams import RawRecord, Routing, impression_text
 from streams.catalog import Catalog
 from streams.metrics import Metrics
-from streams.plans import Planner, PlannerConfig
-from streams.sampling import SamplingRates, unit_hash
+from streams.plans import Planner
+from streams.sampling import unit_hash
 from streams.testing import MemoryPorts, memory_processor
 
 MISS, FALSE_FLAG, UNCERTAIN = 0.4, 0.03, 0.1

@@ -13,7 +13,7 @@ def test_teacher_and_export_distill_commands_parse():
 def test_teacher_settings_defaults_and_secret(monkeypatch):
     monkeypatch.setenv("RELMON_TEACHER_API_KEY", "sk-secret-123")
     s = load_settings()
-    assert s.topic_labels == "relmon.teacher-labels"
-    assert s.teacher_base_url == "" and s.teacher_concurrency >= 1
-    assert s.teacher_api_key.get_secret_value() == "sk-secret-123"
+    assert s.topics.labels == "relmon.teacher-labels"
+    assert s.teacher.base_url == "" and s.teacher.concurrency >= 1
+    assert s.teacher.api_key.get_secret_value() == "sk-secret-123"
     assert "sk-secret-123" not in repr(s) and "sk-secret-123" not in s.model_dump_json()

@@ -27,17 +27,16 @@ from relmon.errors import (
     refused_for_good,
 )
 from relmon.runtime import free_port
-from relmon.settings import load_settings
+from relmon.settings import PlannerConfig, SamplingRates, load_settings
 from schemas.models import CatalogProduct, Impression, ReviewRequest, ScoredImpression
 from schemas.ubi import UbiQuery
 from streams import ImpressionProcessor, RawRecord, Routing
 from streams.app import send_all
 from streams.catalog import Catalog
 from streams.metrics import COUNTERS, Metrics
-from streams.plans import Planner, PlannerConfig, StoredPlan
+from streams.plans import Planner, StoredPlan
 from streams.processor import error_counter
 from streams.prometheus import exposition
-from streams.sampling import SamplingRates
 from streams.storage import ClickHouseStorePorts
 from streams.testing import MemoryPorts, memory_processor
 
@@ -59,7 +58,7 @@ def processor(ports: MemoryPorts, clock: Clock, metrics: Metrics) -> ImpressionP
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
-        rates=SamplingRates(uniform=1.0),
+        rates=SamplingRates.uniform_at(1.0),
         routing=Routing(0.5),
         model_version="fake",
         metrics=metrics,
@@ -105,10 +104,10 @@ def test_backoff_is_capped_and_recovery_is_logged_once(
 
 
 def test_the_cap_is_a_setting() -> None:
-    assert load_settings().retry_backoff_max_s == 5.0
-    assert load_settings(retry_backoff_max_s=1.5).retry_backoff_max_s == 1.5
+    assert load_settings().ingest.retry_backoff_max_s == 5.0
+    assert load_settings(retry_backoff_max_s=1.5).ingest.retry_backoff_max_s == 1.5
     app = (ROOT / "streams" / "app.py").read_text()
-    assert "backoff_max_s=settings.retry_backoff_max_s" in app
+    assert "backoff_max_s=settings.ingest.retry_backoff_max_s" in app
 
 
 def test_every_counter_the_processor_increments_is_exported_as_a_counter() -> None:
