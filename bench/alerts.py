@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relmon.alerts import AlertBook, Detector, Sums, window_sums
+from relmon.hostinfo import cpu_model, isa_flags
 from relmon.settings import DetectorConfig
 from relmon.sim.alerts import simulate_rows
 from relmon.sim.scenario import Scenario, Shift
@@ -167,6 +168,8 @@ def main() -> None:
                 "pages_per_minute": args.pages_per_minute,
                 "stationary_days": args.calm_days,
                 "delays_by_seed": {str(k): v for k, v in delays.items()},
+                "cpu": cpu_model(),
+                "isa": isa_flags(),
             }
         )
     )

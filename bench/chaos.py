@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/scoring.py, for `import scoring`
 
 from relmon.demo import scratch_servers  # noqa: E402
+from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from relmon.sim.chaos import ChaosConfig, run_chaos  # noqa: E402
 
 
@@ -51,6 +52,7 @@ def main() -> int:
     with scratch_servers("relmon-chaos-", args.model_dir, keep=args.keep) as settings:
         report = run_chaos(settings, config)
     report["wall_s"] = round(time.monotonic() - started, 1)  # broker and store start included
+    report.update(cpu=cpu_model(), isa=isa_flags())
     print(json.dumps(report))
     return 0
 

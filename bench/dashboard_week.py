@@ -20,6 +20,7 @@ from pathlib import Path
 
 from relmon import db
 from relmon.demo import store_process
+from relmon.hostinfo import cpu_model, isa_flags
 from relmon.kafka import broker_process, ensure_topics
 from relmon.runtime import free_port
 from relmon.settings import load_settings
@@ -135,7 +136,17 @@ def main() -> None:
             result[label] = {k: round(v, 3) for k, v in times.items()}
             print(f"{label}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
         worst = max(max(v.values()) for v in result.values())
-        print(json.dumps({"rows": rows, "worst_page_s": worst, **result}))
+        print(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "worst_page_s": worst,
+                    **result,
+                    "cpu": cpu_model(),
+                    "isa": isa_flags(),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

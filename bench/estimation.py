@@ -13,6 +13,7 @@ import argparse
 import json
 import time
 
+from relmon.hostinfo import cpu_model, isa_flags
 from relmon.settings import SamplingRates
 from relmon.sim.validation import simulate
 
@@ -61,6 +62,8 @@ def main() -> None:
                 "tail_ci_width_ratio_vs_uniform": round(ratio, 4),
                 "scoring_budget_share": round(budget, 4),
                 "impressions": strat.impressions,
+                "cpu": cpu_model(),
+                "isa": isa_flags(),
             }
         )
     )

@@ -1,18 +1,36 @@
 """Scoring benchmark: relmon's Scorer vs sentence-transformers CrossEncoder vs plain ONNX.
 
-The served tier is the cosine tier (the base model's embeddings, the card's ``served_tier``), so it
-is measured too, against sentence-transformers' own bi-encoder on the same base weights
-(``SentenceTransformer.encode`` of the batch's queries and titles, then the cosine): cold (a new
-scorer each round: every text embedded once per round) and warm (its per-text cache filled by
-the previous round, as a worker's is after the first sighting of a head query or a product).
-
 Run from the repository root with the venv's python:  ``python bench/scoring.py``
 
-All three score the same realistic pairs (WANDS queries with titles of the synthetic catalogue,
-drawn like search result pages: Zipf query popularity, 25% irrelevant results), with the same
-fine-tuned weights (``models/relmon-minilm-ce``: ONNX for relmon and the plain loop, the saved
-torch model ``torch/`` for CrossEncoder), interleaved in rounds in one process so that machine
-noise hits all of them alike; medians over rounds are reported. The last line is one JSON object.
+Two pair sets are measured, interleaved in the same rounds in one process so that machine noise
+hits every scorer alike; medians over rounds are reported. The last line is one JSON object,
+with the CPU's model and ISA flags (``cpu``, ``isa``).
+
+- Synthetic (``--pairs``): WANDS queries with titles of the synthetic catalogue, drawn like
+  search result pages (Zipf query popularity, 25% irrelevant results). Short titles: a lower
+  bound on the cost of a pair. relmon's cross-encoder Scorer, sentence-transformers
+  CrossEncoder and a plain onnxruntime loop (fp32 and int8, padded to 64 tokens) score them
+  with the same fine-tuned weights (``models/relmon-minilm-ce``: ONNX for relmon and the plain
+  loop, the saved torch model ``torch/`` for CrossEncoder): ``ratio_vs_sentence_transformers``.
+  The cosine tier (the base model's embeddings) is measured against sentence-transformers' own
+  bi-encoder on the same base weights (``SentenceTransformer.encode`` of the batch's queries
+  and titles, then the cosine): cold (a new scorer each round, built outside the timing: every
+  text embedded once per round) and warm (its per-text cache filled by the previous round, as
+  a worker's is after the first sighting of a head query or a product).
+- Real (``--esci-pairs``): judged pairs of the bundled ESCI slice (``scoring.esci``), whole
+  queries' judged pools in a seeded query order (the last one cut to size), each pool one
+  result page, its products' text built from the real catalogue exactly as the worker builds it
+  (``scoring.text.product_text``: title, brand, colour, category; the page's category leaves
+  by ``category_leaf``). Real titles are long: the bench reports the cross-encoder's tokenised
+  pair length (p50 / p90 before its 64-token truncation), which is why a real pair costs more
+  than a synthetic one. relmon's cross-encoder and the CrossEncoder score them
+  (``ratio_vs_sentence_transformers_esci``), and so does the served tier.
+
+The served tier (the card's ``served_tier``) is the page tier: a result judged against the page
+it was shown on (``scoring.page``; ``Scorer(tier="page")`` with each result's page passed to
+``predict``). A result that arrives without its page is scored by the cosine tier. The page tier
+is measured cold on the ESCI pages (a new scorer each round, as the cold cosine tier), against
+the CrossEncoder on the same pairs (``ratio_page_tier_vs_st_crossencoder_esci``).
 """
 
 from __future__ import annotations
@@ -23,6 +41,8 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +54,11 @@ from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from relmon.sim.synth import SyntheticCatalog, result_page  # noqa: E402
 from scoring import ModelCard, Scorer  # noqa: E402
 from scoring.data import as_triples  # noqa: E402
+from scoring.esci import load_esci_judgments, load_esci_products  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
+from scoring.page import PageContext, PageRef  # noqa: E402
 from scoring.scorer import default_threads  # noqa: E402
+from scoring.text import category_leaf, product_text  # noqa: E402
 from scoring.training import heldout_examples  # noqa: E402
 
 
@@ -51,6 +74,60 @@ def realistic_pairs(n: int, seed: int = 7) -> list[tuple[str, str, str]]:
         for product, _ in result_page(catalog, q, rng, size=10, bad_share=0.25):
             out.append((q.text, product.title, product.product_id))
     return out[:n]
+
+
+@dataclass(frozen=True)
+class EsciPairs:
+    """Judged ESCI pairs grouped by query, each query's results one page (in page order)."""
+
+    pairs: list[tuple[str, str]]
+    """(query, product text) as the cross-encoder reads it"""
+    keys: list[str]
+    """the product ids"""
+    pages: list[PageRef]
+    """each pair's result page and its index there"""
+    queries: int
+
+
+def esci_pairs(n: int, seed: int = 7) -> EsciPairs:
+    """``n`` judged ESCI pairs: whole queries' judged pools in a seeded order, the last cut short.
+
+    A query's judged pool is its result page (as in the model build); each product's text and
+    category leaf come from the real catalogue, built as the worker builds them for an
+    impression that names only its product id.
+    """
+    catalogue = {p.product_id: p for p in load_esci_products()}
+    pools: dict[str, list[str]] = {}
+    for e in load_esci_judgments():
+        pools.setdefault(e.query, []).append(str(e.product_id))
+    order = sorted(pools)
+    random.Random(seed).shuffle(order)
+    pairs: list[tuple[str, str]] = []
+    keys: list[str] = []
+    pages: list[PageRef] = []
+    queries = 0
+    for query in order:
+        ids = pools[query][: n - len(pairs)]
+        if not ids:
+            break
+        products = [catalogue[pid] for pid in ids]
+        texts = [product_text(p.title, p.brand, p.color, p.category) for p in products]
+        page = PageContext(tuple(texts), tuple(category_leaf(p.category) or "" for p in products))
+        pairs.extend((query, t) for t in texts)
+        keys.extend(ids)
+        pages.extend((page, i) for i in range(len(texts)))
+        queries += 1
+    return EsciPairs(pairs, keys, pages, queries)
+
+
+def pair_tokens(model_dir: Path, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The cross-encoder's tokenised length of each pair, before its truncation."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return np.array([len(e.ids) for e in tok.encode_batch(list(pairs))])
 
 
 class PlainOnnx:
@@ -86,21 +163,89 @@ class PlainOnnx:
         return np.concatenate(out)
 
 
-def timed_batches(fn, pairs, batch_size):  # type: ignore[no-untyped-def]
-    """Score pairs batch by batch (as a stream would hand them over); per-batch latencies."""
+ScoreFn = Callable[[slice], object]
+"""scores the pairs of a slice of a pair set (one call, as a stream would hand them over)"""
+Timing = tuple[float, list[float]]
+"""pairs per second over a pair set, and each call's latency in seconds"""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A scorer under test: ``start`` gives a round's scoring function, ``batch`` pairs a call.
+
+    ``start`` runs before the round's timing: a peer measured cold builds its scorer there, so a
+    round times the scoring and not the loading of a model.
+    """
+
+    start: Callable[[], ScoreFn]
+    batch: int
+
+
+def steady(fn: ScoreFn, batch: int) -> Peer:
+    """A peer that keeps its scorer (and whatever it caches) from round to round."""
+    return Peer(lambda: fn, batch)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Peers that score the same pair set."""
+
+    pairs: int
+    peers: Mapping[str, Peer]
+
+
+def timed_batches(fn: ScoreFn, n: int, batch_size: int) -> Timing:
+    """Score pairs ``0..n`` batch by batch (as a stream hands them over); per-batch latencies."""
     lat = []
     t0 = time.perf_counter()
-    for i in range(0, len(pairs), batch_size):
+    for i in range(0, n, batch_size):
         t = time.perf_counter()
-        fn(pairs[i : i + batch_size], batch_size)
+        fn(slice(i, min(i + batch_size, n)))
         lat.append(time.perf_counter() - t)
-    return len(pairs) / (time.perf_counter() - t0), lat
+    return n / (time.perf_counter() - t0), lat
+
+
+def measure(suites: Sequence[Suite], rounds: int) -> dict[str, list[Timing]]:
+    """Every peer of every suite over its pair set, interleaved in rounds; timings by peer name."""
+    results: dict[str, list[Timing]] = {n: [] for s in suites for n in s.peers}
+    for r in range(rounds):
+        for suite in suites:
+            for name, peer in suite.peers.items():
+                results[name].append(timed_batches(peer.start(), suite.pairs, peer.batch))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return results
+
+
+def summary(timings: Sequence[Timing], batch: int) -> dict[str, float]:
+    """Median pairs/s over rounds, and p50 / p99 call latency over all of them."""
+    lats = [v for _, lat in timings for v in lat]
+    return {
+        "pairs_per_s": statistics.median(x for x, _ in timings),
+        "p50_ms": 1000 * float(np.percentile(lats, 50)),
+        "p99_ms": 1000 * float(np.percentile(lats, 99)),
+        "batch": batch,
+    }
+
+
+def print_table(title: str, table: Mapping[str, dict[str, float]]) -> None:
+    """The suite's figures; ratio = the first peer's pairs/s over the row's."""
+    base = next(iter(table.values()))["pairs_per_s"]
+    print(title)
+    print(f"{'scorer':58s} {'pairs/s':>8s} {'batch':>6s} {'p50 ms':>8s} {'p99 ms':>8s} ratio")
+    for n, s in table.items():
+        print(
+            f"{n:58s} {s['pairs_per_s']:8.0f} {s['batch']:6.0f} {s['p50_ms']:8.1f} "
+            f"{s['p99_ms']:8.1f} {base / s['pairs_per_s']:5.2f}"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", default=str(ROOT / "models" / "relmon-minilm-ce"))
-    ap.add_argument("--pairs", type=int, default=1024)
+    ap.add_argument("--pairs", type=int, default=1024, help="synthetic pairs")
+    ap.add_argument(
+        "--esci-pairs", type=int, default=1024, help="real judged ESCI pairs (whole query pools)"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--stream-batch", type=int, default=256, help="pairs per worker call")
@@ -115,6 +260,8 @@ def main() -> None:
     rows = realistic_pairs(args.pairs)
     pairs = [(q, t) for q, t, _ in rows]
     keys = [pid for _, _, pid in rows]
+    esci = esci_pairs(args.esci_pairs)
+    ep = esci.pairs
 
     relmon = Scorer(model_dir, provider="cpu", variant="auto", intra_op_threads=threads)
     cached = Scorer(
@@ -125,8 +272,8 @@ def main() -> None:
     plain_int8 = PlainOnnx(model_dir, "model.int8.onnx", threads)
     bs, sb = args.batch_size, args.stream_batch
 
-    def st_predict(p, b):  # type: ignore[no-untyped-def]
-        return st.predict(p, batch_size=b, show_progress_bar=False)
+    def st_predict(p: Sequence[tuple[str, str]], b: int) -> np.ndarray:
+        return np.asarray(st.predict(list(p), batch_size=b, show_progress_bar=False))
 
     from sentence_transformers import SentenceTransformer
 
@@ -134,77 +281,96 @@ def main() -> None:
 
     bi = SentenceTransformer(base_model_path(), device="cpu")
 
-    def bi_predict(p, b):  # type: ignore[no-untyped-def]
+    def bi_predict(p: Sequence[tuple[str, str]], b: int) -> np.ndarray:
         q = bi.encode([x for x, _ in p], batch_size=b, normalize_embeddings=True)
         t = bi.encode([y for _, y in p], batch_size=b, normalize_embeddings=True)
-        return ((q * t).sum(1) + 1) / 2
+        return np.asarray(((q * t).sum(1) + 1) / 2)
 
     def cosine_scorer() -> Scorer:
         return Scorer(model_dir, provider="cpu", tier="cosine", intra_op_threads=threads)
 
+    def cold(make: Callable[[], Scorer], score: Callable[[Scorer, slice], object]) -> Peer:
+        """A peer with a new scorer each round (built before the round's timing)."""
+
+        def start() -> ScoreFn:
+            scorer = make()
+            return lambda s: score(scorer, s)
+
+        return Peer(start, sb)
+
     warm = cosine_scorer()
     same_cosine = float(np.abs(bi_predict(pairs[:64], 32) - warm.predict(pairs[:64])).max())
 
-    peers = {
-        f"relmon ({relmon.variant}, bucketed, stream batch {sb})": (
-            lambda p, b: relmon.predict(p, bs),
-            sb,
-        ),
-        "sentence-transformers CrossEncoder (torch fp32)": (st_predict, bs),
-        "plain onnxruntime fp32, padded to 64": (plain.predict, bs),
-        "plain onnxruntime int8, padded to 64": (plain_int8.predict, bs),
-        f"relmon cosine tier, cold (stream batch {sb})": (
-            lambda p, b: cosine_scorer().predict(p, bs),
-            sb,
-        ),
-        f"relmon cosine tier, warm cache (stream batch {sb})": (
-            lambda p, b: warm.predict(p, bs),
-            sb,
-        ),
-        "sentence-transformers bi-encoder, same base weights": (bi_predict, bs),
-    }
+    relmon_name = f"relmon ({relmon.variant}, bucketed, stream batch {sb})"
+    st_name = "sentence-transformers CrossEncoder (torch fp32)"
+    plain_name = "plain onnxruntime fp32, padded to 64"
+    plain_int8_name = "plain onnxruntime int8, padded to 64"
+    cold_name = f"relmon cosine tier, cold (stream batch {sb})"
+    warm_name = f"relmon cosine tier, warm cache (stream batch {sb})"
+    bi_name = "sentence-transformers bi-encoder, same base weights"
+    synthetic = Suite(
+        len(pairs),
+        {
+            relmon_name: steady(lambda s: relmon.predict(pairs[s], bs), sb),
+            st_name: steady(lambda s: st_predict(pairs[s], bs), bs),
+            plain_name: steady(lambda s: plain.predict(pairs[s], bs), bs),
+            plain_int8_name: steady(lambda s: plain_int8.predict(pairs[s], bs), bs),
+            cold_name: cold(cosine_scorer, lambda sc, s: sc.predict(pairs[s], bs)),
+            warm_name: steady(lambda s: warm.predict(pairs[s], bs), sb),
+            bi_name: steady(lambda s: bi_predict(pairs[s], bs), bs),
+        },
+    )
+    # the head-query cache tier on the same stream (warm from the second round on)
+    cached_name = f"relmon, head-query cache (stream batch {sb})"
+    head_cache = Suite(
+        len(pairs), {cached_name: steady(lambda s: cached.predict(pairs[s], bs, keys=keys[s]), sb)}
+    )
+    esci_relmon = f"ESCI: relmon ({relmon.variant}, bucketed, stream batch {sb})"
+    esci_st = "ESCI: sentence-transformers CrossEncoder (torch fp32)"
+    esci_page = f"ESCI: relmon page tier (served), cold (stream batch {sb})"
+    real = Suite(
+        len(ep),
+        {
+            esci_relmon: steady(lambda s: relmon.predict(ep[s], bs), sb),
+            esci_st: steady(lambda s: st_predict(ep[s], bs), bs),
+            esci_page: cold(
+                lambda: Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads),
+                lambda sc, s: sc.predict(ep[s], bs, keys=esci.keys[s], pages=esci.pages[s]),
+            ),
+        },
+    )
     # same weights: the three agree on the scores (int8 within quantisation error)
     ref = relmon.predict(pairs[:64])
-    st_s = np.asarray(st_predict(pairs[:64], 32))
+    st_s = st_predict(pairs[:64], 32)
     fp = Scorer(model_dir, provider="cpu", variant="fp32", intra_op_threads=threads)
     same_weights = float(np.abs(st_s - fp.predict(pairs[:64])).max())
-    for fn, b in peers.values():  # warm-up
-        fn(pairs[:64], b)
-    results: dict[str, list[tuple[float, list[float]]]] = {n: [] for n in peers}
-    cached_rates = []
-    for r in range(args.rounds):
-        for name, (fn, b) in peers.items():
-            results[name].append(timed_batches(fn, pairs, b))
-        # the head-query cache tier on the same stream (warm after the first round)
-        cached_rates.append(
-            timed_batches(lambda p, b: cached.predict(p, bs, keys=keys[: len(p)]), pairs, sb)[0]
-            if r
-            else 0.0
-        )
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    # ... on real text too, where both truncate the longer pairs to 64 tokens
+    same_weights_esci = float(np.abs(st_predict(ep[:64], 32) - fp.predict(ep[:64])).max())
+    for suite in (synthetic, real):  # warm-up
+        for peer in suite.peers.values():
+            peer.start()(slice(0, min(64, suite.pairs)))
+    results = measure([synthetic, head_cache, real], args.rounds)
 
-    def summary(name: str) -> dict[str, float]:
-        rates = [x for x, _ in results[name]]
-        lats = [v for _, lat in results[name] for v in lat]
-        return {
-            "pairs_per_s": statistics.median(rates),
-            "p50_ms": 1000 * float(np.percentile(lats, 50)),
-            "p99_ms": 1000 * float(np.percentile(lats, 99)),
-            "batch": peers[name][1],
-        }
-
-    table = {n: summary(n) for n in peers}
-    names = list(peers)
-    base = table[names[0]]["pairs_per_s"]
-    print(f"{len(pairs)} realistic pairs, {threads} threads, {args.rounds} interleaved rounds")
-    print(f"{'scorer':58s} {'pairs/s':>8s} {'batch':>6s} {'p50 ms':>8s} {'p99 ms':>8s} ratio")
-    for n, s in table.items():
-        print(
-            f"{n:58s} {s['pairs_per_s']:8.0f} {s['batch']:6.0f} {s['p50_ms']:8.1f} "
-            f"{s['p99_ms']:8.1f} {base / s['pairs_per_s']:5.2f}"
-        )
-    cached_pps = statistics.median(cached_rates[1:]) if args.rounds > 1 else 0.0
+    table = {n: summary(results[n], p.batch) for n, p in synthetic.peers.items()}
+    esci_table = {n: summary(results[n], p.batch) for n, p in real.peers.items()}
+    base = table[relmon_name]["pairs_per_s"]
+    print_table(
+        f"{len(pairs)} realistic pairs, {threads} threads, {args.rounds} interleaved rounds", table
+    )
+    cached_rates = [x for x, _ in results[cached_name][1:]]
+    cached_pps = statistics.median(cached_rates) if cached_rates else 0.0
     print(f"relmon with the warm head-query cache on the same stream: {cached_pps:.0f} pairs/s")
+    tokens = pair_tokens(model_dir, ep)
+    synth_tokens = pair_tokens(model_dir, pairs)
+    t50, t90 = (float(np.percentile(tokens, q)) for q in (50, 90))
+    over = float((tokens > relmon.max_length).mean())
+    print_table(
+        f"{len(ep)} judged ESCI pairs of {esci.queries} queries (each query's pool one page); "
+        f"cross-encoder pair tokens p50 {t50:.0f}, p90 {t90:.0f} ({over:.0%} truncated to "
+        f"{relmon.max_length}); synthetic pairs p50 {np.percentile(synth_tokens, 50):.0f}, "
+        f"p90 {np.percentile(synth_tokens, 90):.0f}",
+        esci_table,
+    )
 
     held = heldout_examples(card)
     labels = np.array([e.hard_label for e in held])
@@ -212,17 +378,18 @@ def main() -> None:
     auc32 = roc_auc(labels, fp.predict(hp))
     auc8 = roc_auc(labels, Scorer(model_dir, provider="cpu", variant="int8").predict(hp))
     print(f"held-out AUC fp32 {auc32:.4f} int8 {auc8:.4f} ({len(hp)} pairs)")
+    st_pps = table[st_name]["pairs_per_s"]
     out = {
         "relmon_variant": relmon.variant,
         "relmon_pairs_per_s": round(base, 1),
         "relmon_cached_pairs_per_s": round(cached_pps, 1),
-        "sentence_transformers_pairs_per_s": round(table[names[1]]["pairs_per_s"], 1),
-        "ratio_vs_sentence_transformers": round(base / table[names[1]]["pairs_per_s"], 2),
-        "plain_onnx_pairs_per_s": round(table[names[2]]["pairs_per_s"], 1),
-        "ratio_vs_plain_onnx": round(base / table[names[2]]["pairs_per_s"], 2),
-        "plain_onnx_int8_pairs_per_s": round(table[names[3]]["pairs_per_s"], 1),
-        "ratio_vs_plain_onnx_int8": round(base / table[names[3]]["pairs_per_s"], 2),
-        "relmon_p99_ms": round(table[names[0]]["p99_ms"], 1),
+        "sentence_transformers_pairs_per_s": round(st_pps, 1),
+        "ratio_vs_sentence_transformers": round(base / st_pps, 2),
+        "plain_onnx_pairs_per_s": round(table[plain_name]["pairs_per_s"], 1),
+        "ratio_vs_plain_onnx": round(base / table[plain_name]["pairs_per_s"], 2),
+        "plain_onnx_int8_pairs_per_s": round(table[plain_int8_name]["pairs_per_s"], 1),
+        "ratio_vs_plain_onnx_int8": round(base / table[plain_int8_name]["pairs_per_s"], 2),
+        "relmon_p99_ms": round(table[relmon_name]["p99_ms"], 1),
         "same_weights_max_abs_diff_st_vs_fp32": round(same_weights, 6),
         "relmon_vs_fp32_first64_max_abs_diff": round(
             float(np.abs(ref - fp.predict(pairs[:64])).max()), 4
@@ -235,18 +402,32 @@ def main() -> None:
         "cpu": cpu_model(),
         "isa": isa_flags(),
     }
-    cold, warm_pps, st_bi = (table[n]["pairs_per_s"] for n in names[4:7])
+    cold_pps, warm_pps, st_bi = (table[n]["pairs_per_s"] for n in (cold_name, warm_name, bi_name))
     out.update(
         served_tier=card.served_tier or "cross-encoder",
-        cosine_tier_pairs_per_s=round(cold, 1),
+        cosine_tier_pairs_per_s=round(cold_pps, 1),
         cosine_tier_warm_pairs_per_s=round(warm_pps, 1),
         sentence_transformers_biencoder_pairs_per_s=round(st_bi, 1),
-        ratio_cosine_tier_vs_st_biencoder=round(cold / st_bi, 2),
-        ratio_cosine_tier_vs_st_crossencoder=round(cold / table[names[1]]["pairs_per_s"], 2),
-        ratio_cosine_tier_warm_vs_st_crossencoder=round(
-            warm_pps / table[names[1]]["pairs_per_s"], 2
-        ),
+        ratio_cosine_tier_vs_st_biencoder=round(cold_pps / st_bi, 2),
+        ratio_cosine_tier_vs_st_crossencoder=round(cold_pps / st_pps, 2),
+        ratio_cosine_tier_warm_vs_st_crossencoder=round(warm_pps / st_pps, 2),
         same_weights_max_abs_diff_st_biencoder_vs_cosine_tier=round(same_cosine, 6),
+    )
+    relmon_esci, st_esci, page_esci = (
+        esci_table[n]["pairs_per_s"] for n in (esci_relmon, esci_st, esci_page)
+    )
+    out.update(
+        esci_pairs=len(ep),
+        esci_queries=esci.queries,
+        esci_tokens_p50=round(t50, 1),
+        esci_tokens_p90=round(t90, 1),
+        esci_tokens_truncated_share=round(over, 4),
+        relmon_esci_pairs_per_s=round(relmon_esci, 1),
+        sentence_transformers_esci_pairs_per_s=round(st_esci, 1),
+        ratio_vs_sentence_transformers_esci=round(relmon_esci / st_esci, 2),
+        page_tier_esci_pairs_per_s=round(page_esci, 1),
+        ratio_page_tier_vs_st_crossencoder_esci=round(page_esci / st_esci, 2),
+        same_weights_max_abs_diff_st_vs_fp32_esci=round(same_weights_esci, 6),
     )
     print(json.dumps(out))
 
