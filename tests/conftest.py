@@ -4,6 +4,7 @@ and fail, never skip, when they cannot."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -195,7 +196,21 @@ def dashboard_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that use the built model, so `make test` can run the rest during its build."""
+    """Mark the tests that use the built model, so `make test` can run the rest during its build.
+
+    They are slow too (a model build when it is missing, then minutes of real scoring), as are
+    the chaos runs.
+    """
     for item in items:
         if "model_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.needs_model)
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("chaos"):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The fast tier (``-m "not slow"``, ``make test-fast``) runs without torch, or fails."""
+    if session.config.option.markexpr == "not slow" and "torch" in sys.modules:
+        print("\nthe fast tier imported torch: mark the test that needs it `slow`", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,6 +1,6 @@
 """Every dashboard page in headless Chromium (Debian's ``chromium``) against a running
 dashboard and the real local store with data: the rendered DOM must show each page's content,
-and a screenshot of each page is saved under ``screenshots/``. Fails (never skips) without
+and a screenshot of each page is saved under ``build/screenshots/``. Fails (never skips) without
 chromium: ``scripts/bootstrap.sh`` installs it."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.integration.test_dashboard_pages import seed
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "screenshots"
+SHOTS = ROOT / "build" / "screenshots"  # with the other build artefacts (gitignored)
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -192,7 +192,7 @@ class Browser:
 
 
 def test_every_page_renders_in_chromium(live_dashboard, tmp_path):
-    SHOTS.mkdir(exist_ok=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     browser = Browser(chromium(), tmp_path / "profile")
     try:
         for i, (_title, path, _render) in enumerate(page_specs()):

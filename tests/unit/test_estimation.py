@@ -6,6 +6,9 @@ from relmon.settings import SamplingRates
 from relmon.sim.scenario import Scenario, Shift
 from relmon.sim.validation import simulate
 
+# a 75-minute simulation through the real processor: about a minute, more on a loaded machine
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def stratified():

