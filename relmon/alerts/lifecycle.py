@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -35,15 +34,10 @@ from schemas.alert import (
 __all__ = ["Alert", "AlertBook", "AlertEvent", "rate_record"]
 
 
-def _rounded(x: float, digits: int) -> float | None:
-    """``x`` rounded, or None (published as null) when it is NaN or infinite."""
-    return round(x, digits) if math.isfinite(x) else None
-
-
 def rate_record(est: RateEstimate) -> RateRecord:
     """A rate estimate as published: rounded, and a NaN rate (no sample) as null."""
     return RateRecord(
-        rate=_rounded(est.rate, 6),
+        rate=round(est.rate, 6),  # NaN (no sample): null, by the record
         ci_low=round(est.ci_low, 6),
         ci_high=round(est.ci_high, 6),
         sampled=est.sampled,
@@ -103,8 +97,8 @@ class Alert:
             window_s=self.window_s,
             observed=rate_record(self.observed),
             baseline=rate_record(self.baseline),
-            peak_rate=_rounded(self.peak_rate, 6),
-            z=_rounded(self.z, 3),
+            peak_rate=round(self.peak_rate, 6),  # not finite: null, by the record
+            z=round(self.z, 3),
             p_value=self.p_value,
             detectors=list(self.detectors),
             top_queries=[TopQuery.model_validate(q) for q in self.top_queries],
