@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 SCHEMA_VERSION = 1
@@ -35,6 +36,22 @@ def utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def float32(value: float) -> float:
+    """``value`` as the nearest float32: what a ClickHouse ``Float32`` column stores and returns."""
+    return float(np.float32(value))
+
+
+def millis(value: datetime) -> datetime:
+    """``value`` cut to whole milliseconds: what a ``DateTime64(3)`` column stores and returns."""
+    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+
+
+Float32 = Annotated[float, AfterValidator(float32)]
+"""a float held as a float32 (so that a stored row reads back equal to the row written)"""
+Millis = Annotated[datetime, AfterValidator(millis)]
+"""a time held to the millisecond (so that a stored row reads back equal to the row written)"""
 
 
 def hash_id(raw: str) -> str:
@@ -155,7 +172,11 @@ class Impression(_Record):
 
 
 class ScoredImpression(_Record):
-    """A sampled impression with its student score (one row of ``scored_impressions``)."""
+    """A sampled impression with its student score (one row of ``scored_impressions``).
+
+    The score and threshold are float32 numbers and the times whole milliseconds, as the table
+    stores them, so a row read back from the store equals the row written.
+    """
 
     impression_id: Id
     query_id: Id
@@ -165,20 +186,20 @@ class ScoredImpression(_Record):
     category: str = ""
     brand: str = ""
     position: int
-    event_time: datetime
+    event_time: Millis
     locale: str
     session_hash: str = ""
     source: str
     tier: Literal["head", "torso", "tail"] = "tail"
     position_bucket: str = ""
     plan_id: str = ""
-    score: float = Field(ge=0.0, le=1.0)
-    threshold: float
+    score: Float32 = Field(ge=0.0, le=1.0)
+    threshold: Float32
     is_bad: bool
     model_version: str
     sample_rate: float = Field(gt=0.0, le=1.0, description="inclusion probability")
     sample_weight: float = Field(ge=1.0, description="inverse inclusion probability")
-    scored_at: datetime
+    scored_at: Millis
 
     @classmethod
     def of(
@@ -215,7 +236,7 @@ class ScoredImpression(_Record):
             plan_id=plan_id,
             score=score,
             threshold=threshold,
-            is_bad=score < threshold,
+            is_bad=float32(score) < float32(threshold),
             model_version=model_version,
             sample_rate=sample_rate,
             sample_weight=1.0 / sample_rate,

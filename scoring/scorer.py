@@ -34,8 +34,8 @@ reports, never what was asked for.
 Determinism: a pair's score depends on the pair only, never on its batch-mates, the batch size
 or the padding. The int8 model is *statically* quantised (activation scales fixed at build time
 from calibration pairs; weights per channel), so no scale is computed at run time over a batch;
-each row of every kernel is computed independently of the others. ``tests/unit/test_scoring_
-determinism.py`` checks that scores are bitwise equal across batch compositions, orders and sizes.
+each row of every kernel is computed independently of the others. ``tests/unit/test_scorer.py``
+checks that scores are bitwise equal across batch compositions, orders and sizes.
 That is what lets a replay after a crash reproduce the same scores and rates.
 
 Speed: pairs are tokenised without padding, sorted by length in chunks, and each batch is padded

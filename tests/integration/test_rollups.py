@@ -98,13 +98,13 @@ class StorePorts(ClickHouseStorePorts):
         self.client.close()
 
 
-def processor(ports: StorePorts) -> ImpressionProcessor:
+def processor(ports: StorePorts, threshold: float = 0.5) -> ImpressionProcessor:
     return memory_processor(
         ports=ports,
         catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
         planner=Planner(PlannerConfig(checkpoint_interval_s=0)),
         rates=SamplingRates.uniform_at(1.0),
-        routing=Routing(0.5, uncertain_band=0.1),
+        routing=Routing(threshold, uncertain_band=0.1),
         model_version="fake-overlap-1",
         metrics=Metrics(),
         backoff_max_s=0.05,
@@ -185,6 +185,59 @@ def test_a_replay_adds_nothing_to_rollups_rows_or_reviews(fresh_db: Any) -> None
     assert second.reviews == [] and third.reviews == []
     assert set(physical_rows(s).values()) == {1}
     assert len(second.acked) == len(records)
+
+
+class Killed(Exception):
+    """Stands for SIGKILL: not a service error, so the processor does not retry it."""
+
+
+class KilledBeforeLedger(StorePorts):
+    """Ports of a worker killed after its reviews went out, before the ledger recorded them."""
+
+    async def mark_done(self, rows: list[ScoredImpression]) -> None:
+        raise Killed
+
+
+def test_a_retry_after_a_kill_repeats_the_same_review_requests(fresh_db: Any) -> None:
+    """Rows recovered from the store give the requests the killed worker sent, field for field.
+
+    The threshold and the fake scores are not float32 numbers and the event times have
+    microseconds: the table keeps float32 and milliseconds, so a row must be held that way to
+    read back equal.
+    """
+    s = fresh_db("kill")
+    records = traffic(60)
+    times = [Impression.model_validate_json(r.value or b"").event_time for r in records]
+    assert any(t.microsecond % 1000 for t in times)
+
+    async def killed() -> KilledBeforeLedger:
+        ports = KilledBeforeLedger(s)
+        try:
+            with pytest.raises(Killed):
+                await processor(ports, threshold=0.4237).process(records)
+        finally:
+            ports.close()
+        return ports
+
+    async def retry() -> StorePorts:
+        ports = StorePorts(s)
+        try:
+            await processor(ports, threshold=0.4237).process(records)
+        finally:
+            ports.close()
+        return ports
+
+    first = asyncio.run(killed())
+    second = asyncio.run(retry())
+    assert first.reviews and first.acked == []
+
+    def by_id(reviews: list[ReviewRequest]) -> dict[str, ReviewRequest]:
+        assert len(reviews) == len({r.impression_id for r in reviews})
+        return {r.impression_id: r for r in reviews}
+
+    assert by_id(second.reviews) == by_id(first.reviews)
+    assert len(second.acked) == len(records)
+    assert set(physical_rows(s).values()) == {1}
 
 
 def test_two_overlapping_workers_count_each_impression_once(fresh_db: Any) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from relmon.errors import DecodeError
 from relmon.settings import PlannerConfig, SamplingRates
-from schemas.models import CatalogProduct
+from schemas.models import CatalogProduct, float32
 from schemas.ubi import UbiQuery, decode_record
 from streams import EventTimeWindow, RawRecord, Routing
 from streams.catalog import Catalog
@@ -233,7 +233,7 @@ def test_the_page_tier_gets_each_sampled_hit_with_its_page_and_results_alone_wit
     assert sorted(index for _, index in refs) == [0, 1, 2, 3]
     on_page = [r for k, r in ports.rows.items() if k.startswith("ubi:q1")]
     assert len(on_page) == 4
-    assert {(r.model_version, r.threshold) for r in on_page} == {("fake-page-1", 0.3)}
+    assert {(r.model_version, r.threshold) for r in on_page} == {("fake-page-1", float32(0.3))}
     assert [r.offset for r in ports.acked] == [0, 1, 2]
 
 
