@@ -324,6 +324,10 @@ class RelmonWorker:
             log.debug("lag unavailable: %r", exc)
         else:
             self.budget.observe_lag(lag, time.monotonic())
+        stamps = [r.timestamp_ms for r in records if r.timestamp_ms]
+        if stamps:  # the input rate before the lag gives one (a fresh worker's first plans)
+            span_s = max((max(stamps) - min(stamps)) / 1000, self.settings.ingest.take_within_s)
+            self.budget.observe_first_arrivals(len(stamps), span_s, time.monotonic())
         for r in records:
             key = (r.topic, r.partition)
             self._next_offset[key] = max(self._next_offset.get(key, 0), r.offset + 1)

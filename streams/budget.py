@@ -10,7 +10,11 @@ multiplies every inclusion probability of new sampling plans:
 * the **ingest cost** ``t``: seconds per record spent on everything but scoring (decode, plans,
   store writes, sends), retry sleeps excluded (an outage is not a cost of the input);
 * the **lag** ``L`` (records consumed by nobody yet) and the **arrival rate** ``a`` (records per
-  second, from the lag's growth plus what was consumed meanwhile).
+  second, from the lag's growth plus what was consumed meanwhile). Until the lag has been
+  measured twice, ``a`` comes from the first batch's own records: how many arrived over the span
+  of their Kafka timestamps (at least one batch window). Without that, a worker starting into
+  live traffic would make its first plans as if no input arrived, at factor 1, and those plans
+  (a whole epoch each) would queue more work than the scorer can do for minutes.
 
 The worker must handle ``R = a + L / drain_s`` records per second to work its lag off within
 ``drain_s``; at factor ``f`` each record costs ``t + f * d / C`` seconds. The factor is lowered at
@@ -156,6 +160,18 @@ class BudgetController:
             self._arrived.value += max(arrived, 0)
             self._arrival_s.value += now - self._lag_at
         self._lag, self._lag_at, self._taken_since_lag = records, now, 0
+
+    def observe_first_arrivals(self, records: int, span_s: float, now: float) -> None:
+        """``records`` reached the input over ``span_s`` seconds (their Kafka timestamps' span).
+
+        Only used until the lag has given an arrival rate (:meth:`observe_lag`, twice): it is the
+        first plans' estimate of the input rate. Later calls change nothing.
+        """
+        if self._arrival_s.value > 0 or records <= 0 or span_s <= 0:
+            return
+        self._age(now)
+        self._arrived.value += records
+        self._arrival_s.value += span_s
 
     # --- estimates ---------------------------------------------------------------------------
     @property

@@ -106,6 +106,34 @@ def test_backlog_at_start_is_seen_by_the_first_plan():
     assert c.factor(0.0) < 0.5
 
 
+def test_live_input_at_start_is_seen_by_the_first_plan():
+    """Before the lag is measured twice, the first batch's timestamps give the input rate."""
+    arrivals = 3 * CAPACITY / DEMAND  # records/s: 3x what the scorer can take at factor 1
+    c = auto()
+    c.observe_scoring(64, 64 / CAPACITY, 0.0)  # the start-up warm-up
+    c.observe_lag(20, 0.0)  # live traffic: no backlog yet
+    assert c.factor(0.0) == 1.0  # what the first plan got without the timestamps
+    c.observe_first_arrivals(round(arrivals * 0.5), 0.5, 0.0)  # the first batch
+    first = c.factor(0.0)
+    load = arrivals * first * DEMAND / CAPACITY
+    assert 0.5 <= load <= 0.8  # the planned utilisation, on the ladder below it
+
+    light = auto()
+    light.observe_scoring(64, 64 / CAPACITY, 0.0)
+    light.observe_lag(0, 0.0)
+    light.observe_first_arrivals(round(0.3 * CAPACITY / DEMAND), 1.0, 0.0)
+    assert light.factor(0.0) == 1.0
+
+
+def test_measured_arrivals_replace_the_first_batchs_estimate():
+    c = auto()
+    c.observe_scoring(64, 64 / CAPACITY, 0.0)
+    c.observe_lag(0, 0.0)
+    c.observe_lag(100, 1.0)  # measured: 100 records/s
+    c.observe_first_arrivals(100_000, 0.5, 1.0)  # a burst's timestamps no longer count
+    assert c.arrival_rate == pytest.approx(100.0)
+
+
 def test_recovers_one_step_per_interval_when_input_drops():
     w = Worker(auto(), plan_every=1)
     w.run(300, arrivals_per_s=int(3 * CAPACITY / DEMAND))
