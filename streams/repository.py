@@ -140,17 +140,6 @@ _REFRESH_HOURS = (
     "WHERE window_start IN {hours:Array(DateTime('UTC'))}"
     f") GROUP BY hour, {_SEGMENT}"
 )
-# The totals of each day touched, from the hourly totals (which outlive the raw rows).
-_REFRESH_DAYS = (
-    f"INSERT INTO bad_case_totals_1d ({_ROLLUP_COLUMNS}) "
-    f"SELECT day, {_SEGMENT}, {_SUMS} FROM ("
-    f"SELECT toStartOfDay(window_start) AS day, {_SEGMENT}, sampled, bad, sum_w, sum_w_bad, "
-    "sum_w2 FROM bad_case_totals_1h FINAL "
-    "WHERE toStartOfDay(window_start) IN {days:Array(DateTime('UTC'))} "
-    f"UNION ALL SELECT window_start AS day, {_SEGMENT}, {_ZEROS} FROM bad_case_totals_1d FINAL "
-    "WHERE window_start IN {days:Array(DateTime('UTC'))}"
-    f") GROUP BY day, {_SEGMENT}"
-)
 
 
 def _utc(when: datetime) -> datetime:
@@ -158,29 +147,27 @@ def _utc(when: datetime) -> datetime:
 
 
 def refresh_rollups(client: Client, event_times: Iterable[datetime]) -> None:
-    """Recompute the hourly and daily roll-ups of the windows holding ``event_times``.
+    """Recompute the hourly totals of the hours holding ``event_times`` (the days sum them).
 
-    The roll-ups (``bad_case_totals_1h``/``_1d``, ReplacingMergeTrees keyed by window and segment,
-    read through the views ``bad_case_rollup_1h``/``_1d``) hold totals recomputed from the
-    deduplicated raw rows, never increments: a replay, a retry, or two workers writing the same
+    The hourly totals (``bad_case_totals_1h``, a ReplacingMergeTree keyed by window and segment,
+    read through the view ``bad_case_rollup_1h``) are recomputed from the deduplicated raw rows,
+    never incremented: a replay, a retry, or two workers writing the same
     impressions in a rebalance recompute the same totals, so nothing is counted twice. Each
     recomputation is versioned by the server's clock when it starts, and reads the rows as of
     then: the newest one has seen every row written before any other refresh began.
 
     The raw rows of a refreshed hour must all still be stored (30-day TTL): the worker only
-    accepts events less than ``RELMON_MAX_EVENT_AGE_S`` (at most 29 days) old. A day is summed
-    from its hourly totals, which do not expire.
+    accepts events less than ``RELMON_MAX_EVENT_AGE_S`` (at most 29 days) old. The view
+    ``bad_case_rollup_1d`` sums a day's hourly totals when read: they do not expire.
     """
     times = [_utc(t) for t in event_times]
     if not times:
         return
     hours = sorted({t.replace(minute=0, second=0, microsecond=0) for t in times})
-    days = sorted({h.replace(hour=0) for h in hours})
     client.command(
         _REFRESH_HOURS,
         parameters={"hours": hours, "lo": hours[0], "hi": hours[-1] + timedelta(hours=1)},
     )
-    client.command(_REFRESH_DAYS, parameters={"days": days})
 
 
 def done_impressions(client: Client, impression_ids: Sequence[str]) -> set[str]:

@@ -86,8 +86,14 @@ def expectations(records, sampler):
 
 
 def test_impressions_end_to_end(settings, start_worker):
+    # No scoring budget: the expected rows are those the base rate samples. The burst below is
+    # what a budget must take for live input (its records arrive within one batch window), and
+    # it may lower the first plans' rates (tests/unit/test_budget.py covers that).
     s = settings.with_overrides(
-        sampling_mode="uniform", sample_rate=0.5, unknown_product_retry_s=3.0
+        sampling_mode="uniform",
+        sample_rate=0.5,
+        unknown_product_retry_s=3.0,
+        scoring_budget_pps="0",
     )
     catalog, records = make_traffic(pages=60, seed=11)
     # every record twice, shuffled within its page key order: replays must not double count
