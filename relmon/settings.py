@@ -854,18 +854,27 @@ SECTIONS: dict[str, type[Section]] = {
 def _section_values(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Flat names (``alert_window_s``) to section values (``{"alerts": {"window_s": ...}}``).
 
-    Keys that are no section field's flat name are kept as they are (top-level fields).
+    Keys that are no section field's flat name are kept as they are (top-level fields). A flat
+    name beside its whole section (``alerts=...`` and ``alert_window_s=...``) is refused: one of
+    the two would be dropped.
     """
     out: dict[str, Any] = {}
     lookup = {cls.stem(f): (attr, f) for attr, cls in SECTIONS.items() for f in cls.model_fields}
+    flat_of: dict[str, list[str]] = {}
     for key, value in flat.items():
         if key in lookup:
             attr, name = lookup[key]
-            section = out.setdefault(attr, {})
-            if isinstance(section, dict):
-                section[name] = value
-        else:
-            out[key] = value
+            out.setdefault(attr, {})[name] = value
+            flat_of.setdefault(attr, []).append(key)
+    for key, value in flat.items():
+        if key in lookup:
+            continue
+        if key in flat_of:
+            raise ConfigError(
+                f"settings: {key}= is given whole and {', '.join(sorted(flat_of[key]))} beside "
+                f"it; set those fields inside {key}= (or leave {key}= out)"
+            )
+        out[key] = value
     return out
 
 

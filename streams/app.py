@@ -33,7 +33,7 @@ from relmon.errors import broker_error
 from relmon.kafka import ensure_topics, producer
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
-from scoring.page import PageRef
+from scoring.page import PageContext, PageRef
 from streams.budget import BudgetController
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.enrich import EventTimeWindow
@@ -46,7 +46,52 @@ from streams.route import Routing
 from streams.storage import ClickHouseStorePorts
 
 log = logging.getLogger(__name__)
+
+FIRST_LOOK_S = 2.0
+"""seconds a fresh worker with the automatic budget measures its input before its first batch"""
 T = TypeVar("T")
+
+
+_WARM_UP_WORDS = [
+    "solid",
+    "oak",
+    "writing",
+    "desk",
+    "with",
+    "two",
+    "drawers",
+    "and",
+    "a",
+    "steel",
+    "frame",
+    "for",
+    "the",
+    "home",
+    "office",
+    "in",
+    "walnut",
+    "brown",
+    "finish",
+    "brand",
+    "acme",
+    "colour",
+    "brown",
+    "category",
+    "furniture",
+    "office",
+    "desks",
+    "computer",
+    "desks",
+]
+WARM_UP_PAGE_SIZE = 10
+"""results per synthetic page when the capacity of the page tier is measured"""
+
+
+def _warm_up_text(kind: str, r: int, i: int) -> str:
+    """A distinct synthetic product text about as long as a real one (title, brand, category)."""
+    shift = (r * 31 + i) % len(_WARM_UP_WORDS)
+    words = _WARM_UP_WORDS[shift:] + _WARM_UP_WORDS[:shift]
+    return f"relmon warm-up {kind} {r} {i} " + " ".join(words)
 
 
 def measure_capacity(
@@ -56,15 +101,28 @@ def measure_capacity(
 
     Without it the first plans of a worker that starts behind (a backlog, a restart after an
     outage) would be made blind, at factor 1. One untimed batch warms the model up, then
-    ``rounds`` batches of distinct synthetic pairs are timed. Returns pairs/s.
+    ``rounds`` batches of distinct synthetic pairs are timed. The products' texts are about as
+    long as real ones (about 45 tokens; short ones made the first plans' budget several times
+    too generous), and a scorer with a page tier is timed on pages of
+    :data:`WARM_UP_PAGE_SIZE` results, each text embedded for the first time: its cost on a
+    cold cache, which the worker's own measurements then correct. Returns pairs/s.
     """
+    page_tier = getattr(scorer, "page", None) is not None
     for r in range(rounds + 1):
-        pairs = [
-            (f"relmon warm-up query {r} {i}", f"relmon warm-up product {r} {i} oak desk")
-            for i in range(batch_size)
-        ]
+        queries = [f"relmon warm-up query {r} {i // WARM_UP_PAGE_SIZE}" for i in range(batch_size)]
+        texts = [_warm_up_text("product", r, i) for i in range(batch_size)]
+        pairs = list(zip(queries, texts, strict=True))
         started = time.perf_counter()
-        scorer.predict(pairs, batch_size)
+        if page_tier:
+            refs: list[PageRef | None] = []
+            for start in range(0, batch_size, WARM_UP_PAGE_SIZE):
+                chunk = tuple(texts[start : start + WARM_UP_PAGE_SIZE])
+                page = PageContext(chunk, ("",) * len(chunk))
+                refs.extend((page, j) for j in range(len(chunk)))
+            paged: Any = scorer  # only scoring.Scorer serves the page tier
+            paged.predict(pairs, batch_size, pages=refs)
+        else:
+            scorer.predict(pairs, batch_size)
         if r:  # the first round pays for lazy initialisation
             budget.observe_scoring(len(pairs), time.perf_counter() - started, time.monotonic())
     return budget.capacity_pps
@@ -189,6 +247,8 @@ class RelmonWorker:
         self._publish_budget()
         self._rates = {name: RecentRate(60.0) for name in ("impressions", "consumed", "scored")}
         self._next_offset: dict[tuple[str, int], int] = {}
+        self._looked = False
+        self._first_high: dict[tuple[str, int], int] = {}
         self.lag = CachedLag(
             settings.kafka.servers, settings.topics.impressions, settings.kafka.consumer_group
         )
@@ -289,6 +349,9 @@ class RelmonWorker:
         async for events in stream.noack_take(s.ingest.take_max, within=s.ingest.take_within_s):
             try:
                 records = [_raw(event) for event in events]
+                if not self._looked:
+                    self._looked = True
+                    await self._first_look(records)
                 self._observe_lag(records)
                 await self.processor.process(records)
             except Exception as exc:
@@ -300,12 +363,28 @@ class RelmonWorker:
         for name, value in self.budget.gauges().items():
             self.metrics.set(name, value)
 
-    def _observe_lag(self, records: list[RawRecord]) -> None:
-        """Tell the budget how many records wait behind this batch (this batch included).
+    async def _first_look(self, records: list[RawRecord]) -> None:
+        """Measure the input rate before the first batch makes plans (automatic budget only).
+
+        The first plans hold for a minute of input each, and without two lag measurements the
+        budget would make them as if nothing arrived: at factor 1, which for live traffic above
+        the scorer's capacity queues minutes of scoring. So the lag is measured, then again
+        :data:`FIRST_LOOK_S` later, once per process (the consumer keeps fetching meanwhile).
+        """
+        if self.budget.config.mode != "auto":
+            return
+        lag = self._lag_behind(records)
+        if lag is not None:
+            self.budget.observe_lag(lag, time.monotonic())
+            await asyncio.sleep(FIRST_LOOK_S)
+
+    def _lag_behind(self, records: list[RawRecord]) -> int | None:
+        """Records waiting behind this batch (this batch included); None when unknown.
 
         Read from the consumer's high watermarks (updated by every fetch, no broker round trip)
         against the next offset this worker has not taken yet (a partition met for the first time:
-        this batch's first offset); a partition with no record taken yet counts 0.
+        this batch's first offset); a partition with no record taken yet counts what arrived since
+        this worker first saw its high watermark.
         """
         first: dict[tuple[str, int], int] = {}
         for r in records:
@@ -316,18 +395,22 @@ class RelmonWorker:
             consumer = self.app.consumer
             lag = 0
             for tp in consumer.assignment():
+                if tp.topic != self.settings.topics.impressions:
+                    continue
                 key = (tp.topic, tp.partition)
-                taken = self._next_offset.get(key, first.get(key))
-                if tp.topic == self.settings.topics.impressions and taken is not None:
-                    lag += max(int(consumer.highwater(tp) or 0) - taken, 0)
+                high = int(consumer.highwater(tp) or 0)
+                seen = self._first_high.setdefault(key, high)
+                lag += max(high - self._next_offset.get(key, first.get(key, seen)), 0)
         except Exception as exc:  # lag is advice: the batch goes on without it
             log.debug("lag unavailable: %r", exc)
-        else:
+            return None
+        return lag
+
+    def _observe_lag(self, records: list[RawRecord]) -> None:
+        """Tell the budget the lag behind this batch; remember the offsets it takes."""
+        lag = self._lag_behind(records)
+        if lag is not None:
             self.budget.observe_lag(lag, time.monotonic())
-        stamps = [r.timestamp_ms for r in records if r.timestamp_ms]
-        if stamps:  # the input rate before the lag gives one (a fresh worker's first plans)
-            span_s = max((max(stamps) - min(stamps)) / 1000, self.settings.ingest.take_within_s)
-            self.budget.observe_first_arrivals(len(stamps), span_s, time.monotonic())
         for r in records:
             key = (r.topic, r.partition)
             self._next_offset[key] = max(self._next_offset.get(key, 0), r.offset + 1)

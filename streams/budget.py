@@ -10,11 +10,10 @@ multiplies every inclusion probability of new sampling plans:
 * the **ingest cost** ``t``: seconds per record spent on everything but scoring (decode, plans,
   store writes, sends), retry sleeps excluded (an outage is not a cost of the input);
 * the **lag** ``L`` (records consumed by nobody yet) and the **arrival rate** ``a`` (records per
-  second, from the lag's growth plus what was consumed meanwhile). Until the lag has been
-  measured twice, ``a`` comes from the first batch's own records: how many arrived over the span
-  of their Kafka timestamps (at least one batch window). Without that, a worker starting into
-  live traffic would make its first plans as if no input arrived, at factor 1, and those plans
-  (a whole epoch each) would queue more work than the scorer can do for minutes.
+  second, from the lag's growth plus what was consumed meanwhile). A fresh worker looks at its
+  input for a moment before its first batch (two lag measurements, ``streams.app``), so its
+  first plans, a minute of input each, are made knowing the input rate; and until a batch has
+  been measured, the demand is taken as every impression of the first batch sampled.
 
 The worker must handle ``R = a + L / drain_s`` records per second to work its lag off within
 ``drain_s``; at factor ``f`` each record costs ``t + f * d / C`` seconds. The factor is lowered at
@@ -96,6 +95,7 @@ class BudgetController:
         self._taken_since_lag = 0
         self._factor = 1.0
         self._changed_at: float | None = None
+        self._first_demand = 1.0
 
     # --- measurements ------------------------------------------------------------------------
     def _age(self, now: float) -> None:
@@ -161,17 +161,14 @@ class BudgetController:
             self._arrival_s.value += now - self._lag_at
         self._lag, self._lag_at, self._taken_since_lag = records, now, 0
 
-    def observe_first_arrivals(self, records: int, span_s: float, now: float) -> None:
-        """``records`` reached the input over ``span_s`` seconds (their Kafka timestamps' span).
+    def expect_demand(self, records: int, impressions: int) -> None:
+        """The first batch holds ``impressions`` in ``records``: the demand until one is measured.
 
-        Only used until the lag has given an arrival rate (:meth:`observe_lag`, twice): it is the
-        first plans' estimate of the input rate. Later calls change nothing.
+        Before :meth:`observe_batch` has measured the pairs the base rates ask for per record,
+        every impression is assumed sampled (a result page is one record of many impressions).
         """
-        if self._arrival_s.value > 0 or records <= 0 or span_s <= 0:
-            return
-        self._age(now)
-        self._arrived.value += records
-        self._arrival_s.value += span_s
+        if self._records.value <= 0 and records > 0:
+            self._first_demand = impressions / records
 
     # --- estimates ---------------------------------------------------------------------------
     @property
@@ -203,7 +200,7 @@ class BudgetController:
         if capacity is None:
             return None
         required = self.arrival_rate + self.lag / self.config.drain_s
-        demand = self._per_record(self._base_pairs, 1.0)  # no batch yet: assume all sampled
+        demand = self._per_record(self._base_pairs, self._first_demand)
         cost = self._per_record(self._other_s, 0.0) + factor * demand / capacity
         return required * cost
 
@@ -222,7 +219,7 @@ class BudgetController:
         if required <= 0:
             return 1.0
         spare = cfg.utilisation / required - self._per_record(self._other_s, 0.0)
-        demand = self._per_record(self._base_pairs, 1.0)
+        demand = self._per_record(self._base_pairs, self._first_demand)
         return spare * capacity / demand if demand > 0 else 1.0
 
     # --- decision ----------------------------------------------------------------------------

@@ -241,6 +241,7 @@ class ImpressionProcessor:
                 self._queue[(record.topic, record.partition)].append(record.offset)
             out = _Outcome()
             items = self._decode_all(records, out)
+            self._planner.budget.expect_demand(len(records), len(items))
             deadline = self._clock() + self._retry_s
             await self._resolve([_Pending(r, i, deadline) for r, i in items], out, fresh=True)
             await self._finish(out)

@@ -107,31 +107,22 @@ def test_backlog_at_start_is_seen_by_the_first_plan():
 
 
 def test_live_input_at_start_is_seen_by_the_first_plan():
-    """Before the lag is measured twice, the first batch's timestamps give the input rate."""
-    arrivals = 3 * CAPACITY / DEMAND  # records/s: 3x what the scorer can take at factor 1
+    """A fresh worker measures the lag twice before its first batch; pages count in full."""
+    page = 10  # impressions per record: the base rates' demand is unknown before a batch
+    arrivals = 3 * CAPACITY / page  # pages/s: 3x what the scorer can take, all sampled
     c = auto()
     c.observe_scoring(64, 64 / CAPACITY, 0.0)  # the start-up warm-up
     c.observe_lag(20, 0.0)  # live traffic: no backlog yet
-    assert c.factor(0.0) == 1.0  # what the first plan got without the timestamps
-    c.observe_first_arrivals(round(arrivals * 0.5), 0.5, 0.0)  # the first batch
-    first = c.factor(0.0)
-    load = arrivals * first * DEMAND / CAPACITY
-    assert 0.5 <= load <= 0.8  # the planned utilisation, on the ladder below it
-
-    light = auto()
-    light.observe_scoring(64, 64 / CAPACITY, 0.0)
-    light.observe_lag(0, 0.0)
-    light.observe_first_arrivals(round(0.3 * CAPACITY / DEMAND), 1.0, 0.0)
-    assert light.factor(0.0) == 1.0
-
-
-def test_measured_arrivals_replace_the_first_batchs_estimate():
-    c = auto()
-    c.observe_scoring(64, 64 / CAPACITY, 0.0)
-    c.observe_lag(0, 0.0)
-    c.observe_lag(100, 1.0)  # measured: 100 records/s
-    c.observe_first_arrivals(100_000, 0.5, 1.0)  # a burst's timestamps no longer count
-    assert c.arrival_rate == pytest.approx(100.0)
+    assert c.factor(0.0) == 1.0  # nothing known of the input yet
+    c.observe_lag(20 + round(2 * arrivals), 2.0)  # the first look: two seconds later
+    assert c.factor(2.0) == 1.0  # a page taken as one pair: load 0.3, nothing to lower
+    c.expect_demand(records=256, impressions=256 * page)  # the first batch: result pages
+    first = c.factor(2.0)
+    assert 0.5 <= arrivals * first * page / CAPACITY <= 0.8  # the planned utilisation
+    c.observe_batch(records=256, base_pairs=512, busy_s=0.5, scoring_s=0.4, now=3.0)
+    measured = c.load(1.0)
+    c.expect_demand(records=10, impressions=10 * page)  # a batch was measured: no more hints
+    assert c.load(1.0) == measured
 
 
 def test_recovers_one_step_per_interval_when_input_drops():

@@ -82,6 +82,18 @@ def test_sections_are_the_components_configs(monkeypatch):
         s.with_overrides(rate_haed=0.1)
 
 
+def test_a_section_and_its_own_flat_field_together_are_refused():
+    plans = PlannerConfig(sketch_capacity=300)
+    assert load_settings(plans=plans).plans.sketch_capacity == 300
+    assert load_settings(plans=plans, rate_tail=0.5).sampling.tail == 0.5  # another section's
+    for kwargs in (
+        {"plans": plans, "sketch_capacity": 900},
+        {"sketch_capacity": 900, "plans": plans},
+    ):
+        with pytest.raises(ConfigError, match="plans= is given whole and sketch_capacity beside"):
+            load_settings(**kwargs)
+
+
 @pytest.mark.parametrize(
     ("env", "value", "fragment"),
     [
