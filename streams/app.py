@@ -46,52 +46,25 @@ from streams.route import Routing
 from streams.storage import ClickHouseStorePorts
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FIRST_LOOK_S = 2.0
 """seconds a fresh worker with the automatic budget measures its input before its first batch"""
-T = TypeVar("T")
 
 
-_WARM_UP_WORDS = [
-    "solid",
-    "oak",
-    "writing",
-    "desk",
-    "with",
-    "two",
-    "drawers",
-    "and",
-    "a",
-    "steel",
-    "frame",
-    "for",
-    "the",
-    "home",
-    "office",
-    "in",
-    "walnut",
-    "brown",
-    "finish",
-    "brand",
-    "acme",
-    "colour",
-    "brown",
-    "category",
-    "furniture",
-    "office",
-    "desks",
-    "computer",
-    "desks",
-]
+_WARM_UP_TEXT = (
+    "solid oak writing desk with two drawers and a steel frame for the home office in walnut "
+    "brown finish brand acme colour brown category furniture office desks computer desks"
+)
 WARM_UP_PAGE_SIZE = 10
 """results per synthetic page when the capacity of the page tier is measured"""
 
 
-def _warm_up_text(kind: str, r: int, i: int) -> str:
+def _warm_up_text(r: int, i: int) -> str:
     """A distinct synthetic product text about as long as a real one (title, brand, category)."""
-    shift = (r * 31 + i) % len(_WARM_UP_WORDS)
-    words = _WARM_UP_WORDS[shift:] + _WARM_UP_WORDS[:shift]
-    return f"relmon warm-up {kind} {r} {i} " + " ".join(words)
+    words = _WARM_UP_TEXT.split()
+    shift = (r * 31 + i) % len(words)
+    return f"relmon warm-up product {r} {i} " + " ".join(words[shift:] + words[:shift])
 
 
 def measure_capacity(
@@ -110,7 +83,7 @@ def measure_capacity(
     page_tier = getattr(scorer, "page", None) is not None
     for r in range(rounds + 1):
         queries = [f"relmon warm-up query {r} {i // WARM_UP_PAGE_SIZE}" for i in range(batch_size)]
-        texts = [_warm_up_text("product", r, i) for i in range(batch_size)]
+        texts = [_warm_up_text(r, i) for i in range(batch_size)]
         pairs = list(zip(queries, texts, strict=True))
         started = time.perf_counter()
         if page_tier:
