@@ -23,8 +23,10 @@ End to end (``--e2e-impressions``, default 6000; 0 skips it): ``relmon demo`` ma
 store, worker with the published model) replays real ESCI traffic with its natural composition;
 every stored row's truth is its human grade. ``e2e_true_bad_share`` is the replayed
 impressions' true bad share, ``e2e_shown_rate`` the worker's weighted flagged rate with its 95%
-interval, and ``e2e_corrected_rate`` the bias-corrected rate (``relmon.teacher.agreement``) with
-the review stream graded by a reference judge that answers with the human grades.
+interval, ``e2e_expected_rate`` the expected bad share the dashboard shows beside it (weighted
+mean calibrated P(bad), read with the dashboard's own sums), and ``e2e_corrected_rate`` the
+bias-corrected rate (``relmon.teacher.agreement``) with the review stream graded by a reference
+judge that answers with the human grades.
 
 The last line is one JSON object.
 """
@@ -134,9 +136,11 @@ def page_tier(
 def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
     """Replay real traffic through broker, worker and store; compare rates with the truth."""
     import tempfile
+    from datetime import UTC, datetime
 
     from relmon import db
     from relmon.demo import DemoOptions, run_demo
+    from relmon.estimate import Sums, window_sums_sql
     from relmon.kafka import read_topic
     from relmon.settings import Settings, load_settings
     from relmon.stats import RateEstimate
@@ -152,6 +156,15 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
             rows = client.query(
                 "SELECT query, product_id, is_bad, sample_weight FROM scored_impressions FINAL"
             ).result_rows
+            # the window's sums as the dashboard reads them (relmon.estimate)
+            sums = Sums.from_row(
+                next(
+                    client.query(
+                        window_sums_sql("scored_impressions"),
+                        parameters={"since": datetime(1970, 1, 1, tzinfo=UTC)},
+                    ).named_results()
+                )
+            )
         finally:
             client.close()
         reviews = [
@@ -159,7 +172,7 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
             for _, v in read_topic(s, s.topics.review, idle_s=3.0)
             if v is not None
         ]
-        return {"rows": rows, "reviews": reviews}
+        return {"rows": rows, "reviews": reviews, "sums": sums}
 
     with tempfile.TemporaryDirectory(prefix="relmon-quality-") as home:
         settings = load_settings(home=Path(home), model_dir=ROOT / "models" / "relmon-minilm-ce")
@@ -194,6 +207,7 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
         if (r.query, r.product_id) in grade
     ]
     corrected = corrected_rate(raw, reviewed)
+    expected = out["inspected"]["sums"].expected()
     truth = out["truly_irrelevant"] / max(1, out["impressions"])
     return {
         "e2e_impressions": out["impressions"],
@@ -204,6 +218,9 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
         "e2e_shown_rate": raw.rate,
         "e2e_shown_ci": [raw.ci_low, raw.ci_high],
         "e2e_shown_abs_error": abs(raw.rate - truth),
+        "e2e_expected_rate": expected.rate,
+        "e2e_expected_ci": [expected.ci_low, expected.ci_high],
+        "e2e_expected_abs_error": abs(expected.rate - truth),
         "e2e_corrected_rate": corrected.rate,
         "e2e_corrected_ci": [corrected.ci_low, corrected.ci_high],
         "e2e_corrected_covers_truth": corrected.ci_low <= truth <= corrected.ci_high,

@@ -131,17 +131,24 @@ def cells(f: Filters, by: tuple[str, ...] = ("tier",), bucket: bool = True) -> p
 
 
 def rates(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Weighted rate, 95% interval and judged flag per group of ``frame`` (sums summed)."""
+    """Rates per group of ``frame`` (sums summed): flagged and expected, with 95% intervals.
+
+    ``rate`` is the weighted share of rows flagged bad (``ci_low``/``ci_high`` its interval),
+    ``expected`` the weighted mean P(bad) (``exp_low``/``exp_high``); ``judged`` is false for
+    groups too thin to judge.
+    """
     cols = [*by, "sampled", "bad", "rate", "ci_low", "ci_high", "n_eff", "judged"]
+    cols += ["expected", "exp_low", "exp_high"]
     if frame.empty:
         return pd.DataFrame(columns=cols)
     min_n = get_settings().min_window_sample
     out = []
     for key, g in frame.groupby(by, sort=True) if by else [((), frame)]:
-        est = estimate.Sums.from_row(g[list(estimate.SUM_COLUMNS)].sum()).estimate()
+        sums = estimate.Sums.from_row(g[list(estimate.SUM_COLUMNS)].sum())
+        est, exp = sums.estimate(), sums.expected()
         key = key if isinstance(key, tuple) else (key,)
         out.append([*key, est.sampled, est.bad, est.rate, est.ci_low, est.ci_high])
-        out[-1] += [est.n_eff, estimate.judged(est, min_n)]
+        out[-1] += [est.n_eff, estimate.judged(est, min_n), exp.rate, exp.ci_low, exp.ci_high]
     return pd.DataFrame(out, columns=cols)
 
 

@@ -1,6 +1,13 @@
-"""Overview page: the weighted bad-case rate over time with its 95% band, by tier, and volume."""
+"""Overview page: the weighted bad-case rate over time with its 95% band, by tier, and volume.
+
+Two estimates of the bad share are shown (README, "What the dashboard shows"): the flagged rate
+(the weighted share of rows scored below their tier's operating point: every one a case to open)
+and the expected bad share (the weighted mean calibrated P(bad), which errs less per segment).
+"""
 
 from __future__ import annotations
+
+import math
 
 import altair as alt
 import pandas as pd
@@ -12,6 +19,11 @@ from relmon.errors import RelmonError
 from relmon.settings import get_settings
 
 __all__ = ["render"]
+
+
+def _share(value: float) -> str:
+    """A share as a percentage; "unknown" for NaN (an hour whose P(bad) was never stored)."""
+    return "unknown" if math.isnan(value) else f"{value:.1%}"
 
 
 def _rate_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.LayerChart:
@@ -33,7 +45,16 @@ def _rate_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.LayerChart
             alt.Tooltip("judged:N", title="enough sample to judge"),
         ],
     )
-    return (band + line).properties(height=260)
+    expected = base.mark_line(strokeDash=[4, 3], color="#ff7f0e").encode(
+        y="expected:Q",
+        tooltip=[
+            utc_time_tooltip("window_start", "window"),
+            alt.Tooltip("expected:Q", format=".1%", title="expected bad share"),
+            alt.Tooltip("exp_low:Q", format=".1%", title="95% low"),
+            alt.Tooltip("exp_high:Q", format=".1%", title="95% high"),
+        ],
+    )
+    return (band + line + expected).properties(height=260)
 
 
 def _tier_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.Chart:
@@ -87,9 +108,9 @@ def render() -> None:
     by_tier = data.rates(cells, ["window_start", "tier"])
     total, bad_n = int(series["sampled"].sum()), int(series["bad"].sum())
     last = series.iloc[-1]
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].metric("sampled impressions", f"{total:,}")
-    cols[1].metric("bad cases", f"{bad_n:,}")
+    cols[1].metric("bad cases (flagged)", f"{bad_n:,}")
     cols[2].metric(
         f"latest {'minute' if f.bucket_s == 60 else 'window'}",
         f"{last['rate']:.1%}",
@@ -98,13 +119,20 @@ def render() -> None:
     )
     whole = data.rates(cells, [])
     cols[3].metric(
-        "rate over the range",
+        "flagged rate over the range",
         f"{whole['rate'].iloc[0]:.1%}",
         help=f"95% interval {whole['ci_low'].iloc[0]:.1%} to {whole['ci_high'].iloc[0]:.1%}",
     )
+    cols[4].metric(
+        "expected bad share over the range",
+        _share(whole["expected"].iloc[0]),
+        help="the weighted mean calibrated P(bad) of the sampled results; 95% interval "
+        f"{_share(whole['exp_low'].iloc[0])} to {_share(whole['exp_high'].iloc[0])}",
+    )
     st.subheader(f"Bad-case rate per {bucket} (weighted, 95% interval)")
     st.caption(
-        "Band: 95% interval. Grey points: windows too thin to judge "
+        "Line and band: the flagged rate and its 95% interval. Dashed: the expected bad share. "
+        "Grey points: windows too thin to judge "
         f"(effective sample below {get_settings().min_window_sample})."
     )
     st.altair_chart(_rate_chart(series, axis, f.minutes), width="stretch")
@@ -117,8 +145,24 @@ def render() -> None:
         interval=[
             f"{a:.1%} to {b:.1%}" for a, b in zip(series["ci_low"], series["ci_high"], strict=True)
         ],
+        expected=series["expected"].map(_share),
+        expected_interval=[
+            f"{_share(a)} to {_share(b)}"
+            for a, b in zip(series["exp_low"], series["exp_high"], strict=True)
+        ],
         judged=series["judged"].map({True: "yes", False: "too thin"}),
-    )[["window_start", "sampled", "bad", "rate", "interval", "judged"]]
+    )[
+        [
+            "window_start",
+            "sampled",
+            "bad",
+            "rate",
+            "interval",
+            "expected",
+            "expected_interval",
+            "judged",
+        ]
+    ]
     with st.expander("rates per window (table)"):
         st.dataframe(table.iloc[::-1], hide_index=True, width="stretch")
     st.subheader("Latest low-score cases")

@@ -46,6 +46,7 @@ def render() -> None:
                 alt.Tooltip("rate:Q", format=".1%"),
                 alt.Tooltip("ci_low:Q", format=".1%", title="95% low"),
                 alt.Tooltip("ci_high:Q", format=".1%", title="95% high"),
+                alt.Tooltip("expected:Q", format=".1%", title="expected bad share"),
                 "sampled",
                 "bad",
             ],

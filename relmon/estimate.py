@@ -2,9 +2,11 @@
 
 A window's weighted (Horvitz-Thompson) bad-case rate, its 95% interval and its Kish effective
 sample size (:class:`relmon.stats.RateEstimate`) are functions of five sums a GROUP BY gives:
-rows, bad rows, sum of weights, weighted bad and sum of squared weights (:class:`Sums`). They
+rows, bad (flagged) rows, sum of weights, weighted bad and sum of squared weights
+(:class:`Sums`). A sixth sum, the weighted P(bad) of the rows (one minus the calibrated score,
+:data:`P_BAD_SQL`), gives the window's *expected* bad share (:meth:`Sums.expected`). They
 are read from the raw rows (``scored_impressions FINAL``) or from the hourly and daily roll-ups
-(``bad_case_rollup_1h``/``_1d``, which hold the same five sums per hour or day and segment),
+(``bad_case_rollup_1h``/``_1d``, which hold the same sums per hour or day and segment),
 always with :func:`window_sums_sql`, so the dashboard, the alert runner and the teacher's
 corrected rates add up the same numbers.
 
@@ -15,6 +17,7 @@ marked too thin to judge.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from relmon.stats import RateEstimate
 
 __all__ = [
     "KEYS",
+    "P_BAD_SQL",
     "SOURCES",
     "SUM_COLUMNS",
     "Sums",
@@ -33,8 +37,11 @@ __all__ = [
     "window_sums_sql",
 ]
 
-SUM_COLUMNS = ("sampled", "bad", "sum_w", "sum_w_bad", "sum_w2")
-"""The five sums, in this order, as :func:`window_sums_sql` names them."""
+SUM_COLUMNS = ("sampled", "bad", "sum_w", "sum_w_bad", "sum_w2", "sum_w_pbad")
+"""The sums, in this order, as :func:`window_sums_sql` names them."""
+
+P_BAD_SQL = "least(greatest(1 - toFloat64(score), 0), 1)"
+"""A stored row's P(bad): one minus its score, which the served tiers calibrate to P(good)."""
 
 KEYS = frozenset({"tier", "category", "locale", "position_bucket", "model_version", "query"})
 """Columns a window's sums may be grouped or filtered by (the roll-ups have all but ``query``)."""
@@ -50,7 +57,8 @@ class _Source:
 
 _RAW_SUMS = (
     "count() AS sampled, sum(is_bad) AS bad, sum(sample_weight) AS sum_w, "
-    "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2"
+    "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2, "
+    f"sum(sample_weight * {P_BAD_SQL}) AS sum_w_pbad"
 )
 _ROLLUP_SUMS = ", ".join(f"sum({c}) AS {c}" for c in SUM_COLUMNS)
 SOURCES: Mapping[str, _Source] = {
@@ -70,13 +78,18 @@ _PARAM = re.compile(r"[a-z_][a-z0-9_]*")
 
 @dataclass(frozen=True)
 class Sums:
-    """The sums behind a weighted rate (see :data:`SUM_COLUMNS`); they add up window by window."""
+    """The sums behind a weighted rate (see :data:`SUM_COLUMNS`); they add up window by window.
+
+    ``sum_w_pbad`` is NaN for hours rolled up before relmon stored it whose raw rows have expired:
+    their expected share is unknown, and so is that of any window holding them.
+    """
 
     sampled: int = 0
     bad: int = 0
     sum_w: float = 0.0
     sum_w_bad: float = 0.0
     sum_w2: float = 0.0
+    sum_w_pbad: float = 0.0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any] | Any) -> Sums:
@@ -87,6 +100,7 @@ class Sums:
             float(row["sum_w"]),
             float(row["sum_w_bad"]),
             float(row["sum_w2"]),
+            float(row["sum_w_pbad"]),
         )
 
     def __add__(self, other: Sums) -> Sums:
@@ -96,6 +110,7 @@ class Sums:
             self.sum_w + other.sum_w,
             self.sum_w_bad + other.sum_w_bad,
             self.sum_w2 + other.sum_w2,
+            self.sum_w_pbad + other.sum_w_pbad,
         )
 
     def __sub__(self, other: Sums) -> Sums:
@@ -105,12 +120,29 @@ class Sums:
             self.sum_w - other.sum_w,
             self.sum_w_bad - other.sum_w_bad,
             self.sum_w2 - other.sum_w2,
+            self.sum_w_pbad - other.sum_w_pbad,
         )
 
     def estimate(self) -> RateEstimate:
-        """The weighted rate, effective sample size and 95% interval."""
+        """The weighted flagged rate, effective sample size and 95% interval."""
         return RateEstimate.from_sums(
             self.sampled, self.bad, self.sum_w, self.sum_w_bad, self.sum_w2
+        )
+
+    def expected(self) -> RateEstimate:
+        """The expected bad share: the weighted mean P(bad), with a 95% interval.
+
+        Each row adds its calibrated P(bad) instead of a 0/1 flag. The interval is the Wilson
+        interval on the same (Kish) effective sample size: with equal weights, a mean of values
+        in [0, 1] varies at most as much as a share of 0/1 flags with that mean does, so the
+        interval errs wide. Like the flagged rate's, it counts sampling error only, not the
+        scorer's own error.
+        The rate is NaN when a window holds an hour whose P(bad) was never stored.
+        """
+        if not math.isfinite(self.sum_w_pbad):
+            return RateEstimate(self.sampled, self.bad, math.nan, 0.0, 0.0, 1.0)
+        return RateEstimate.from_sums(
+            self.sampled, self.bad, self.sum_w, self.sum_w_pbad, self.sum_w2
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from relmon.estimate import P_BAD_SQL
 from schemas.models import ScoredImpression
 from schemas.ubi import UbiQuery
 from streams.plans import Checkpoint, PlanKey, StoredPlan
@@ -119,11 +120,11 @@ def existing_impressions(client: Client, impression_ids: Sequence[str]) -> set[s
 
 _ROLLUP_COLUMNS = (
     "window_start, tier, category, locale, position_bucket, model_version, "
-    "sampled, bad, sum_w, sum_w_bad, sum_w2, computed_at"
+    "sampled, bad, sum_w, sum_w_bad, sum_w2, sum_w_pbad, computed_at"
 )
 _SEGMENT = "tier, category, locale, position_bucket, model_version"
-_SUMS = "sum(sampled), sum(bad), sum(sum_w), sum(sum_w_bad), sum(sum_w2), now64(9)"
-_ZEROS = "toUInt64(0), toUInt64(0), 0., 0., 0."
+_SUMS = "sum(sampled), sum(bad), sum(sum_w), sum(sum_w_bad), sum(sum_w2), sum(sum_w_pbad), now64(9)"
+_ZEROS = "toUInt64(0), toUInt64(0), 0., 0., 0., 0."
 # The totals of each hour touched, recomputed from the deduplicated raw rows (FINAL); the
 # segments an hour had before and no longer has get zero rows (the views leave them out).
 _REFRESH_HOURS = (
@@ -131,7 +132,8 @@ _REFRESH_HOURS = (
     f"SELECT hour, {_SEGMENT}, {_SUMS} FROM ("
     f"SELECT toStartOfHour(event_time) AS hour, {_SEGMENT}, count() AS sampled, "
     "toUInt64(sum(is_bad)) AS bad, sum(sample_weight) AS sum_w, "
-    "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2 "
+    "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2, "
+    f"sum(sample_weight * {P_BAD_SQL}) AS sum_w_pbad "
     "FROM scored_impressions FINAL "
     "WHERE event_time >= {lo:DateTime64(3, 'UTC')} AND event_time < {hi:DateTime64(3, 'UTC')} "
     "AND toStartOfHour(event_time) IN {hours:Array(DateTime('UTC'))} "

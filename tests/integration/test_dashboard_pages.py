@@ -76,8 +76,11 @@ def test_overview_shows_rates_tiers_and_volume(page_env):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["sampled impressions"] == "120"
-    assert metrics["bad cases"] == "30"
-    assert metrics["rate over the range"] == "25.0%"
+    assert metrics["bad cases (flagged)"] == "30"
+    assert metrics["flagged rate over the range"] == "25.0%"
+    assert metrics["expected bad share over the range"] == "30.0%"  # 30 at P(bad) 0.9, 90 at 0.1
+    table = at.dataframe[0].value  # rates per window: both estimates, each with its interval
+    assert {"rate", "interval", "expected", "expected_interval"} <= set(table.columns)
     headers = [h.value for h in at.subheader]
     assert "By query tier" in headers and "Traffic volume (sampled impressions)" in headers
     charts = at.get("vega_lite_chart")
@@ -99,7 +102,7 @@ def test_overview_filters_by_segment(page_env):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["sampled impressions"] == "60"
-    assert metrics["bad cases"] == "0"
+    assert metrics["bad cases (flagged)"] == "0"
 
 
 def test_segments_heatmap(page_env):

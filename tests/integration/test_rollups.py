@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,15 +34,15 @@ pytestmark = pytest.mark.integration
 
 ROLLUPS = {
     "bad_case_rollup_1h": "SELECT window_start, tier, category, locale, position_bucket, "
-    "model_version, sampled, bad, round(sum_w, 9), round(sum_w_bad, 9), round(sum_w2, 9) "
-    "FROM bad_case_rollup_1h ORDER BY ALL",
+    "model_version, sampled, bad, round(sum_w, 9), round(sum_w_bad, 9), round(sum_w2, 9), "
+    "round(sum_w_pbad, 9) FROM bad_case_rollup_1h ORDER BY ALL",
     "bad_case_rollup_1d": "SELECT window_start, tier, category, locale, position_bucket, "
-    "model_version, sampled, bad, round(sum_w, 9), round(sum_w_bad, 9), round(sum_w2, 9) "
-    "FROM bad_case_rollup_1d ORDER BY ALL",
+    "model_version, sampled, bad, round(sum_w, 9), round(sum_w_bad, 9), round(sum_w2, 9), "
+    "round(sum_w_pbad, 9) FROM bad_case_rollup_1d ORDER BY ALL",
     "bad_case_rates_1h": "SELECT window_start, category, sampled, bad, round(weighted_rate, 9), "
-    "round(ci_low, 9), judged FROM bad_case_rates_1h ORDER BY ALL",
+    "round(ci_low, 9), judged, round(expected_rate, 9) FROM bad_case_rates_1h ORDER BY ALL",
     "bad_case_rates_1d": "SELECT window_start, category, sampled, bad, round(weighted_rate, 9), "
-    "round(ci_low, 9), judged FROM bad_case_rates_1d ORDER BY ALL",
+    "round(ci_low, 9), judged, round(expected_rate, 9) FROM bad_case_rates_1d ORDER BY ALL",
 }
 
 
@@ -297,8 +298,11 @@ def test_the_estimate_reads_the_same_sums_from_rows_and_rollups(fresh_db: Any) -
             for key, want in raw.items():
                 got = rolled[key]
                 assert (got.sampled, got.bad) == (want.sampled, want.bad), (rollup, key)
-                floats = (got.sum_w, got.sum_w_bad, got.sum_w2)
-                assert floats == pytest.approx((want.sum_w, want.sum_w_bad, want.sum_w2))
+                floats = (got.sum_w, got.sum_w_bad, got.sum_w2, got.sum_w_pbad)
+                assert floats == pytest.approx(
+                    (want.sum_w, want.sum_w_bad, want.sum_w2, want.sum_w_pbad)
+                )
+                assert 0 <= want.sum_w_pbad <= want.sum_w  # each row's P(bad) is in [0, 1]
     finally:
         client.close()
 
@@ -394,5 +398,70 @@ def test_migration_recounts_double_counted_rollups_and_fills_the_ledger(
         }
         repository.insert_scored(client, rows)  # and from now on a replay adds nothing
         assert client.command(doubled) == 30
+    finally:
+        client.close()
+
+
+def test_migration_adds_the_expected_share_to_stored_hours(
+    server: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0008: hours with raw rows get their weighted P(bad); older hours' is unknown (NaN)."""
+    s = server.with_overrides(clickhouse_database="migrate_0008")
+    shipped = db.migrations()
+    monkeypatch.setattr(db, "migrations", lambda: [m for m in shipped if m[0] <= 7])
+    db.migrate(s)
+    now = datetime.now(UTC)
+    rows = [
+        ScoredImpression.of(
+            Impression(
+                impression_id=f"e{i}",
+                query_id="q",
+                query="oak desk",
+                product_id="p",
+                title="Oak Desk",
+                category="Desks",
+                position=1,
+                event_time=now - timedelta(minutes=i),
+            ),
+            score=0.25 * (i % 4),
+            threshold=0.5,
+            model_version="m",
+            sample_rate=0.5,
+            scored_at=now,
+        )
+        for i in range(8)
+    ]
+    old_hour = (now - timedelta(days=40)).replace(minute=0, second=0, microsecond=0)
+    client = db.connect(s)
+    try:
+        data = [[getattr(r, c) for c in repository.SCORED_COLUMNS] for r in rows]
+        client.insert("scored_impressions", data, column_names=repository.SCORED_COLUMNS)
+        client.insert(  # an hour whose raw rows expired long ago
+            "bad_case_totals_1h",
+            [[old_hour, "head", "Desks", "", "1", "m", 4, 1, 8.0, 2.0, 16.0, now]],
+            column_names=[
+                *("window_start", "tier", "category", "locale", "position_bucket"),
+                *("model_version", "sampled", "bad", "sum_w", "sum_w_bad", "sum_w2"),
+                "computed_at",
+            ],
+        )
+        monkeypatch.setattr(db, "migrations", lambda: shipped)
+        assert db.migrate(s) == ["0008_expected_bad_share.sql"]
+        since = now - timedelta(days=60)
+        recent = Sums()
+        old = Sums()
+        sql = window_sums_sql("bad_case_rollup_1h", bucket=True)
+        for r in client.query(sql, parameters={"since": since}).named_results():
+            hour = r["window_start"].replace(tzinfo=UTC)
+            if hour == old_hour:
+                old += Sums.from_row(r)
+            else:
+                recent += Sums.from_row(r)
+        # P(bad) = 1 - score: 1, 0.75, 0.5, 0.25 twice over, each with weight 2
+        assert recent.sampled == 8 and recent.sum_w_pbad == pytest.approx(2 * 2 * 2.5)
+        assert recent.expected().rate == pytest.approx(0.625)
+        assert old.sampled == 4 and math.isnan(old.sum_w_pbad)
+        assert math.isnan((old + recent).expected().rate)
+        assert (old + recent).estimate().rate == pytest.approx((2.0 + 2 * 2 * 2) / 24.0)
     finally:
         client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
@@ -16,11 +17,11 @@ from relmon.stats import RateEstimate
 PLACEHOLDER = re.compile(r"\{(\w+):([^{}]+)\}")
 
 
-def rows_sums(weights_bad: list[tuple[float, int]]) -> Sums:
-    """The sums of rows given as (weight, is_bad), one row at a time."""
+def rows_sums(weights_bad: list[tuple[float, int]], p_bad: float = 0.5) -> Sums:
+    """The sums of rows given as (weight, is_bad), one row at a time, each with ``p_bad``."""
     total = Sums()
     for w, bad in weights_bad:
-        total += Sums(1, bad, w, w * bad, w * w)
+        total += Sums(1, bad, w, w * bad, w * w, w * p_bad)
     return total
 
 
@@ -28,7 +29,7 @@ def test_sums_add_up_like_the_pooled_rows() -> None:
     a_rows = [(1.0, 1), (4.0, 0), (4.0, 1)]
     b_rows = [(20.0, 0), (1.0, 0)]
     a, b = rows_sums(a_rows), rows_sums(b_rows)
-    assert a + b == rows_sums(a_rows + b_rows) == Sums(5, 2, 30.0, 5.0, 434.0)
+    assert a + b == rows_sums(a_rows + b_rows) == Sums(5, 2, 30.0, 5.0, 434.0, 15.0)
     assert a + Sums() == a and (a + b) - b == a
     est = (a + b).estimate()
     assert est == RateEstimate.from_sums(5, 2, 30.0, 5.0, 434.0)
@@ -38,11 +39,37 @@ def test_sums_add_up_like_the_pooled_rows() -> None:
 
 def test_sums_from_a_row_by_name() -> None:
     row = {"tier": "head", "sum_w2": 8.0, "sampled": 2, "bad": 1, "sum_w": 4.0, "sum_w_bad": 2.0}
-    assert Sums.from_row(row) == Sums(2, 1, 4.0, 2.0, 8.0)
+    row["sum_w_pbad"] = 1.5
+    assert Sums.from_row(row) == Sums(2, 1, 4.0, 2.0, 8.0, 1.5)
     frame = pd.DataFrame([row, row])
-    assert Sums.from_row(frame[list(SUM_COLUMNS)].sum()) == Sums(4, 2, 8.0, 4.0, 16.0)
+    assert Sums.from_row(frame[list(SUM_COLUMNS)].sum()) == Sums(4, 2, 8.0, 4.0, 16.0, 3.0)
     with pytest.raises(KeyError):
         Sums.from_row({"sampled": 1})
+
+
+def test_the_expected_share_is_the_weighted_mean_p_bad_with_a_conservative_interval() -> None:
+    # rows (weight, P(bad)): the flagged rate counts flags, the expected share averages P(bad)
+    rows = [(1.0, 0.9), (4.0, 0.1), (4.0, 0.3), (20.0, 0.05), (1.0, 0.6)]
+    total = Sums()
+    for w, p in rows:
+        total += Sums(1, int(p >= 0.5), w, w * (p >= 0.5), w * w, w * p)
+    exp = total.expected()
+    want = sum(w * p for w, p in rows) / sum(w for w, _ in rows)
+    assert exp.rate == pytest.approx(want) and exp.rate != total.estimate().rate
+    assert exp.n_eff == total.estimate().n_eff
+    # the linearised variance of a weighted mean of values in [0, 1] is at most that of a share
+    # of 0/1 values with the same mean on the same effective sample, and the interval is wider
+    # than the linearised one
+    var = sum(w * w * (p - want) ** 2 for w, p in rows) / sum(w for w, _ in rows) ** 2
+    assert var <= want * (1 - want) / exp.n_eff
+    assert exp.ci_low < want < exp.ci_high
+    assert exp.ci_high - exp.ci_low > 2 * 1.96 * var**0.5
+    unknown = total + Sums(3, 0, 3.0, 0.0, 3.0, float("nan"))  # an hour rolled up before
+    assert math.isnan(unknown.expected().rate) and (
+        unknown.expected().ci_low,
+        unknown.expected().ci_high,
+    ) == (0.0, 1.0)
+    assert not math.isnan(unknown.estimate().rate)
 
 
 def placeholders(sql: str) -> dict[str, str]:
@@ -70,7 +97,8 @@ def test_raw_window_sums_sql_binds_every_value() -> None:
     assert sql.startswith(
         "SELECT toStartOfInterval(event_time, toIntervalSecond({w:UInt32})) AS window_start, "
         "tier, category, count() AS sampled, sum(is_bad) AS bad, sum(sample_weight) AS sum_w, "
-        "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2 "
+        "sum(sample_weight * is_bad) AS sum_w_bad, sum(sample_weight * sample_weight) AS sum_w2, "
+        "sum(sample_weight * least(greatest(1 - toFloat64(score), 0), 1)) AS sum_w_pbad "
         "FROM scored_impressions FINAL WHERE event_time >= {since:DateTime64(3, 'UTC')} "
         "AND event_time < {until:DateTime64(3, 'UTC')} AND "
     )
@@ -85,7 +113,8 @@ def test_rollup_window_sums_sql_sums_the_stored_sums(table: str) -> None:
     sql = window_sums_sql(table, ("category",), bucket=True)
     assert sql == (
         "SELECT window_start, category, sum(sampled) AS sampled, sum(bad) AS bad, "
-        "sum(sum_w) AS sum_w, sum(sum_w_bad) AS sum_w_bad, sum(sum_w2) AS sum_w2 "
+        "sum(sum_w) AS sum_w, sum(sum_w_bad) AS sum_w_bad, sum(sum_w2) AS sum_w2, "
+        "sum(sum_w_pbad) AS sum_w_pbad "
         f"FROM {table} WHERE window_start >= {{since:DateTime64(3, 'UTC')}} "
         "GROUP BY window_start, category ORDER BY window_start, category"
     )
@@ -151,6 +180,7 @@ def test_dashboard_rates_use_the_setting(min_window_sample: pytest.MonkeyPatch) 
     frame = pd.DataFrame(
         [
             {"tier": t, "sampled": n, "bad": 1, "sum_w": float(n), "sum_w_bad": 1.0, "sum_w2": n}
+            | {"sum_w_pbad": 1.0}
             for t, n in (("head", 20), ("head", 30), ("tail", 45))
         ]
     )

@@ -115,7 +115,7 @@ def replay(minutes: int = 25, pages: int = 100, seed: int = 3):
 
 
 def sums_by_category(rows) -> pd.DataFrame:
-    acc: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])
+    acc: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0, 0.0])
     for r in rows:
         a = acc[r.category]
         a[0] += 1
@@ -123,9 +123,10 @@ def sums_by_category(rows) -> pd.DataFrame:
         a[2] += r.sample_weight
         a[3] += r.sample_weight * r.is_bad
         a[4] += r.sample_weight**2
+        a[5] += r.sample_weight * (1.0 - r.score)
     return pd.DataFrame(
         [[seg, *v] for seg, v in sorted(acc.items())],
-        columns=["segment", "sampled", "bad", "sum_w", "sum_w_bad", "sum_w2"],
+        columns=["segment", "sampled", "bad", "sum_w", "sum_w_bad", "sum_w2", "sum_w_pbad"],
     )
 
 
