@@ -65,7 +65,7 @@ import onnxruntime as ort
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring.card import ModelCard, TierCard
 from scoring.embedding import EMBED_FILE, EmbeddingCache
-from scoring.page import FEATURES, PageContext, PageModel, PageRef, page_features
+from scoring.page import ANCHORS, FEATURES, PageContext, PageModel, PageRef, page_features
 
 __all__ = [
     "Provider",
@@ -169,6 +169,12 @@ class PageTier:
                 "(relmon model build)"
             )
         m = entry.page_model
+        if tuple(m.features) != FEATURES or m.anchors != ANCHORS:
+            raise ModelNotFoundError(
+                f"the model card's page tier reads features {m.features} with {m.anchors} "
+                f"anchors; this relmon computes {list(FEATURES)} with {ANCHORS}: rebuild the "
+                "model (relmon model build)"
+            )
         return cls(
             model_version=entry.model_version,
             operating_threshold=entry.operating_point.threshold,

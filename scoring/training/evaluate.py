@@ -244,17 +244,51 @@ def pool_features(scorer: Scorer, examples: Sequence[Example], fields: bool = Tr
     return out
 
 
+PAGE_SIZES = ((10, 4), (20, 2))
+"""Besides each whole pool, the page tier is fitted on random pages cut from it: (results, pages
+per query). A served page has 10-50 results; a pool about 45 (see :data:`scoring.page.FEATURES`,
+``log_page_size``)."""
+
+
+def training_pages(
+    scorer: Scorer, examples: Sequence[Example], seed: int = 13
+) -> tuple[np.ndarray, np.ndarray]:
+    """The page features and labels the page tier is fitted on: pools and pages cut from them.
+
+    Each query's whole judged pool, then :data:`PAGE_SIZES` random pages drawn from it without
+    replacement (seeded). A pair is in several pages, each time with its page's features.
+    """
+    pools: dict[str, list[Example]] = {}
+    for e in examples:
+        pools.setdefault(e.query, []).append(e)
+    rng = random.Random(seed)
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    for query, pool in pools.items():
+        pages = [pool] + [
+            rng.sample(pool, min(size, len(pool))) for size, n in PAGE_SIZES for _ in range(n)
+        ]
+        for page in pages:
+            context = PageContext(
+                texts=tuple(e.text() for e in page),
+                categories=tuple(category_leaf(e.category) or "" for e in page),
+            )
+            xs.append(scorer.page_features(query, context))
+            ys.extend(e.hard_label for e in page)
+    return np.vstack(xs), np.array(ys)
+
+
 def page_tier(
     scorer: Scorer, digest: str, train: Sequence[Example], held: Sequence[Example]
 ) -> TierCard:
-    """The page tier's card entry: its model fitted on the training queries' pools.
+    """The page tier's card entry: its model fitted on the training queries' pages.
 
     ``scorer`` serves the cosine tier (its embeddings are the features' source); ``digest`` is
-    ``embed.onnx``'s sha256. The operating point is fitted on the training pairs; the held-out
-    figures are out of sample.
+    ``embed.onnx``'s sha256. The model and its operating point are fitted on the training
+    queries' pools and pages cut from them (:func:`training_pages`); the held-out figures are
+    out of sample, on the held-out queries' whole pools.
     """
-    y_fit = np.array([e.hard_label for e in train])
-    x_fit = pool_features(scorer, train)
+    x_fit, y_fit = training_pages(scorer, train)
     model = fit_logistic(x_fit, y_fit)
     p_fit = model.p_good(x_fit)
     point = operating_point(y_fit, p_fit)
@@ -271,10 +305,10 @@ def page_tier(
         file=EMBED_FILE,
         task="P(good: ESCI E or S) of a result on its result page: a logistic model of the "
         "cosine of query and product, the product's cosine to the centroid of the page's "
-        f"{ANCHORS} most query-like results, and the page's share in its category leaf "
-        "(scoring.page)",
+        f"{ANCHORS} most query-like results, the page's share in its category leaf and the "
+        "log of the page's size (scoring.page)",
         operating_point=OperatingPoint.model_validate(
-            {**point, "fitted_on": f"{len(train)} training-fold pairs"}
+            {**point, "fitted_on": f"{len(y_fit)} results of training-fold pages"}
         ),
         heldout=TierHeldout(
             auc=roc_auc(y, p),
@@ -286,6 +320,10 @@ def page_tier(
             ece=reliability(y, p)["ece"],
         ),
         page_model=PageModelCard.model_validate(
-            {**spec, "fitted_on": f"{len(train)} pairs of {queries} training queries' pools"}
+            {
+                **spec,
+                "fitted_on": f"{len(y_fit)} results of {queries} training queries' pools and "
+                f"pages of {' and '.join(str(n) for n, _ in PAGE_SIZES)} cut from them",
+            }
         ),
     )

