@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -89,8 +90,27 @@ def migrations() -> list[tuple[int, str, list[str]]]:
     return out
 
 
-def migrate(settings: Settings) -> list[str]:
-    """Create the database and apply pending migrations, idempotently; return the applied ones."""
+MIGRATION_LOCK = "schema_migrations_lock"
+"""The table whose creation takes the migration lock (only one concurrent CREATE succeeds)."""
+LOCK_STALE_S = 600.0
+"""A lock older than this was left by a process that died while migrating: it is broken."""
+_ALREADY_EXISTS = re.compile(r"\bCode: 57\b")
+
+
+def migrate(settings: Settings, *, wait_s: float = 300.0) -> list[str]:
+    """Create the database and apply pending migrations, idempotently; return the applied ones.
+
+    Every component migrates when it starts, so several processes may start on a new database
+    together (workers scaled out at once). Migrations are not safe to interleave (one drops a
+    view another is recreating), so the process that applies them holds a lock: it creates the
+    table :data:`MIGRATION_LOCK`, which only one concurrent ``CREATE TABLE`` can do, and drops
+    it when done. The others wait up to ``wait_s`` seconds, then read what was applied. A lock
+    older than :data:`LOCK_STALE_S` is broken.
+
+    Raises:
+        ServiceError: the lock stayed taken for ``wait_s`` seconds.
+
+    """
     database = settings.clickhouse.database
     if not _IDENT.match(database):
         raise ServiceError(f"invalid database name {database!r}")
@@ -107,19 +127,58 @@ def migrate(settings: Settings) -> list[str]:
             "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
             "ENGINE = ReplacingMergeTree ORDER BY version"
         )
-        done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
-        for version, name, statements in migrations():
-            if version in done:
-                continue
-            for statement in statements:
-                client.command(statement)
-            client.insert(
-                "schema_migrations",
-                [[version, name, datetime.now(UTC)]],
-                column_names=["version", "name", "applied_at"],
-            )
-            applied.append(name)
-            log.info("applied migration %s", name)
+        if not _pending(client):
+            return applied
+        _lock(client, wait_s)
+        try:
+            for version, name, statements in _pending(client):
+                for statement in statements:
+                    client.command(statement)
+                client.insert(
+                    "schema_migrations",
+                    [[version, name, datetime.now(UTC)]],
+                    column_names=["version", "name", "applied_at"],
+                )
+                applied.append(name)
+                log.info("applied migration %s", name)
+        finally:
+            client.command(f"DROP TABLE IF EXISTS {MIGRATION_LOCK}")
     finally:
         client.close()
     return applied
+
+
+def _pending(client: Client) -> list[tuple[int, str, list[str]]]:
+    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
+    return [m for m in migrations() if m[0] not in done]
+
+
+def _lock(client: Client, wait_s: float) -> None:
+    """Take the migration lock, waiting up to ``wait_s`` seconds for another holder."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.command(f"CREATE TABLE {MIGRATION_LOCK} (taken UInt8) ENGINE = Memory")
+            return
+        except ClickHouseError as exc:
+            if not _ALREADY_EXISTS.search(str(exc)):
+                raise
+        rows = client.query(
+            "SELECT dateDiff('second', metadata_modification_time, now()) "
+            "FROM system.tables WHERE database = currentDatabase() AND name = {name:String}",
+            parameters={"name": MIGRATION_LOCK},
+        ).result_rows
+        if not rows:
+            continue  # released meanwhile: try again at once
+        age = int(rows[0][0])
+        if age > LOCK_STALE_S:
+            log.warning("breaking a migration lock held for %d s (its holder died)", age)
+            client.command(f"DROP TABLE IF EXISTS {MIGRATION_LOCK}")
+            continue
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"another process has been migrating the database for over {wait_s:.0f} s; if "
+                f"none is, drop the table {MIGRATION_LOCK} (it breaks by itself after "
+                f"{LOCK_STALE_S:.0f} s)"
+            )
+        time.sleep(0.1)

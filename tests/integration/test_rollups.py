@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from relmon import db
+from relmon.errors import ServiceError
 from relmon.estimate import Sums, window_sums_sql
 from relmon.settings import PlannerConfig, SamplingRates, Settings, load_settings
 from relmon.store import StoreServer
@@ -463,5 +465,55 @@ def test_migration_adds_the_expected_share_to_stored_hours(
         assert old.sampled == 4 and math.isnan(old.sum_w_pbad)
         assert math.isnan((old + recent).expected().rate)
         assert (old + recent).estimate().rate == pytest.approx((2.0 + 2 * 2 * 2) / 24.0)
+    finally:
+        client.close()
+
+
+def test_workers_starting_together_migrate_a_new_database_together(server: Settings) -> None:
+    """Each process migrates at start; several at once must all succeed (docker compose scale)."""
+    s = server.with_overrides(clickhouse_database="migrate_together")
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            db.migrate(s)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    client = db.connect(s)
+    try:
+        shipped = {name for _, name, _ in db.migrations()}
+        assert {r[0] for r in client.query("SELECT name FROM schema_migrations").result_rows} == (
+            shipped
+        )
+        client.query("SELECT expected_rate FROM bad_case_rates_1h")  # the newest views exist
+    finally:
+        client.close()
+
+
+def test_a_migration_lock_waits_for_its_holder_and_breaks_when_stale(
+    server: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = server.with_overrides(clickhouse_database="migrate_locked")
+    db.migrate(s)
+    monkeypatch.setattr(db, "migrations", lambda: [(99, "0099_test.sql", ["SELECT 1"])])
+    client = db.connect(s)
+    try:
+        client.command(f"CREATE TABLE {db.MIGRATION_LOCK} (taken UInt8) ENGINE = Memory")
+        with pytest.raises(ServiceError, match=db.MIGRATION_LOCK):  # a live holder: wait, fail
+            db.migrate(s, wait_s=0.5)
+        monkeypatch.setattr(db, "LOCK_STALE_S", -1.0)  # the holder died long ago
+        assert db.migrate(s) == ["0099_test.sql"]
+        assert not client.command(
+            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+            "AND name = {name:String}",
+            parameters={"name": db.MIGRATION_LOCK},
+        )
     finally:
         client.close()
