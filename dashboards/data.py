@@ -144,7 +144,8 @@ def rates(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     min_n = get_settings().min_window_sample
     out = []
     for key, g in frame.groupby(by, sort=True) if by else [((), frame)]:
-        sums = estimate.Sums.from_row(g[list(estimate.SUM_COLUMNS)].sum())
+        # skipna=False: an hour without its P(bad) sum leaves the expected share unknown
+        sums = estimate.Sums.from_row(g[list(estimate.SUM_COLUMNS)].sum(skipna=False))
         est, exp = sums.estimate(), sums.expected()
         key = key if isinstance(key, tuple) else (key,)
         out.append([*key, est.sampled, est.bad, est.rate, est.ci_low, est.ci_high])

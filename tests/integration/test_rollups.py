@@ -359,6 +359,23 @@ def test_a_segment_an_impression_left_drops_out_of_the_rollups(fresh_db: Any) ->
         client.close()
 
 
+def desk_row(impression_id: str, at: datetime, score: float, now: datetime) -> ScoredImpression:
+    """A row of an oak-desk query scored ``score`` (threshold 0.5, sampled at rate 0.5)."""
+    imp = Impression(
+        impression_id=impression_id,
+        query_id="q",
+        query="oak desk",
+        product_id="p",
+        title="Oak Desk",
+        category="Desks",
+        position=1,
+        event_time=at,
+    )
+    return ScoredImpression.of(
+        imp, score=score, threshold=0.5, model_version="m", sample_rate=0.5, scored_at=now
+    )
+
+
 def test_migration_recounts_double_counted_rollups_and_fills_the_ledger(
     server: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -367,23 +384,7 @@ def test_migration_recounts_double_counted_rollups_and_fills_the_ledger(
     monkeypatch.setattr(db, "migrations", lambda: [m for m in shipped if m[0] <= 5])
     db.migrate(s)
     now = datetime.now(UTC)
-    rows = []
-    for i in range(30):
-        imp = Impression(
-            impression_id=f"d{i}",
-            query_id="q",
-            query="oak desk",
-            product_id="p",
-            title="Oak Desk",
-            category="Desks",
-            position=1,
-            event_time=now - timedelta(hours=i),
-        )
-        rows.append(
-            ScoredImpression.of(
-                imp, score=0.9, threshold=0.5, model_version="m", sample_rate=0.5, scored_at=now
-            )
-        )
+    rows = [desk_row(f"d{i}", now - timedelta(hours=i), 0.9, now) for i in range(30)]
     client = db.connect(s)
     try:
         data = [[getattr(r, c) for c in repository.SCORED_COLUMNS] for r in rows]
@@ -413,26 +414,7 @@ def test_migration_adds_the_expected_share_to_stored_hours(
     monkeypatch.setattr(db, "migrations", lambda: [m for m in shipped if m[0] <= 7])
     db.migrate(s)
     now = datetime.now(UTC)
-    rows = [
-        ScoredImpression.of(
-            Impression(
-                impression_id=f"e{i}",
-                query_id="q",
-                query="oak desk",
-                product_id="p",
-                title="Oak Desk",
-                category="Desks",
-                position=1,
-                event_time=now - timedelta(minutes=i),
-            ),
-            score=0.25 * (i % 4),
-            threshold=0.5,
-            model_version="m",
-            sample_rate=0.5,
-            scored_at=now,
-        )
-        for i in range(8)
-    ]
+    rows = [desk_row(f"e{i}", now - timedelta(minutes=i), 0.25 * (i % 4), now) for i in range(8)]
     old_hour = (now - timedelta(days=40)).replace(minute=0, second=0, microsecond=0)
     client = db.connect(s)
     try:

@@ -192,6 +192,23 @@ def test_dashboard_rates_use_the_setting(min_window_sample: pytest.MonkeyPatch) 
     assert segment_filter(data.FILTERS) == data.WHERE
 
 
+def test_dashboard_expected_share_is_unknown_when_an_hour_lacks_its_p_bad_sum() -> None:
+    from dashboards import data
+
+    row = {"sampled": 10, "bad": 2, "sum_w": 10.0, "sum_w_bad": 2.0, "sum_w2": 10.0}
+    frame = pd.DataFrame(
+        [
+            {"tier": "head"} | row | {"sum_w_pbad": 3.0},
+            {"tier": "head"} | row | {"sum_w_pbad": float("nan")},  # rolled up before 0008
+            {"tier": "tail"} | row | {"sum_w_pbad": 3.0},
+        ]
+    )
+    got = data.rates(frame, ["tier"]).set_index("tier")
+    assert math.isnan(got.loc["head", "expected"])  # not 3/20, as skipping the NaN would say
+    assert got.loc["head", "rate"] == pytest.approx(0.2)
+    assert got.loc["tail", "expected"] == pytest.approx(0.3)
+
+
 def test_no_judged_cut_is_written_as_a_number() -> None:
     """The cut is the setting: no module compares an effective sample with a literal."""
     from pathlib import Path
