@@ -51,7 +51,7 @@ from scoring import ModelCard, Scorer  # noqa: E402
 from scoring.card import DataSplit  # noqa: E402
 from scoring.esci import load_esci_judgments  # noqa: E402
 from scoring.metrics import fit_polarisation, reliability, roc_auc  # noqa: E402
-from scoring.page import fit_logistic  # noqa: E402
+from scoring.page import PageModel, fit_logistic  # noqa: E402
 from scoring.scorer import polarise  # noqa: E402
 from scoring.training import (  # noqa: E402
     DEFAULT_RECIPE,
@@ -114,28 +114,46 @@ def per_query_error(queries: list[str], truth_bad: np.ndarray, est_bad: np.ndarr
     return float(np.mean(errs))
 
 
-def page_tier(
-    examples: list[Any], fold_of: np.ndarray, todo: list[int], fields: bool = True
-) -> np.ndarray:
-    """The page tier's P(good), cross-fitted: the served features and fitter, weights per fold.
+def page_models(
+    scorer: Scorer, examples: list[Any], fold_of: np.ndarray, todo: list[int]
+) -> dict[int, PageModel]:
+    """The page tier's model for each fold k, fitted as the build fits it on the other folds.
 
-    Each query's judged pool stands in for its result page; the model applied to fold k is
-    fitted as the build fits it (``training_pages``: pools and pages cut from them) on the
-    other folds' queries only.
+    ``training_pages``: the other folds' queries' pools and pages cut from them; never fold k's.
     """
-    from scoring.training.evaluate import pool_features, training_pages
+    from scoring.training.evaluate import training_pages
 
-    scorer = Scorer(ROOT / "models" / "relmon-minilm-ce", provider="cpu", tier="cosine")
-    x = pool_features(scorer, examples, fields)
-    out = np.zeros(len(examples))
+    out = {}
     for k in todo:
         other = [j for j in todo if j != k] or [k]
         fit = [e for e, f in zip(examples, fold_of, strict=True) if f in other]
-        out[fold_of == k] = fit_logistic(*training_pages(scorer, fit)).p_good(x[fold_of == k])
+        out[k] = fit_logistic(*training_pages(scorer, fit))
     return out
 
 
-def short_pages(examples: list[Any], fold_of: np.ndarray, todo: list[int]) -> dict[str, float]:
+def page_tier(
+    scorer: Scorer,
+    models: dict[int, PageModel],
+    examples: list[Any],
+    fold_of: np.ndarray,
+    fields: bool = True,
+) -> np.ndarray:
+    """The page tier's P(good), cross-fitted: fold k scored by ``models[k]``.
+
+    Each query's judged pool stands in for its result page (titles only without ``fields``).
+    """
+    from scoring.training.evaluate import pool_features
+
+    x = pool_features(scorer, examples, fields)
+    out = np.zeros(len(examples))
+    for k, model in models.items():
+        out[fold_of == k] = model.p_good(x[fold_of == k])
+    return out
+
+
+def short_pages(
+    scorer: Scorer, models: dict[int, PageModel], examples: list[Any], fold_of: np.ndarray
+) -> dict[str, float]:
     """The page tier on pages of 10 results (as the replay shows), cross-fitted by fold.
 
     Four random 10-result pages per held-out query, scored by the model fitted on the other
@@ -143,17 +161,11 @@ def short_pages(examples: list[Any], fold_of: np.ndarray, todo: list[int]) -> di
     """
     import random
 
-    from scoring.page import PageContext
-    from scoring.text import category_leaf
-    from scoring.training.evaluate import training_pages
+    from scoring.training.evaluate import example_page
 
-    scorer = Scorer(ROOT / "models" / "relmon-minilm-ce", provider="cpu", tier="cosine")
     rng = random.Random(101)
     p_all, y_all, aucs = [], [], []
-    for k in todo:
-        other = [j for j in todo if j != k] or [k]
-        fit = [e for e, f in zip(examples, fold_of, strict=True) if f in other]
-        model = fit_logistic(*training_pages(scorer, fit))
+    for k, model in models.items():
         pools: dict[str, list[Any]] = {}
         for e, f in zip(examples, fold_of, strict=True):
             if f == k:
@@ -162,11 +174,7 @@ def short_pages(examples: list[Any], fold_of: np.ndarray, todo: list[int]) -> di
         for query, pool in pools.items():
             for _ in range(4):
                 page = rng.sample(pool, min(10, len(pool)))
-                ctx = PageContext(
-                    texts=tuple(e.text() for e in page),
-                    categories=tuple(category_leaf(e.category) or "" for e in page),
-                )
-                ps.append(model.p_good(scorer.page_features(query, ctx)))
+                ps.append(model.p_good(scorer.page_features(query, example_page(page))))
                 ys.append(np.array([e.hard_label for e in page]))
         p, y = np.concatenate(ps), np.concatenate(ys)
         aucs.append(roc_auc(y, p))
@@ -378,9 +386,12 @@ def main() -> None:
         fused[fold_of == k] = fit_logistic(feats[other], y[other]).p_good(feats[fold_of == k])
     cos_best = max(cv_auc(cos_title), cv_auc(cos_fields))
     print("the page tier (the served features, fitted per fold)", file=sys.stderr, flush=True)
-    page = page_tier(examples, fold_of, todo)
-    page_title_only = page_tier(examples, fold_of, todo, fields=False)
-    page10 = short_pages(examples, fold_of, todo)
+    # one scorer (its embeddings cached) and one model per fold for every page-tier figure
+    embedder = Scorer(ROOT / "models" / "relmon-minilm-ce", provider="cpu", tier="cosine")
+    models = page_models(embedder, examples, fold_of, todo)
+    page = page_tier(embedder, models, examples, fold_of)
+    page_title_only = page_tier(embedder, models, examples, fold_of, fields=False)
+    page10 = short_pages(embedder, models, examples, fold_of)
     tiers = {"cosine": (cos_fields + 1) / 2, "page": page, "cross-encoder": raw["int8"]}
     served = tiers[SERVED_TIER]
     result: dict[str, Any] = {

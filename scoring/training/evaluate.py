@@ -221,16 +221,15 @@ def pool_pages(examples: Sequence[Example], fields: bool = True) -> list[tuple[s
     pools: dict[str, list[Example]] = {}
     for e in examples:
         pools.setdefault(e.query, []).append(e)
-    return [
-        (
-            query,
-            PageContext(
-                texts=tuple(e.text(fields) for e in pool),
-                categories=tuple((category_leaf(e.category) or "") if fields else "" for e in pool),
-            ),
-        )
-        for query, pool in pools.items()
-    ]
+    return [(query, example_page(pool, fields)) for query, pool in pools.items()]
+
+
+def example_page(page: Sequence[Example], fields: bool = True) -> PageContext:
+    """Judged examples of one query as a result page, in order (titles only without ``fields``)."""
+    return PageContext(
+        texts=tuple(e.text(fields) for e in page),
+        categories=tuple((category_leaf(e.category) or "") if fields else "" for e in page),
+    )
 
 
 def pool_features(scorer: Scorer, examples: Sequence[Example], fields: bool = True) -> np.ndarray:
@@ -269,11 +268,7 @@ def training_pages(
             rng.sample(pool, min(size, len(pool))) for size, n in PAGE_SIZES for _ in range(n)
         ]
         for page in pages:
-            context = PageContext(
-                texts=tuple(e.text() for e in page),
-                categories=tuple(category_leaf(e.category) or "" for e in page),
-            )
-            xs.append(scorer.page_features(query, context))
+            xs.append(scorer.page_features(query, example_page(page)))
             ys.extend(e.hard_label for e in page)
     return np.vstack(xs), np.array(ys)
 
