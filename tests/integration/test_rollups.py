@@ -11,7 +11,7 @@ import json
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -359,6 +359,28 @@ def test_a_segment_an_impression_left_drops_out_of_the_rollups(fresh_db: Any) ->
         client.close()
 
 
+def migrated_before(
+    server: Settings, monkeypatch: pytest.MonkeyPatch, database: str, version: int
+) -> tuple[Settings, Callable[[], list[str]]]:
+    """A new database with the migrations before ``version``; call the second item for the rest."""
+    s = server.with_overrides(clickhouse_database=database)
+    shipped = db.migrations()
+    monkeypatch.setattr(db, "migrations", lambda: [m for m in shipped if m[0] < version])
+    db.migrate(s)
+
+    def rest() -> list[str]:
+        monkeypatch.setattr(db, "migrations", lambda: shipped)
+        return db.migrate(s)
+
+    return s, rest
+
+
+def insert_raw(client: Any, rows: list[ScoredImpression]) -> None:
+    """Insert rows into scored_impressions only, as a worker from before a migration did."""
+    data = [[getattr(r, c) for c in repository.SCORED_COLUMNS] for r in rows]
+    client.insert("scored_impressions", data, column_names=repository.SCORED_COLUMNS)
+
+
 def desk_row(impression_id: str, at: datetime, score: float, now: datetime) -> ScoredImpression:
     """A row of an oak-desk query scored ``score`` (threshold 0.5, sampled at rate 0.5)."""
     imp = Impression(
@@ -379,21 +401,16 @@ def desk_row(impression_id: str, at: datetime, score: float, now: datetime) -> S
 def test_migration_recounts_double_counted_rollups_and_fills_the_ledger(
     server: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = server.with_overrides(clickhouse_database="migrate_0006")
-    shipped = db.migrations()
-    monkeypatch.setattr(db, "migrations", lambda: [m for m in shipped if m[0] <= 5])
-    db.migrate(s)
+    s, migrate_rest = migrated_before(server, monkeypatch, "migrate_0006", 6)
     now = datetime.now(UTC)
     rows = [desk_row(f"d{i}", now - timedelta(hours=i), 0.9, now) for i in range(30)]
     client = db.connect(s)
     try:
-        data = [[getattr(r, c) for c in repository.SCORED_COLUMNS] for r in rows]
         for _ in range(2):  # the old materialized views sum both inserts
-            client.insert("scored_impressions", data, column_names=repository.SCORED_COLUMNS)
+            insert_raw(client, rows)
         doubled = "SELECT sum(sampled) FROM bad_case_rollup_1h"
         assert client.command(doubled) == 60
-        monkeypatch.setattr(db, "migrations", lambda: shipped)
-        assert db.migrate(s)[0] == "0006_idempotent_rollups.sql"
+        assert migrate_rest()[0] == "0006_idempotent_rollups.sql"
         assert client.command(doubled) == 30
         assert client.command("SELECT sum(sampled) FROM bad_case_rollup_1d") == 30
         assert repository.done_impressions(client, [r.impression_id for r in rows]) == {
@@ -409,17 +426,13 @@ def test_migration_adds_the_expected_share_to_stored_hours(
     server: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """0008: hours with raw rows get their weighted P(bad); older hours' is unknown (NaN)."""
-    s = server.with_overrides(clickhouse_database="migrate_0008")
-    shipped = db.migrations()
-    monkeypatch.setattr(db, "migrations", lambda: [m for m in shipped if m[0] <= 7])
-    db.migrate(s)
+    s, migrate_rest = migrated_before(server, monkeypatch, "migrate_0008", 8)
     now = datetime.now(UTC)
     rows = [desk_row(f"e{i}", now - timedelta(minutes=i), 0.25 * (i % 4), now) for i in range(8)]
     old_hour = (now - timedelta(days=40)).replace(minute=0, second=0, microsecond=0)
     client = db.connect(s)
     try:
-        data = [[getattr(r, c) for c in repository.SCORED_COLUMNS] for r in rows]
-        client.insert("scored_impressions", data, column_names=repository.SCORED_COLUMNS)
+        insert_raw(client, rows)
         client.insert(  # an hour whose raw rows expired long ago
             "bad_case_totals_1h",
             [[old_hour, "head", "Desks", "", "1", "m", 4, 1, 8.0, 2.0, 16.0, now]],
@@ -429,8 +442,7 @@ def test_migration_adds_the_expected_share_to_stored_hours(
                 "computed_at",
             ],
         )
-        monkeypatch.setattr(db, "migrations", lambda: shipped)
-        assert db.migrate(s) == ["0008_expected_bad_share.sql"]
+        assert migrate_rest() == ["0008_expected_bad_share.sql"]
         since = now - timedelta(days=60)
         recent = Sums()
         old = Sums()
