@@ -2,13 +2,15 @@
 
 The agent reads raw bytes in batches (``noack_take``: events are acked by hand, only after their
 dead letters and review requests were delivered and their rows written), so Faust commits an
-offset only once everything before it is done. Inference and ClickHouse writes run in worker
-threads and never block the event loop. Exactly-once *effect* on the store comes from
-at-least-once delivery plus idempotent writes (``scored_impressions`` keeps one row per
-impression_id, roll-ups are recomputed from the deduplicated rows, the impression ledger says
-what is done); review requests are at least once, repeated only after a crash between their
-delivery and the ledger write (see :mod:`streams.processor`). Faust's exactly-once mode is not
-used (tansu lacks transactional producers: aiokafka's InitProducerId fails against it).
+offset only once everything before it is done. The processor decodes and samples a batch while
+the one before it is scored and stored (:meth:`ImpressionProcessor.submit`); inference and
+ClickHouse round trips run in worker threads and never block the event loop. Exactly-once
+*effect* on the store comes from at-least-once delivery plus idempotent writes
+(``scored_impressions`` keeps one row per impression_id, roll-ups are recomputed from the
+deduplicated rows, the impression ledger says what is done); review requests are at least once,
+repeated only after a crash between their delivery and the ledger write (see
+:mod:`streams.processor`). Faust's exactly-once mode is not used (tansu lacks transactional
+producers: aiokafka's InitProducerId fails against it).
 """
 
 from __future__ import annotations
@@ -326,7 +328,7 @@ class RelmonWorker:
                     self._looked = True
                     await self._first_look(records)
                 self._observe_lag(records)
-                await self.processor.process(records)
+                await self.processor.submit(records)
             except Exception as exc:
                 await self._fail(exc)
                 return

@@ -30,6 +30,13 @@ Per batch, in this order, so that a crash at any point loses nothing:
    recorded as done in the ledger (``Ports.mark_done``);
 6. only then are the records acked, so their offsets can be committed.
 
+Steps 1 to 3 and the sampling decision (the *front*) run in the caller's task; the rest (the
+*back*: scoring, the store's round trips, sends, acks) runs in the processor's back task, one
+batch after another in the order they were submitted (:meth:`ImpressionProcessor.submit`). So
+while the scorer and the store work on one batch the caller decodes the next, and the worker's
+throughput is that of its slower half, not of the two added up. :meth:`~ImpressionProcessor.process`
+does both halves of one batch and returns when it is finished.
+
 A crash between storing a row and recording it as done leaves a stored row without a ledger
 entry: the replay takes the row from the store instead of scoring it again, refreshes its
 roll-ups and sends its review request (so a review is never lost). A review request is sent twice
@@ -51,10 +58,11 @@ stop the stream.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -139,12 +147,31 @@ class _Draw:
 
 @dataclass
 class _Load:
-    """What one call of the processor cost, for the scoring budget (:mod:`streams.budget`)."""
+    """What one call of the processor cost, for the scoring budget (:mod:`streams.budget`).
+
+    A call runs in two phases, its front (decode, resolve, sample) in the caller's task and its
+    back (score, store, send, ack) in the processor's back task: ``started`` and ``waited_s``
+    are the current phase's, ``front_s`` is what the front cost (retry sleeps excluded).
+    """
 
     started: float
     base_pairs: int = 0
     scoring_s: float = 0.0
     waited_s: float = 0.0
+    front_s: float = 0.0
+
+
+_LOAD: contextvars.ContextVar[_Load] = contextvars.ContextVar("relmon_processor_load")
+"""The load of the phase the current task runs (each asyncio task has its own context, so a
+front and a back running at the same time each count their own retry sleeps and scoring)"""
+
+
+def _load() -> _Load:
+    load = _LOAD.get(None)
+    if load is None:  # a port called outside a phase (tests calling private helpers)
+        load = _Load(time.monotonic())
+        _LOAD.set(load)
+    return load
 
 
 @dataclass
@@ -197,7 +224,11 @@ class ImpressionProcessor:
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
         event_window: EventTimeWindow | None = None,
         wall_clock: Callable[[], datetime] = _utc_now,
+        backlog: int = 1,
     ) -> None:
+        """``backlog``: batches :meth:`submit` lets wait behind the one the back task works on."""
+        if backlog < 1:
+            raise ValueError(f"backlog must be at least 1, not {backlog}")
         self._ports = ports
         self._catalog = catalog
         self._planner = planner
@@ -224,7 +255,10 @@ class ImpressionProcessor:
         self._counted: set[tuple[str, int, int]] = set()  # in a sketch, maybe not checkpointed
         self._pages: dict[tuple[str, int, int], _Page] = {}  # page records with hits to finish
         self._lock = asyncio.Lock()
-        self._load = _Load(clock())
+        self._backlog = backlog
+        self._jobs: asyncio.Queue[Callable[[], Coroutine[Any, Any, None]]] | None = None
+        self._back: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
 
     @property
     def pending(self) -> int:
@@ -232,9 +266,23 @@ class ImpressionProcessor:
         return len(self._pending)
 
     async def process(self, records: Sequence[RawRecord]) -> None:
-        """Process one batch end to end (see the module docstring)."""
+        """Process one batch end to end: :meth:`submit` it, then :meth:`drain`."""
+        await self.submit(records)
+        await self.drain()
+
+    async def submit(self, records: Sequence[RawRecord]) -> None:
+        """Take one batch: decode, resolve and sample it now, then queue the rest.
+
+        The rest (score, store, send, ack: the module docstring's steps 4 to 6) runs in the
+        processor's back task, batch after batch in the order they were submitted, while the
+        caller decodes the next batch: the scorer and the store's round trips overlap with
+        ingest instead of adding to it. Returns once the batch is queued, which waits while
+        ``backlog`` batches already wait; raises what stopped the back task (a bug: see the
+        module docstring), so a failed batch stops the caller at its next batch.
+        """
+        self._check()
         async with self._lock:
-            self._load = _Load(self._clock())
+            load = self._start_phase(_Load(self._clock()))
             self._metrics.inc("batches")
             self._metrics.inc("consumed", len(records))
             for record in records:
@@ -244,38 +292,119 @@ class ImpressionProcessor:
             self._planner.budget.expect_demand(len(records), len(items))
             deadline = self._clock() + self._retry_s
             await self._resolve([_Pending(r, i, deadline) for r, i in items], out, fresh=True)
-            await self._finish(out)
-            self._report_load(len(records))
+            draws = self._sample(out.ready, out) if out.ready else []
+            load.front_s = self._clock() - load.started - load.waited_s
+        await self._enqueue(lambda: self._back_phase(load, out, draws, len(records)))
+
+    async def drain(self) -> None:
+        """Wait until every submitted batch is finished (raises what stopped the back task)."""
+        if self._jobs is not None and self._jobs_here():
+            await self._until(self._jobs.join())
+        self._check()
 
     async def retry_pending(self) -> None:
         """Retry impressions that wait for the catalogue or a query; expire overdue ones.
 
-        Also stores due sketch checkpoints and acks what they cover.
+        Also stores due sketch checkpoints and acks what they cover. Returns once that is done
+        (after the batches submitted before it).
         """
+        self._check()
         async with self._lock:
-            self._load = _Load(self._clock())
             if not self._pending:
-                await self._release()
-                return
-            waiting, self._pending = self._pending, []
-            out = _Outcome()
-            await self._resolve(waiting, out, fresh=False)
-            await self._finish(out)
-            self._report_load(0)
+                job: Callable[[], Coroutine[Any, Any, None]] = self._release
+            else:
+                load = self._start_phase(_Load(self._clock()))
+                waiting, self._pending = self._pending, []
+                out = _Outcome()
+                await self._resolve(waiting, out, fresh=False)
+                draws = self._sample(out.ready, out) if out.ready else []
+                load.front_s = self._clock() - load.started - load.waited_s
+                job = lambda: self._back_phase(load, out, draws, 0)  # noqa: E731
+        await self._enqueue(job)
+        await self.drain()
 
     async def flush(self) -> None:
         """Store every sketch checkpoint now and ack what they cover (a clean hand-over)."""
-        async with self._lock:
-            await self._release(force=True)
+        await self._enqueue(lambda: self._release(force=True))
+        await self.drain()
 
-    def _report_load(self, records: int) -> None:
-        """Tell the scoring budget what this call cost; publish its gauges."""
-        load, now = self._load, self._clock()
+    # --- the back task -------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _jobs_here(self) -> bool:
+        """Whether the back task runs on the running event loop (tests run one loop per call)."""
+        back = self._back
+        here = asyncio.get_running_loop()
+        return back is not None and not back.done() and back.get_loop() is here
+
+    async def _enqueue(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._check()
+        if not self._jobs_here():
+            self._jobs = asyncio.Queue(maxsize=self._backlog)
+            self._back = asyncio.get_running_loop().create_task(
+                self._run_back(self._jobs), name="relmon-processor-back"
+            )
+        assert self._jobs is not None
+        await self._until(self._jobs.put(job))
+
+    async def _until(self, step: Awaitable[None]) -> None:
+        """Await ``step`` unless the back task stops first (then raise why)."""
+        back = self._back
+        assert back is not None
+        waiting = asyncio.ensure_future(step)
+        try:
+            await asyncio.wait([waiting, back], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+        if waiting.done():
+            waiting.result()
+            return
+        self._check()
+        raise asyncio.CancelledError()  # the back task was cancelled: the loop is closing
+
+    async def _run_back(self, jobs: asyncio.Queue[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        """Run the queued back phases in order; the first error stops the task for good."""
+        while True:
+            job = await jobs.get()
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # raised again to the caller by _check
+                self._failure = exc
+                log.error("a batch failed in the processor's back task: %r", exc)
+                return
+            finally:
+                jobs.task_done()
+
+    def _start_phase(self, load: _Load) -> _Load:
+        load.started, load.waited_s = self._clock(), 0.0
+        _LOAD.set(load)
+        return load
+
+    async def _back_phase(
+        self, load: _Load, out: _Outcome, draws: list[_Draw], records: int
+    ) -> None:
+        self._start_phase(load)
+        await self._finish(out, draws)
+        self._report_load(load, records)
+
+    def _report_load(self, load: _Load, records: int) -> None:
+        """Tell the scoring budget what this call cost, front and back; publish its gauges.
+
+        The budget models a worker that does one thing at a time, so overlapping the two
+        phases only makes its capacity estimates conservative.
+        """
+        now = self._clock()
         budget = self._planner.budget
         budget.observe_batch(
             records=records,
             base_pairs=load.base_pairs,
-            busy_s=max(now - load.started - load.waited_s, 0.0),
+            busy_s=load.front_s + max(now - load.started - load.waited_s, 0.0),
             scoring_s=load.scoring_s,
             now=now,
         )
@@ -524,11 +653,10 @@ class ImpressionProcessor:
                     assert isinstance(imp, Impression)
                     full = imp
                 draws.append(_Draw(full, p, tier, plan.plan_id, self._page_of(record, imp, out)))
-        self._load.base_pairs += demand
+        _load().base_pairs += demand
         return draws
 
-    async def _finish(self, out: _Outcome) -> None:
-        draws = self._sample(out.ready, out) if out.ready else []
+    async def _finish(self, out: _Outcome, draws: list[_Draw]) -> None:
         self._metrics.inc("sampled", len(draws))
         self._metrics.inc("not_sampled", len(out.ready) - len(draws))
         fresh, recovered = await self._triage(draws)
@@ -585,7 +713,8 @@ class ImpressionProcessor:
         pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
         keys = [d.impression.product_id for d in fresh]
         pages = [d.page for d in fresh] if self._page_model_version is not None else None
-        started, waited = self._clock(), self._load.waited_s
+        load = _load()
+        started, waited = self._clock(), load.waited_s
         scores = await self._retrying(
             lambda p: (
                 self._ports.score(p, keys) if pages is None else self._ports.score(p, keys, pages)
@@ -593,8 +722,8 @@ class ImpressionProcessor:
             pairs,
             what="scoring",
         )
-        seconds = self._clock() - started - (self._load.waited_s - waited)
-        self._load.scoring_s += seconds
+        seconds = self._clock() - started - (load.waited_s - waited)
+        load.scoring_s += seconds
         self._planner.budget.observe_scoring(len(pairs), seconds, self._clock())
         now = datetime.now(UTC)
         rows = [
@@ -698,7 +827,7 @@ class ImpressionProcessor:
                 failures += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 await asyncio.sleep(delay)
-                self._load.waited_s += delay
+                _load().waited_s += delay
                 delay = min(delay * 2, self._backoff_max_s)
                 continue
             if failed_since is not None:

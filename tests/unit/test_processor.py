@@ -801,3 +801,60 @@ def test_reviews_are_sent_only_after_their_rows_are_stored():
     for batch in review_traffic():
         within(proc.process(batch))
     assert ports.reviews
+
+
+class GatedPorts(MemoryPorts):
+    """Ports whose scoring waits until the test opens ``gate`` (a slow scorer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.scoring = asyncio.Event()
+
+    async def score(self, pairs, keys, pages=None):
+        self.scoring.set()
+        await self.gate.wait()
+        return await super().score(pairs, keys, pages)
+
+
+def test_submit_decodes_the_next_batch_while_the_back_task_scores():
+    batches = [[record(native(3 * b + i), 3 * b + i) for i in range(3)] for b in range(3)]
+
+    async def scenario():
+        proc, ports, metrics = make(ports=GatedPorts())
+        await proc.submit(batches[0])  # queued: the back task takes it and waits to score
+        await asyncio.wait_for(ports.scoring.wait(), 10)
+        await proc.submit(batches[1])  # decoded and sampled while batch 0 waits; queued
+        assert metrics.get("consumed") == 6 and metrics.get("sampled") == 3  # batch 0 only
+        assert not ports.rows and not ports.acked
+        third = asyncio.ensure_future(proc.submit(batches[2]))
+        await asyncio.sleep(0)
+        assert not third.done()  # the backlog (1 batch) is full: the caller waits
+        ports.gate.set()
+        await asyncio.wait_for(third, 10)
+        await asyncio.wait_for(proc.drain(), 10)
+        return ports
+
+    ports = run(scenario())
+    assert [r.offset for r in ports.acked] == list(range(9))  # in offset order
+    assert set(ports.rows) == set(ports.ledger) == {f"i{i}" for i in range(9)}
+
+
+def test_a_bug_in_the_back_task_stops_the_caller_at_its_next_call():
+    class BuggyPorts(MemoryPorts):
+        async def write(self, rows, queries):
+            raise RuntimeError("a bug in the store adapter")
+
+    async def scenario():
+        proc, ports, _ = make(ports=BuggyPorts())
+        await proc.submit([record(native(0), 0)])
+        with pytest.raises(RuntimeError, match="a bug in the store adapter"):
+            await asyncio.wait_for(proc.drain(), 10)
+        with pytest.raises(RuntimeError, match="a bug in the store adapter"):
+            await proc.submit([record(native(1), 1)])
+        with pytest.raises(RuntimeError, match="a bug in the store adapter"):
+            await proc.retry_pending()
+        return ports
+
+    ports = run(scenario())
+    assert not ports.acked and not ports.ledger
