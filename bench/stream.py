@@ -1,20 +1,23 @@
 """Stream bench: relmon's worker against a plain Faust agent on the same records.
 
-Run: ``python bench/stream.py`` (about 5 minutes on 2 cores). It starts its own tansu broker and
+Run: ``python bench/stream.py`` (about 6 minutes on 2 cores). It starts its own tansu broker and
 local store in a temporary RELMON_HOME, publishes the replay catalogue (real ESCI products by
-default), pre-fills one topic with ``--pages`` result pages, each one UBI query record with
-``query_response_hit_ids`` (the replayer's page format), and then runs, back to back, each with
-its own consumer group and ClickHouse database:
+default), pre-fills one topic with ``--pages`` result pages and another with ``--scored-pages``,
+each page one UBI query record with ``query_response_hit_ids`` (the replayer's page format), and
+then runs, back to back, each with its own consumer group and ClickHouse database:
 
 1. ``plain_faust``: a Faust agent that takes one event at a time and only ``json.loads`` it
-   (the floor of any Faust consumer on this machine);
+   (the floor of any Faust consumer on this machine), on the ``--pages`` topic;
 2. ``relmon_default``: ``relmon worker`` with default settings, i.e. with scoring budgeted by
-   the automatic budget (measured scorer capacity, adjusted from lag): the headline
-   ``relmon_impressions_per_s`` and ``ratio_vs_plain_faust``;
+   the automatic budget (measured scorer capacity, adjusted from lag), on the same topic: the
+   headline ``relmon_impressions_per_s`` and ``ratio_vs_plain_faust``. The topic is long enough
+   (20,000 pages by default) for the run to last tens of seconds: on a short one the first
+   batches, whose plans are made before the budget has measured anything, weigh too much;
 3. ``relmon_fixed_budget``: ``relmon worker`` with a fixed scoring budget
-   (``RELMON_SCORING_BUDGET_PPS``) of ``--budget-share`` of the scorer capacity run 2 measured;
+   (``RELMON_SCORING_BUDGET_PPS``) of ``--budget-share`` of the scorer capacity run 2 measured,
+   on the ``--scored-pages`` topic (shorter: these runs score far more);
 4. ``relmon_unbudgeted``: ``relmon worker`` with ``RELMON_SCORING_BUDGET_PPS=0`` (every sampled
-   impression scored, at the base rates);
+   impression scored, at the base rates), on the ``--scored-pages`` topic;
 5. ``lag``: the default worker fed at 3x its scorer's capacity of input (impressions/s whose
    base-rate sample, run 4's share, is 3x the pairs/s it measured at start-up) for ``--lag-s``
    seconds; the lag is bounded when it stops growing (the last third's mean lag at most 1.25x
@@ -346,7 +349,12 @@ def run_settings(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pages", type=int, default=3000, help="pre-filled result pages")
+    parser.add_argument(
+        "--pages", type=int, default=20000, help="pre-filled result pages (runs 1 and 2)"
+    )
+    parser.add_argument(
+        "--scored-pages", type=int, default=3000, help="pre-filled result pages (runs 3 and 4)"
+    )
     parser.add_argument("--page-size", type=int, default=10)
     parser.add_argument("--dataset", choices=["esci", "synthetic"], default="esci")
     parser.add_argument("--lag-s", type=float, default=60.0)
@@ -378,6 +386,13 @@ def main() -> int:
         gen = TrafficGenerator(catalog, config)
         records, impressions = prefill(base, gen, args.pages)
         log.info("pre-filled %d records (%d impressions)", records, impressions)
+        scored_topic = "bench.scored-impressions"
+        scored_base = base.with_overrides(topic_impressions=scored_topic)
+        ensure_topics(scored_base)
+        scored = prefill(
+            scored_base, TrafficGenerator(catalog, replace(config, seed=10)), args.scored_pages
+        )
+        log.info("pre-filled %d records (%d impressions) for the scored runs", *scored)
 
         plain = run_plain(base, records, args.timeout_s)
         log.info("plain Faust agent: %.0f events/s", plain["events_per_s"])
@@ -386,13 +401,19 @@ def main() -> int:
         log.info("relmon worker, defaults: %s", default)
         budget_pps = round(args.budget_share * default["scoring_capacity_pps"], 1)
         fixed = run_worker(
-            run_settings(base, "fixed", scoring_budget_pps=str(budget_pps)),
-            expect,
+            run_settings(
+                base, "fixed", topic_impressions=scored_topic, scoring_budget_pps=str(budget_pps)
+            ),
+            scored,
             args.timeout_s,
         )
         log.info("relmon worker, budget %.1f pairs/s: %s", budget_pps, fixed)
         unbudgeted = run_worker(
-            run_settings(base, "unbudgeted", scoring_budget_pps="0"), expect, args.timeout_s
+            run_settings(
+                base, "unbudgeted", topic_impressions=scored_topic, scoring_budget_pps="0"
+            ),
+            scored,
+            args.timeout_s,
         )
         log.info("relmon worker, no budget: %s", unbudgeted)
 
@@ -417,6 +438,7 @@ def main() -> int:
         "dataset": args.dataset,
         "records": records,
         "impressions": impressions,
+        "scored_run_records": scored[0],
         "page_size": args.page_size,
         "plain_faust_events_per_s": round(plain["events_per_s"], 1),
         "relmon_impressions_per_s": round(default["impressions_per_s"], 1),
