@@ -38,6 +38,11 @@ class Catalog:
         with self._lock:
             return self._items.get(product_id)
 
+    def has_all(self, product_ids: Iterable[str]) -> bool:
+        """Whether every one of ``product_ids`` is in the catalogue."""
+        with self._lock:
+            return all(p in self._items for p in product_ids)
+
     def put(self, product: CatalogProduct) -> None:
         """Add or replace a product."""
         with self._lock:

@@ -16,7 +16,9 @@ Per batch, in this order, so that a crash at any point loses nothing:
    product or query is not known yet waits up to ``retry_s`` (its offset is not committed
    meanwhile), then becomes a dead letter;
 4. impressions are sampled (:mod:`streams.sampling`: deterministic by query id, stratified by
-   query tier and position, under the sampling plan of their partition and epoch); sampled pairs
+   query tier and position, under the sampling plan of their partition and epoch; a result page
+   that no position of can be sampled, its products all known, is done without building its
+   hits, the same decision taken once per page instead of once per hit); sampled pairs
    not stored yet are scored off the event loop (when the page tier serves, a page's hits wait
    until the whole page is finished and are scored with it, :func:`streams.enrich.page_context`,
    built once from the page's hits known in full: a score does not depend on which hits were
@@ -114,10 +116,14 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_Item = Impression | UbiImpression | PageHit | UbiQuery
+"""What waits to be resolved: an impression, or a result page not opened into its hits yet"""
+
+
 @dataclass(slots=True)
 class _Pending:
     record: RawRecord
-    item: Impression | UbiImpression | PageHit
+    item: _Item
     deadline: float
 
 
@@ -289,7 +295,8 @@ class ImpressionProcessor:
                 self._queue[(record.topic, record.partition)].append(record.offset)
             out = _Outcome()
             items = self._decode_all(records, out)
-            self._planner.budget.expect_demand(len(records), len(items))
+            impressions = sum(len(i.hit_ids) if isinstance(i, UbiQuery) else 1 for _, i in items)
+            self._planner.budget.expect_demand(len(records), impressions)
             deadline = self._clock() + self._retry_s
             await self._resolve([_Pending(r, i, deadline) for r, i in items], out, fresh=True)
             draws = self._sample(out.ready, out) if out.ready else []
@@ -428,12 +435,13 @@ class ImpressionProcessor:
 
     def _decode_all(
         self, records: Sequence[RawRecord], out: _Outcome
-    ) -> list[tuple[RawRecord, Impression | UbiImpression | PageHit]]:
+    ) -> list[tuple[RawRecord, _Item]]:
         """Decode every record: UBI queries are remembered, other events and bad records done.
 
-        A UBI query record with hit ids becomes the impressions of its page.
+        A UBI query record with hit ids is a result page: it stays one item until its plan is
+        known (:meth:`_open_or_skip`).
         """
-        items: list[tuple[RawRecord, Impression | UbiImpression | PageHit]] = []
+        items: list[tuple[RawRecord, _Item]] = []
         now = self._wall_clock()
         for record in records:
             decoded = self._decode(record, out)
@@ -444,7 +452,7 @@ class ImpressionProcessor:
                 self._queries.remember(decoded.query_id, decoded.user_query)
                 out.queries.append(decoded)
                 if decoded.hit_ids:
-                    self._open_page(record, decoded, out, now, items)
+                    self._page_arrived(record, decoded, out, now, items)
                 else:
                     out.done.append(record)
             elif isinstance(decoded, UbiOtherEvent):
@@ -462,27 +470,58 @@ class ImpressionProcessor:
                     items.append((record, decoded))
         return items
 
-    def _open_page(
+    def _page_arrived(
         self,
         record: RawRecord,
         query: UbiQuery,
         out: _Outcome,
         now: datetime,
-        items: list[tuple[RawRecord, Impression | UbiImpression | PageHit]],
+        items: list[tuple[RawRecord, _Item]],
     ) -> None:
-        """Queue the impressions of a result page; the record is done when all of them are."""
+        """Queue a result page (refused whole when its event time is out of range)."""
         assert query.timestamp is not None  # decode_record refuses a page without one
         refusal = self._event_window and self._event_window.refusal(query.timestamp, now)
         if refusal:
             self._reject(record, out, "event_time_out_of_range", refusal)
             return
-        page = query.page(self._ubi_position_base)
         self._metrics.inc("ubi_pages")
-        self._metrics.inc("impressions", len(page))
+        self._metrics.inc("impressions", len(query.hit_ids))
+        items.append((record, query))
+
+    def _open_or_skip(self, record: RawRecord, query: UbiQuery, out: _Outcome) -> list[PageHit]:
+        """The hits of a result page to resolve one by one, or none when it is done already.
+
+        A page none of whose hits can be sampled under its plan (the draw of its query id is at
+        least every position's inclusion probability), and whose products are all in the
+        catalogue, is done at once: counted as not sampled, its hits never built. That is most
+        pages, and the same decision, hit by hit, as the general path's. Any other page is opened:
+        its hits are resolved (waiting for unknown products, see the module docstring) and
+        sampled one by one, and its record is done when all of them are.
+        """
+        assert query.timestamp is not None
+        n = len(query.hit_ids)
+        if self._catalog.has_all(query.hit_ids):
+            plan = self._planner.plan(
+                (record.topic, record.partition, self._planner.epoch(query.timestamp))
+            )
+            tier = plan.tier(query.user_query)
+            draw = unit_hash(query.query_id)
+            top = min(n, self._rates.top_positions)
+            strata = [(1, top), (top + 1, n - top)]  # (first position, hits) per position bucket
+            if all(
+                draw >= plan.probability(self._rates, tier, first) for first, hits in strata if hits
+            ):
+                _load().base_pairs += sum(
+                    hits
+                    for first, hits in strata
+                    if hits and draw < self._rates.base_probability(tier, first)
+                )
+                self._metrics.inc("not_sampled", n)
+                out.done.append(record)
+                return []
         key = (record.topic, record.partition, record.offset)
-        deferred = self._page_model_version is not None
-        self._pages[key] = _Page(len(page), len(page), deferred=deferred)
-        items.extend((record, imp) for imp in page)
+        self._pages[key] = _Page(n, n, deferred=self._page_model_version is not None)
+        return query.page(self._ubi_position_base)
 
     def _item_done(
         self,
@@ -559,8 +598,16 @@ class ImpressionProcessor:
                 self._queries.remember(query_id, text)
         if fresh and waiting:
             await self._prepare_plans(waiting)
-        now = self._clock()
+        opened: list[_Pending] = []
         for pending in waiting:
+            if isinstance(pending.item, UbiQuery):
+                hits = self._open_or_skip(pending.record, pending.item, out)
+                opened.extend(_Pending(pending.record, hit, pending.deadline) for hit in hits)
+            else:
+                opened.append(pending)
+        now = self._clock()
+        for pending in opened:
+            assert not isinstance(pending.item, UbiQuery)  # pages are opened above
             try:
                 item, product, problem = complete(pending.item, self._queries, self._catalog)
             except Exception as exc:  # one record's failure must not stop its batch
@@ -597,15 +644,15 @@ class ImpressionProcessor:
         seen: list[Seen] = []
         for p in waiting:
             item, record = p.item, p.record
-            if seen and seen[-1][:3] == (record.topic, record.partition, record.offset):
-                t, part, offset, when, query, hits = seen[-1]  # the next hit of a page
-                seen[-1] = (t, part, offset, when, query, hits + 1)
-                continue
-            query = (
-                self._queries.get(item.query_id) if isinstance(item, UbiImpression) else item.query
-            )
-            when = item.timestamp if isinstance(item, UbiImpression) else item.event_time
-            seen.append((record.topic, record.partition, record.offset, when, query, 1))
+            hits, query = 1, None
+            if isinstance(item, UbiQuery):  # a result page: its query counts once per hit
+                assert item.timestamp is not None
+                query, when, hits = item.user_query, item.timestamp, len(item.hit_ids)
+            elif isinstance(item, UbiImpression):
+                query, when = self._queries.get(item.query_id), item.timestamp
+            else:
+                query, when = item.query, item.event_time
+            seen.append((record.topic, record.partition, record.offset, when, query, hits))
             self._counted.add((record.topic, record.partition, record.offset))
         await self._retrying(lambda s: self._planner.load(s, self._ports), seen, what="plan lookup")
         created = self._planner.advance(seen)

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from relmon.errors import DecodeError
-from relmon.settings import PlannerConfig, SamplingRates
+from relmon.settings import BudgetConfig, PlannerConfig, SamplingRates
 from schemas.models import CatalogProduct, float32
 from schemas.ubi import UbiQuery, decode_record
 from streams import EventTimeWindow, RawRecord, Routing
+from streams.budget import BudgetController
 from streams.catalog import Catalog
 from streams.metrics import Metrics
 from streams.plans import Planner
@@ -64,7 +65,7 @@ def record(value, offset, partition=0):
     return RawRecord("relmon.impressions", partition, offset, b"k", value, 1714564800000)
 
 
-def make(catalog=None, clock=None, event_window=None, rate=1.0, page_tier=False):
+def make(catalog=None, clock=None, event_window=None, rate=1.0, page_tier=False, budget=None):
     clock = clock or Clock()
     ports, metrics = MemoryPorts(), Metrics()
     if catalog is None:
@@ -74,8 +75,8 @@ def make(catalog=None, clock=None, event_window=None, rate=1.0, page_tier=False)
     proc = memory_processor(
         ports=ports,
         catalog=catalog,
-        planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
-        rates=SamplingRates.uniform_at(rate),
+        planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock, budget=budget),
+        rates=rate if isinstance(rate, SamplingRates) else SamplingRates.uniform_at(rate),
         routing=Routing(0.5, page_threshold=0.3 if page_tier else None),
         model_version="fake-overlap-1",
         page_model_version="fake-page-1" if page_tier else None,
@@ -187,6 +188,50 @@ def test_pages_and_impression_events_of_the_same_traffic_give_the_same_rows():
     from_pages = rows(as_pages)
     assert 0 < len(from_pages) < 120  # sampled by query: some pages in, some out
     assert from_pages == rows(as_events)
+
+
+class HalfBudget(BudgetController):
+    """A budget at factor 0.5 that adds up the pairs the base rates asked for (its demand)."""
+
+    def __init__(self):
+        super().__init__(BudgetConfig())
+        self.demand = 0
+
+    def factor(self, now):
+        return 0.5
+
+    def observe_batch(self, *, base_pairs, **kwargs):
+        self.demand += base_pairs
+        super().observe_batch(base_pairs=base_pairs, **kwargs)
+
+
+def test_pages_not_sampled_at_any_position_decide_as_their_hits_would():
+    # base rates 0.6 at the top position, 0.3 below, halved by the budget: pages with a draw
+    # under 0.15 are sampled whole, between 0.15 and 0.3 at the top only, above 0.3 not at all
+    # (done without building their hits); the budget's demand counts the base rates' pairs
+    rates = SamplingRates(mode="stratified", tail=0.6, top_positions=1, rest_position_factor=0.5)
+    hits = {f"q{i}": [f"p{1 + (i + j) % 4}" for j in range(1 + i % 4)] for i in range(80)}
+    as_pages, as_events = [], []
+    for qid, ids in hits.items():
+        as_pages.append(page(qid, ids, query=f"sofa {qid}"))
+        as_events.append(json.dumps({"query_id": qid, "user_query": f"sofa {qid}"}).encode())
+        as_events += [ubi_event(qid, p, i) for i, p in enumerate(ids)]
+
+    def outcome(values):
+        budget = HalfBudget()
+        proc, ports, metrics = make(rate=rates, budget=budget)
+        run(proc.process([record(v, i) for i, v in enumerate(values)]))
+        assert len(ports.acked) == len(values)
+        rows = {k: (r.sample_rate, r.position) for k, r in ports.rows.items()}
+        return rows, metrics.get("sampled"), metrics.get("not_sampled"), budget.demand
+
+    from_pages = outcome(as_pages)
+    rows, sampled, not_sampled, demand = from_pages
+    impressions = sum(len(ids) for ids in hits.values())
+    assert sampled == len(rows) and sampled + not_sampled == impressions
+    assert {p for p, _ in rows.values()} == {0.3, 0.15}  # both strata sampled
+    assert 0 < len(rows) < demand < impressions
+    assert from_pages == outcome(as_events)
 
 
 def test_an_unknown_hit_waits_and_the_page_is_acked_only_when_it_is_known():
