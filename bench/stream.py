@@ -15,9 +15,11 @@ then runs, back to back, each with its own consumer group and ClickHouse databas
    batches, whose plans are made before the budget has measured anything, weigh too much;
 3. ``relmon_fixed_budget``: ``relmon worker`` with a fixed scoring budget
    (``RELMON_SCORING_BUDGET_PPS``) of ``--budget-share`` of the scorer capacity run 2 measured,
-   on the ``--scored-pages`` topic (shorter: these runs score far more);
+   on the same topic (a fixed budget acts from the second batch on: its first plans, made before
+   anything was measured, are at factor 1);
 4. ``relmon_unbudgeted``: ``relmon worker`` with ``RELMON_SCORING_BUDGET_PPS=0`` (every sampled
-   impression scored, at the base rates), on the ``--scored-pages`` topic;
+   impression scored, at the base rates), on the ``--scored-pages`` topic (shorter: it scores a
+   quarter of the impressions);
 5. ``lag``: the default worker fed at 3x its scorer's capacity of input (impressions/s whose
    base-rate sample, run 4's share, is 3x the pairs/s it measured at start-up) for ``--lag-s``
    seconds; the lag is bounded when it stops growing (the last third's mean lag at most 1.25x
@@ -165,10 +167,11 @@ def run_worker(settings: Settings, expect: tuple[int, int], timeout_s: float) ->
                 raise RuntimeError(f"worker did not finish: {got}\n{proc.tail()}")
             time.sleep(POLL_S)
         assert first is not None
+        # from the first batch taken to the last row stored, every record counted (the worker
+        # decodes up to two batches ahead of the one it scores and stores: counting from the
+        # first poll's counters would leave out records whose work is in the time)
         seconds = now - first[0]
-        records = got["consumed"] - first[1]["consumed"]
-        impressions = got["impressions"] - first[1].get("impressions", 0)
-        batches = got["batches"] - first[1].get("batches", 0)
+        records, impressions, batches = got["consumed"], got["impressions"], got["batches"]
         return {
             "seconds": round(seconds, 2),
             "records_per_s": records / seconds,
@@ -350,10 +353,10 @@ def run_settings(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--pages", type=int, default=20000, help="pre-filled result pages (runs 1 and 2)"
+        "--pages", type=int, default=20000, help="pre-filled result pages (runs 1 to 3)"
     )
     parser.add_argument(
-        "--scored-pages", type=int, default=3000, help="pre-filled result pages (runs 3 and 4)"
+        "--scored-pages", type=int, default=3000, help="pre-filled result pages (run 4)"
     )
     parser.add_argument("--page-size", type=int, default=10)
     parser.add_argument("--dataset", choices=["esci", "synthetic"], default="esci")
@@ -392,7 +395,7 @@ def main() -> int:
         scored = prefill(
             scored_base, TrafficGenerator(catalog, replace(config, seed=10)), args.scored_pages
         )
-        log.info("pre-filled %d records (%d impressions) for the scored runs", *scored)
+        log.info("pre-filled %d records (%d impressions) for the unbudgeted run", *scored)
 
         plain = run_plain(base, records, args.timeout_s)
         log.info("plain Faust agent: %.0f events/s", plain["events_per_s"])
@@ -401,11 +404,7 @@ def main() -> int:
         log.info("relmon worker, defaults: %s", default)
         budget_pps = round(args.budget_share * default["scoring_capacity_pps"], 1)
         fixed = run_worker(
-            run_settings(
-                base, "fixed", topic_impressions=scored_topic, scoring_budget_pps=str(budget_pps)
-            ),
-            scored,
-            args.timeout_s,
+            run_settings(base, "fixed", scoring_budget_pps=str(budget_pps)), expect, args.timeout_s
         )
         log.info("relmon worker, budget %.1f pairs/s: %s", budget_pps, fixed)
         unbudgeted = run_worker(
