@@ -167,6 +167,9 @@ class _Load:
     front_s: float = 0.0
 
 
+_Job = tuple[Callable[[], Coroutine[Any, Any, None]], asyncio.Future[None]]
+"""A back phase to run, and the future it sets when it is done"""
+
 _LOAD: contextvars.ContextVar[_Load] = contextvars.ContextVar("relmon_processor_load")
 """The load of the phase the current task runs (each asyncio task has its own context, so a
 front and a back running at the same time each count their own retry sleeps and scoring)"""
@@ -262,7 +265,7 @@ class ImpressionProcessor:
         self._pages: dict[tuple[str, int, int], _Page] = {}  # page records with hits to finish
         self._lock = asyncio.Lock()
         self._backlog = backlog
-        self._jobs: asyncio.Queue[Callable[[], Coroutine[Any, Any, None]]] | None = None
+        self._jobs: asyncio.Queue[_Job] | None = None
         self._back: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
 
@@ -312,8 +315,9 @@ class ImpressionProcessor:
     async def retry_pending(self) -> None:
         """Retry impressions that wait for the catalogue or a query; expire overdue ones.
 
-        Also stores due sketch checkpoints and acks what they cover. Returns once that is done
-        (after the batches submitted before it).
+        Also stores due sketch checkpoints and acks what they cover. Returns once that is done,
+        so after the batches submitted before it (not those submitted meanwhile: the worker's
+        timer calls it while batches keep coming).
         """
         self._check()
         async with self._lock:
@@ -327,13 +331,11 @@ class ImpressionProcessor:
                 draws = self._sample(out.ready, out) if out.ready else []
                 load.front_s = self._clock() - load.started - load.waited_s
                 job = lambda: self._back_phase(load, out, draws, 0)  # noqa: E731
-        await self._enqueue(job)
-        await self.drain()
+        await self._until(await self._enqueue(job))
 
     async def flush(self) -> None:
         """Store every sketch checkpoint now and ack what they cover (a clean hand-over)."""
-        await self._enqueue(lambda: self._release(force=True))
-        await self.drain()
+        await self._until(await self._enqueue(lambda: self._release(force=True)))
 
     # --- the back task -------------------------------------------------------------------------
 
@@ -347,7 +349,8 @@ class ImpressionProcessor:
         here = asyncio.get_running_loop()
         return back is not None and not back.done() and back.get_loop() is here
 
-    async def _enqueue(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _enqueue(self, job: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Future[None]:
+        """Queue ``job`` for the back task; the future it sets once done."""
         self._check()
         if not self._jobs_here():
             self._jobs = asyncio.Queue(maxsize=self._backlog)
@@ -355,7 +358,9 @@ class ImpressionProcessor:
                 self._run_back(self._jobs), name="relmon-processor-back"
             )
         assert self._jobs is not None
-        await self._until(self._jobs.put(job))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._until(self._jobs.put((job, done)))
+        return done
 
     async def _until(self, step: Awaitable[None]) -> None:
         """Await ``step`` unless the back task stops first (then raise why)."""
@@ -373,12 +378,14 @@ class ImpressionProcessor:
         self._check()
         raise asyncio.CancelledError()  # the back task was cancelled: the loop is closing
 
-    async def _run_back(self, jobs: asyncio.Queue[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    async def _run_back(self, jobs: asyncio.Queue[_Job]) -> None:
         """Run the queued back phases in order; the first error stops the task for good."""
         while True:
-            job = await jobs.get()
+            job, done = await jobs.get()
             try:
                 await job()
+                if not done.done():  # a caller that stopped waiting cancels it
+                    done.set_result(None)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # raised again to the caller by _check

@@ -804,16 +804,23 @@ def test_reviews_are_sent_only_after_their_rows_are_stored():
 
 
 class GatedPorts(MemoryPorts):
-    """Ports whose scoring waits until the test opens ``gate`` (a slow scorer)."""
+    """Ports whose scoring waits until the test opens ``gate`` (a slow scorer).
 
-    def __init__(self):
+    ``one_at_a_time``: the gate closes again behind each scoring call.
+    """
+
+    def __init__(self, one_at_a_time=False):
         super().__init__()
         self.gate = asyncio.Event()
         self.scoring = asyncio.Event()
+        self.one_at_a_time = one_at_a_time
 
     async def score(self, pairs, keys, pages=None):
         self.scoring.set()
         await self.gate.wait()
+        if self.one_at_a_time:
+            self.gate.clear()
+            self.scoring.clear()
         return await super().score(pairs, keys, pages)
 
 
@@ -838,6 +845,29 @@ def test_submit_decodes_the_next_batch_while_the_back_task_scores():
     ports = run(scenario())
     assert [r.offset for r in ports.acked] == list(range(9))  # in offset order
     assert set(ports.rows) == set(ports.ledger) == {f"i{i}" for i in range(9)}
+
+
+def test_retry_pending_waits_for_the_batches_before_it_not_for_those_after():
+    async def scenario():
+        proc, ports, _ = make(ports=GatedPorts(one_at_a_time=True))
+        await proc.submit([record(native(0), 0)])
+        await asyncio.wait_for(ports.scoring.wait(), 10)  # batch 0 is being scored
+        retry = asyncio.ensure_future(proc.retry_pending())  # the worker's timer
+        await asyncio.sleep(0)
+        later = asyncio.ensure_future(proc.submit([record(native(1), 1)]))
+        await asyncio.sleep(0)
+        assert not retry.done()  # batch 0 is not finished
+        ports.gate.set()  # batch 0 scores; batch 1 will wait at the gate
+        await asyncio.wait_for(retry, 10)
+        await asyncio.wait_for(ports.scoring.wait(), 10)  # batch 1 is being scored
+        assert [r.offset for r in ports.acked] == [0]
+        ports.gate.set()
+        await asyncio.wait_for(later, 10)
+        await asyncio.wait_for(proc.drain(), 10)
+        return ports
+
+    ports = run(scenario())
+    assert [r.offset for r in ports.acked] == [0, 1]
 
 
 def test_a_bug_in_the_back_task_stops_the_caller_at_its_next_call():
