@@ -24,9 +24,10 @@ then runs, back to back, each with its own consumer group and ClickHouse databas
    base-rate sample, run 4's share, is 3x the pairs/s it measured at start-up) for ``--lag-s``
    seconds; the lag is bounded when it stops growing (the last third's mean lag at most 1.25x
    the middle third's, or under one second of input);
-6. ``latency``: the default worker fed at 80% of the impressions/s it reached in run 2, for
-   ``--warmup-s`` seconds (the budget settles; sampling plans change once per minute of event
-   time) and then ``--latency-s`` seconds measured; impression-to-ClickHouse latency is the
+6. ``latency``: the default worker fed at ``--latency-share`` (80%) of the impressions/s it
+   reached in run 2 (the producer then shares the machine with it), for ``--warmup-s`` seconds
+   (the budget settles; sampling plans change once per minute of event time) and then
+   ``--latency-s`` seconds measured; impression-to-ClickHouse latency is the
    ledger time of each sampled impression (written after its row and review request are
    stored) minus its event time (set when it was produced).
 
@@ -363,6 +364,9 @@ def main() -> int:
     parser.add_argument("--lag-s", type=float, default=60.0)
     parser.add_argument("--latency-s", type=float, default=30.0)
     parser.add_argument("--warmup-s", type=float, default=90.0)
+    parser.add_argument(
+        "--latency-share", type=float, default=0.8, help="input of run 6, share of run 2's rate"
+    )
     parser.add_argument("--budget-share", type=float, default=0.25)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "relmon-minilm-ce")
@@ -427,11 +431,11 @@ def main() -> int:
         latency = run_latency(
             run_settings(base, "latency", own_topic=True),
             TrafficGenerator(catalog, replace(config, seed=9)),
-            0.8 * default["impressions_per_s"],
+            args.latency_share * default["impressions_per_s"],
             args.warmup_s,
             args.latency_s,
         )
-        log.info("latency at 80%% of capacity: %s", latency)
+        log.info("latency at %.0f%% of capacity: %s", 100 * args.latency_share, latency)
     result = {
         "bench": "stream",
         "dataset": args.dataset,
@@ -449,6 +453,7 @@ def main() -> int:
         "relmon_unbudgeted": unbudgeted,
         "lag": lag,
         "lag_bounded": lag["lag_bounded"],
+        "latency_share": args.latency_share,
         "latency": latency,
         "latency_ms_p50": latency["latency_ms_p50"],
         "latency_ms_p99": latency["latency_ms_p99"],
