@@ -172,15 +172,8 @@ _Job = tuple[Callable[[], Coroutine[Any, Any, None]], asyncio.Future[None]]
 
 _LOAD: contextvars.ContextVar[_Load] = contextvars.ContextVar("relmon_processor_load")
 """The load of the phase the current task runs (each asyncio task has its own context, so a
-front and a back running at the same time each count their own retry sleeps and scoring)"""
-
-
-def _load() -> _Load:
-    load = _LOAD.get(None)
-    if load is None:  # a port called outside a phase (tests calling private helpers)
-        load = _Load(time.monotonic())
-        _LOAD.set(load)
-    return load
+front and a back running at the same time each count their own retry sleeps and scoring); every
+phase sets it (:meth:`ImpressionProcessor._start_phase`) before it calls a port"""
 
 
 @dataclass
@@ -322,7 +315,7 @@ class ImpressionProcessor:
         self._check()
         async with self._lock:
             if not self._pending:
-                job: Callable[[], Coroutine[Any, Any, None]] = self._release
+                job: Callable[[], Coroutine[Any, Any, None]] = self._release_phase
             else:
                 load = self._start_phase(_Load(self._clock()))
                 waiting, self._pending = self._pending, []
@@ -335,7 +328,7 @@ class ImpressionProcessor:
 
     async def flush(self) -> None:
         """Store every sketch checkpoint now and ack what they cover (a clean hand-over)."""
-        await self._until(await self._enqueue(lambda: self._release(force=True)))
+        await self._until(await self._enqueue(lambda: self._release_phase(force=True)))
 
     # --- the back task -------------------------------------------------------------------------
 
@@ -406,6 +399,11 @@ class ImpressionProcessor:
         self._start_phase(load)
         await self._finish(out, draws)
         self._report_load(load, records)
+
+    async def _release_phase(self, force: bool = False) -> None:
+        """A back phase that only stores due checkpoints and acks (its retry sleeps its own)."""
+        self._start_phase(_Load(self._clock()))
+        await self._release(force)
 
     def _report_load(self, load: _Load, records: int) -> None:
         """Tell the scoring budget what this call cost, front and back; publish its gauges.
@@ -518,7 +516,7 @@ class ImpressionProcessor:
             if all(
                 draw >= plan.probability(self._rates, tier, first) for first, hits in strata if hits
             ):
-                _load().base_pairs += sum(
+                _LOAD.get().base_pairs += sum(
                     hits
                     for first, hits in strata
                     if hits and draw < self._rates.base_probability(tier, first)
@@ -707,7 +705,7 @@ class ImpressionProcessor:
                     assert isinstance(imp, Impression)
                     full = imp
                 draws.append(_Draw(full, p, tier, plan.plan_id, self._page_of(record, imp, out)))
-        _load().base_pairs += demand
+        _LOAD.get().base_pairs += demand
         return draws
 
     async def _finish(self, out: _Outcome, draws: list[_Draw]) -> None:
@@ -767,7 +765,7 @@ class ImpressionProcessor:
         pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
         keys = [d.impression.product_id for d in fresh]
         pages = [d.page for d in fresh] if self._page_model_version is not None else None
-        load = _load()
+        load = _LOAD.get()
         started, waited = self._clock(), load.waited_s
         scores = await self._retrying(
             lambda p: (
@@ -881,7 +879,7 @@ class ImpressionProcessor:
                 failures += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 await asyncio.sleep(delay)
-                _load().waited_s += delay
+                _LOAD.get().waited_s += delay
                 delay = min(delay * 2, self._backoff_max_s)
                 continue
             if failed_since is not None:
