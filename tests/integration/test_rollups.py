@@ -332,21 +332,9 @@ def test_rows_past_the_window_are_refused_and_a_replay_counts_nothing(fresh_db: 
 def test_a_segment_an_impression_left_drops_out_of_the_rollups(fresh_db: Any) -> None:
     s = fresh_db("moved")
     now = datetime.now(UTC)
-    imp = Impression(
-        impression_id="m1",
-        query_id="q",
-        query="oak desk",
-        product_id="p",
-        title="Oak Desk",
-        category="Desks",
-        position=1,
-        event_time=now,
-    )
 
     def row(version: str, at: datetime) -> ScoredImpression:
-        return ScoredImpression.of(
-            imp, score=0.2, threshold=0.5, model_version=version, sample_rate=1.0, scored_at=at
-        )
+        return desk_row("m1", now, 0.2, at, model_version=version, sample_rate=1.0)
 
     client = db.connect(s)
     try:
@@ -381,8 +369,16 @@ def insert_raw(client: Any, rows: list[ScoredImpression]) -> None:
     client.insert("scored_impressions", data, column_names=repository.SCORED_COLUMNS)
 
 
-def desk_row(impression_id: str, at: datetime, score: float, now: datetime) -> ScoredImpression:
-    """A row of an oak-desk query scored ``score`` (threshold 0.5, sampled at rate 0.5)."""
+def desk_row(
+    impression_id: str,
+    at: datetime,
+    score: float,
+    now: datetime,
+    *,
+    model_version: str = "m",
+    sample_rate: float = 0.5,
+) -> ScoredImpression:
+    """A row of an oak-desk query at ``at`` scored ``score`` at ``now`` (threshold 0.5)."""
     imp = Impression(
         impression_id=impression_id,
         query_id="q",
@@ -394,7 +390,12 @@ def desk_row(impression_id: str, at: datetime, score: float, now: datetime) -> S
         event_time=at,
     )
     return ScoredImpression.of(
-        imp, score=score, threshold=0.5, model_version="m", sample_rate=0.5, scored_at=now
+        imp,
+        score=score,
+        threshold=0.5,
+        model_version=model_version,
+        sample_rate=sample_rate,
+        scored_at=now,
     )
 
 
