@@ -277,6 +277,39 @@ def _cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_model_embed(args: argparse.Namespace, settings: Settings) -> int:
+    from relmon import db
+    from streams.catalog import load_catalog_file
+    from streams.vectors import ClickHouseVectors, embed_catalog
+
+    if args.catalog:
+        products = load_catalog_file(Path(args.catalog))
+    elif settings.ingest.catalog_file:
+        products = load_catalog_file(settings.ingest.catalog_file)
+    else:
+        from relmon.sim.replay import ReplayConfig, load_catalog, to_catalog_product
+
+        replayed = load_catalog(ReplayConfig(dataset=args.dataset, seed=args.seed))
+        products = [to_catalog_product(p) for p in replayed.products]
+    scorer: Any = _load_scorer(settings)
+    if scorer.embedder is None:
+        raise ConfigError(
+            "the cross-encoder tier embeds nothing: set RELMON_SCORER_TIER to card, cosine or page"
+        )
+    db.migrate(settings)
+    vectors = ClickHouseVectors(lambda: db.connect(settings), scorer.embedder)
+    scorer.share_embeddings(vectors)
+    try:
+        report = embed_catalog(scorer, products, progress=_progress_printer())
+        report["embedder"] = scorer.embedder
+        report["stored"] = vectors.count()
+    finally:
+        vectors.close()
+    print(file=sys.stderr)
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
 def _as_dict(obj: object) -> object:
     if hasattr(obj, "model_dump"):
         return obj.model_dump()
@@ -536,6 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--card-out", default=None, help="write card.json/card.md here (default: model dir)"
     )
     q.set_defaults(func=_cmd_model_eval)
+    q = model_sub.add_parser(
+        "embed",
+        help="embed a catalogue's product texts into ClickHouse ahead of its traffic "
+        "(table text_embeddings, shared by the workers; texts stored already are skipped)",
+    )
+    q.add_argument(
+        "--catalog",
+        default=None,
+        help="JSON Lines catalogue (default RELMON_CATALOG_FILE, else the replay's --dataset)",
+    )
+    q.add_argument("--dataset", choices=["esci", "synthetic"], default="esci")
+    q.add_argument("--seed", type=int, default=7, help="seed of the synthetic catalogue")
+    q.set_defaults(func=_cmd_model_embed)
 
     p = sub.add_parser(
         "teacher", help="judge review cases with an LLM (chat completions) and store verdicts"

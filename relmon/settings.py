@@ -286,6 +286,13 @@ class ScorerSettings(Section):
         "(model version, query, product id, title); 0 = no cache.",
         validation_alias="score_cache_size",
     )
+    shared_embeddings: bool = Field(
+        default=True,
+        description="keep the cosine and page tiers' text embeddings in "
+        "ClickHouse (table text_embeddings), shared by every worker and kept across restarts, "
+        "so each product text is embedded once; `relmon model embed` fills it from a catalogue "
+        "ahead of traffic. false = each worker embeds on its own.",
+    )
 
 
 class RoutingSettings(Section):

@@ -14,21 +14,55 @@ depend on its batch-mates: the kernels compute each row's hidden states independ
 others and of the padding, and the pooling sums only the text's own tokens, always in the same
 order (pooling inside the graph did not: a padded reduction changed the last bits). So a cached
 vector equals a recomputed one, and a replay reproduces the same scores bit for bit.
+
+A product text's vector is worth keeping beyond one process: embedding a product text costs
+about 20 ms of a core on a 2-core AVX2 EPYC, and a page brings ten of them, so a cold worker
+spends most of its scoring time there. ``shared`` (a :class:`SharedVectors`, e.g. the worker's
+ClickHouse table ``text_embeddings``, :mod:`streams.vectors`) is asked for the texts the LRU
+cache misses before any is computed, and is given the vectors computed, so a text is embedded
+once across workers and restarts, and `relmon model embed` can embed a catalogue ahead of its
+traffic. A shared store that fails is logged and skipped: its vectors only save time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["EMBED_FILE", "EMBED_MAX_LENGTH", "EmbeddingCache"]
+from relmon.errors import ServiceError
+
+__all__ = ["EMBED_FILE", "EMBED_MAX_LENGTH", "EmbeddingCache", "SharedVectors", "text_key"]
+
+log = logging.getLogger(__name__)
 
 EMBED_FILE = "embed.onnx"
 EMBED_MAX_LENGTH = 128  # product text with brand, colour and category: p99 under 100 tokens
+
+
+def text_key(text: str) -> str:
+    """A text's key in a shared store: 128-bit BLAKE2b of its UTF-8 bytes, hex."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+class SharedVectors(Protocol):
+    """Vectors of one embedder kept outside the process, keyed by :func:`text_key`.
+
+    Either method may raise :class:`~relmon.errors.ServiceError` when the store is down.
+    """
+
+    def fetch(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these keys (keys not stored are left out)."""
+
+    def keep(self, vectors: Mapping[str, np.ndarray]) -> None:
+        """Store vectors by key (storing a key twice stores the same vector)."""
 
 
 Feeds = Callable[
@@ -42,8 +76,11 @@ class EmbeddingCache:
     ``run(feed)`` runs the session on one padded batch and returns its ``(batch, tokens, dim)``
     hidden states;
     ``feeds`` pads length-sorted batches (the scorer's own batching, shared with the
-    cross-encoder). ``size`` bounds the cached vectors (about 1.5 KB each).
+    cross-encoder). ``size`` bounds the cached vectors (about 1.5 KB each). ``shared``: vectors
+    kept outside the process (see the module's docstring); :attr:`shared` can also be set later.
     """
+
+    WARN_EVERY_S = 60.0
 
     def __init__(
         self,
@@ -51,6 +88,7 @@ class EmbeddingCache:
         run: Callable[[dict[str, np.ndarray]], np.ndarray],
         feeds: Feeds,
         size: int = 50_000,
+        shared: SharedVectors | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -63,8 +101,16 @@ class EmbeddingCache:
         self._size = max(0, size)
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self.shared = shared
         self.hits = 0
+        """texts found in this process's cache"""
         self.misses = 0
+        """texts not in this process's cache (found in the shared store, or computed)"""
+        self.shared_hits = 0
+        """missed texts whose vectors the shared store had"""
+        self.shared_errors = 0
+        """calls to the shared store that failed (the texts were computed here)"""
+        self._warned = -float("inf")
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -82,6 +128,12 @@ class EmbeddingCache:
             self.hits += len(found)
             self.misses += len(unique) - len(found)
         todo = [t for t in unique if t not in found]
+        if todo and self.shared is not None:
+            stored = self._fetch(todo)
+            if stored:
+                self._remember(stored)
+                found.update(stored)
+                todo = [t for t in todo if t not in stored]
         if todo:
             encs = self._tok.encode_batch(todo)
             ids = [e.ids for e in encs]
@@ -91,17 +143,53 @@ class EmbeddingCache:
                 hidden = np.asarray(self._run(feed), dtype=np.float32)
                 for row, i in enumerate(idx):
                     fresh[int(i)] = _pool(hidden[row, : len(ids[int(i)])])
-            with self._lock:
-                for t, v in zip(todo, fresh, strict=True):
-                    found[t] = v
-                    if self._size:
-                        self._vectors[t] = v
-                        self._vectors.move_to_end(t)
-                while len(self._vectors) > self._size:
-                    self._vectors.popitem(last=False)
+            computed = dict(zip(todo, fresh, strict=True))
+            self._remember(computed)
+            found.update(computed)
+            if self.shared is not None:
+                self._keep(computed)
         if not texts:
             return np.empty((0, 0), dtype=np.float32)
         return np.stack([found[t] for t in texts])
+
+    def _remember(self, vectors: Mapping[str, np.ndarray]) -> None:
+        with self._lock:
+            if self._size:
+                for t, v in vectors.items():
+                    self._vectors[t] = v
+                    self._vectors.move_to_end(t)
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
+
+    def _fetch(self, texts: list[str]) -> dict[str, np.ndarray]:
+        assert self.shared is not None
+        keys = {text_key(t): t for t in texts}
+        try:
+            stored = self.shared.fetch(list(keys))
+        except ServiceError as exc:
+            self._failed("read", exc)
+            return {}
+        out = {keys[k]: np.asarray(v, dtype=np.float32) for k, v in stored.items() if k in keys}
+        with self._lock:
+            self.shared_hits += len(out)
+        return out
+
+    def _keep(self, vectors: Mapping[str, np.ndarray]) -> None:
+        assert self.shared is not None
+        try:
+            self.shared.keep({text_key(t): v for t, v in vectors.items()})
+        except ServiceError as exc:
+            self._failed("write", exc)
+
+    def _failed(self, what: str, exc: ServiceError) -> None:
+        with self._lock:
+            self.shared_errors += 1
+            now = time.monotonic()
+            warn = now - self._warned >= self.WARN_EVERY_S
+            if warn:
+                self._warned = now
+        if warn:  # once a minute, not once per batch, while the store is down
+            log.warning("shared embeddings: %s failed (%s); embedding here meanwhile", what, exc)
 
 
 def _pool(tokens: np.ndarray) -> np.ndarray:

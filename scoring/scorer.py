@@ -47,6 +47,7 @@ answers repeated pairs without inference; :meth:`Scorer.stats` reports its hits 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
 import logging
 import os
@@ -64,7 +65,7 @@ import onnxruntime as ort
 
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring.card import ModelCard, TierCard
-from scoring.embedding import EMBED_FILE, EmbeddingCache
+from scoring.embedding import EMBED_FILE, EMBED_MAX_LENGTH, EmbeddingCache, SharedVectors
 from scoring.page import ANCHORS, FEATURES, PageContext, PageModel, PageRef, page_features
 
 __all__ = [
@@ -361,6 +362,30 @@ class Scorer:
         tok.enable_truncation(self.max_length, strategy="longest_first")
         return tok
 
+    @property
+    def embedder(self) -> str | None:
+        """Who computes this scorer's embeddings, as a shared store keys them.
+
+        ``embed.onnx``'s SHA-256 (from the card, else the file) and the token cap; None on the
+        cross-encoder tier, which embeds nothing.
+        """
+        if self._embeddings is None:
+            return None
+        digest = (self.card.sha256 or {}).get(EMBED_FILE)
+        if not digest:
+            with (self.model_dir / EMBED_FILE).open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        return f"minilm-embed-{digest[:16]}-l{EMBED_MAX_LENGTH}"
+
+    def share_embeddings(self, shared: SharedVectors | None) -> None:
+        """Ask ``shared`` for texts before embedding them, and give it what was embedded.
+
+        The store must be keyed by :attr:`embedder` (:class:`streams.vectors.ClickHouseVectors`
+        is). Nothing happens on the cross-encoder tier, which embeds nothing.
+        """
+        if self._embeddings is not None:
+            self._embeddings.shared = shared
+
     def stats(self) -> dict[str, float]:
         """Cache counters: hits, misses, hit rate, entries and the size bound."""
         total = self.cache_hits + self.cache_misses
@@ -376,6 +401,8 @@ class Scorer:
             out["embedding_cache_hits"] = e.hits
             out["embedding_cache_misses"] = e.misses
             out["embedding_cache_entries"] = len(e)
+            out["embedding_shared_hits"] = e.shared_hits
+            out["embedding_shared_errors"] = e.shared_errors
         return out
 
     def predict(
@@ -467,6 +494,10 @@ class Scorer:
     ) -> np.ndarray:
         """The page tier's P(good) of results with their pages (each page's features once)."""
         assert self.page is not None
+        # every text of the call at once: one look in the shared store, one batched inference
+        # (each page's features below then find their vectors in the cache)
+        texts = list(dict.fromkeys([*queries, *(t for ref in refs if ref for t in ref[0].texts)]))
+        vector = dict(zip(texts, self.embed(texts, batch_size), strict=True))
         features = np.empty((len(queries), len(FEATURES)))
         done: dict[tuple[int, str], np.ndarray] = {}  # ``refs`` keeps each keyed page alive
         for n, (query, ref) in enumerate(zip(queries, refs, strict=True)):
@@ -474,7 +505,8 @@ class Scorer:
             page, index = ref
             key = (id(page), query)
             if key not in done:
-                done[key] = self.page_features(query, page, batch_size)
+                on_page = np.stack([vector[t] for t in page.texts])
+                done[key] = page_features(vector[query], on_page, page.categories)
             features[n] = done[key][index]
         return self.page.model.p_good(features).astype(np.float32)
 
@@ -485,8 +517,9 @@ class Scorer:
     def _infer(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
         """Raw probabilities; chunk k+1 is tokenised in a thread while chunk k runs."""
         if self._embeddings is not None:
-            queries = self._embeddings.embed([q for q, _ in pairs], batch_size)
-            products = self._embeddings.embed([t for _, t in pairs], batch_size)
+            texts = [*(q for q, _ in pairs), *(t for _, t in pairs)]
+            vectors = self._embeddings.embed(texts, batch_size)
+            queries, products = vectors[: len(pairs)], vectors[len(pairs) :]
             cos = np.clip((queries * products).sum(axis=1), -1.0, 1.0)
             return ((cos + 1.0) / 2.0).astype(np.float32)
         out = np.empty(len(pairs), dtype=np.float32)

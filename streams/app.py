@@ -46,6 +46,7 @@ from streams.prometheus import CachedLag, LatencyHistogram, MetricsServer, expos
 from streams.records import RawRecord, dead_letter
 from streams.route import Routing
 from streams.storage import ClickHouseStorePorts
+from streams.vectors import ClickHouseVectors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -232,6 +233,7 @@ class RelmonWorker:
         )
         self.catalog = Catalog(products)
         self._client: Client | None = None
+        self._vectors: ClickHouseVectors | None = None
         self._dlq_producer: Any = None
         self._gauges = gauges
         self.failure: Exception | None = None
@@ -475,6 +477,19 @@ class RelmonWorker:
         ensure_topics(self.settings)
         db.migrate(self.settings)
 
+    def _share_embeddings(self) -> None:
+        """Give the scorer the store's shared embeddings, if it embeds and they are on.
+
+        Called after the warm-up: its made-up texts are not worth keeping.
+        """
+        embedder = getattr(self.scorer, "embedder", None)  # scoring.Scorer on an embedding tier
+        if not self.settings.scorer.shared_embeddings or embedder is None:
+            return
+        self._vectors = ClickHouseVectors(lambda: db.connect(self.settings), embedder)
+        paged: Any = self.scorer
+        paged.share_embeddings(self._vectors)
+        log.info("shared embeddings: %s in ClickHouse table text_embeddings", embedder)
+
     def run(self) -> None:
         """Prepare, then serve in the foreground until SIGTERM / SIGINT."""
         self.prepare()
@@ -492,6 +507,7 @@ class RelmonWorker:
                 raise
             log.info("scoring budget: auto, scorer capacity %.0f pairs/s", capacity or 0.0)
             self._publish_budget()
+        self._share_embeddings()
         worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)
         server = None
         if self.settings.metrics_port:
@@ -505,6 +521,8 @@ class RelmonWorker:
                 server.stop()
             self.follower.stop()
             self.ports.close()
+            if self._vectors is not None:
+                self._vectors.close()
             self.metrics.write(metrics_path(self.settings))
             if self._dlq_producer is not None:
                 self._dlq_producer.close()

