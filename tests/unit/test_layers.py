@@ -12,8 +12,8 @@ with its reason. The layers (README, "Architecture"):
    (``relmon.alerts.detect``/``lifecycle``), the rate estimate's sums, SQL and judged cut
    (``relmon.estimate``);
 2. **adapters**: what talks to the world: ClickHouse (``relmon.db``, the worker's
-   ``streams.storage``), Kafka (``relmon.kafka``, ``relmon.lag``, the Faust app
-   ``streams.app``), the local store and processes (``relmon.store``, ``relmon.runtime``), the
+   ``streams.storage`` and shared embeddings ``streams.vectors``), Kafka (``relmon.kafka``,
+   ``relmon.lag``, the Faust app ``streams.app``), the local store and processes (``relmon.store``, ``relmon.runtime``), the
    worker's Prometheus endpoint (``streams.prometheus``), the alert runner (its repository,
    leader election and loop) and its sinks, the teacher (its client, consumer and store), the
    dashboard pages and their reads, and the simulation that drives the system from outside
@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "relmon.estimate": DOMAIN,
     "streams.app": ADAPTERS,
     "streams.storage": ADAPTERS,
+    "streams.vectors": ADAPTERS,
     "streams.repository": ADAPTERS,
     "streams.prometheus": ADAPTERS,
     "relmon.db": ADAPTERS,
