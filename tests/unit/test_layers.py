@@ -13,9 +13,10 @@ with its reason. The layers (README, "Architecture"):
    (``relmon.estimate``);
 2. **adapters**: what talks to the world: ClickHouse (``relmon.db``, the worker's
    ``streams.storage`` and shared embeddings ``streams.vectors``), Kafka (``relmon.kafka``,
-   ``relmon.lag``, the Faust app ``streams.app``), the local store and processes (``relmon.store``, ``relmon.runtime``), the
-   worker's Prometheus endpoint (``streams.prometheus``), the alert runner (its repository,
-   leader election and loop) and its sinks, the teacher (its client, consumer and store), the
+   ``relmon.lag``, the Faust app ``streams.app``), the local store and processes
+   (``relmon.store``, ``relmon.runtime``), the worker's Prometheus endpoint
+   (``streams.prometheus``), the alert runner (its repository, leader election and loop) and its
+   sinks, the teacher (its client, consumer and store), the
    dashboard pages and their reads, and the simulation that drives the system from outside
    (``relmon.sim``: ``synth``, ``replay``, ``scenario``, ``realdata``, ``validation``,
    ``alerts``);
