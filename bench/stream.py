@@ -4,7 +4,10 @@ Run: ``python bench/stream.py`` (about 6 minutes on 2 cores). It starts its own 
 local store in a temporary RELMON_HOME, publishes the replay catalogue (real ESCI products by
 default), pre-fills one topic with ``--pages`` result pages and another with ``--scored-pages``,
 each page one UBI query record with ``query_response_hit_ids`` (the replayer's page format), and
-then runs, back to back, each with its own consumer group and ClickHouse database:
+embeds the catalogue's product texts into the store once (``relmon model embed``, timed as
+``catalogue_embed``; each run's database gets a copy of those vectors, as a worker finds them in
+production after the command or after any worker has met the product) and then runs, back to
+back, each with its own consumer group and ClickHouse database:
 
 1. ``plain_faust``: a Faust agent that takes one event at a time and only ``json.loads`` it
    (the floor of any Faust consumer on this machine), on the ``--pages`` topic;
@@ -17,6 +20,9 @@ then runs, back to back, each with its own consumer group and ClickHouse databas
    (``RELMON_SCORING_BUDGET_PPS``) of ``--budget-share`` of the scorer capacity run 2 measured,
    on the same topic (a fixed budget acts from the second batch on: its first plans, made before
    anything was measured, are at factor 1);
+3b. ``relmon_cold_store``: the default worker with no product embedded yet (it embeds each
+   product text on first sight and stores it), on the same topic: the worker before
+   ``relmon model embed``, or a new catalogue;
 4. ``relmon_unbudgeted``: ``relmon worker`` with ``RELMON_SCORING_BUDGET_PPS=0`` (every sampled
    impression scored, at the base rates), on the ``--scored-pages`` topic (shorter: it scores a
    quarter of the impressions);
@@ -66,6 +72,7 @@ from relmon.sim.replay import ReplayConfig, TrafficGenerator, load_catalog, publ
 
 log = logging.getLogger("bench.stream")
 POLL_S = 0.2
+EMBED_COMMAND = [sys.executable, "-m", "relmon", "model", "embed"]
 
 
 # --- The plain Faust agent (run in a child process) ---------------------------------------------
@@ -330,13 +337,35 @@ def prefill(settings: Settings, gen: TrafficGenerator, pages: int) -> tuple[int,
     return records, gen.counts["impressions"]
 
 
+def embed_catalogue(settings: Settings, config: ReplayConfig) -> dict[str, Any]:
+    """``relmon model embed`` of the published catalogue into ``settings``' database."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [*EMBED_COMMAND, "--dataset", config.dataset, "--seed", str(config.seed)],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    report["command_seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
 def run_settings(
-    base: Settings, name: str, *, own_topic: bool = False, **overrides: object
+    base: Settings,
+    name: str,
+    *,
+    own_topic: bool = False,
+    embedded: bool = True,
+    **overrides: object,
 ) -> Settings:
     """``base`` with its own consumer group, database and metrics port.
 
     ``own_topic``: an impressions topic of its own too, so a paced run does not start behind
-    the pre-filled records (its group reads from the earliest offset).
+    the pre-filled records (its group reads from the earliest offset). ``embedded``: the
+    database starts with the catalogue's vectors (copied from ``base``'s, which
+    :func:`embed_catalogue` filled); else with none.
     """
     if own_topic:
         overrides["topic_impressions"] = f"bench-{name}.impressions"
@@ -348,6 +377,15 @@ def run_settings(
     )
     ensure_topics(s)
     db.migrate(s)
+    if embedded:
+        client = db.connect(s)
+        try:  # the databases' names come from this bench, not from input
+            client.command(
+                f"INSERT INTO {s.clickhouse.database}.text_embeddings "
+                f"SELECT * FROM {base.clickhouse.database}.text_embeddings"
+            )
+        finally:
+            client.close()
     return s
 
 
@@ -390,6 +428,9 @@ def main() -> int:
         ensure_topics(base)
         catalog = load_catalog(config)
         publish_catalog(base, catalog)
+        db.migrate(base)
+        embedded = embed_catalogue(base, config)
+        log.info("catalogue embedded: %s", embedded)
         gen = TrafficGenerator(catalog, config)
         records, impressions = prefill(base, gen, args.pages)
         log.info("pre-filled %d records (%d impressions)", records, impressions)
@@ -411,6 +452,8 @@ def main() -> int:
             run_settings(base, "fixed", scoring_budget_pps=str(budget_pps)), expect, args.timeout_s
         )
         log.info("relmon worker, budget %.1f pairs/s: %s", budget_pps, fixed)
+        cold = run_worker(run_settings(base, "cold", embedded=False), expect, args.timeout_s)
+        log.info("relmon worker, defaults, no product embedded yet: %s", cold)
         unbudgeted = run_worker(
             run_settings(
                 base, "unbudgeted", topic_impressions=scored_topic, scoring_budget_pps="0"
@@ -448,6 +491,9 @@ def main() -> int:
         "relmon_records_per_s": round(default["records_per_s"], 1),
         "ratio_vs_plain_faust": round(default["impressions_per_s"] / plain["events_per_s"], 2),
         "relmon_default": default,
+        "catalogue_embed": embedded,
+        "relmon_cold_store": cold,
+        "cold_store_impressions_per_s": round(cold["impressions_per_s"], 1),
         "fixed_budget_pps": budget_pps,
         "relmon_fixed_budget": fixed,
         "relmon_unbudgeted": unbudgeted,

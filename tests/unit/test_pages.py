@@ -9,10 +9,11 @@ import pytest
 from relmon.errors import DecodeError
 from relmon.settings import BudgetConfig, PlannerConfig, SamplingRates
 from schemas.models import CatalogProduct, float32
-from schemas.ubi import UbiQuery, decode_record
+from schemas.ubi import PageHit, UbiQuery, decode_record
 from streams import EventTimeWindow, RawRecord, Routing
 from streams.budget import BudgetController
 from streams.catalog import Catalog
+from streams.enrich import catalog_text, impression_text
 from streams.metrics import Metrics
 from streams.plans import Planner
 from streams.testing import MemoryPorts, memory_processor
@@ -390,3 +391,37 @@ def test_the_replayer_refuses_format_shares_that_do_not_add_up(shares, says):
 
     with pytest.raises(ValueError, match=says):
         TrafficGenerator(SyntheticCatalog.generate(seed=3), ReplayConfig(**shares))
+
+
+@pytest.mark.parametrize(
+    "product",
+    [
+        CatalogProduct(product_id="p1", title="Oak  Desk"),
+        CatalogProduct(
+            product_id="p2",
+            title="Lamp",
+            brand="Acme",
+            category="Home > Lighting > Lamps",
+            attributes={"color": "Brass"},
+        ),
+        CatalogProduct(
+            product_id="p3",
+            title="Rug",
+            category="Rugs",
+            attributes={"colour": "Grey", "category_path": "Home > Decor > Rugs"},
+        ),
+    ],
+)
+def test_a_catalogue_products_text_is_the_text_its_page_hits_are_scored_on(product):
+    # `relmon model embed` embeds catalog_text; the worker scores a hit on impression_text of
+    # the hit filled in from the catalogue: the same text, or the shared vectors never match
+    hit = PageHit(
+        query_id="q",
+        query="desk",
+        product_id=product.product_id,
+        position=1,
+        ordinal=0,
+        event_time=datetime(2026, 1, 1, tzinfo=UTC),
+        session_hash=None,
+    )
+    assert catalog_text(product) == impression_text(hit.enriched(product))
