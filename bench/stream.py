@@ -236,6 +236,7 @@ def run_lag(
         rate = 3 * capacity / max(sampled_share, 1e-3)
         log.info("lag run: capacity %.0f pairs/s, input %.0f impressions/s", capacity, rate)
         feeder = threading.Thread(target=paced, args=(settings, gen, rate, seconds, stop))
+        began = time.monotonic()
         feeder.start()
         lags: list[float] = []
         factors: list[float] = []
@@ -244,6 +245,7 @@ def run_lag(
             lags.append(got.get("processing_lag_records", 0.0))
             factors.append(got.get("budget_factor", 1.0))
             time.sleep(1.0)
+        achieved = gen.counts["impressions"] / (time.monotonic() - began)
         third = max(len(lags) // 3, 1)
         middle = statistics.fmean(lags[third : 2 * third] or [0.0])
         last = statistics.fmean(lags[2 * third :] or [0.0])
@@ -251,6 +253,7 @@ def run_lag(
         bounded = last <= max(1.25 * middle, records_per_s)
         return {
             "input_impressions_per_s": round(rate, 1),
+            "produced_impressions_per_s": round(achieved, 1),
             "scoring_capacity_pps": capacity,
             "lag_records_middle_third": round(middle, 1),
             "lag_records_last_third": round(last, 1),
@@ -281,8 +284,10 @@ def run_latency(
             alive=proc.alive,
         )
         started = datetime.now(UTC) + timedelta(seconds=warmup_s)
+        began = time.monotonic()
         paced(settings, gen, impressions_per_s, warmup_s + seconds, stop)
         produced = gen.counts["impressions"]
+        achieved = produced / (time.monotonic() - began)  # the producer may fall short
         wait_until(
             lambda: finished(counters(settings), 0, produced),
             timeout=120,
@@ -310,6 +315,7 @@ def run_latency(
         ((quantiles, count),) = rows
         return {
             "input_impressions_per_s": round(impressions_per_s, 1),
+            "produced_impressions_per_s": round(achieved, 1),
             "rows": count,
             # no sampled row in the window (too short a run): no figure, not NaN
             "latency_ms_p50": round(quantiles[0], 1) if count else None,
