@@ -550,7 +550,7 @@ class IngestSettings(Section):
 
     prefix: ClassVar[str] = ""
 
-    take_max: int = Field(default=1024, ge=1, description="max events the worker takes per batch.")
+    take_max: int = Field(default=4096, ge=1, description="max events the worker takes per batch.")
     take_within_s: float = Field(
         default=0.5,
         gt=0,
