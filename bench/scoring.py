@@ -30,7 +30,11 @@ The served tier (the card's ``served_tier``) is the page tier: a result judged a
 it was shown on (``scoring.page``; ``Scorer(tier="page")`` with each result's page passed to
 ``predict``). A result that arrives without its page is scored by the cosine tier. The page tier
 is measured cold on the ESCI pages (a new scorer each round, as the cold cosine tier), against
-the CrossEncoder on the same pairs (``ratio_page_tier_vs_st_crossencoder_esci``).
+the CrossEncoder on the same pairs (``ratio_page_tier_vs_st_crossencoder_esci``), and with the
+catalogue embedded ahead (``relmon model embed``: the pages' product vectors in a local store
+the bench starts, ``streams.vectors.ClickHouseVectors``), as a worker serves it: a new scorer
+each round, each call one lookup in the store, the queries embedded cold every round (the
+round's scorer writes nothing back) (``ratio_page_tier_embedded_vs_st_crossencoder_esci``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from relmon import db  # noqa: E402
+from relmon.demo import scratch_servers  # noqa: E402
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from relmon.sim.synth import SyntheticCatalog, result_page  # noqa: E402
 from scoring import ModelCard, Scorer  # noqa: E402
@@ -60,6 +66,7 @@ from scoring.page import PageContext, PageRef  # noqa: E402
 from scoring.scorer import default_threads  # noqa: E402
 from scoring.text import category_leaf, product_text  # noqa: E402
 from scoring.training import heldout_examples  # noqa: E402
+from streams.vectors import ClickHouseVectors  # noqa: E402
 
 
 def realistic_pairs(n: int, seed: int = 7) -> list[tuple[str, str, str]]:
@@ -239,6 +246,19 @@ def print_table(title: str, table: Mapping[str, dict[str, float]]) -> None:
         )
 
 
+class CatalogueOnly:
+    """A store's vectors, read only: what the bench's round scorers find, never what they add."""
+
+    def __init__(self, vectors: ClickHouseVectors) -> None:
+        self._vectors = vectors
+
+    def fetch(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        return self._vectors.fetch(keys)
+
+    def keep(self, vectors: Mapping[str, np.ndarray]) -> None:
+        """Nothing: each round's queries stay cold."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", default=str(ROOT / "models" / "relmon-minilm-ce"))
@@ -253,14 +273,37 @@ def main() -> None:
     model_dir = Path(args.model_dir)
     threads = default_threads()
     import torch
-    from sentence_transformers import CrossEncoder
 
     torch.set_num_threads(threads)
     card = ModelCard.load(model_dir)
+    esci = esci_pairs(args.esci_pairs)
+    with scratch_servers("relmon-scoring-", model_dir) as store:
+        db.migrate(store)
+        filler = Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads)
+        assert filler.embedder is not None
+        vectors = ClickHouseVectors(lambda: db.connect(store), filler.embedder)
+        filler.share_embeddings(vectors)  # `relmon model embed` of the pages' products
+        filler.embed(list(dict.fromkeys(t for page, _ in esci.pages for t in page.texts)))
+        try:
+            run(args, model_dir, threads, card, esci, CatalogueOnly(vectors))
+        finally:
+            vectors.close()
+
+
+def run(
+    args: argparse.Namespace,
+    model_dir: Path,
+    threads: int,
+    card: ModelCard,
+    esci: EsciPairs,
+    catalogue: CatalogueOnly,
+) -> None:
+    """Measure every peer; print the tables and the JSON line."""
+    from sentence_transformers import CrossEncoder
+
     rows = realistic_pairs(args.pairs)
     pairs = [(q, t) for q, t, _ in rows]
     keys = [pid for _, _, pid in rows]
-    esci = esci_pairs(args.esci_pairs)
     ep = esci.pairs
 
     relmon = Scorer(model_dir, provider="cpu", variant="auto", intra_op_threads=threads)
@@ -328,6 +371,13 @@ def main() -> None:
     esci_relmon = f"ESCI: relmon ({relmon.variant}, bucketed, stream batch {sb})"
     esci_st = "ESCI: sentence-transformers CrossEncoder (torch fp32)"
     esci_page = f"ESCI: relmon page tier (served), cold (stream batch {sb})"
+    esci_embedded = f"ESCI: relmon page tier (served), catalogue embedded (stream batch {sb})"
+
+    def embedded_page_scorer() -> Scorer:
+        scorer = Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads)
+        scorer.share_embeddings(catalogue)
+        return scorer
+
     real = Suite(
         len(ep),
         {
@@ -335,6 +385,10 @@ def main() -> None:
             esci_st: steady(lambda s: st_predict(ep[s], bs), bs),
             esci_page: cold(
                 lambda: Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads),
+                lambda sc, s: sc.predict(ep[s], bs, keys=esci.keys[s], pages=esci.pages[s]),
+            ),
+            esci_embedded: cold(
+                embedded_page_scorer,
                 lambda sc, s: sc.predict(ep[s], bs, keys=esci.keys[s], pages=esci.pages[s]),
             ),
         },
@@ -427,6 +481,10 @@ def main() -> None:
         ratio_vs_sentence_transformers_esci=round(relmon_esci / st_esci, 2),
         page_tier_esci_pairs_per_s=round(page_esci, 1),
         ratio_page_tier_vs_st_crossencoder_esci=round(page_esci / st_esci, 2),
+        page_tier_embedded_esci_pairs_per_s=round(esci_table[esci_embedded]["pairs_per_s"], 1),
+        ratio_page_tier_embedded_vs_st_crossencoder_esci=round(
+            esci_table[esci_embedded]["pairs_per_s"] / st_esci, 2
+        ),
         same_weights_max_abs_diff_st_vs_fp32_esci=round(same_weights_esci, 6),
     )
     print(json.dumps(out))
