@@ -8,6 +8,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -15,10 +16,12 @@ from typing import ClassVar
 
 import pytest
 
+from relmon import db
 from relmon.demo import env_of, store_process, worker_process
 from relmon.kafka import broker_process, ensure_topics
 from relmon.runtime import ManagedProcess, free_port
 from relmon.settings import Settings, load_settings
+from relmon.store import StoreServer
 from schemas import Impression, ScoredImpression
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +41,18 @@ def isolated_settings(base: Settings, **overrides: object) -> Settings:
         home=base.home / uid,
         **overrides,
     )
+
+
+@contextmanager
+def migrated_store(home: Path) -> Iterator[Settings]:
+    """Settings of a migrated local store served from this process, its data under ``home``.
+
+    A process hosts one chdb directory at a time: close one before opening another.
+    """
+    with StoreServer(home / "store") as server:
+        settings = load_settings(home=home, clickhouse_port=server.port, clickhouse_password="")
+        db.migrate(settings)
+        yield settings
 
 
 @pytest.fixture(scope="session")

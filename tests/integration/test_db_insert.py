@@ -9,20 +9,17 @@ from pathlib import Path
 import pytest
 
 from relmon import db
-from relmon.settings import Settings, load_settings
-from relmon.store import StoreServer
+from relmon.settings import Settings
 from schemas import Impression, ScoredImpression
 from streams import repository
+from tests.conftest import migrated_store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    home = tmp_path_factory.mktemp("db-home")
-    with StoreServer(home / "store") as server:
-        settings = load_settings(home=home, clickhouse_port=server.port, clickhouse_password="")
-        db.migrate(settings)
+    with migrated_store(tmp_path_factory.mktemp("db-home")) as settings:
         yield settings
 
 

@@ -9,21 +9,17 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from relmon import db
-from relmon.settings import load_settings
-from relmon.store import StoreServer
 from relmon.teacher import Verdict, store
 from relmon.teacher.judge import cache_key, normalise_query
 from schemas.models import ReviewRequest
+from tests.conftest import migrated_store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    home = tmp_path_factory.mktemp("teacher-cache")
-    with StoreServer(home / "store") as server:
-        settings = load_settings(home=home, clickhouse_port=server.port, clickhouse_password="")
-        db.migrate(settings)
+    with migrated_store(tmp_path_factory.mktemp("teacher-cache")) as settings:
         conn = db.connect(settings)
         yield conn
         conn.close()

@@ -13,9 +13,9 @@ from relmon import db
 from relmon.errors import StoreUnavailable
 from relmon.runtime import free_port
 from relmon.settings import Settings, load_settings
-from relmon.store import StoreServer
 from scoring.embedding import EmbeddingCache, text_key
 from streams.vectors import ClickHouseVectors
+from tests.conftest import migrated_store
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +24,7 @@ TEXTS = ["oak desk", "Oak Writing Desk | brand Sauder | category Desks", "rug", 
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    home = tmp_path_factory.mktemp("vectors-home")
-    with StoreServer(home / "store") as server:
-        settings = load_settings(home=home, clickhouse_port=server.port, clickhouse_password="")
-        db.migrate(settings)
+    with migrated_store(tmp_path_factory.mktemp("vectors-home")) as settings:
         yield settings
 
 
