@@ -485,7 +485,12 @@ class RelmonWorker:
         embedder = getattr(self.scorer, "embedder", None)  # scoring.Scorer on an embedding tier
         if not self.settings.scorer.shared_embeddings or embedder is None:
             return
-        self._vectors = ClickHouseVectors(lambda: db.connect(self.settings), embedder)
+        # the vectors only save time: a store that hangs is given up on after seconds (the
+        # texts are then embedded here), not after the client's default five minutes
+        self._vectors = ClickHouseVectors(
+            lambda: db.connect(self.settings, connect_timeout=5, send_receive_timeout=10),
+            embedder,
+        )
         paged: Any = self.scorer
         paged.share_embeddings(self._vectors)
         log.info("shared embeddings: %s in ClickHouse table text_embeddings", embedder)
