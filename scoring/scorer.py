@@ -494,8 +494,8 @@ class Scorer:
     ) -> np.ndarray:
         """The page tier's P(good) of results with their pages (each page's features once)."""
         assert self.page is not None
-        # every text of the call at once: one look in the shared store, one batched inference
-        # (each page's features below then find their vectors in the cache)
+        # every text of the call at once: one look in the shared store, one batched inference;
+        # each page's features are then computed from these vectors
         texts = list(dict.fromkeys([*queries, *(t for ref in refs if ref for t in ref[0].texts)]))
         vector = dict(zip(texts, self.embed(texts, batch_size), strict=True))
         features = np.empty((len(queries), len(FEATURES)))
