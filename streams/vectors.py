@@ -23,7 +23,7 @@ from streams.enrich import catalog_text
 __all__ = ["KEEP_FIRST", "ClickHouseVectors", "embed_catalog"]
 
 KEEP_FIRST = 1 << 63
-"""``keep`` is this minus the write time in ms: the engine keeps the highest, so the first"""
+"""``keep`` is this minus the write time in ms: the engine keeps the highest, the first written"""
 
 
 class ClickHouseVectors:
