@@ -26,24 +26,21 @@ Problem = tuple[DeadLetterKind, str]
 
 def impression_text(imp: Impression) -> str:
     """What the model reads of an impression's product: title, brand, colour, category path."""
-    attrs = imp.attributes
+    return _text(imp.title or "", imp.brand, imp.attributes, imp.category)
+
+
+def _text(title: str, brand: str | None, attrs: dict[str, str], category: str | None) -> str:
     return product_text(
-        imp.title or "",
-        imp.brand,
+        title,
+        brand,
         attrs.get("colour") or attrs.get("color"),
-        attrs.get("category_path") or imp.category,
+        attrs.get("category_path") or category,
     )
 
 
 def catalog_text(product: CatalogProduct) -> str:
     """What the model reads of a catalogue product: the text of a hit that carries none itself."""
-    attrs = product.attributes
-    return product_text(
-        product.title,
-        product.brand,
-        attrs.get("colour") or attrs.get("color"),
-        attrs.get("category_path") or product.category,
-    )
+    return _text(product.title, product.brand, product.attributes, product.category)
 
 
 def _iso(when: datetime) -> str:
