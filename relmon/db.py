@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+import weakref
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 import clickhouse_connect
+from clickhouse_connect.datatypes.base import ClickHouseType
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import (
     ClickHouseError,
@@ -72,6 +76,32 @@ def is_store_failure(exc: BaseException) -> bool:
 def store_error(exc: BaseException, what: str) -> StoreUnavailable:
     """The :class:`StoreUnavailable` of a store failure (raise it ``from exc``)."""
     return StoreUnavailable(f"ClickHouse {what} failed: {type(exc).__name__}: {exc}")
+
+
+_ColumnTypes = dict[tuple[str, tuple[str, ...]], list[ClickHouseType]]
+_insert_types: weakref.WeakKeyDictionary[Client, _ColumnTypes] = weakref.WeakKeyDictionary()
+_insert_types_lock = threading.Lock()
+
+
+def insert(
+    client: Client, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+) -> None:
+    """Insert ``rows`` (values in the order of ``columns``) into ``table`` in one round trip.
+
+    clickhouse-connect asks the server for a table's column types (``DESCRIBE TABLE``) before
+    every insert it is not given them for: a second round trip per insert, on the worker's
+    path of every batch. The types are asked once per client and table here and reused; a
+    client opened before a migration that changes a column's type must be reopened (every
+    component migrates before it opens its working clients).
+    """
+    key = (table, tuple(columns))
+    with _insert_types_lock:
+        types = _insert_types.setdefault(client, {}).get(key)
+    if types is None:
+        types = list(client.create_insert_context(table, list(columns)).column_types)
+        with _insert_types_lock:
+            _insert_types.setdefault(client, {})[key] = types
+    client.insert(table, rows, column_names=list(columns), column_types=types)
 
 
 def migrations() -> list[tuple[int, str, list[str]]]:

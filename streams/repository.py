@@ -13,6 +13,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from relmon import db
 from relmon.estimate import P_BAD_SQL
 from schemas.models import ScoredImpression
 from schemas.ubi import UbiQuery
@@ -56,7 +57,7 @@ def _insert_rows(client: Client, rows: Sequence[ScoredImpression]) -> None:
     days = sorted(by_day)
     if len(days) <= MAX_PARTITIONS_PER_INSERT:  # the usual case: one insert, rows in order
         data = [[getattr(row, col) for col in SCORED_COLUMNS] for row in rows]
-        client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
+        db.insert(client, "scored_impressions", data, SCORED_COLUMNS)
         return
     for first in range(0, len(days), MAX_PARTITIONS_PER_INSERT):
         chunk = [
@@ -69,7 +70,10 @@ def _insert_rows(client: Client, rows: Sequence[ScoredImpression]) -> None:
             if row.impression_id not in stored
         ]
         if data:
-            client.insert("scored_impressions", data, column_names=SCORED_COLUMNS)
+            db.insert(client, "scored_impressions", data, SCORED_COLUMNS)
+
+
+UBI_QUERY_COLUMNS = ["query_id", "user_query", "client_hash", "application", "received_at"]
 
 
 def insert_ubi_queries(client: Client, queries: Iterable[UbiQuery], client_hash: Any) -> None:
@@ -86,11 +90,7 @@ def insert_ubi_queries(client: Client, queries: Iterable[UbiQuery], client_hash:
         for q in queries
     ]
     if data:
-        client.insert(
-            "ubi_queries",
-            data,
-            column_names=["query_id", "user_query", "client_hash", "application", "received_at"],
-        )
+        db.insert(client, "ubi_queries", data, UBI_QUERY_COLUMNS)
 
 
 def lookup_ubi_queries(client: Client, query_ids: Iterable[str]) -> dict[str, str]:
@@ -193,9 +193,7 @@ def mark_done(client: Client, rows: Sequence[ScoredImpression]) -> None:
     now = datetime.now(UTC)
     data = [[row.impression_id, row.event_time, now] for row in rows]
     if data:
-        client.insert(
-            "impression_ledger", data, column_names=["impression_id", "event_time", "done_at"]
-        )
+        db.insert(client, "impression_ledger", data, ["impression_id", "event_time", "done_at"])
 
 
 def stored_rows(client: Client, impression_ids: Sequence[str]) -> list[ScoredImpression]:
@@ -225,7 +223,7 @@ def save_plans(client: Client, plans: Sequence[StoredPlan]) -> None:
     now = datetime.now(UTC)
     data = [[*p.key, p.plan.plan_id, p.plan.budget_factor, p.plan.to_json(), now] for p in plans]
     if data:
-        client.insert("sampling_plans", data, column_names=PLAN_COLUMNS)
+        db.insert(client, "sampling_plans", data, PLAN_COLUMNS)
 
 
 def load_plans(client: Client, keys: Sequence[PlanKey]) -> dict[PlanKey, StoredPlan]:
@@ -249,7 +247,7 @@ def save_checkpoints(client: Client, checkpoints: Sequence[Checkpoint]) -> None:
     now = datetime.now(UTC)
     data = [[c.topic, c.partition, c.offset, c.last_epoch, c.state, now] for c in checkpoints]
     if data:
-        client.insert("sketch_checkpoints", data, column_names=CHECKPOINT_COLUMNS)
+        db.insert(client, "sketch_checkpoints", data, CHECKPOINT_COLUMNS)
 
 
 def latest_checkpoint(client: Client, topic: str, partition: int) -> Checkpoint | None:

@@ -79,9 +79,7 @@ class ClickHouseVectors:
         ]
 
         def write(client: Client) -> None:
-            client.insert(
-                "text_embeddings", data, column_names=["embedder", "text_key", "vector", "keep"]
-            )
+            db.insert(client, "text_embeddings", data, ["embedder", "text_key", "vector", "keep"])
 
         self._call("embedding write", write)
 

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 from clickhouse_connect.driver.client import Client
 
+from relmon import db
 from relmon.estimate import SUM_COLUMNS, window_sums_sql
 from relmon.teacher.agreement import Reviewed
 from relmon.teacher.judge import CachedGrade, CacheKey, normalise_query
@@ -73,7 +74,7 @@ def insert_queue(client: Client, requests: Sequence[ReviewRequest]) -> None:
         return
     now = datetime.now(UTC)
     data = [[getattr(r, c) for c in QUEUE_COLUMNS[:-1]] + [now] for r in requests]
-    client.insert("review_queue", data, column_names=QUEUE_COLUMNS)
+    db.insert(client, "review_queue", data, QUEUE_COLUMNS)
 
 
 def insert_verdicts(client: Client, verdicts: Sequence[Verdict]) -> None:
@@ -81,7 +82,7 @@ def insert_verdicts(client: Client, verdicts: Sequence[Verdict]) -> None:
     if not verdicts:
         return
     data = [[getattr(v, c) for c in VERDICT_COLUMNS] for v in verdicts]
-    client.insert("verdicts", data, column_names=VERDICT_COLUMNS)
+    db.insert(client, "verdicts", data, VERDICT_COLUMNS)
 
 
 def lookup_cached(client: Client, keys: Sequence[CacheKey]) -> dict[CacheKey, CachedGrade]:

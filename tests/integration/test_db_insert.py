@@ -97,3 +97,36 @@ def test_a_usual_batch_is_one_insert(migrated: Settings, monkeypatch: pytest.Mon
 
 def test_password_path_is_beside_the_store(migrated: Settings) -> None:
     assert migrated.store_password_file == Path(migrated.home) / "store.password"
+
+
+def test_inserts_ask_a_table_for_its_column_types_once_per_client(
+    migrated: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """db.insert asks each table's column types once per client, then inserts in one trip."""
+    described: list[str] = []  # inserts that made clickhouse-connect run DESCRIBE TABLE first
+    client_type = type(db.connect(migrated))
+    original = client_type.create_insert_context
+
+    def counting(self: object, table: str, *args: object, **kwargs: object) -> object:
+        column_types = args[2] if len(args) > 2 else kwargs.get("column_types")
+        if column_types is None:
+            described.append(table)
+        return original(self, table, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client_type, "create_insert_context", counting)
+    first, second = rows_on_days(3, "types-a-"), rows_on_days(3, "types-b-")
+    client = db.connect(migrated)
+    try:
+        repository.mark_done(client, first)
+        repository.mark_done(client, second)
+        assert described == ["impression_ledger"]
+        done = repository.done_impressions(client, [r.impression_id for r in first + second])
+        assert done == {r.impression_id for r in first + second}
+    finally:
+        client.close()
+    other = db.connect(migrated)  # a new client asks again: its server may differ
+    try:
+        repository.mark_done(other, rows_on_days(1, "types-c-"))
+        assert described == ["impression_ledger", "impression_ledger"]
+    finally:
+        other.close()
