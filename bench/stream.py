@@ -59,15 +59,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 
 from relmon import db  # noqa: E402
 from relmon.demo import scratch_servers, worker_process  # noqa: E402
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
-from relmon.kafka import ensure_topics, librdkafka_config, producer  # noqa: E402
+from relmon.kafka import ensure_topics, producer  # noqa: E402
 from relmon.runtime import free_port, wait_until  # noqa: E402
 from relmon.settings import Settings  # noqa: E402
 from relmon.sim.chaos import scrape  # noqa: E402
@@ -204,33 +202,20 @@ def paced(
     seconds: float,
     stop: threading.Event,
 ) -> int:
-    """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return pages.
-
-    The producer is librdkafka's (confluent-kafka), as a search engine's would be in C, Java or
-    Go: it shares the worker's two cores, and kafka-python's pure-Python ``send`` took more than
-    half a core at 18,000 impressions/s where librdkafka takes a small share of that.
-    """
-    prod = Producer(librdkafka_config(settings, **{"acks": "all", "linger.ms": 5}))
-    topic = settings.topics.impressions
+    """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return pages."""
+    prod = producer(settings)
     start, pages = time.monotonic(), 0
     try:
         while not stop.is_set() and time.monotonic() - start < seconds:
             for key, value in gen.page(datetime.now(UTC)):
-                while True:
-                    try:
-                        prod.produce(topic, value=value, key=key)
-                        break
-                    except BufferError:  # the local queue is full: let deliveries drain it
-                        prod.poll(0.05)
-            prod.poll(0)
+                prod.send(settings.topics.impressions, key=key, value=value)
             pages += 1
             ahead = gen.counts["impressions"] / impressions_per_s - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
     finally:
-        left = prod.flush(60)
-    if left:
-        raise RuntimeError(f"{left} records were not delivered to {topic}")
+        prod.flush(60)
+        prod.close()
     return pages
 
 
