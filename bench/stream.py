@@ -38,6 +38,9 @@ back, each with its own consumer group and ClickHouse database:
    ledger time of each sampled impression (written after its row and review request are
    stored) minus its event time (set when it was produced).
 
+``--latency-only IMPRESSIONS_PER_S`` runs run 6 alone, fed at that rate, and prints its own JSON
+line (``latency``, ``cpu``, ``isa``): one point of the latency curve in about three minutes.
+
 Throughput is measured between the consumer's first and last record (the worker's counters,
 polled every 0.2 s; the plain agent times itself), so start-up is not counted. Progress goes to
 stderr; the last line on stdout is one JSON object.
@@ -413,6 +416,12 @@ def main() -> int:
         "--latency-share", type=float, default=0.8, help="input of run 6, share of run 2's rate"
     )
     parser.add_argument("--budget-share", type=float, default=0.25)
+    parser.add_argument(
+        "--latency-only",
+        type=float,
+        metavar="IMPRESSIONS_PER_S",
+        help="run only run 6, fed at this rate (no pre-fill, no other run): about 3 minutes",
+    )
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "relmon-minilm-ce")
     parser.add_argument("--keep", action="store_true", help="keep the temporary RELMON_HOME")
@@ -438,6 +447,18 @@ def main() -> int:
         db.migrate(base)
         embedded = embed_catalogue(base, config)
         log.info("catalogue embedded: %s", embedded)
+        if args.latency_only is not None:
+            latency = run_latency(
+                run_settings(base, "latency", own_topic=True),
+                TrafficGenerator(catalog, replace(config, seed=9)),
+                args.latency_only,
+                args.warmup_s,
+                args.latency_s,
+            )
+            only = {"bench": "stream", "dataset": args.dataset, "latency_only": True}
+            host = {"cpu": cpu_model(), "isa": isa_flags(), "cores": os.cpu_count()}
+            print(json.dumps({**only, "latency": latency, **host}), flush=True)
+            return 0
         gen = TrafficGenerator(catalog, config)
         records, impressions = prefill(base, gen, args.pages)
         log.info("pre-filled %d records (%d impressions)", records, impressions)
