@@ -62,13 +62,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 
 from relmon import db  # noqa: E402
 from relmon.demo import scratch_servers, worker_process  # noqa: E402
 from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
-from relmon.kafka import ensure_topics, producer  # noqa: E402
+from relmon.kafka import ensure_topics, librdkafka_config, producer  # noqa: E402
 from relmon.runtime import free_port, wait_until  # noqa: E402
 from relmon.settings import Settings  # noqa: E402
 from relmon.sim.chaos import scrape  # noqa: E402
@@ -205,21 +207,62 @@ def paced(
     seconds: float,
     stop: threading.Event,
 ) -> int:
-    """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return pages."""
-    prod = producer(settings)
+    """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return pages.
+
+    The producer is kafka-python's unless ``PRODUCER`` says ``librdkafka`` (confluent-kafka,
+    batching for ``LINGER_MS``, as a search engine's C, Java or Go client would).
+    """
+    send = _librdkafka_send(settings) if PRODUCER["name"] == "librdkafka" else None
+    prod = producer(settings) if send is None else None
+    topic = settings.topics.impressions
     start, pages = time.monotonic(), 0
     try:
         while not stop.is_set() and time.monotonic() - start < seconds:
             for key, value in gen.page(datetime.now(UTC)):
-                prod.send(settings.topics.impressions, key=key, value=value)
+                if prod is not None:
+                    prod.send(topic, key=key, value=value)
+                else:
+                    assert send is not None
+                    send(topic, key, value)
             pages += 1
             ahead = gen.counts["impressions"] / impressions_per_s - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
     finally:
-        prod.flush(60)
-        prod.close()
+        if prod is not None:
+            prod.flush(60)
+            prod.close()
+        elif send is not None:
+            send.flush()  # type: ignore[attr-defined]
     return pages
+
+
+PRODUCER: dict[str, Any] = {"name": "kafka-python", "linger_ms": 5}
+"""The paced runs' producer (set from ``--producer`` and ``--linger-ms``)."""
+
+
+def _librdkafka_send(settings: Settings) -> Any:
+    """``send(topic, key, value)`` through a librdkafka producer; ``send.flush()`` delivers."""
+    prod = Producer(
+        librdkafka_config(settings, **{"acks": "all", "linger.ms": PRODUCER["linger_ms"]})
+    )
+
+    def send(topic: str, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                prod.produce(topic, value=value, key=key)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                prod.poll(0.05)
+        prod.poll(0)
+
+    def flush() -> None:
+        left = prod.flush(60)
+        if left:
+            raise RuntimeError(f"{left} records were not delivered")
+
+    send.flush = flush  # type: ignore[attr-defined]
+    return send
 
 
 def run_lag(
@@ -417,6 +460,13 @@ def main() -> int:
     )
     parser.add_argument("--budget-share", type=float, default=0.25)
     parser.add_argument(
+        "--producer",
+        choices=["kafka-python", "librdkafka"],
+        default="kafka-python",
+        help="the paced runs' producer (runs 5 and 6)",
+    )
+    parser.add_argument("--linger-ms", type=int, default=5, help="librdkafka's linger.ms")
+    parser.add_argument(
         "--latency-only",
         type=float,
         metavar="IMPRESSIONS_PER_S",
@@ -426,6 +476,7 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "relmon-minilm-ce")
     parser.add_argument("--keep", action="store_true", help="keep the temporary RELMON_HOME")
     args = parser.parse_args()
+    PRODUCER.update(name=args.producer, linger_ms=args.linger_ms)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
@@ -456,6 +507,7 @@ def main() -> int:
                 args.latency_s,
             )
             only = {"bench": "stream", "dataset": args.dataset, "latency_only": True}
+            only["producer"] = dict(PRODUCER)
             host = {"cpu": cpu_model(), "isa": isa_flags(), "cores": os.cpu_count()}
             print(json.dumps({**only, "latency": latency, **host}), flush=True)
             return 0
@@ -528,6 +580,7 @@ def main() -> int:
         "lag": lag,
         "lag_bounded": lag["lag_bounded"],
         "latency_share": args.latency_share,
+        "producer": dict(PRODUCER),
         "latency": latency,
         "latency_ms_p50": latency["latency_ms_p50"],
         "latency_ms_p99": latency["latency_ms_p99"],
