@@ -38,6 +38,9 @@ back, each with its own consumer group and ClickHouse database:
    ledger time of each sampled impression (written after its row and review request are
    stored) minus its event time (set when it was produced).
 
+The paced runs (5 and 6) produce with kafka-python, or with librdkafka (``--producer
+librdkafka``, batching for ``--linger-ms``, 5 by default as librdkafka's own).
+
 ``--latency-only IMPRESSIONS_PER_S`` runs run 6 alone, fed at that rate, and prints its own JSON
 line (``latency``, ``cpu``, ``isa``): one point of the latency curve in about three minutes.
 
