@@ -20,11 +20,10 @@ Per batch, in this order, so that a crash at any point loses nothing:
    that no position of can be sampled, its products all known, is done without building its
    hits, the same decision taken once per page instead of once per hit); sampled pairs are
    scored off the event loop while the ledger and the stored rows are looked up (when the page
-   tier serves, a page's hits wait
-   until the whole page is finished and are scored with it, :func:`streams.enrich.page_context`,
-   built once from the page's hits known in full: a score does not depend on which hits were
-   sampled or batched with it, nor on when the catalogue learnt a product; other impressions
-   alone). What each call cost (records, pairs the base
+   tier serves, a page's hits wait until the whole page is finished and are scored with it,
+   :func:`streams.enrich.page_context`, built once from the page's hits known in full: a score
+   does not depend on which hits were sampled or batched with it, nor on when the catalogue
+   learnt a product; other impressions alone). What each call cost (records, pairs the base
    rates asked for, time busy and time scoring) goes to the scoring budget
    (:mod:`streams.budget`), which sets the budget factor of the plans created next;
 5. dead letters are sent; rows are written to ClickHouse with their roll-ups (each impression
