@@ -141,7 +141,7 @@ class _FaustPorts(ClickHouseStorePorts):
     """Ports of the processor backed by Faust topics, ClickHouse and the scorer."""
 
     def __init__(self, worker: RelmonWorker) -> None:
-        super().__init__(worker.clickhouse, worker.side_clickhouse)
+        super().__init__(worker.clickhouse)
         self._w = worker
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="relmon-infer")
         self.stream: Any = None
@@ -233,7 +233,6 @@ class RelmonWorker:
         )
         self.catalog = Catalog(products)
         self._client: Client | None = None
-        self._side_client: Client | None = None
         self._vectors: ClickHouseVectors | None = None
         self._dlq_producer: Any = None
         self._gauges = gauges
@@ -285,12 +284,6 @@ class RelmonWorker:
         if self._client is None:
             self._client = db.connect(self.settings)
         return self._client
-
-    def side_clickhouse(self) -> Client:
-        """The worker's second ClickHouse client (used from the second store thread only)."""
-        if self._side_client is None:
-            self._side_client = db.connect(self.settings)
-        return self._side_client
 
     def _make_app(self) -> faust.App:
         s = self.settings

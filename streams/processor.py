@@ -712,7 +712,8 @@ class ImpressionProcessor:
     async def _finish(self, out: _Outcome, draws: list[_Draw]) -> None:
         self._metrics.inc("sampled", len(draws))
         self._metrics.inc("not_sampled", len(out.ready) - len(draws))
-        rows, recovered = await self._triage(draws)
+        fresh, recovered = await self._triage(draws)
+        rows = await self._score(fresh) if fresh else []
         if out.letters:
             await self._send_dead_letters(out.letters)
             self._metrics.inc("dead_lettered", len(out.letters))
@@ -738,16 +739,11 @@ class ImpressionProcessor:
         await self._release()
         self._metrics.set("pending", len(self._pending))
 
-    async def _triage(
-        self, draws: list[_Draw]
-    ) -> tuple[list[ScoredImpression], list[ScoredImpression]]:
-        """The new rows of the draws, scored, and rows an earlier try stored but did not finish.
+    async def _triage(self, draws: list[_Draw]) -> tuple[list[_Draw], list[ScoredImpression]]:
+        """The draws to score, and rows an earlier try stored but did not finish.
 
         Impressions the ledger records as done are skipped, and so are copies within the batch:
-        each impression is written, rolled up and reviewed once. The ledger lookup, the stored
-        rows' lookup and the scoring run side by side, as nearly every draw is new: after a
-        restart the draws a lookup finds were scored for nothing, which costs scorer time
-        only where the worker re-reads what it had done.
+        each impression is written, rolled up and reviewed once.
         """
         if not draws:
             return [], []
@@ -755,21 +751,18 @@ class ImpressionProcessor:
         for d in draws:
             first.setdefault(d.impression.impression_id, d)
         ids = list(first)
-        done, stored, scored = await asyncio.gather(
-            self._retrying(self._ports.done, ids, what="ClickHouse ledger lookup"),
-            self._retrying(self._ports.stored, ids, what="ClickHouse lookup"),
-            self._score(list(first.values())),
-        )
-        recovered = [row for row in stored if row.impression_id not in done]
-        skip = done | {row.impression_id for row in stored}
-        rows = [row for row in scored if row.impression_id not in skip]
-        self._metrics.inc("already_stored", len(draws) - len(rows))
-        return rows, recovered
+        done = await self._retrying(self._ports.done, ids, what="ClickHouse ledger lookup")
+        unknown = [i for i in ids if i not in done]
+        recovered: list[ScoredImpression] = []
+        if unknown:
+            recovered = await self._retrying(self._ports.stored, unknown, what="ClickHouse lookup")
+        stored = {row.impression_id for row in recovered}
+        fresh = [first[i] for i in unknown if i not in stored]
+        self._metrics.inc("already_stored", len(draws) - len(fresh))
+        return fresh, recovered
 
     async def _score(self, fresh: list[_Draw]) -> list[ScoredImpression]:
         """Score the draws off the event loop; their rows."""
-        if not fresh:
-            return []
         pairs = [(d.impression.query, impression_text(d.impression)) for d in fresh]
         keys = [d.impression.product_id for d in fresh]
         pages = [d.page for d in fresh] if self._page_model_version is not None else None

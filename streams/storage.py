@@ -1,8 +1,8 @@
 """The ClickHouse half of the processor's ports: rows, roll-ups, ledger, UBI queries, plans.
 
-Every call runs :mod:`streams.repository` in a store thread, so ClickHouse round trips never
-block the event loop; each of the (at most two) store threads has a client of its own. The
-worker's ports (:mod:`streams.app`) add Kafka and the scorer; tests pair it with in-memory sends.
+Every call runs :mod:`streams.repository` in one store thread, so ClickHouse round trips never
+block the event loop and the worker's client is used from one thread only. The worker's ports
+(:mod:`streams.app`) add Kafka and the scorer; tests pair it with in-memory sends.
 """
 
 from __future__ import annotations
@@ -27,54 +27,33 @@ T = TypeVar("T")
 class ClickHouseStorePorts:
     """Store-side ports of :class:`streams.processor.Ports` over a ClickHouse client."""
 
-    def __init__(
-        self, client: Callable[[], Client], side_client: Callable[[], Client] | None = None
-    ) -> None:
-        """Ports over ``client``, used from the store thread.
-
-        ``side_client``: a second client, used from a second thread for the calls that may run
-        beside the first thread's (the stored-row lookup beside the ledger's, the UBI queries'
-        insert beside the rows'); without it those calls queue in the one store thread.
-        """
+    def __init__(self, client: Callable[[], Client]) -> None:
         self._client = client
         self._io = ThreadPoolExecutor(1, thread_name_prefix="relmon-store")
-        self._side_client = side_client or client
-        self._side = (
-            ThreadPoolExecutor(1, thread_name_prefix="relmon-store-side")
-            if side_client is not None
-            else self._io
-        )
 
-    async def _io_call(self, fn: Callable[..., T], *args: Any, side: bool = False) -> T:
-        """``fn(client, *args)`` in a store thread; a store failure becomes StoreUnavailable.
+    async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(client, *args)`` in the store thread; a store failure becomes StoreUnavailable.
 
-        ``side``: in the second thread, with its client. The processor retries
-        :class:`~relmon.errors.ServiceError` and lets every other error stop the worker, so only
-        the store's own failures are translated (see :func:`relmon.db.is_store_failure`).
+        The processor retries :class:`~relmon.errors.ServiceError` and lets every other error
+        stop the worker, so only the store's own failures are translated (see
+        :func:`relmon.db.is_store_failure`).
         """
         loop = asyncio.get_running_loop()
-        pool, client = (self._side, self._side_client) if side else (self._io, self._client)
         try:
-            return await loop.run_in_executor(pool, lambda: fn(client(), *args))
+            return await loop.run_in_executor(self._io, lambda: fn(self._client(), *args))
         except Exception as exc:
             if db.is_store_failure(exc):
                 raise db.store_error(exc, fn.__name__) from exc
             raise
 
     async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        """Store UBI query texts and, beside them, scored rows and the roll-ups of their windows.
+        """Store UBI query texts, then scored rows and the roll-ups of their windows."""
+        await self._io_call(self._write_sync, rows, queries)
 
-        Both are done when it returns; a failure of either fails the call (a retry writes both
-        again: each is idempotent).
-        """
-        calls = []
-        if queries:
-            calls.append(self._io_call(repository.insert_ubi_queries, queries, hash_id, side=True))
-        if rows:
-            calls.append(self._io_call(repository.insert_scored, rows))
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(outcome, BaseException):  # both finished: no write left running
-                raise outcome
+    @staticmethod
+    def _write_sync(client: Client, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
+        repository.insert_ubi_queries(client, queries, hash_id)
+        repository.insert_scored(client, rows)
 
     async def refresh_rollups(self, event_times: list[datetime]) -> None:
         """Recompute the roll-ups of the windows holding ``event_times``."""
@@ -86,7 +65,7 @@ class ClickHouseStorePorts:
 
     async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
         """Stored rows of these impressions."""
-        return await self._io_call(repository.stored_rows, impression_ids, side=True)
+        return await self._io_call(repository.stored_rows, impression_ids)
 
     async def mark_done(self, rows: list[ScoredImpression]) -> None:
         """Record impressions as done in the ledger."""
@@ -113,6 +92,5 @@ class ClickHouseStorePorts:
         await self._io_call(repository.save_checkpoints, checkpoints)
 
     def close(self) -> None:
-        """Stop the store threads (pending calls are cancelled)."""
+        """Stop the store thread (pending calls are cancelled)."""
         self._io.shutdown(wait=False, cancel_futures=True)
-        self._side.shutdown(wait=False, cancel_futures=True)
