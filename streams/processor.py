@@ -18,17 +18,16 @@ Per batch, in this order, so that a crash at any point loses nothing:
 4. impressions are sampled (:mod:`streams.sampling`: deterministic by query id, stratified by
    query tier and position, under the sampling plan of their partition and epoch; a result page
    that no position of can be sampled, its products all known, is done without building its
-   hits, the same decision taken once per page instead of once per hit); sampled pairs are
-   scored off the event loop while the ledger and the stored rows are looked up (when the page
-   tier serves, a page's hits wait until the whole page is finished and are scored with it,
-   :func:`streams.enrich.page_context`, built once from the page's hits known in full: a score
-   does not depend on which hits were sampled or batched with it, nor on when the catalogue
-   learnt a product; other impressions alone). What each call cost (records, pairs the base
+   hits, the same decision taken once per page instead of once per hit); sampled pairs
+   not stored yet are scored off the event loop (when the page tier serves, a page's hits wait
+   until the whole page is finished and are scored with it, :func:`streams.enrich.page_context`,
+   built once from the page's hits known in full: a score does not depend on which hits were
+   sampled or batched with it, nor on when the catalogue learnt a product; other impressions
+   alone). What each call cost (records, pairs the base
    rates asked for, time busy and time scoring) goes to the scoring budget
    (:mod:`streams.budget`), which sets the budget factor of the plans created next;
 5. dead letters are sent; rows are written to ClickHouse with their roll-ups (each impression
-   once: for impressions an earlier try finished, or stored, the new scores are dropped and
-   the stored row stands), the UBI query texts beside them; then the review
+   once: impressions an earlier try finished, or stored, are not scored again); then the review
    requests of the stored rows are sent and their delivery awaited; then the impressions are
    recorded as done in the ledger (``Ports.mark_done``);
 6. only then are the records acked, so their offsets can be committed.
