@@ -60,6 +60,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -213,30 +214,21 @@ def paced(
     """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return pages.
 
     The producer is kafka-python's unless ``PRODUCER`` says ``librdkafka`` (confluent-kafka,
-    batching for ``LINGER_MS``, as a search engine's C, Java or Go client would).
+    batching for ``linger_ms``, as a search engine's C, Java or Go client would).
     """
-    send = _librdkafka_send(settings) if PRODUCER["name"] == "librdkafka" else None
-    prod = producer(settings) if send is None else None
+    send, close = _paced_producer(settings)
     topic = settings.topics.impressions
     start, pages = time.monotonic(), 0
     try:
         while not stop.is_set() and time.monotonic() - start < seconds:
             for key, value in gen.page(datetime.now(UTC)):
-                if prod is not None:
-                    prod.send(topic, key=key, value=value)
-                else:
-                    assert send is not None
-                    send(topic, key, value)
+                send(topic, key, value)
             pages += 1
             ahead = gen.counts["impressions"] / impressions_per_s - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
     finally:
-        if prod is not None:
-            prod.flush(60)
-            prod.close()
-        elif send is not None:
-            send.flush()  # type: ignore[attr-defined]
+        close()
     return pages
 
 
@@ -244,28 +236,36 @@ PRODUCER: dict[str, Any] = {"name": "kafka-python", "linger_ms": 5}
 """The paced runs' producer (set from ``--producer`` and ``--linger-ms``)."""
 
 
-def _librdkafka_send(settings: Settings) -> Any:
-    """``send(topic, key, value)`` through a librdkafka producer; ``send.flush()`` delivers."""
-    prod = Producer(
-        librdkafka_config(settings, **{"acks": "all", "linger.ms": PRODUCER["linger_ms"]})
-    )
+def _paced_producer(
+    settings: Settings,
+) -> tuple[Callable[[str, bytes, bytes], None], Callable[[], None]]:
+    """``send(topic, key, value)`` and ``close()`` (delivers what is queued) of ``PRODUCER``."""
+    if PRODUCER["name"] != "librdkafka":
+        kp = producer(settings)
+
+        def close_kafka_python() -> None:
+            kp.flush(60)
+            kp.close()
+
+        return lambda topic, key, value: kp.send(topic, key=key, value=value), close_kafka_python
+    config = librdkafka_config(settings, **{"acks": "all", "linger.ms": PRODUCER["linger_ms"]})
+    rd = Producer(config)
 
     def send(topic: str, key: bytes, value: bytes) -> None:
         while True:
             try:
-                prod.produce(topic, value=value, key=key)
+                rd.produce(topic, value=value, key=key)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
-                prod.poll(0.05)
-        prod.poll(0)
+                rd.poll(0.05)
+        rd.poll(0)
 
-    def flush() -> None:
-        left = prod.flush(60)
+    def close() -> None:
+        left = rd.flush(60)
         if left:
             raise RuntimeError(f"{left} records were not delivered")
 
-    send.flush = flush  # type: ignore[attr-defined]
-    return send
+    return send, close
 
 
 def run_lag(

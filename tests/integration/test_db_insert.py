@@ -104,7 +104,8 @@ def test_inserts_ask_a_table_for_its_column_types_once_per_client(
 ) -> None:
     """db.insert asks each table's column types once per client, then inserts in one trip."""
     described: list[str] = []  # inserts that made clickhouse-connect run DESCRIBE TABLE first
-    client_type = type(db.connect(migrated))
+    client = db.connect(migrated)
+    client_type = type(client)
     original = client_type.create_insert_context
 
     def counting(self: object, table: str, *args: object, **kwargs: object) -> object:
@@ -115,7 +116,6 @@ def test_inserts_ask_a_table_for_its_column_types_once_per_client(
 
     monkeypatch.setattr(client_type, "create_insert_context", counting)
     first, second = rows_on_days(3, "types-a-"), rows_on_days(3, "types-b-")
-    client = db.connect(migrated)
     try:
         repository.mark_done(client, first)
         repository.mark_done(client, second)
