@@ -167,8 +167,9 @@ class _Load:
     front_s: float = 0.0
 
 
-_Job = tuple[Callable[[], Coroutine[Any, Any, None]], asyncio.Future[None]]
-"""A back phase to run, and the future it sets when it is done"""
+_Job = tuple[Callable[[], Coroutine[Any, Any, None]], asyncio.Future[None], asyncio.Future[None]]
+"""A back phase to run, the future the back task sets when it takes it, and the one it sets
+when the phase is done"""
 
 _LOAD: contextvars.ContextVar[_Load] = contextvars.ContextVar("relmon_processor_load")
 """The load of the phase the current task runs (each asyncio task has its own context, so a
@@ -226,11 +227,17 @@ class ImpressionProcessor:
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
         event_window: EventTimeWindow | None = None,
         wall_clock: Callable[[], datetime] = _utc_now,
-        backlog: int = 1,
+        backlog: int = 0,
     ) -> None:
-        """``backlog``: batches :meth:`submit` lets wait behind the one the back task works on."""
-        if backlog < 1:
-            raise ValueError(f"backlog must be at least 1, not {backlog}")
+        """``backlog``: batches :meth:`submit` lets wait behind the one the back task works on.
+
+        With 0 (the default) :meth:`submit` returns once the back task has taken the batch, so
+        the caller takes its next batch when the back task starts one, not a whole back phase
+        earlier: a queued batch would add that phase to the latency of every record behind it,
+        and buy no throughput while the front is the faster half.
+        """
+        if backlog < 0:
+            raise ValueError(f"backlog must be at least 0, not {backlog}")
         self._ports = ports
         self._catalog = catalog
         self._planner = planner
@@ -279,8 +286,9 @@ class ImpressionProcessor:
         processor's back task, batch after batch in the order they were submitted, while the
         caller decodes the next batch: the scorer and the store's round trips overlap with
         ingest instead of adding to it. Returns once the batch is queued, which waits while
-        ``backlog`` batches already wait; raises what stopped the back task (a bug: see the
-        module docstring), so a failed batch stops the caller at its next batch.
+        ``backlog`` batches already wait (with 0, until the back task takes it); raises what
+        stopped the back task (a bug: see the module docstring), so a failed batch stops the
+        caller at its next batch.
         """
         self._check()
         async with self._lock:
@@ -343,16 +351,23 @@ class ImpressionProcessor:
         return back is not None and not back.done() and back.get_loop() is here
 
     async def _enqueue(self, job: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Future[None]:
-        """Queue ``job`` for the back task; the future it sets once done."""
+        """Queue ``job`` for the back task; the future it sets once done.
+
+        With no backlog this returns once the back task has taken the job.
+        """
         self._check()
         if not self._jobs_here():
-            self._jobs = asyncio.Queue(maxsize=self._backlog)
+            self._jobs = asyncio.Queue(maxsize=max(self._backlog, 1))
             self._back = asyncio.get_running_loop().create_task(
                 self._run_back(self._jobs), name="relmon-processor-back"
             )
         assert self._jobs is not None
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._until(self._jobs.put((job, done)))
+        loop = asyncio.get_running_loop()
+        taken: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
+        await self._until(self._jobs.put((job, taken, done)))
+        if self._backlog == 0:
+            await self._until(taken)
         return done
 
     async def _until(self, step: Awaitable[None]) -> None:
@@ -374,7 +389,9 @@ class ImpressionProcessor:
     async def _run_back(self, jobs: asyncio.Queue[_Job]) -> None:
         """Run the queued back phases in order; the first error stops the task for good."""
         while True:
-            job, done = await jobs.get()
+            job, taken, done = await jobs.get()
+            if not taken.done():  # a caller that stopped waiting cancels it
+                taken.set_result(None)
             try:
                 await job()
                 if not done.done():  # a caller that stopped waiting cancels it

@@ -55,7 +55,7 @@ def ubi_event(qid, product, ordinal):
     ).encode()
 
 
-def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
+def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None, backlog=0):
     ports = ports or MemoryPorts()
     metrics = Metrics()
     proc = memory_processor(
@@ -77,12 +77,19 @@ def make(ports=None, rate=1.0, retry_s=5.0, clock=None, catalog=None):
         retry_s=retry_s,
         clock=clock or Clock(),
         backoff_max_s=0.05,
+        backlog=backlog,
     )
     return proc, ports, metrics
 
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def until(condition):
+    """Let other tasks run until ``condition()`` holds."""
+    while not condition():
+        await asyncio.sleep(0)
 
 
 def test_batch_routes_every_record():
@@ -824,11 +831,37 @@ class GatedPorts(MemoryPorts):
         return await super().score(pairs, keys, pages)
 
 
+def test_submit_returns_once_the_back_task_takes_the_batch():
+    """No backlog (the default): the caller fronts its next batch while the back task works,
+    then waits until that batch is taken, so no finished front waits a whole back phase."""
+    batches = [[record(native(3 * b + i), 3 * b + i) for i in range(3)] for b in range(2)]
+
+    async def scenario():
+        proc, ports, metrics = make(ports=GatedPorts(one_at_a_time=True))
+        await proc.submit(batches[0])  # taken at once: the back task was idle
+        await asyncio.wait_for(ports.scoring.wait(), 10)
+        second = asyncio.ensure_future(proc.submit(batches[1]))
+        await asyncio.wait_for(until(lambda: proc._jobs.qsize() == 1), 10)  # batch 1 fronted
+        for _ in range(100):  # ample turns of the loop for a queued submit to return
+            await asyncio.sleep(0)
+        assert metrics.get("sampled") == 3  # batch 0 is still scoring
+        assert not second.done()  # and batch 1 waits until the back task takes it
+        ports.gate.set()  # batch 0 finishes; batch 1 is taken and waits at the gate
+        await asyncio.wait_for(second, 10)
+        assert [r.offset for r in ports.acked] == [0, 1, 2]
+        ports.gate.set()
+        await asyncio.wait_for(proc.drain(), 10)
+        return ports
+
+    ports = run(scenario())
+    assert [r.offset for r in ports.acked] == list(range(6))
+
+
 def test_submit_decodes_the_next_batch_while_the_back_task_scores():
     batches = [[record(native(3 * b + i), 3 * b + i) for i in range(3)] for b in range(3)]
 
     async def scenario():
-        proc, ports, metrics = make(ports=GatedPorts())
+        proc, ports, metrics = make(ports=GatedPorts(), backlog=1)
         await proc.submit(batches[0])  # queued: the back task takes it and waits to score
         await asyncio.wait_for(ports.scoring.wait(), 10)
         await proc.submit(batches[1])  # decoded and sampled while batch 0 waits; queued
