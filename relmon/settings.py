@@ -556,6 +556,15 @@ class IngestSettings(Section):
         gt=0,
         description="max seconds the worker waits to fill a batch.",
     )
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=30_000,
+        description="longest the broker may hold the worker's fetch when no record is there "
+        "(Faust's own is 1,500). Apache Kafka answers as soon as a record arrives; the local "
+        "tansu broker answers only when this wait ends, so it bounds how late the worker sees a "
+        "record.",
+    )
     retry_backoff_max_s: float = Field(
         default=5.0,
         gt=0,

@@ -269,6 +269,8 @@ def test_the_group_really_scaled_out(runs: Runs) -> None:
     print(f"consumed {consumed}, rows written {written}")
     # both long-lived workers had partitions of their own ...
     assert all(consumed[name] > 0 and written[name] > 0 for name in runs.survivors), consumed
+    # their consumers took RELMON_FETCH_MAX_WAIT_MS (streams.app.set_fetch_max_wait)
+    assert all(runs.counters[name].get("fetch_wait_set") == 1 for name in runs.survivors)
     # ... and so had the victims, next to them (a victim is killed only after it stored rows)
     assert sum(written[name] > 0 for name in victims) >= max(KILLS // 2, runs.caught_mid_stream)
 
