@@ -36,7 +36,10 @@ back, each with its own consumer group and ClickHouse database:
    (the budget settles; sampling plans change once per minute of event time) and then
    ``--latency-s`` seconds measured; impression-to-ClickHouse latency is the
    ledger time of each sampled impression (written after its row and review request are
-   stored) minus its event time (set when it was produced).
+   stored) minus its event time (set when it was produced). Its pages are made before it
+   starts and stamped with the time as each is sent: in production the search engine produces
+   on its own machines, and the generator's Python would take a share of the two cores from the
+   worker under test.
 
 The paced runs (5 and 6) produce with kafka-python, or with librdkafka (``--producer
 librdkafka``, batching for ``--linger-ms``, 5 by default as librdkafka's own).
@@ -204,32 +207,76 @@ def run_worker(settings: Settings, expect: tuple[int, int], timeout_s: float) ->
         proc.stop()
 
 
+# Pages made before a paced run carry this event time; ``paced`` stamps the time of sending over
+# it. Both timestamp spellings the generator writes (``isoformat()``, pydantic's ``...Z``) start
+# with the same 26 characters, and so does ``_stamp()``: the records keep their length.
+_PLACEHOLDER = datetime(2000, 1, 1, 0, 0, 0, 123457, tzinfo=UTC)
+_PLACEHOLDER_TEXT = _PLACEHOLDER.strftime("%Y-%m-%dT%H:%M:%S.%f").encode()
+
+Page = tuple[list[tuple[bytes, bytes]], int]
+"""One result page's records (key, value) and the impressions among them."""
+
+
+def _stamp() -> bytes:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f").encode()
+
+
+def pregenerate(gen: TrafficGenerator, impressions_per_s: float, seconds: float) -> list[Page]:
+    """The pages of a paced run, made before it (event time: ``_PLACEHOLDER``).
+
+    In production the search engine produces on its own machines; made during the run, the
+    generator's Python would take a share of the bench's two cores from the worker under test.
+    """
+    pages: list[Page] = []
+    want = gen.counts["impressions"] + impressions_per_s * seconds
+    while gen.counts["impressions"] < want:
+        before = gen.counts["impressions"]
+        records = gen.page(_PLACEHOLDER)
+        pages.append((records, gen.counts["impressions"] - before))
+    return pages
+
+
 def paced(
     settings: Settings,
-    gen: TrafficGenerator,
+    gen: TrafficGenerator | list[Page],
     impressions_per_s: float,
     seconds: float,
     stop: threading.Event,
 ) -> int:
-    """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return pages.
+    """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return
+    the impressions produced.
 
-    The producer is kafka-python's unless ``PRODUCER`` says ``librdkafka`` (confluent-kafka,
+    ``gen`` is a generator, which makes each page as it is sent, or pages made ahead by
+    ``pregenerate``, whose placeholder event time is replaced by the time of sending. The
+    producer is kafka-python's unless ``PRODUCER`` says ``librdkafka`` (confluent-kafka,
     batching for ``linger_ms``, as a search engine's C, Java or Go client would).
     """
     send, close = _paced_producer(settings)
     topic = settings.topics.impressions
-    start, pages = time.monotonic(), 0
+    ahead_made = iter(gen) if isinstance(gen, list) else None
+    start, impressions = time.monotonic(), 0
     try:
         while not stop.is_set() and time.monotonic() - start < seconds:
-            for key, value in gen.page(datetime.now(UTC)):
-                send(topic, key, value)
-            pages += 1
-            ahead = gen.counts["impressions"] / impressions_per_s - (time.monotonic() - start)
+            if ahead_made is None:
+                assert isinstance(gen, TrafficGenerator)
+                before = gen.counts["impressions"]
+                for key, value in gen.page(datetime.now(UTC)):
+                    send(topic, key, value)
+                impressions += gen.counts["impressions"] - before
+            else:
+                page = next(ahead_made, None)
+                if page is None:
+                    break
+                now = _stamp()
+                for key, value in page[0]:
+                    send(topic, key, value.replace(_PLACEHOLDER_TEXT, now))
+                impressions += page[1]
+            ahead = impressions / impressions_per_s - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
     finally:
         close()
-    return pages
+    return impressions
 
 
 PRODUCER: dict[str, Any] = {"name": "kafka-python", "linger_ms": 5}
@@ -333,10 +380,10 @@ def run_latency(
             what="the worker's metrics",
             alive=proc.alive,
         )
+        pages = pregenerate(gen, impressions_per_s, warmup_s + seconds)
         started = datetime.now(UTC) + timedelta(seconds=warmup_s)
         began = time.monotonic()
-        paced(settings, gen, impressions_per_s, warmup_s + seconds, stop)
-        produced = gen.counts["impressions"]
+        produced = paced(settings, pages, impressions_per_s, warmup_s + seconds, stop)
         achieved = produced / (time.monotonic() - began)  # the producer may fall short
         wait_until(
             lambda: finished(counters(settings), 0, produced),
