@@ -41,8 +41,10 @@ back, each with its own consumer group and ClickHouse database:
    on its own machines, and the generator's Python would take a share of the two cores from the
    worker under test.
 
-The paced runs (5 and 6) produce with kafka-python, or with librdkafka (``--producer
-librdkafka``, batching for ``--linger-ms``, 5 by default as librdkafka's own).
+The paced runs (5 and 6) produce with librdkafka (confluent-kafka, batching for
+``--linger-ms``, 5 by default as librdkafka's own), as a search engine's C, Java or Go client
+would, or with kafka-python (``--producer kafka-python``), whose pure-Python sender takes a
+share of the worker's two cores.
 
 ``--latency-only IMPRESSIONS_PER_S`` runs run 6 alone, fed at that rate, and prints its own JSON
 line (``latency``, ``cpu``, ``isa``): one point of the latency curve in about three minutes.
@@ -248,8 +250,8 @@ def paced(
 
     ``gen`` is a generator, which makes each page as it is sent, or pages made ahead by
     ``pregenerate``, whose placeholder event time is replaced by the time of sending. The
-    producer is kafka-python's unless ``PRODUCER`` says ``librdkafka`` (confluent-kafka,
-    batching for ``linger_ms``, as a search engine's C, Java or Go client would).
+    producer is ``PRODUCER``'s: librdkafka (confluent-kafka, batching for ``linger_ms``) or
+    kafka-python.
     """
     send, close = _paced_producer(settings)
     topic = settings.topics.impressions
@@ -279,7 +281,7 @@ def paced(
     return impressions
 
 
-PRODUCER: dict[str, Any] = {"name": "kafka-python", "linger_ms": 5}
+PRODUCER: dict[str, Any] = {"name": "librdkafka", "linger_ms": 5}
 """The paced runs' producer (set from ``--producer`` and ``--linger-ms``)."""
 
 
@@ -512,7 +514,7 @@ def main() -> int:
     parser.add_argument(
         "--producer",
         choices=["kafka-python", "librdkafka"],
-        default="kafka-python",
+        default="librdkafka",
         help="the paced runs' producer (runs 5 and 6)",
     )
     parser.add_argument("--linger-ms", type=int, default=5, help="librdkafka's linger.ms")
