@@ -198,7 +198,7 @@ def set_fetch_max_wait(app: faust.App, max_wait_ms: int) -> bool:
     with 500 ms). The value is set on the consumer Faust created and on its fetcher once
     started (aiokafka reads it for each fetch request). Returns whether it could be set: False
     while the consumer is not started, or when this Faust or aiokafka keeps it elsewhere
-    (``tests/unit/test_streams_face.py`` checks the installed ones).
+    (``tests/unit/test_fetch_wait.py`` checks the installed aiokafka).
     """
     try:
         delegate: Any = app.consumer  # Faust's aiokafka consumer hands its work to a thread
