@@ -554,7 +554,9 @@ class IngestSettings(Section):
     take_within_s: float = Field(
         default=0.5,
         gt=0,
-        description="max seconds the worker waits to fill a batch.",
+        description="longest a batch waits for more records, counted from when the previous "
+        "batch was taken: a back phase longer than this adds no wait, and RELMON_TAKE_MAX records "
+        "go at once.",
     )
     fetch_max_wait_ms: int = Field(
         default=100,

@@ -1,7 +1,8 @@
 """The relmon worker: a Faust app that runs :class:`~streams.processor.ImpressionProcessor`.
 
-The agent reads raw bytes in batches (``noack_take``: events are acked by hand, only after their
-dead letters and review requests were delivered and their rows written), so Faust commits an
+The agent takes raw bytes in batches, whole fetches at a time (:mod:`streams.fetches`: Faust's
+consumer hands them over without its per-message path), and acks each record by hand, only after
+its dead letters and review requests were delivered and its row written, so Faust commits an
 offset only once everything before it is done. The processor decodes and samples a batch while
 the one before it is scored and stored (:meth:`ImpressionProcessor.submit`); inference and
 ClickHouse round trips run in worker threads and never block the event loop. Exactly-once
@@ -39,6 +40,7 @@ from scoring.page import PageContext, PageRef
 from streams.budget import BudgetController
 from streams.catalog import Catalog, CatalogFollower, load_catalog_file
 from streams.enrich import EventTimeWindow
+from streams.fetches import BatchApp, Inbox, ack
 from streams.metrics import Metrics, RecentRate
 from streams.plans import Planner
 from streams.processor import ImpressionProcessor
@@ -144,7 +146,6 @@ class _FaustPorts(ClickHouseStorePorts):
         super().__init__(worker.clickhouse)
         self._w = worker
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="relmon-infer")
-        self.stream: Any = None
 
     async def score(
         self,
@@ -179,8 +180,7 @@ class _FaustPorts(ClickHouseStorePorts):
         )
 
     async def ack(self, records: list[RawRecord]) -> None:
-        for record in records:
-            await self.stream.ack(record.handle)
+        ack(self._w.app, [record.handle for record in records])
 
     def close(self) -> None:
         self._infer.shutdown(wait=False, cancel_futures=True)
@@ -216,8 +216,7 @@ def set_fetch_max_wait(app: faust.App, max_wait_ms: int) -> bool:
     return True
 
 
-def _raw(event: Any) -> RawRecord:
-    message = event.message
+def _raw(message: Any) -> RawRecord:
     ts = getattr(message, "timestamp", None)
     return RawRecord(
         topic=message.topic,
@@ -226,7 +225,7 @@ def _raw(event: Any) -> RawRecord:
         key=message.key,
         value=message.value,
         timestamp_ms=int(ts * 1000) if ts else None,
-        handle=event,
+        handle=message,
     )
 
 
@@ -253,6 +252,7 @@ class RelmonWorker:
         self._rates = {name: RecentRate(60.0) for name in ("impressions", "consumed", "scored")}
         self._next_offset: dict[tuple[str, int], int] = {}
         self._looked = False
+        self._taking = False
         self._fetch_wait_set = False
         self._first_high: dict[tuple[str, int], int] = {}
         self.lag = CachedLag(
@@ -317,7 +317,7 @@ class RelmonWorker:
 
     def _make_app(self) -> faust.App:
         s = self.settings
-        app = faust.App(
+        app = BatchApp(
             s.kafka.consumer_group,
             broker=[f"kafka://{server}" for server in s.kafka.servers],
             store="memory://",
@@ -339,6 +339,9 @@ class RelmonWorker:
             web_enabled=False,
             datadir=str(s.home / "faust" / s.kafka.consumer_group),
         )
+        # fetched, not yet taken: at most two batches (the consumer waits, the broker keeps them)
+        self.inbox = Inbox([s.topics.impressions], max_records=2 * s.ingest.take_max)
+        app.inbox = self.inbox
         self.impressions_topic = app.topic(
             s.topics.impressions, key_serializer="raw", value_serializer="raw"
         )
@@ -351,11 +354,27 @@ class RelmonWorker:
         return app
 
     async def _agent(self, stream: Any) -> None:
-        self.ports.stream = stream
+        """Take batches from the inbox; the stream itself only subscribes the topic.
+
+        Iterating the channel registers the topic with Faust's conductor, so the consumer
+        subscribes to it; its records then reach the inbox, not the stream. A batch is taken
+        when ``take_max`` records are there or ``take_within_s`` after the previous one was
+        taken, whichever is first (:meth:`Inbox.take`).
+        """
+        aiter(stream.channel)
+        self._taking = True
         s = self.settings
-        async for events in stream.noack_take(s.ingest.take_max, within=s.ingest.take_within_s):
+        loop = asyncio.get_running_loop()
+        taken = loop.time()
+        while True:
+            messages = await self.inbox.take(
+                s.ingest.take_max,
+                deadline=taken + s.ingest.take_within_s,
+                generation=self.app.consumer_generation_id,
+            )
+            taken = loop.time()
             try:
-                records = [_raw(event) for event in events]
+                records = [_raw(message) for message in messages]
                 if not self._looked:
                     if not self._fetch_wait_set:
                         self._set_fetch_wait(started=True)
@@ -444,13 +463,15 @@ class RelmonWorker:
     async def _tick(self) -> None:
         if not self._fetch_wait_set:
             self._set_fetch_wait()
-        if self.ports.stream is not None:
+        if self._taking:
             try:
                 await self.processor.retry_pending()
             except Exception as exc:
                 await self._fail(exc)
                 return
         self.metrics.set("catalog_products", len(self.catalog))
+        self.metrics.set("inbox_records", len(self.inbox))
+        self.metrics.set("inbox_stale_dropped", self.inbox.dropped_stale)
         stats = getattr(self.scorer, "stats", None)
         if callable(stats):
             for name, value in stats().items():
@@ -494,6 +515,7 @@ class RelmonWorker:
         gone = [(tp.topic, tp.partition) for tp in revoked]
         for key in gone:
             self._next_offset.pop(key, None)
+        self.inbox.drop(gone)
         dropped = self.processor.drop_partitions(gone)
         if dropped:
             log.info("rebalance: %d pending impressions left to the new owner", dropped)
