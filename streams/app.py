@@ -339,7 +339,8 @@ class RelmonWorker:
             web_enabled=False,
             datadir=str(s.home / "faust" / s.kafka.consumer_group),
         )
-        # fetched, not yet taken: at most two batches (the consumer waits, the broker keeps them)
+        # fetched, not yet taken: about two batches (then the consumer waits; a put may overshoot
+        # by one fetch)
         self.inbox = Inbox([s.topics.impressions], max_records=2 * s.ingest.take_max)
         app.inbox = self.inbox
         self.impressions_topic = app.topic(

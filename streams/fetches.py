@@ -40,7 +40,11 @@ __all__ = ["BatchApp", "BatchConsumer", "Inbox", "ack"]
 
 
 class Inbox:
-    """Records of the batch topics fetched and not yet taken; ``put`` waits while it is full."""
+    """Records of the batch topics fetched and not yet taken; ``put`` waits while it is full.
+
+    Full means ``max_records`` or more: a put into an inbox with room adds its whole fetch, so
+    the inbox can hold up to one fetch more than ``max_records``.
+    """
 
     def __init__(self, topics: Iterable[str], max_records: int) -> None:
         if max_records < 1:
