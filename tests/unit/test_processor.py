@@ -921,3 +921,44 @@ def test_a_bug_in_the_back_task_stops_the_caller_at_its_next_call():
 
     ports = run(scenario())
     assert not ports.acked and not ports.ledger
+
+
+class JournalPorts(MemoryPorts):
+    """Memory ports that note the order of the back half's writes, sends and acks."""
+
+    def __init__(self):
+        super().__init__()
+        self.journal = []
+
+    async def write(self, rows, queries):
+        await super().write(rows, queries)
+        if rows:
+            self.journal.append("rows")
+        if queries:
+            self.journal.append("queries")
+
+    async def send_reviews(self, reviews):
+        await super().send_reviews(reviews)
+        self.journal.append("reviews")
+
+    async def mark_done(self, rows):
+        await super().mark_done(rows)
+        self.journal.append("ledger")
+
+    async def ack(self, records):
+        await super().ack(records)
+        self.journal.append("ack")
+
+
+def test_rows_reach_the_ledger_before_the_batch_query_texts_and_acks_come_last():
+    ports = JournalPorts()
+    proc, _, _ = make(ports=ports)
+    records = [
+        record(native(1, title="Garden Hose"), 0),  # scores 0: bad, so reviewed
+        record(json.dumps({"query_id": "u1", "user_query": "velvet sofa"}).encode(), 1),
+        record(ubi_event("u1", "p1", 1), 2),
+    ]
+    run(proc.process(records))
+    assert ports.journal == ["rows", "reviews", "ledger", "queries", "ack"]
+    assert ports.queries == {"u1": "velvet sofa"}
+    assert sorted(r.offset for r in ports.acked) == [0, 1, 2]
