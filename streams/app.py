@@ -371,7 +371,7 @@ class RelmonWorker:
             messages = await self.inbox.take(
                 s.ingest.take_max,
                 deadline=taken + s.ingest.take_within_s,
-                generation=self.app.consumer_generation_id,
+                generation=lambda: self.app.consumer_generation_id,
             )
             taken = loop.time()
             try:

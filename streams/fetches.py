@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -77,12 +77,15 @@ class Inbox:
             return False
         return True
 
-    async def take(self, max_: int, deadline: float, generation: int | None = None) -> list[Any]:
+    async def take(
+        self, max_: int, deadline: float, generation: Callable[[], int] | None = None
+    ) -> list[Any]:
         """The next batch: up to ``max_`` records, never none.
 
         Waits for the first record as long as it takes, then for more until ``max_`` are there
-        or the event loop's clock passes ``deadline``. With ``generation`` (the consumer's
-        current generation), records fetched in an earlier one are dropped, not returned.
+        or the event loop's clock passes ``deadline``. With ``generation`` (which returns the
+        consumer's generation as it is when the batch is cut, not when the wait began: a
+        rebalance may come meanwhile), records of an earlier generation are dropped.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -96,7 +99,8 @@ class Inbox:
             batch = [self._messages.popleft() for _ in range(n)]
             self._room.set()
             if generation is not None:
-                fresh = [m for m in batch if m.generation_id == generation]
+                current = generation()
+                fresh = [m for m in batch if m.generation_id == current]
                 self.dropped_stale += len(batch) - len(fresh)
                 batch = fresh
             if batch:

@@ -101,7 +101,7 @@ async def test_put_waits_while_the_inbox_is_full() -> None:
 async def test_records_of_an_earlier_generation_are_dropped_and_counted() -> None:
     inbox = Inbox([TOPIC], max_records=100)
     await inbox.put([msg(0, generation=1), msg(1, generation=2), msg(2, generation=1)])
-    batch = await inbox.take(10, deadline=await now(), generation=2)
+    batch = await inbox.take(10, deadline=await now(), generation=lambda: 2)
     assert offsets(batch) == [1]
     assert inbox.dropped_stale == 2
 
@@ -110,12 +110,26 @@ async def test_records_of_an_earlier_generation_are_dropped_and_counted() -> Non
 async def test_a_batch_of_only_stale_records_is_not_returned() -> None:
     inbox = Inbox([TOPIC], max_records=100)
     await inbox.put([msg(0, generation=1)])
-    take = asyncio.ensure_future(inbox.take(10, deadline=await now(), generation=2))
+    take = asyncio.ensure_future(inbox.take(10, deadline=await now(), generation=lambda: 2))
     for _ in range(5):
         await asyncio.sleep(0)
     assert not take.done() and inbox.dropped_stale == 1
     await inbox.put([msg(1, generation=2)])
     assert offsets(await asyncio.wait_for(take, LIMIT)) == [1]
+
+
+@run
+async def test_the_generation_is_read_when_the_batch_is_cut_not_when_the_wait_began() -> None:
+    inbox = Inbox([TOPIC], max_records=100)
+    consumer = SimpleNamespace(generation=1)
+    take = asyncio.ensure_future(
+        inbox.take(10, deadline=await now(), generation=lambda: consumer.generation)
+    )
+    await asyncio.sleep(0)
+    consumer.generation = 2  # a rebalance while the agent waits for records
+    await inbox.put([msg(0, generation=2)])
+    assert offsets(await asyncio.wait_for(take, LIMIT)) == [0]
+    assert inbox.dropped_stale == 0
 
 
 @run
