@@ -366,12 +366,14 @@ class RelmonWorker:
         self._taking = True
         s = self.settings
         loop = asyncio.get_running_loop()
+
+        def generation() -> int:
+            return int(self.app.consumer_generation_id)
+
         taken = loop.time()
         while True:
             messages = await self.inbox.take(
-                s.ingest.take_max,
-                deadline=taken + s.ingest.take_within_s,
-                generation=lambda: self.app.consumer_generation_id,
+                s.ingest.take_max, deadline=taken + s.ingest.take_within_s, generation=generation
             )
             taken = loop.time()
             try:
