@@ -235,6 +235,10 @@ def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""One decoder for every record: ``json.loads`` with an argument builds a new one per call"""
+
+
 def _malformed(reason: str) -> NoReturn:
     raise DecodeError(reason, "malformed")
 
@@ -251,8 +255,10 @@ def parse_object(raw: bytes | None) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         _malformed(f"not JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
+    if text.startswith("\ufeff"):  # as json.loads refuses it
+        _malformed("not JSON: it starts with a UTF-8 byte order mark")
     try:
-        obj = json.loads(text, parse_constant=_no_constant)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, >4300-digit integers
         _malformed(f"not JSON: {exc}")
     if not isinstance(obj, dict):
