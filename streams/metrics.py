@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from pathlib import Path
 
 COUNTERS = (
@@ -56,6 +57,11 @@ class Metrics:
         """Add ``value`` to counter ``name``."""
         with self._lock:
             self._counts[name] += value
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Add several counts at once (one lock for a batch's per-record counts)."""
+        with self._lock:
+            self._counts.update(counts)
 
     def set(self, name: str, value: float | str) -> None:
         """Set gauge ``name``."""

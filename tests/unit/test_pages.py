@@ -350,6 +350,30 @@ def test_revoking_a_partition_forgets_its_half_done_pages():
     assert [(r.partition, r.offset) for r in ports.acked] == [(3, 0)]
 
 
+def test_a_partition_revoked_in_the_middle_of_a_batch_goes_once_the_batch_is_planned():
+    """A rebalance can arrive while a batch's front waits: here, while it stores its plans."""
+    proc, ports, _ = make(catalog=Catalog([CatalogProduct(product_id="p1", title="Sofa")]))
+    dropped_at_once = []
+    store_plans = ports.save_plans
+
+    async def store_then_revoke(plans):
+        await store_plans(plans)
+        dropped_at_once.append(proc.drop_partitions([("relmon.impressions", 3)]))
+
+    ports.save_plans = store_then_revoke
+    batch = [
+        record(page("q1", ["p1", "late"]), 0, partition=3),
+        record(page("q2", ["p1"]), 1, partition=0),
+    ]
+    run(proc.process(batch))  # before, its plans were gone mid-batch: KeyError
+    assert dropped_at_once == [0]  # the drop waited for the batch's front
+    assert proc.pending == 0  # the page waiting for "late" went with its partition
+    assert [(r.partition, r.offset) for r in ports.acked] == [(0, 1)]
+    ports.save_plans = store_plans
+    run(proc.process([record(page("q1", ["p1"]), 0, partition=3)]))  # given back: afresh
+    assert [(r.partition, r.offset) for r in ports.acked] == [(0, 1), (3, 0)]
+
+
 # --- the replayer -----------------------------------------------------------------------------
 
 
