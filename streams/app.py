@@ -519,9 +519,7 @@ class RelmonWorker:
         for key in gone:
             self._next_offset.pop(key, None)
         self.inbox.drop(gone)
-        dropped = self.processor.drop_partitions(gone)
-        if dropped:
-            log.info("rebalance: %d pending impressions left to the new owner", dropped)
+        self.processor.drop_partitions(gone)  # it logs what it left to the new owner
 
     def _catalog_invalid(
         self,

@@ -127,6 +127,14 @@ _YIELD_EVERY = 256
 docstring."""
 
 
+async def _in_pieces(items: Iterable[T]) -> AsyncIterator[T]:
+    """``items``, letting the event loop run after every :data:`_YIELD_EVERY` of them."""
+    for i, item in enumerate(items):
+        if i and i % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        yield item
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -474,7 +482,7 @@ class ImpressionProcessor:
         A front that runs now (it lets the back task run between records) finishes on the
         state it started with, and the partitions go when it ends: a rebalance that arrives in
         the middle of a batch cannot leave it half planned. Returns the pending impressions
-        dropped now; 0 when the drop waits for a front (it logs its count then).
+        dropped now; 0 when the drop waits for a front. Either way the count is logged.
         """
         gone = set(partitions)
         if self._lock.locked():
@@ -486,9 +494,7 @@ class ImpressionProcessor:
         """Drop the partitions revoked while a front ran (call at its end, under the lock)."""
         if self._revoked:
             gone, self._revoked = self._revoked, set()
-            dropped = self._forget(gone)
-            if dropped:
-                log.info("rebalance: %d pending impressions left to the new owner", dropped)
+            self._forget(gone)
 
     def _forget(self, gone: set[tuple[str, int]]) -> int:
         self._planner.forget(gone)
@@ -501,7 +507,10 @@ class ImpressionProcessor:
         self._pending = [
             p for p in self._pending if (p.record.topic, p.record.partition) not in gone
         ]
-        return before - len(self._pending)
+        dropped = before - len(self._pending)
+        if dropped:
+            log.info("rebalance: %d pending impressions left to the new owner", dropped)
+        return dropped
 
     async def _decode_all(
         self, records: Sequence[RawRecord], out: _Outcome
@@ -513,9 +522,7 @@ class ImpressionProcessor:
         """
         items: list[tuple[RawRecord, _Item]] = []
         now = self._wall_clock()
-        for i, record in enumerate(records):
-            if i and i % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        async for record in _in_pieces(records):
             decoded = self._decode(record, out)
             if decoded is None:
                 continue
@@ -671,18 +678,14 @@ class ImpressionProcessor:
         if fresh and waiting:
             await self._prepare_plans(waiting)
         opened: list[_Pending] = []
-        for i, pending in enumerate(waiting):
-            if i and i % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        async for pending in _in_pieces(waiting):
             if isinstance(pending.item, UbiQuery):
                 hits = self._open_or_skip(pending.record, pending.item, out)
                 opened.extend(_Pending(pending.record, hit, pending.deadline) for hit in hits)
             else:
                 opened.append(pending)
         now = self._clock()
-        for i, pending in enumerate(opened):
-            if i and i % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        async for pending in _in_pieces(opened):
             assert not isinstance(pending.item, UbiQuery)  # pages are opened above
             try:
                 item, product, problem = complete(pending.item, self._queries, self._catalog)
