@@ -213,6 +213,8 @@ class _Outcome:
     queries: list[UbiQuery] = field(default_factory=list)
     pages: dict[tuple[str, int, int], _Page] = field(default_factory=dict)
     """the pages of ready hits (a page may be finished before its hits are sampled)"""
+    owners: dict[tuple[str, int], int] = field(default_factory=dict)
+    """the processor's partition ownerships as the front began (``ImpressionProcessor._owner``)"""
 
 
 # Which counter a retried failure increments, by the type of the error.
@@ -288,6 +290,9 @@ class ImpressionProcessor:
         self._pages: dict[tuple[str, int, int], _Page] = {}  # page records with hits to finish
         self._lock = asyncio.Lock()  # held by a front: one batch (or retry) at a time
         self._revoked: set[tuple[str, int]] = set()  # revoked during a front, dropped after it
+        # Each revocation of a partition starts a new ownership of it: a back phase that finishes
+        # records of an earlier one leaves them to the partition's owner (they are re-read).
+        self._owner: dict[tuple[str, int], int] = {}
         self._tally: Counter[str] = Counter()  # a front's per-record counts, added as it ends
         self._backlog = backlog
         self._jobs: asyncio.Queue[_Job] | None = None
@@ -322,7 +327,7 @@ class ImpressionProcessor:
             self._metrics.inc("consumed", len(records))
             for record in records:
                 self._queue[(record.topic, record.partition)].append(record.offset)
-            out = _Outcome()
+            out = _Outcome(owners=dict(self._owner))
             items = await self._decode_all(records, out)
             impressions = sum(len(i.hit_ids) if isinstance(i, UbiQuery) else 1 for _, i in items)
             self._planner.budget.expect_demand(len(records), impressions)
@@ -363,7 +368,7 @@ class ImpressionProcessor:
             else:
                 load = self._start_phase(_Load(self._clock()))
                 waiting, self._pending = self._pending, []
-                out = _Outcome()
+                out = _Outcome(owners=dict(self._owner))
                 await self._resolve(waiting, out, fresh=False)
                 draws = self._sample(out.ready, out) if out.ready else []
                 load.front_s = self._clock() - load.started - load.waited_s
@@ -500,6 +505,7 @@ class ImpressionProcessor:
         self._planner.forget(gone)
         for tp in gone:
             self._queue.pop(tp, None)
+            self._owner[tp] = self._owner.get(tp, 0) + 1
         self._done = {k: v for k, v in self._done.items() if k[:2] not in gone}
         self._counted = {c for c in self._counted if c[:2] not in gone}
         self._pages = {k: v for k, v in self._pages.items() if k[:2] not in gone}
@@ -810,7 +816,9 @@ class ImpressionProcessor:
             await self._retrying(self._write, ([], out.queries), what="ClickHouse write")
             self._metrics.inc("ubi_queries", len(out.queries))
         for record in out.done:
-            self._done[(record.topic, record.partition, record.offset)] = record
+            tp = (record.topic, record.partition)
+            if self._owner.get(tp, 0) == out.owners.get(tp, 0):  # else revoked meanwhile
+                self._done[(*tp, record.offset)] = record
         await self._release()
         self._metrics.set("pending", len(self._pending))
 

@@ -374,6 +374,26 @@ def test_a_partition_revoked_in_the_middle_of_a_batch_goes_once_the_batch_is_pla
     assert [(r.partition, r.offset) for r in ports.acked] == [(0, 1), (3, 0)]
 
 
+def test_what_a_batch_finishes_after_its_partition_was_revoked_is_left_to_the_new_owner():
+    """A rebalance can also arrive while a batch's back half stores it: nothing of it is kept."""
+    proc, ports, _ = make()
+    mark_done = ports.mark_done
+
+    async def mark_then_revoke(rows):
+        await mark_done(rows)
+        assert proc.drop_partitions([("relmon.impressions", 3)]) == 0  # no page was waiting
+
+    ports.mark_done = mark_then_revoke
+    run(proc.process([record(page("q1", ["p1"]), 0, partition=3), record(page("q2", ["p1"]), 1)]))
+    assert [(r.partition, r.offset) for r in ports.acked] == [(0, 1)]
+    # white box: before, partition 3's record stayed among the done records for good, unacked
+    assert not proc._done
+    ports.mark_done = mark_done
+    run(proc.process([record(page("q1", ["p1"]), 0, partition=3)]))  # given back: re-read
+    assert [(r.partition, r.offset) for r in ports.acked] == [(0, 1), (3, 0)]
+    assert not proc._done
+
+
 # --- the replayer -----------------------------------------------------------------------------
 
 
