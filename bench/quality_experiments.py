@@ -1,0 +1,328 @@
+"""Experiments on the page tier that were measured and not served (README, "Model").
+
+Run from the repository root with the venv's python (needs the ``train`` extra: torch)::
+
+    python bench/quality_experiments.py biencoder --split inner --lr 3e-5
+    python bench/quality_experiments.py biencoder --split cv --lr 3e-5
+    python bench/quality_experiments.py neighbours
+    python bench/quality_experiments.py targets
+    python bench/quality_experiments.py precision
+
+Every figure is an AUC of good (ESCI E, S) against bad (C, I) on the bundled real ESCI
+judgments, split by query: ``cv`` is the 5 folds of ``bench/quality.py`` (each fold scored by
+models fitted on the other four); ``inner`` splits fold 0's 120 training queries into 96 to fit
+and 24 to validate (seeded), so that settings are chosen without looking at any test fold. The
+page tier here is its four features (``scoring.page``) on each query's whole judged pool, with
+the logistic model fitted on the fitting queries' pools (the build also fits on pages cut from
+them).
+
+- ``biencoder``: the base model fine-tuned as a bi-encoder with a RankNet loss inside each
+  query's pool (every pair of products with different grades; softplus of ``--scale`` x the
+  cosine gap, weighted by the grade gap), one query and its pool per step, the embeddings and
+  ``--frozen`` lower layers frozen. Prints the cosine's and the page tier's AUC with the base
+  model's embeddings and with the fine-tuned ones (and both embeddings' features together).
+- ``neighbours``: label transfer without training: the share of good labels among a pair's
+  nearest fitting pairs (by the cosines of their queries and products), alone and as a fifth
+  feature of the page tier, on the inner split.
+- ``targets``: the page tier's logistic model fitted on other targets than good/bad: the
+  ESCI grade as a soft target (E 1.0, S 0.6, C 0.3, I 0.0), or exact against the rest; on the
+  inner split and the 5 folds.
+- ``precision``: the precision and recall of the bad flag at stricter thresholds than the
+  served operating point, from the page tier's cross-fitted P(good).
+
+Each prints one JSON object per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scoring.data import GRADE_TARGETS, Example  # noqa: E402
+from scoring.esci import load_esci_judgments  # noqa: E402
+from scoring.metrics import roc_auc  # noqa: E402
+from scoring.page import fit_logistic, page_features  # noqa: E402
+from scoring.text import category_leaf  # noqa: E402
+from scoring.training import FOLDS, query_folds  # noqa: E402
+from scoring.training.finetune import base_model_path  # noqa: E402
+
+EMBED_MAX_LENGTH = 128  # as served (scoring.embedding)
+
+
+def inner_split(examples: Sequence[Example], fold_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fold 0's training queries: 96 to fit, 24 to validate (rows of ``examples``)."""
+    train = np.flatnonzero(fold_of != 0)
+    queries = sorted({examples[i].query for i in train})
+    random.Random(7).shuffle(queries)
+    held = set(queries[:24])
+    fit = np.array([i for i in train if examples[i].query not in held])
+    val = np.array([i for i in train if examples[i].query in held])
+    return fit, val
+
+
+def splits(split: str, examples: Sequence[Example], fold_of: np.ndarray) -> list[Any]:
+    """(name, fitting rows, scored rows) of each split."""
+    if split == "inner":
+        return [("inner", *inner_split(examples, fold_of))]
+    return [
+        (f"fold {k}", np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k))
+        for k in range(FOLDS)
+    ]
+
+
+class Embedder:
+    """Mean-pooled, unit-length embeddings of a (maybe fine-tuned) MiniLM body, as served."""
+
+    def __init__(self, model: Any) -> None:
+        from tokenizers import Tokenizer
+
+        self.model = model
+        self.tok = Tokenizer.from_file(str(Path(base_model_path()) / "tokenizer.json"))
+        self.tok.no_padding()
+
+    def pooled(self, texts: Sequence[str], max_length: int) -> Any:
+        """Embeddings of ``texts`` as a torch tensor (with gradients when training)."""
+        import torch
+
+        self.tok.enable_truncation(max_length)
+        encs = self.tok.encode_batch(list(texts))
+        width = max(len(e.ids) for e in encs)
+        ids = torch.zeros((len(encs), width), dtype=torch.long)
+        mask = torch.zeros((len(encs), width), dtype=torch.long)
+        for row, e in enumerate(encs):
+            ids[row, : len(e.ids)] = torch.tensor(e.ids)
+            mask[row, : len(e.ids)] = 1
+        hidden = self.model(
+            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)
+        ).last_hidden_state
+        m = mask.unsqueeze(-1).float()
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        self.model.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float64)
+        with torch.inference_mode():
+            for s in range(0, len(order), 64):
+                idx = order[s : s + 64]
+                out[idx] = self.pooled([texts[i] for i in idx], EMBED_MAX_LENGTH).numpy()
+        return out
+
+
+def base_body() -> Any:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(base_model_path(), local_files_only=True)
+
+
+def vectors(embedder: Embedder, examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
+    """Every example's query and product (title + fields) vectors."""
+    queries = sorted({e.query for e in examples})
+    qv = dict(zip(queries, embedder.embed(queries), strict=True))
+    return np.stack([qv[e.query] for e in examples]), embedder.embed([e.text() for e in examples])
+
+
+def features(examples: Sequence[Example], q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The page tier's features of every example, each query's whole pool as its page."""
+    out = np.zeros((len(examples), 4))
+    pools: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        pools.setdefault(e.query, []).append(i)
+    for rows in pools.values():
+        cats = [category_leaf(examples[i].category) or "" for i in rows]
+        out[rows] = page_features(q[rows[0]], p[rows], cats)
+    return out
+
+
+def page_auc(x: np.ndarray, y: np.ndarray, fit: np.ndarray, scored: np.ndarray) -> float:
+    return roc_auc(y[scored], fit_logistic(x[fit], y[fit]).p_good(x[scored]))
+
+
+def fine_tune(examples: Sequence[Example], args: argparse.Namespace) -> Any:
+    """The base body fine-tuned with an in-pool RankNet loss on ``examples``."""
+    import torch
+
+    torch.manual_seed(args.seed)
+    body = base_body()
+    for p in body.embeddings.parameters():
+        p.requires_grad = False
+    for layer in body.encoder.layer[: args.frozen]:
+        for p in layer.parameters():
+            p.requires_grad = False
+    params = [p for p in body.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    pools: dict[str, list[Example]] = {}
+    for e in examples:
+        pools.setdefault(e.query, []).append(e)
+    queries = sorted(pools)
+    total = len(queries) * args.epochs
+    warm = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
+    embedder = Embedder(body)
+    rng = random.Random(args.seed)
+    t0 = time.perf_counter()
+    for _ in range(args.epochs):
+        body.train()
+        rng.shuffle(queries)
+        for step, query in enumerate(queries, 1):
+            pool = pools[query]
+            texts = [e.text(rng.random() >= 0.3) for e in pool]  # fields dropped for 30%
+            target = torch.tensor([GRADE_TARGETS[e.grade.lower()] for e in pool])
+            cos = embedder.pooled(texts, args.max_length) @ embedder.pooled([query], 64)[0]
+            gap = target[:, None] - target[None, :]  # > 0: i better than j
+            better = gap > 0
+            if not better.any():
+                continue
+            loss = torch.nn.functional.softplus(args.scale * (cos[None, :] - cos[:, None]))
+            loss = (loss * gap)[better].sum() / gap[better].sum()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if step % 30 == 0:
+                print(f"  step {step}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return body.eval()
+
+
+def biencoder(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    base_x = features(examples, *vectors(Embedder(base_body()), examples))
+    rows = []
+    for name, fit, scored in splits(args.split, examples, fold_of):
+        tuned = fine_tune([examples[i] for i in fit], args)
+        x = features(examples, *vectors(Embedder(tuned), examples))
+        both = np.c_[x, base_x[:, :3]]
+        row = {
+            "split": name,
+            "cosine_base": roc_auc(y[scored], base_x[scored, 0]),
+            "cosine_tuned": roc_auc(y[scored], x[scored, 0]),
+            "page_base": page_auc(base_x, y, fit, scored),
+            "page_tuned": page_auc(x, y, fit, scored),
+            "page_both": page_auc(both, y, fit, scored),
+            "settings": {k: getattr(args, k) for k in ("lr", "epochs", "frozen", "scale")},
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    keys = ("cosine_base", "cosine_tuned", "page_base", "page_tuned", "page_both")
+    print(json.dumps({"mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}))
+
+
+def neighbour_labels(
+    q: np.ndarray, p: np.ndarray, y: np.ndarray, fit: np.ndarray, scored: np.ndarray, k: int
+) -> np.ndarray:
+    """Share of good labels among each scored pair's ``k`` nearest fitting pairs."""
+    sim = q[scored] @ q[fit].T + p[scored] @ p[fit].T
+    top = np.argpartition(-sim, k, axis=1)[:, :k]
+    return y[fit][top].mean(axis=1)
+
+
+def neighbours(args: argparse.Namespace) -> None:
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    queries = np.array([e.query for e in examples])
+    q, p = vectors(Embedder(base_body()), examples)
+    x = features(examples, q, p)
+    fit, val = inner_split(examples, fold_of)
+    for k in (20, 100):
+        on_val = neighbour_labels(q, p, y, fit, val, k)
+        on_fit = np.empty(len(fit))  # each fitting query's own pairs left out
+        for query in set(queries[fit]):
+            own = queries[fit] == query
+            on_fit[own] = neighbour_labels(q, p, y, fit[~own], fit[own], k)
+        model = fit_logistic(np.c_[x[fit], on_fit], y[fit])
+        row = {
+            "neighbours": k,
+            "alone": roc_auc(y[val], on_val),
+            "page": page_auc(x, y, fit, val),
+            "page_with_neighbours": roc_auc(y[val], model.p_good(np.c_[x[val], on_val])),
+        }
+        print(json.dumps(row), flush=True)
+
+
+def targets(args: argparse.Namespace) -> None:
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    grade = np.array([GRADE_TARGETS[e.grade.lower()] for e in examples])
+    x = features(examples, *vectors(Embedder(base_body()), examples))
+    for name, target in (("good", y), ("graded", grade), ("exact", (grade == 1.0) * 1.0)):
+        for split in ("inner", "cv"):
+            aucs = [
+                roc_auc(y[scored], fit_logistic(x[fit], target[fit]).p_good(x[scored]))
+                for _, fit, scored in splits(split, examples, fold_of)
+            ]
+            print(json.dumps({"target": name, "split": split, "auc": float(np.mean(aucs))}))
+
+
+def precision(args: argparse.Namespace) -> None:
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    x = features(examples, *vectors(Embedder(base_body()), examples))
+    p_good = np.zeros(len(examples))
+    for _, fit, scored in splits("cv", examples, fold_of):
+        p_good[scored] = fit_logistic(x[fit], y[fit]).p_good(x[scored])
+    bad = (y == 0)[np.argsort(p_good, kind="stable")]  # the least likely good first
+    flagged = np.arange(1, len(bad) + 1)
+    prec, recall = np.cumsum(bad) / flagged, np.cumsum(bad) / bad.sum()
+    for share in (0.05, 0.1, 0.2, 0.3):
+        i = int(np.searchsorted(recall, share))
+        print(json.dumps({"recall": share, "precision": prec[i], "flagged": flagged[i] / len(bad)}))
+    ok = np.flatnonzero((prec >= 0.6) & (flagged >= 20))
+    i = int(ok.max())
+    print(
+        json.dumps(
+            {"precision_at_least": 0.6, "recall": recall[i], "flagged": flagged[i] / len(bad)}
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    bi = sub.add_parser("biencoder")
+    bi.add_argument("--split", choices=("inner", "cv"), default="inner")
+    bi.add_argument("--lr", type=float, default=3e-5)
+    bi.add_argument("--epochs", type=int, default=1)
+    bi.add_argument("--frozen", type=int, default=3)
+    bi.add_argument("--scale", type=float, default=20.0)
+    bi.add_argument("--max-length", type=int, default=64)
+    bi.add_argument("--seed", type=int, default=13)
+    sub.add_parser("neighbours")
+    sub.add_parser("targets")
+    sub.add_parser("precision")
+    args = ap.parse_args()
+    experiments = {
+        "biencoder": biencoder,
+        "neighbours": neighbours,
+        "targets": targets,
+        "precision": precision,
+    }
+    experiments[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
