@@ -34,6 +34,7 @@ from faust.exceptions import ConsumerNotStarted, ProducerSendError
 from relmon import db
 from relmon.errors import broker_error
 from relmon.kafka import ensure_topics, producer
+from relmon.runtime import GcPauses, settle_heap
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
 from scoring.page import PageContext, PageRef
@@ -246,6 +247,7 @@ class RelmonWorker:
         self.metrics.set("model_version", scorer.model_version)
         self.metrics.set("provider", scorer.provider)
         self.score_latency = LatencyHistogram()
+        self.gc_pauses = GcPauses()  # timed from serve(), once start-up is over
         self.budget = BudgetController(settings.budget)
         self.metrics.set("budget_mode", settings.budget.pps)
         self._publish_budget()
@@ -475,6 +477,8 @@ class RelmonWorker:
         self.metrics.set("catalog_products", len(self.catalog))
         self.metrics.set("inbox_records", len(self.inbox))
         self.metrics.set("inbox_stale_dropped", self.inbox.dropped_stale)
+        for name, value in self.gc_pauses.gauges().items():
+            self.metrics.set(name, value)
         stats = getattr(self.scorer, "stats", None)
         if callable(stats):
             for name, value in stats().items():
@@ -587,6 +591,8 @@ class RelmonWorker:
             log.info("scoring budget: auto, scorer capacity %.0f pairs/s", capacity or 0.0)
             self._publish_budget()
         self._share_embeddings()
+        settle_heap()  # after the warm-up and the model: their objects live as long as we do
+        self.gc_pauses.install()
         worker = faust.Worker(self.app, loglevel="INFO", redirect_stdouts=False)
         server = None
         if self.settings.metrics_port:
@@ -596,6 +602,7 @@ class RelmonWorker:
         try:
             worker.execute_from_commandline()
         finally:
+            self.gc_pauses.uninstall()
             if server is not None:
                 server.stop()
             self.follower.stop()

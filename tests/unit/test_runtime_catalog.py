@@ -1,3 +1,5 @@
+import json
+import subprocess
 import sys
 
 import pytest
@@ -61,3 +63,37 @@ def test_process_that_dies_early_fails_start_with_its_log(tmp_path):
 def test_wait_until_times_out():
     with pytest.raises(StartupTimeout, match="never"):
         wait_until(lambda: False, timeout=0.2, interval=0.05, what="never")
+
+
+def test_settle_heap_freezes_start_up_and_gc_pauses_are_timed():
+    # in a child interpreter: the test process's own collector stays as it is
+    script = """
+import gc, json
+from relmon.runtime import GC_THRESHOLDS, GcPauses, settle_heap
+before = [[i] for i in range(1000)]
+settle_heap()
+pauses = GcPauses().install()
+after = [[i] for i in range(10)]
+tracked = {id(o) for o in gc.get_objects()}
+gc.collect()
+pauses.uninstall()
+gc.collect()
+print(json.dumps({
+    "thresholds": list(gc.get_threshold()) == list(GC_THRESHOLDS),
+    "frozen": gc.get_freeze_count(),
+    "before_scanned": any(id(o) in tracked for o in before),
+    "after_scanned": all(id(o) in tracked for o in after),
+    "gauges": pauses.gauges(),
+    "seconds": pauses.seconds,
+    "longest_s": pauses.longest_s,
+}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    got = json.loads(out.stdout)
+    assert got["thresholds"] and got["frozen"] >= 1000
+    assert not got["before_scanned"] and got["after_scanned"]
+    # one full collection timed while installed, none after
+    assert got["gauges"]["gc_full_collections"] == 1
+    assert 0 < got["longest_s"] <= got["seconds"]
