@@ -204,9 +204,15 @@ def run_worker(settings: Settings, expect: tuple[int, int], timeout_s: float) ->
             "scored": got["scored"],
             "budget_factor": got.get("budget_factor", 1.0),
             "scoring_capacity_pps": got.get("scoring_capacity_pps", 0.0),
+            **gc_figures(got),
         }
     finally:
         proc.stop()
+
+
+def gc_figures(got: dict[str, float]) -> dict[str, float]:
+    """The worker's time in Python's garbage collector since start-up, from its /metrics."""
+    return {name: got[name] for name in ("gc_pause_seconds", "gc_pause_longest_ms") if name in got}
 
 
 # Pages made before a paced run carry this event time; ``paced`` stamps the time of sending over
@@ -404,6 +410,7 @@ def run_latency(
             what="the worker to drain",
             alive=proc.alive,
         )
+        gc_at_end = gc_figures(counters(settings))
         client = db.connect(settings)
         try:
 
@@ -429,6 +436,7 @@ def run_latency(
             # no sampled row in the window (too short a run): no figure, not NaN
             "latency_ms_p50": round(quantiles[0], 1) if count else None,
             "latency_ms_p99": round(quantiles[1], 1) if count else None,
+            **gc_at_end,
         }
     finally:
         stop.set()
