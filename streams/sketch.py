@@ -11,14 +11,20 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Literal
 
 Tier = Literal["head", "torso", "tail"]
 _SPACE = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=1 << 16)
 def normalise_query(text: str) -> str:
-    """The form under which query popularity is counted (case and spacing folded)."""
+    """The form under which query popularity is counted (case and spacing folded).
+
+    Cached: a page's query is normalised to be counted and again to find its tier, and the most
+    searched queries come back all the time.
+    """
     return _SPACE.sub(" ", text.strip().lower())
 
 
