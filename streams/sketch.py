@@ -18,12 +18,14 @@ Tier = Literal["head", "torso", "tail"]
 _SPACE = re.compile(r"\s+")
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1024)
 def normalise_query(text: str) -> str:
     """The form under which query popularity is counted (case and spacing folded).
 
     Cached: a page's query is normalised to be counted and again to find its tier, and the most
-    searched queries come back all the time.
+    searched queries come back all the time (a query asked every few pages stays in the
+    cache however many rare ones pass). At most 2,000 characters a query (the schema's
+    limit), 1,024 entries hold at most about 16 MB.
     """
     return _SPACE.sub(" ", text.strip().lower())
 
