@@ -558,6 +558,13 @@ class IngestSettings(Section):
         "batch was taken: a back phase longer than this adds no wait, and RELMON_TAKE_MAX records "
         "go at once.",
     )
+    rollup_refresh_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="the hourly roll-ups of the hours a worker stored rows in are recomputed "
+        "at most this often (0: after every batch); each recomputation reads all of its hours' "
+        "rows, and a record's offset is committed only after it. Raw rows are readable at once.",
+    )
     fetch_max_wait_ms: int = Field(
         default=100,
         ge=1,

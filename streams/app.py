@@ -298,6 +298,7 @@ class RelmonWorker:
             retry_s=settings.ingest.unknown_product_retry_s,
             backoff_max_s=settings.ingest.retry_backoff_max_s,
             ubi_position_base=settings.ingest.ubi_position_base,
+            rollup_refresh_s=settings.ingest.rollup_refresh_s,
             dead_letter_max_bytes=settings.ingest.dlq_max_bytes,
             event_window=EventTimeWindow(
                 settings.ingest.max_event_age_s, settings.ingest.max_event_future_s

@@ -31,6 +31,7 @@ COUNTERS = (
     "sent_to_review",
     "rows_recovered",
     "rows_written",
+    "rollup_refreshes",
     "already_stored",
     "store_errors",
     "send_errors",

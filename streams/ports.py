@@ -41,7 +41,7 @@ class Ports(PlanStore, Protocol):
         """Deliver review requests (return once the broker has them)."""
 
     async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        """Write scored rows (and refresh the roll-ups of their windows) and UBI query records."""
+        """Write scored rows and UBI query records (the rows' roll-ups are refreshed apart)."""
 
     async def refresh_rollups(self, event_times: list[datetime]) -> None:
         """Recompute the hourly and daily roll-ups of the windows holding these event times."""

@@ -46,11 +46,12 @@ def insert_scored(client: Client, rows: Sequence[ScoredImpression]) -> None:
     """
     if not rows:
         return
-    _insert_rows(client, rows)
+    insert_rows(client, rows)
     refresh_rollups(client, [row.event_time for row in rows])
 
 
-def _insert_rows(client: Client, rows: Sequence[ScoredImpression]) -> None:
+def insert_rows(client: Client, rows: Sequence[ScoredImpression]) -> None:
+    """Write scored rows without refreshing their roll-ups (the caller does, before it acks)."""
     by_day: dict[date, list[ScoredImpression]] = {}
     for row in rows:
         by_day.setdefault(partition_day(row.event_time), []).append(row)

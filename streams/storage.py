@@ -47,13 +47,14 @@ class ClickHouseStorePorts:
             raise
 
     async def write(self, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
-        """Store UBI query texts, then scored rows and the roll-ups of their windows."""
+        """Store UBI query texts, then scored rows (their roll-ups: :meth:`refresh_rollups`)."""
         await self._io_call(self._write_sync, rows, queries)
 
     @staticmethod
     def _write_sync(client: Client, rows: list[ScoredImpression], queries: list[UbiQuery]) -> None:
         repository.insert_ubi_queries(client, queries, hash_id)
-        repository.insert_scored(client, rows)
+        if rows:
+            repository.insert_rows(client, rows)
 
     async def refresh_rollups(self, event_times: list[datetime]) -> None:
         """Recompute the roll-ups of the windows holding ``event_times``."""

@@ -790,11 +790,85 @@ def test_rows_stored_before_a_crash_are_recovered_not_rescored():
     within(proc.process(batch))
     assert metrics.get("rows_recovered") == len(ports.rows)
     assert metrics.get("scored") == 0
-    assert sorted(ports.rollup_refreshes) == sorted(r.event_time for r in ports.rows.values())
+    hours = {r.event_time.replace(minute=0, second=0, microsecond=0) for r in ports.rows.values()}
+    assert sorted(ports.rollup_refreshes) == sorted(hours)
     assert {r.impression_id for r in ports.reviews} == {
         r.impression_id for r in ports.rows.values() if r.is_bad
     }
     assert set(ports.ledger) == set(ports.rows) and len(ports.acked) == len(batch)
+
+
+def refreshing(ports, clock, refresh_s):
+    """A processor on ``ports`` that recomputes roll-ups at most every ``refresh_s``."""
+    return memory_processor(
+        ports=ports,
+        catalog=Catalog([CatalogProduct(product_id="p1", title="Blue Velvet Sofa")]),
+        planner=Planner(PlannerConfig(checkpoint_interval_s=0), clock=clock),
+        clock=clock,
+        event_window=EventTimeWindow(28 * 86400, 300),
+        wall_clock=lambda: NOW,
+        rollup_refresh_s=refresh_s,
+    )
+
+
+def hours_of(rows):
+    return {r.event_time.replace(minute=0, second=0, microsecond=0) for r in rows}
+
+
+def test_rollups_are_recomputed_at_most_every_interval_and_records_wait_for_it():
+    clock, ports = Clock(), MemoryPorts()
+    proc = refreshing(ports, clock, refresh_s=5.0)
+    first, second = review_traffic(batches=2, size=12)  # minutes 30-53 of one hour, then 42-...
+    within(proc.process(first))  # the first refresh is due at once
+    assert ports.rollup_refreshes == sorted(hours_of(ports.rows.values()))
+    assert len(ports.acked) == len(first)
+
+    clock.t += 1.0
+    within(proc.process(second))
+    stored_now = [ports.rows[f"t{i}"] for i in range(12, 24)]
+    assert all(f"t{i}" in ports.ledger for i in range(12, 24))  # stored, reviewed, done
+    assert len(ports.rollup_refreshes) == 1 and len(ports.acked) == len(first)  # not yet
+
+    clock.t += 2.0
+    within(proc.retry_pending())  # the worker's timer: not due yet
+    assert len(ports.rollup_refreshes) == 1 and len(ports.acked) == len(first)
+
+    clock.t += 3.0
+    within(proc.retry_pending())  # due: one recomputation for everything since, then the acks
+    assert ports.rollup_refreshes[1:] == sorted(hours_of(stored_now))
+    assert len(ports.acked) == len(first) + len(second)
+
+
+def test_a_flush_recomputes_stale_rollups_at_once():
+    clock, ports = Clock(), MemoryPorts()
+    proc = refreshing(ports, clock, refresh_s=3600.0)
+    first, second = review_traffic(batches=2, size=12)
+    within(proc.process(first))
+    clock.t += 1.0
+    within(proc.process(second))
+    assert len(ports.rollup_refreshes) == 1 and len(ports.acked) == len(first)
+    within(proc.flush())  # a clean hand-over (partitions revoked, the worker stopping)
+    assert len(ports.rollup_refreshes) == 2 and len(ports.acked) == len(first) + len(second)
+
+
+def test_a_crash_between_the_ledger_and_the_refresh_recomputes_before_the_ack():
+    clock, ports = Clock(), MemoryPorts()
+    first, second = review_traffic(batches=2, size=12)
+    proc = refreshing(ports, clock, refresh_s=3600.0)
+    within(proc.process(first))
+    clock.t += 1.0
+    within(proc.process(second))  # done in the ledger, its roll-ups not recomputed: a crash
+    second_hours = hours_of(ports.rows[f"t{i}"] for i in range(12, 24))
+    refreshed_before = list(ports.rollup_refreshes)
+    writes = ports.row_writes
+
+    proc = refreshing(ports, clock, refresh_s=3600.0)  # restarted: memory lost
+    resume = committed(ports.acked, 0)
+    assert resume == len(first)
+    within(proc.process([r for r in second if r.offset >= resume]))
+    assert set(ports.rollup_refreshes[len(refreshed_before) :]) == second_hours
+    assert ports.row_writes == writes  # found done: not scored or written again
+    assert committed(ports.acked, 0) == len(first) + len(second)
 
 
 def test_reviews_are_sent_only_after_their_rows_are_stored():
