@@ -49,11 +49,12 @@ class Ports(PlanStore, Protocol):
     async def lookup_queries(self, query_ids: list[str]) -> dict[str, str]:
         """Query texts of UBI query ids stored earlier."""
 
-    async def done(self, impression_ids: list[str]) -> set[str]:
-        """Which of these impressions the ledger records as done (stored, reviews delivered)."""
+    async def stored(self, impression_ids: list[str]) -> tuple[set[str], list[ScoredImpression]]:
+        """One lookup: the impressions the ledger records as done, and the rest's stored rows.
 
-    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
-        """The stored rows of these impressions (those stored already)."""
+        Done: stored, reviews delivered. The rows are those of the other impressions that are
+        stored already.
+        """
 
     async def mark_done(self, rows: list[ScoredImpression]) -> None:
         """Record these impressions as done in the ledger."""

@@ -30,9 +30,9 @@ Per batch, in this order, so that a crash at any point loses nothing:
    earlier try finished, or stored, are not scored again); then the review requests of the
    stored rows are sent and their delivery awaited; then the impressions are recorded as done
    in the ledger (``Ports.mark_done``);
-6. the batch's UBI query records are stored (for events of other workers and after a restart;
-   after the ledger, so a page's rows do not wait for a batch of query texts: fed 36,000
-   impressions/s, that is about 4,000 rows a batch beside 50-200 scored rows);
+6. the batch's UBI query records are stored (for events of other workers and after a restart),
+   while step 4's scorer works in its own thread: fed 36,000 impressions/s, that is about
+   4,000 rows a batch beside 50-200 scored rows, so they are not left on the batch's path;
 7. the roll-ups of the hours the rows fall in are recomputed, at most once per
    ``rollup_refresh_s`` for all the batches finished since the last time (each recomputation
    reads every row of its hours, so its cost grows with the hour: about 60 ms at 100,000 rows
@@ -819,6 +819,33 @@ class ImpressionProcessor:
         self._metrics.inc("sampled", len(draws))
         self._metrics.inc("not_sampled", len(out.ready) - len(draws))
         fresh, recovered = await self._triage(draws)
+        # The UBI query texts go to the store while the scorer works in its own thread (the
+        # rows' write waits for them there); the records are acked only once both are stored.
+        texts = asyncio.ensure_future(self._store_queries(out.queries)) if out.queries else None
+        try:
+            await self._store(out, fresh, recovered)
+        except BaseException:
+            if texts is not None:
+                texts.cancel()
+            raise
+        if texts is not None:
+            await texts
+        for record in out.done:
+            tp = (record.topic, record.partition)
+            if self._owner.get(tp, 0) == out.owners.get(tp, 0):  # else revoked meanwhile
+                self._unrefreshed[(*tp, record.offset)] = record
+        await self._refresh_rollups()
+        await self._release()
+        self._metrics.set("pending", len(self._pending))
+
+    async def _store_queries(self, queries: list[UbiQuery]) -> None:
+        await self._retrying(self._write, ([], queries), what="ClickHouse write")
+        self._metrics.inc("ubi_queries", len(queries))
+
+    async def _store(
+        self, out: _Outcome, fresh: list[_Draw], recovered: list[ScoredImpression]
+    ) -> None:
+        """Score the fresh draws; store, review and record as done every finished row."""
         rows = await self._score(fresh) if fresh else []
         if out.letters:
             await self._send_dead_letters(out.letters)
@@ -838,16 +865,6 @@ class ImpressionProcessor:
             self._metrics.inc("sent_to_review", len(reviews))
         if finished:
             await self._retrying(self._ports.mark_done, finished, what="ClickHouse ledger")
-        if out.queries:
-            await self._retrying(self._write, ([], out.queries), what="ClickHouse write")
-            self._metrics.inc("ubi_queries", len(out.queries))
-        for record in out.done:
-            tp = (record.topic, record.partition)
-            if self._owner.get(tp, 0) == out.owners.get(tp, 0):  # else revoked meanwhile
-                self._unrefreshed[(*tp, record.offset)] = record
-        await self._refresh_rollups()
-        await self._release()
-        self._metrics.set("pending", len(self._pending))
 
     async def _refresh_rollups(self, force: bool = False) -> None:
         """Recompute the stale hours' roll-ups when due (or ``force``), then release records.
@@ -877,15 +894,11 @@ class ImpressionProcessor:
         for d in draws:
             first.setdefault(d.impression.impression_id, d)
         ids = list(first)
-        done = await self._retrying(self._ports.done, ids, what="ClickHouse ledger lookup")
+        done, recovered = await self._retrying(self._ports.stored, ids, what="ClickHouse lookup")
         # done by a try that may have stopped before their roll-ups were recomputed
         self._stale_hours.update(_hour_of(first[i].impression.event_time) for i in done)
-        unknown = [i for i in ids if i not in done]
-        recovered: list[ScoredImpression] = []
-        if unknown:
-            recovered = await self._retrying(self._ports.stored, unknown, what="ClickHouse lookup")
         stored = {row.impression_id for row in recovered}
-        fresh = [first[i] for i in unknown if i not in stored]
+        fresh = [first[i] for i in ids if i not in done and i not in stored]
         self._metrics.inc("already_stored", len(draws) - len(fresh))
         return fresh, recovered
 

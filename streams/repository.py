@@ -176,8 +176,7 @@ def refresh_rollups(client: Client, event_times: Iterable[datetime]) -> None:
 def done_impressions(client: Client, impression_ids: Sequence[str]) -> set[str]:
     """The ids among ``impression_ids`` that the ledger records as done.
 
-    Done: stored, rolled up and any review request delivered (``impression_ledger``; kept 35
-    days of event time, longer than the worker's acceptance window).
+    The worker reads them with its stored rows (:func:`stored_rows`).
     """
     if not impression_ids:
         return set()
@@ -197,22 +196,37 @@ def mark_done(client: Client, rows: Sequence[ScoredImpression]) -> None:
         db.insert(client, "impression_ledger", data, ["impression_id", "event_time", "done_at"])
 
 
-def stored_rows(client: Client, impression_ids: Sequence[str]) -> list[ScoredImpression]:
-    """The stored rows of those of ``impression_ids`` that are stored."""
+def stored_rows(
+    client: Client, impression_ids: Sequence[str]
+) -> tuple[set[str], list[ScoredImpression]]:
+    """Of ``impression_ids``, those the ledger records as done, and the stored rows of the rest.
+
+    Done: stored and any review request delivered (``impression_ledger``, kept 35
+    days of event time). One query for both, as the worker asks for both with every batch: the
+    ledger is written only after a row is stored, and rows are kept 30 days of event time, a
+    day longer than the worker accepts events, so every impression the ledger records as done
+    that the worker can meet is stored, and the done ones are found among the stored rows.
+    """
     if not impression_ids:
-        return []
+        return set(), []
     result = client.query(
-        f"SELECT {', '.join(SCORED_COLUMNS)} FROM scored_impressions FINAL "
+        "SELECT impression_id IN (SELECT impression_id FROM impression_ledger "
+        "WHERE impression_id IN {ids:Array(String)}) AS done, "
+        f"{', '.join(SCORED_COLUMNS)} FROM scored_impressions FINAL "
         "WHERE impression_id IN {ids:Array(String)}",
         parameters={"ids": list(impression_ids)},
     )
+    done: set[str] = set()
     out = []
-    for values in result.result_rows:
+    for is_done, *values in result.result_rows:
+        if is_done:
+            done.add(str(values[0]))
+            continue
         row = dict(zip(SCORED_COLUMNS, values, strict=True))
         row["event_time"] = _utc(row["event_time"])
         row["scored_at"] = _utc(row["scored_at"])
         out.append(ScoredImpression.model_validate(row))
-    return out
+    return done, out
 
 
 PLAN_COLUMNS = ["topic", "partition", "epoch", "plan_id", "budget_factor", "tiers", "created_at"]

@@ -60,12 +60,8 @@ class ClickHouseStorePorts:
         """Recompute the roll-ups of the windows holding ``event_times``."""
         await self._io_call(repository.refresh_rollups, event_times)
 
-    async def done(self, impression_ids: list[str]) -> set[str]:
-        """Ids the ledger records as done."""
-        return await self._io_call(repository.done_impressions, impression_ids)
-
-    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
-        """Stored rows of these impressions."""
+    async def stored(self, impression_ids: list[str]) -> tuple[set[str], list[ScoredImpression]]:
+        """Ids the ledger records as done, and the stored rows of the others."""
         return await self._io_call(repository.stored_rows, impression_ids)
 
     async def mark_done(self, rows: list[ScoredImpression]) -> None:

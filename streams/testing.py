@@ -137,13 +137,10 @@ class MemoryPorts(MemoryPlanStore):
         """Note the refresh (the fake's roll-ups are computed from the rows when asked)."""
         self.rollup_refreshes.extend(event_times)
 
-    async def done(self, impression_ids: list[str]) -> set[str]:
-        """Ids the ledger records as done."""
-        return {i for i in impression_ids if i in self.ledger}
-
-    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
-        """Rows already written."""
-        return [self.rows[i] for i in impression_ids if i in self.rows]
+    async def stored(self, impression_ids: list[str]) -> tuple[set[str], list[ScoredImpression]]:
+        """Ids the ledger records as done; the rows already written of the others."""
+        done = {i for i in impression_ids if i in self.ledger}
+        return done, [self.rows[i] for i in impression_ids if i in self.rows and i not in done]
 
     async def mark_done(self, rows: list[ScoredImpression]) -> None:
         """Record impressions as done."""

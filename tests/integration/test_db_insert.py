@@ -130,3 +130,22 @@ def test_inserts_ask_a_table_for_its_column_types_once_per_client(
         assert described == ["impression_ledger", "impression_ledger"]
     finally:
         other.close()
+
+
+def test_one_lookup_tells_done_impressions_from_rows_stored_but_not_finished(
+    migrated: Settings,
+) -> None:
+    finished, unfinished, new = (rows_on_days(4, f"look-{k}-") for k in ("done", "stored", "new"))
+    client = db.connect(migrated)
+    try:
+        repository.insert_rows(client, finished + unfinished)
+        repository.insert_rows(client, unfinished[:2])  # stored twice (a retried write)
+        repository.mark_done(client, finished)
+        ids = [r.impression_id for r in finished + unfinished + new]
+        done, rows = repository.stored_rows(client, ids)
+    finally:
+        client.close()
+    assert done == {r.impression_id for r in finished}
+    assert sorted(rows, key=lambda r: r.impression_id) == sorted(
+        unfinished, key=lambda r: r.impression_id
+    )

@@ -79,7 +79,7 @@ class StorePorts(ClickHouseStorePorts):
         self.acked: list[RawRecord] = []
         self.written: Counter[str] = Counter()
 
-    async def stored(self, impression_ids: list[str]) -> list[ScoredImpression]:
+    async def stored(self, impression_ids: list[str]) -> tuple[set[str], list[ScoredImpression]]:
         found = await super().stored(impression_ids)
         if self.gate is not None:  # two workers both look before either writes
             await self.gate.wait()

@@ -230,7 +230,7 @@ def test_the_store_adapter_turns_store_failures_into_store_unavailable(error: Ex
     ports = ClickHouseStorePorts(lambda: FakeClient(error))  # type: ignore[arg-type, return-value]
     try:
         with pytest.raises(StoreUnavailable) as caught:
-            asyncio.run(ports.done(["i1"]))
+            asyncio.run(ports.stored(["i1"]))
     finally:
         ports.close()
     assert caught.value.__cause__ is error
@@ -241,7 +241,7 @@ def test_the_store_adapter_lets_client_misuse_through(error: Exception) -> None:
     ports = ClickHouseStorePorts(lambda: FakeClient(error))  # type: ignore[arg-type, return-value]
     try:
         with pytest.raises(type(error)):
-            asyncio.run(ports.done(["i1"]))
+            asyncio.run(ports.stored(["i1"]))
     finally:
         ports.close()
 
