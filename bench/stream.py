@@ -257,6 +257,7 @@ def paced(
     impressions_per_s: float,
     seconds: float,
     stop: threading.Event,
+    delivered: list[tuple[float, float]] | None = None,
 ) -> int:
     """Produce pages at ``impressions_per_s`` for ``seconds``, event time = now; return
     the impressions produced.
@@ -264,9 +265,10 @@ def paced(
     ``gen`` is a generator, which makes each page as it is sent, or pages made ahead by
     ``pregenerate``, whose placeholder event time is replaced by the time of sending. The
     producer is ``PRODUCER``'s: librdkafka (confluent-kafka, batching for ``linger_ms``) or
-    kafka-python.
+    kafka-python. With librdkafka, ``delivered`` gets (wall time sent, seconds until the broker
+    acknowledged it) of every record.
     """
-    send, close = _paced_producer(settings)
+    send, close = _paced_producer(settings, delivered)
     topic = settings.topics.impressions
     ahead_made = iter(gen) if isinstance(gen, list) else None
     start, impressions = time.monotonic(), 0
@@ -299,9 +301,12 @@ PRODUCER: dict[str, Any] = {"name": "librdkafka", "linger_ms": 5}
 
 
 def _paced_producer(
-    settings: Settings,
+    settings: Settings, delivered: list[tuple[float, float]] | None = None
 ) -> tuple[Callable[[str, bytes, bytes], None], Callable[[], None]]:
-    """``send(topic, key, value)`` and ``close()`` (delivers what is queued) of ``PRODUCER``."""
+    """``send(topic, key, value)`` and ``close()`` (delivers what is queued) of ``PRODUCER``.
+
+    ``delivered`` (librdkafka only): see :func:`paced`.
+    """
     if PRODUCER["name"] != "librdkafka":
         kp = producer(settings)
 
@@ -313,10 +318,15 @@ def _paced_producer(
     config = librdkafka_config(settings, **{"acks": "all", "linger.ms": PRODUCER["linger_ms"]})
     rd = Producer(config)
 
+    def on_delivery(err: Any, msg: Any) -> None:  # in poll(), on the sending thread
+        took = msg.latency()
+        if err is None and took is not None and delivered is not None:
+            delivered.append((time.time() - took, took))
+
     def send(topic: str, key: bytes, value: bytes) -> None:
         while True:
             try:
-                rd.produce(topic, value=value, key=key)
+                rd.produce(topic, value=value, key=key, on_delivery=on_delivery)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 rd.poll(0.05)
@@ -328,6 +338,13 @@ def _paced_producer(
             raise RuntimeError(f"{left} records were not delivered")
 
     return send, close
+
+
+def _quantile_ms(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``ordered`` seconds, in ms (None when there is none)."""
+    if not ordered:
+        return None
+    return round(1000 * ordered[min(int(q * len(ordered)), len(ordered) - 1)], 1)
 
 
 def run_lag(
@@ -401,7 +418,8 @@ def run_latency(
         settle_heap()
         started = datetime.now(UTC) + timedelta(seconds=warmup_s)
         began = time.monotonic()
-        produced = paced(settings, pages, impressions_per_s, warmup_s + seconds, stop)
+        delivered: list[tuple[float, float]] = []
+        produced = paced(settings, pages, impressions_per_s, warmup_s + seconds, stop, delivered)
         achieved = produced / (time.monotonic() - began)  # the producer may fall short
         wait_until(
             lambda: finished(counters(settings), 0, produced),
@@ -429,6 +447,8 @@ def run_latency(
         finally:
             client.close()
         ((quantiles, count),) = rows
+        since = started.timestamp()
+        to_broker = sorted(took for sent, took in delivered if sent >= since)
         return {
             "input_impressions_per_s": round(impressions_per_s, 1),
             "produced_impressions_per_s": round(achieved, 1),
@@ -436,6 +456,10 @@ def run_latency(
             # no sampled row in the window (too short a run): no figure, not NaN
             "latency_ms_p50": round(quantiles[0], 1) if count else None,
             "latency_ms_p99": round(quantiles[1], 1) if count else None,
+            # the producer's share of it: from sending a record until the broker acknowledged
+            # it (acks=all), librdkafka's own measure; the bench's producer shares the cores
+            "producer_to_broker_ms_p50": _quantile_ms(to_broker, 0.5),
+            "producer_to_broker_ms_p99": _quantile_ms(to_broker, 0.99),
             **gc_at_end,
         }
     finally:
