@@ -1,6 +1,6 @@
 """What one roll-up recomputation costs the store, by the rows in its hour, and per worker.
 
-Run: ``python bench/rollups.py`` (about a minute on 2 cores). A local store (the real
+Run: ``python bench/rollups.py`` (about 15 s on 2 cores). A local store (the real
 ClickHouse engine, served as the worker's store is) holds synthetic scored rows in one hour,
 ``--sizes`` of them in turn; at each size the worker's recomputation of that hour
 (:func:`streams.repository.refresh_rollups`, from ``scored_impressions FINAL``) is timed

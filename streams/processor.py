@@ -35,8 +35,8 @@ Per batch, in this order, so that a crash at any point loses nothing:
    4,000 rows a batch beside 50-200 scored rows, so they are not left on the batch's path;
 7. the roll-ups of the hours the rows fall in are recomputed, at most once per
    ``rollup_refresh_s`` for all the batches finished since the last time (each recomputation
-   reads every row of its hours, so its cost grows with the hour: about 60 ms at 100,000 rows
-   in the hour and 170 ms at 1,000,000 on this project's 2-core machine, too much to pay at
+   reads every row of its hours, so its cost grows with the hour: about 56 ms at 100,000 rows
+   in the hour and 134 ms at 1,000,000 on this project's 2-core machine, too much to pay at
    every batch, twice a second);
 8. only then are the records acked, so their offsets can be committed.
 
