@@ -42,16 +42,7 @@ BATCH = 4000
 
 def page_records(pages: int) -> tuple[Catalog, list[RawRecord]]:
     """The catalogue and ``pages`` ESCI result-page records (UBI query records with hit ids)."""
-    config = ReplayConfig(  # bench/stream.py's traffic: pages only, no faulty record
-        seed=7,
-        dataset="esci",
-        page_size=10,
-        page_share=1.0,
-        ubi_share=0.0,
-        catalog_share=0.0,
-        malformed_share=0.0,
-        unknown_product_share=0.0,
-    )
+    config = ReplayConfig.clean_pages(seed=7, dataset="esci", page_size=10)  # bench/stream.py's
     source = load_catalog(config)
     gen = TrafficGenerator(source, config)
     now = datetime.now(UTC)

@@ -575,16 +575,7 @@ def main() -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    config = ReplayConfig(
-        seed=7,
-        dataset=args.dataset,
-        page_size=args.page_size,
-        page_share=1.0,
-        ubi_share=0.0,
-        catalog_share=0.0,
-        malformed_share=0.0,
-        unknown_product_share=0.0,
-    )
+    config = ReplayConfig.clean_pages(seed=7, dataset=args.dataset, page_size=args.page_size)
     with scratch_servers("relmon-stream-", args.model_dir, keep=args.keep) as base:
         ensure_topics(base)
         catalog = load_catalog(config)

@@ -98,6 +98,7 @@ from schemas.models import (
     DeadLetterKind,
     Impression,
     ScoredImpression,
+    utc,
 )
 from schemas.ubi import (
     UBI_POSITION_BASE,
@@ -144,8 +145,7 @@ async def _in_pieces(items: Iterable[T]) -> AsyncIterator[T]:
 
 def _hour_of(when: datetime) -> datetime:
     """The start of the UTC hour holding ``when`` (the roll-ups' window)."""
-    utc = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    return utc.replace(minute=0, second=0, microsecond=0)
+    return utc(when).replace(minute=0, second=0, microsecond=0)
 
 
 def _utc_now() -> datetime:

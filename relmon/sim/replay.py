@@ -80,6 +80,15 @@ class ReplayConfig:
         shares = dict.fromkeys(("page_share", "ubi_share", "catalog_share", "malformed_share"), 0.0)
         return cls(**{**shares, "unknown_product_share": 0.0, **fields})
 
+    @classmethod
+    def clean_pages(cls, **fields: Any) -> ReplayConfig:
+        """Every page one UBI query record with its hit ids, and no faulty record.
+
+        The throughput benches' traffic (``bench/stream.py``, ``bench/front.py``).
+        """
+        shares = dict.fromkeys(("ubi_share", "catalog_share", "malformed_share"), 0.0)
+        return cls(**{**shares, "page_share": 1.0, "unknown_product_share": 0.0, **fields})
+
 
 SYNTHETIC_BAD_SHARE = 0.25
 PageFormat = Literal["page", "ubi", "catalog", "text"]
