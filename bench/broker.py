@@ -1,6 +1,6 @@
 """The embedded broker alone: how late a bare consumer sees records, by the producer's batch size.
 
-Run: ``python bench/broker.py`` (about 4 minutes on 2 cores). It starts the embedded tansu broker
+Run: ``python bench/broker.py`` (about 5 minutes on 2 cores). It starts the embedded tansu broker
 (no store, no worker) in a temporary RELMON_HOME and, for each ``--linger-ms`` value in turn, on a
 topic of its own: a librdkafka producer sends real replay page records (ESCI pages of 10, the
 stream bench's traffic) at ``--records-per-s`` for ``--seconds`` (batching for that linger), while
@@ -13,6 +13,10 @@ Why: tansu 0.6 (memory storage) keeps each produced record batch as its own obje
 every object of a partition on each fetch, so its fetches slow down as batches accumulate, and
 small batches accumulate fast. The age on arrival is printed per ``--window-s`` window, so the
 trend is visible; the peer is the same broker, rate and records with the largest linger.
+
+Then the cause, alone: in a topic of one partition, each record produced as a batch of its own,
+the time to fetch the partition's last record (the median of 5) once ``--batches`` batches are
+stored (``fetch_ms_by_batches_stored``).
 
 The last line on stdout is one JSON object: per linger, the age quantiles of each window and of
 the whole run; ``last_window_p99_ratio`` (the smallest linger's p99 in the last window
@@ -27,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -35,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +179,57 @@ def run(
     return report
 
 
+async def _fetch_last_ms(settings: Settings, topic: str, repeats: int = 5) -> float:
+    """Median ms to fetch the last record of partition 0 of ``topic`` (a fresh seek each time)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.ingest.fetch_max_wait_ms,
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        took = []
+        for _ in range(repeats):
+            consumer.seek(tp, end - 1)
+            started = time.perf_counter()
+            fetched = await consumer.getmany(tp, timeout_ms=30_000)
+            took.append(1000 * (time.perf_counter() - started))
+            if not fetched.get(tp):
+                raise TimeoutError(f"no record fetched at offset {end - 1}")
+        return round(statistics.median(took), 1)
+    finally:
+        await consumer.stop()
+
+
+def fetch_cost(settings: Settings, sizes: list[int]) -> dict[str, float]:
+    """Fetch time of a partition's last record by the record batches stored before it.
+
+    Each record goes out as a batch of its own (``batch.num.messages`` 1), into a topic of one
+    partition, until the partition holds each of ``sizes`` batches in turn.
+    """
+    topic = "bench-broker-fetch-cost"
+    ensure_topics(settings.with_overrides(topic_impressions=topic, topic_partitions=1))
+    config = {"acks": "all", "linger.ms": 0, "batch.num.messages": 1}
+    producer = Producer(librdkafka_config(settings, **config))
+    stored, cost = 0, {}
+    for size in sorted(sizes):
+        while stored < size:
+            try:
+                producer.produce(topic, value=b"x" * 342)
+                stored += 1
+            except BufferError:
+                producer.poll(0.05)
+            producer.poll(0)
+        if producer.flush(120):
+            raise RuntimeError("records were not delivered")
+        cost[str(size)] = asyncio.run(_fetch_last_ms(settings, topic))
+        log.info("a fetch with %d batches stored: %.1f ms", size, cost[str(size)])
+    return cost
+
+
 def last_full_window(report: dict[str, Any], args: Any) -> dict[str, Any]:
     """The last window that lies wholly within the production (not the drain after it)."""
     full = [w for w in report["windows"] if w["from_s"] + args.window_s <= args.seconds]
@@ -192,6 +248,11 @@ def main() -> int:
     parser.add_argument("--window-s", type=float, default=15.0)
     parser.add_argument("--linger-ms", default="5,50", help="comma-separated, each a run")
     parser.add_argument("--page-size", type=int, default=10)
+    parser.add_argument(
+        "--batches",
+        default="1000,10000,50000",
+        help="comma-separated: batches stored in a partition when its fetch is timed",
+    )
     args = parser.parse_args()
     lingers = sorted(int(x) for x in args.linger_ms.split(","))
     logging.basicConfig(
@@ -206,6 +267,7 @@ def main() -> int:
     try:
         with broker_process(settings, port):
             runs = {f"linger_{ms}": run(settings, records, ms, args) for ms in lingers}
+            cost = fetch_cost(settings, [int(x) for x in args.batches.split(",")])
     finally:
         shutil.rmtree(home, ignore_errors=True)
     first, last = runs[f"linger_{lingers[0]}"], runs[f"linger_{lingers[-1]}"]
@@ -218,6 +280,7 @@ def main() -> int:
         "partitions": settings.topics.partitions,
         "fetch_max_wait_ms": settings.ingest.fetch_max_wait_ms,
         **runs,
+        "fetch_ms_by_batches_stored": cost,
         "last_window_p99_ratio": (
             round(tail_of[0] / tail_of[1], 2) if None not in tail_of and tail_of[1] else None
         ),
