@@ -28,12 +28,11 @@ def _foreground(proc: ManagedProcess, banner: str) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    from relmon.kafka import broker_process
+    from relmon.kafka import EMBEDDED_BROKER_NOTE, broker_process
 
     port = args.port if args.port is not None else settings.kafka.broker_port
-    return _foreground(
-        broker_process(settings, port), f"tansu broker on {settings.bind_host}:{port}"
-    )
+    banner = f"tansu broker on {settings.bind_host}:{port} ({EMBEDDED_BROKER_NOTE})"
+    return _foreground(broker_process(settings, port), banner)
 
 
 def _cmd_store(args: argparse.Namespace, settings: Settings) -> int:

@@ -180,7 +180,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         alerts_in_worker=settings.alerts.in_worker or options.alerts,
     )
     broker_port = int(settings.kafka.bootstrap.rsplit(":", 1)[1])
-    from relmon.kafka import broker_process
+    from relmon.kafka import EMBEDDED_BROKER_NOTE, broker_process
 
     started: list[ManagedProcess] = []
     try:
@@ -189,7 +189,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             f"store   ClickHouse HTTP on {host}:{settings.clickhouse.port} ({settings.store_path})"
         )
         started.append(broker_process(settings, broker_port).start())
-        _say(f"broker  tansu Kafka on {settings.kafka.bootstrap}")
+        _say(f"broker  tansu Kafka on {settings.kafka.bootstrap} ({EMBEDDED_BROKER_NOTE})")
         ensure_topics(settings)
         db.migrate(settings)
         worker = worker_process(settings).start()

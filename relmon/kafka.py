@@ -51,8 +51,20 @@ def tansu_binary(cache_dir: Path) -> Path:
         return target
 
 
+EMBEDDED_BROKER_NOTE = (
+    "in memory, for demos and tests: each fetch slows with every record batch a partition "
+    "holds, so for continuous monitoring point RELMON_KAFKA_BOOTSTRAP at Apache Kafka"
+)
+"""What the embedded broker is for (printed where it starts; README, "Production")."""
+
+
 def broker_process(settings: Settings, port: int) -> ManagedProcess:
-    """The embedded tansu broker on ``settings.bind_host:port`` (not started yet)."""
+    """The embedded tansu broker on ``settings.bind_host:port`` (not started yet).
+
+    tansu 0.6's memory storage keeps every record (no retention) and lists all of a partition's
+    record batches on each fetch, so fetches slow down as batches accumulate
+    (:data:`EMBEDDED_BROKER_NOTE`; measured by ``bench/broker.py``).
+    """
     host = settings.bind_host
     url = f"tcp://{host}:{port}"
     binary = tansu_binary(settings.home / "bin")
