@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import shutil
 import statistics
 import sys
@@ -46,7 +45,7 @@ from confluent_kafka import Producer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 
-from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
+from relmon.hostinfo import host  # noqa: E402
 from relmon.kafka import broker_process, ensure_topics, librdkafka_config  # noqa: E402
 from relmon.runtime import free_port  # noqa: E402
 from relmon.settings import Settings, load_settings  # noqa: E402
@@ -284,9 +283,7 @@ def main() -> int:
         "last_window_p99_ratio": (
             round(tail_of[0] / tail_of[1], 2) if None not in tail_of and tail_of[1] else None
         ),
-        "cpu": cpu_model(),
-        "isa": isa_flags(),
-        "cores": os.cpu_count(),
+        **host(),
     }
     print(json.dumps(result), flush=True)
     return 0

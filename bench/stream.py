@@ -83,7 +83,7 @@ sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 
 from relmon import db  # noqa: E402
 from relmon.demo import scratch_servers, worker_process  # noqa: E402
-from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
+from relmon.hostinfo import host  # noqa: E402
 from relmon.kafka import ensure_topics, librdkafka_config, producer  # noqa: E402
 from relmon.runtime import free_port, settle_heap, wait_until  # noqa: E402
 from relmon.settings import Settings  # noqa: E402
@@ -600,8 +600,7 @@ def main() -> int:
             )
             only = {"bench": "stream", "dataset": args.dataset, "latency_only": True}
             only["producer"] = dict(PRODUCER)
-            host = {"cpu": cpu_model(), "isa": isa_flags(), "cores": os.cpu_count()}
-            print(json.dumps({**only, "latency": latency, **host}), flush=True)
+            print(json.dumps({**only, "latency": latency, **host()}), flush=True)
             return 0
         gen = TrafficGenerator(catalog, config)
         records, impressions = prefill(base, gen, args.pages)
@@ -676,9 +675,7 @@ def main() -> int:
         "latency": latency,
         "latency_ms_p50": latency["latency_ms_p50"],
         "latency_ms_p99": latency["latency_ms_p99"],
-        "cpu": cpu_model(),
-        "isa": isa_flags(),
-        "cores": os.cpu_count(),
+        **host(),
     }
     print(json.dumps(result), flush=True)
     return 0

@@ -7,10 +7,11 @@ figure without its CPU says little.
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_model", "isa_flags"]
+__all__ = ["cpu_model", "host", "isa_flags"]
 
 _FLAGS = (
     "avx2",
@@ -46,3 +47,8 @@ def isa_flags() -> list[str]:
             have = set(line.split(":", 1)[1].split())
             return [f for f in _FLAGS if f in have]
     return []
+
+
+def host() -> dict[str, object]:
+    """A bench's machine fields: ``cpu``, ``isa`` and ``cores``."""
+    return {"cpu": cpu_model(), "isa": isa_flags(), "cores": os.cpu_count()}
