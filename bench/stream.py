@@ -46,10 +46,10 @@ Java or Go client would, batching for ``--linger-ms``: 50 by default, not librdk
 because the embedded broker, not the worker, is what small batches slow down: tansu 0.6 keeps
 each record batch as an object and lists every one of a partition on each fetch, so with 5 ms
 batches its fetches slow down within the run (``bench/broker.py``: at this bench's 80% point, a
-bare consumer's p99 age on arrival grows from 71 ms to 1.5 s in 90 s with 5 ms batches and stays
-near 115 ms with 50 ms ones). Apache Kafka's fetch does not depend on how many batches a
-partition holds. Or with kafka-python (``--producer kafka-python``), whose pure-Python sender
-takes a share of the worker's two cores.
+bare consumer's p99 age on arrival grew from about 0.1 s to 1.3-1.5 s within 90 s with 5 ms
+batches in two runs, and stayed near 0.1 s with 50 ms ones). Apache Kafka's fetch does not
+depend on how many batches a partition holds. Or with kafka-python (``--producer
+kafka-python``), whose pure-Python sender takes a share of the worker's two cores.
 
 ``--latency-only IMPRESSIONS_PER_S`` runs run 6 alone, fed at that rate, and prints its own JSON
 line (``latency``, ``cpu``, ``isa``): one point of the latency curve in about three minutes.
