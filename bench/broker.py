@@ -46,10 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 
 from relmon.hostinfo import host  # noqa: E402
-from relmon.kafka import broker_process, ensure_topics, librdkafka_config  # noqa: E402
+from relmon.kafka import (  # noqa: E402
+    broker_process,
+    ensure_topics,
+    librdkafka_config,
+    produce_waiting,
+)
 from relmon.runtime import free_port  # noqa: E402
 from relmon.settings import Settings, load_settings  # noqa: E402
 from relmon.sim.replay import ReplayConfig, TrafficGenerator, load_catalog  # noqa: E402
+from relmon.stats import quantile_ms  # noqa: E402
 
 log = logging.getLogger("bench.broker")
 PACE_S = 0.005
@@ -65,13 +71,6 @@ def page_records(count: int, page_size: int) -> list[tuple[bytes, bytes]]:
     while len(records) < count:
         records.extend(gen.page(now))
     return records[:count]
-
-
-def quantile_ms(ordered: list[float], q: float) -> float | None:
-    """The ``q`` quantile of ``ordered`` seconds, in ms (None when there is none)."""
-    if not ordered:
-        return None
-    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
 class Tail:
@@ -131,12 +130,7 @@ def produce(
     producer = Producer(librdkafka_config(settings, **{"acks": "all", "linger.ms": linger_ms}))
     start = time.monotonic()
     for sent, (key, value) in enumerate(records, 1):
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value, key)
         producer.poll(0)
         ahead = sent / per_s - (time.monotonic() - start)
         if ahead >= PACE_S:
@@ -216,11 +210,8 @@ def fetch_cost(settings: Settings, sizes: list[int]) -> dict[str, float]:
     stored, cost = 0, {}
     for size in sorted(sizes):
         while stored < size:
-            try:
-                producer.produce(topic, value=b"x" * 342)
-                stored += 1
-            except BufferError:
-                producer.poll(0.05)
+            produce_waiting(producer, topic, b"x" * 342)
+            stored += 1
             producer.poll(0)
         if producer.flush(120):
             raise RuntimeError("records were not delivered")

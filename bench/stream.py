@@ -84,11 +84,17 @@ sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py
 from relmon import db  # noqa: E402
 from relmon.demo import scratch_servers, worker_process  # noqa: E402
 from relmon.hostinfo import host  # noqa: E402
-from relmon.kafka import ensure_topics, librdkafka_config, producer  # noqa: E402
+from relmon.kafka import (  # noqa: E402
+    ensure_topics,
+    librdkafka_config,
+    produce_waiting,
+    producer,
+)
 from relmon.runtime import free_port, settle_heap, wait_until  # noqa: E402
 from relmon.settings import Settings  # noqa: E402
 from relmon.sim.chaos import scrape  # noqa: E402
 from relmon.sim.replay import ReplayConfig, TrafficGenerator, load_catalog, publish_catalog  # noqa: E402
+from relmon.stats import quantile_ms  # noqa: E402
 
 log = logging.getLogger("bench.stream")
 POLL_S = 0.2
@@ -329,12 +335,7 @@ def _paced_producer(
             delivered.append((time.time() - took, took))
 
     def send(topic: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                rd.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                rd.poll(0.05)
+        produce_waiting(rd, topic, value, key, on_delivery=on_delivery)
         rd.poll(0)
 
     def close() -> None:
@@ -343,13 +344,6 @@ def _paced_producer(
             raise RuntimeError(f"{left} records were not delivered")
 
     return send, close
-
-
-def _quantile_ms(ordered: list[float], q: float) -> float | None:
-    """The ``q`` quantile of ``ordered`` seconds, in ms (None when there is none)."""
-    if not ordered:
-        return None
-    return round(1000 * ordered[min(int(q * len(ordered)), len(ordered) - 1)], 1)
 
 
 def run_lag(
@@ -463,8 +457,8 @@ def run_latency(
             "latency_ms_p99": round(quantiles[1], 1) if count else None,
             # the producer's share of it: from sending a record until the broker acknowledged
             # it (acks=all), librdkafka's own measure; the bench's producer shares the cores
-            "producer_to_broker_ms_p50": _quantile_ms(to_broker, 0.5),
-            "producer_to_broker_ms_p99": _quantile_ms(to_broker, 0.99),
+            "producer_to_broker_ms_p50": quantile_ms(to_broker, 0.5),
+            "producer_to_broker_ms_p99": quantile_ms(to_broker, 0.99),
             **gc_at_end,
         }
     finally:

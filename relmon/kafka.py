@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -23,6 +24,9 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from relmon.errors import ConfigError, ServiceError
 from relmon.runtime import ManagedProcess, port_open
 from relmon.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +199,18 @@ def read_topic(
                 return
     finally:
         consumer.close()
+
+
+def produce_waiting(
+    producer: Producer, topic: str, value: bytes, key: bytes | None = None, **kwargs: Any
+) -> None:
+    """Send with librdkafka's ``produce``; while its local queue is full, serve deliveries."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
 
 
 def librdkafka_config(

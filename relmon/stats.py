@@ -15,6 +15,13 @@ from dataclasses import dataclass
 Z95 = 1.959963984540054
 
 
+def quantile_ms(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile (nearest rank) of sorted ``ordered`` seconds, in ms; None when empty."""
+    if not ordered:
+        return None
+    return round(1000 * ordered[min(int(q * len(ordered)), len(ordered) - 1)], 1)
+
+
 def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``p`` observed on (effective) sample size ``n``."""
     if n <= 0:
