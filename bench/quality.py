@@ -13,21 +13,25 @@ Every scorer is measured on the same folds (the 150 bundled ESCI queries dealt i
   (zero-shot; the better of title-only and title + fields), and the share of query words found
   in the title.
 
-Rates: calibration is *cross-fitted*: the threshold (flagged share = true bad share) and the
-Platt map applied to fold k are fitted on the other folds' held-out scores, never on fold k.
-``rate_abs_error`` compares the pooled flagged rate with the pooled true bad share;
-``per_query_rate_abs_error`` averages |flagged share - true bad share| over the 150 queries.
-The same figures for the expected-rate estimator (mean calibrated P(bad)) are printed beside.
+Rates: calibration is *cross-fitted*: the Platt map and the flag's threshold applied to fold k
+are fitted on the other folds, never on fold k (the page tier's P(good) and threshold come from
+its model fitted on the other folds' pages, as the build fits them). The rate the dashboard shows
+is the expected bad share, the mean calibrated P(bad): ``shown_rate``, with ``rate_abs_error``
+against the pooled true bad share and ``per_query_rate_abs_error``, the mean over the 150 queries
+of |expected share - true bad share|. The flag (``scoring.training.evaluate.operating_point``:
+precision at least 0.6 with 95% confidence on the fitting pairs) is measured on the held-out
+folds by ``flag_precision``, ``flag_recall`` and ``flagged_rate``.
 
 End to end (``--e2e-impressions``, default 6000; 0 skips it): ``relmon demo`` machinery (broker,
 store, worker with the published model, scoring budget off so that every sampled impression is
 scored) replays real ESCI traffic with its natural composition;
 every stored row's truth is its human grade. ``e2e_true_bad_share`` is the replayed
-impressions' true bad share, ``e2e_shown_rate`` the worker's weighted flagged rate with its 95%
-interval, ``e2e_expected_rate`` the expected bad share the dashboard shows beside it (weighted
-mean calibrated P(bad), read with the dashboard's own sums), and ``e2e_corrected_rate`` the
-bias-corrected rate (``relmon.teacher.agreement``) with the review stream graded by a reference
-judge that answers with the human grades.
+impressions' true bad share, ``e2e_shown_rate`` the expected bad share the dashboard shows
+(weighted mean calibrated P(bad), read with the dashboard's own sums) with its 95% interval,
+``e2e_flagged_rate`` the worker's weighted flagged rate, ``e2e_flag_precision`` the share of
+flagged rows that people judged bad (``e2e_by_tier``: the same per tier, page and cosine), and
+``e2e_corrected_rate`` the bias-corrected rate (``relmon.teacher.agreement``) with the review
+stream graded by a reference judge that answers with the human grades.
 
 The last line is one JSON object.
 """
@@ -116,8 +120,8 @@ def per_query_error(queries: list[str], truth_bad: np.ndarray, est_bad: np.ndarr
 
 def page_models(
     scorer: Scorer, examples: list[Any], fold_of: np.ndarray, todo: list[int]
-) -> dict[int, PageModel]:
-    """The page tier's model for each fold k, fitted as the build fits it on the other folds.
+) -> dict[int, tuple[PageModel, float]]:
+    """The page tier's model and flag threshold for each fold k, fitted as the build fits them.
 
     ``training_pages``: the other folds' queries' pools and pages cut from them; never fold k's.
     """
@@ -127,13 +131,15 @@ def page_models(
     for k in todo:
         other = [j for j in todo if j != k] or [k]
         fit = [e for e, f in zip(examples, fold_of, strict=True) if f in other]
-        out[k] = fit_logistic(*training_pages(scorer, fit))
+        x, y = training_pages(scorer, fit)
+        model = fit_logistic(x, y)
+        out[k] = model, float(operating_point(y, model.p_good(x))["threshold"])
     return out
 
 
 def page_tier(
     scorer: Scorer,
-    models: dict[int, PageModel],
+    models: dict[int, tuple[PageModel, float]],
     examples: list[Any],
     fold_of: np.ndarray,
     fields: bool = True,
@@ -146,13 +152,16 @@ def page_tier(
 
     x = pool_features(scorer, examples, fields)
     out = np.zeros(len(examples))
-    for k, model in models.items():
+    for k, (model, _) in models.items():
         out[fold_of == k] = model.p_good(x[fold_of == k])
     return out
 
 
 def short_pages(
-    scorer: Scorer, models: dict[int, PageModel], examples: list[Any], fold_of: np.ndarray
+    scorer: Scorer,
+    models: dict[int, tuple[PageModel, float]],
+    examples: list[Any],
+    fold_of: np.ndarray,
 ) -> dict[str, float]:
     """The page tier on pages of 10 results (as the replay shows), cross-fitted by fold.
 
@@ -165,7 +174,7 @@ def short_pages(
 
     rng = random.Random(101)
     p_all, y_all, aucs = [], [], []
-    for k, model in models.items():
+    for k, (model, _) in models.items():
         pools: dict[str, list[Any]] = {}
         for e, f in zip(examples, fold_of, strict=True):
             if f == k:
@@ -210,7 +219,8 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
         client = db.connect(s)
         try:
             rows = client.query(
-                "SELECT query, product_id, is_bad, sample_weight FROM scored_impressions FINAL"
+                "SELECT query, product_id, is_bad, sample_weight, model_version "
+                "FROM scored_impressions FINAL"
             ).result_rows
             # the window's sums as the dashboard reads them (relmon.estimate)
             sums = Sums.from_row(
@@ -272,18 +282,28 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
     corrected = corrected_rate(raw, reviewed)
     expected = out["inspected"]["sums"].expected()
     truth = out["truly_irrelevant"] / max(1, out["impressions"])
+    by_tier = {}  # the flag per tier, its precision against the human grades
+    for name in ("page", "cos"):
+        m = np.array([f"minilm-{name}-" in str(r[4]) for r in rows])
+        hit = m & flagged
+        by_tier["cosine" if name == "cos" else name] = {
+            "rows": int(m.sum()),
+            "flagged_rate": float((w * hit).sum() / max(1e-9, (w * m).sum())),
+            "flag_precision": float((w * (hit & truly_bad)).sum() / max(1e-9, (w * hit).sum())),
+            "true_bad_share": float((w * (m & truly_bad)).sum() / max(1e-9, (w * m).sum())),
+        }
     return {
+        "e2e_by_tier": by_tier,
         "e2e_impressions": out["impressions"],
         "e2e_rows": len(rows),
         "e2e_reviews": len(reviewed),
         "e2e_true_bad_share": truth,
         "e2e_sample_true_bad_share": float((w * truly_bad).sum() / w.sum()),
-        "e2e_shown_rate": raw.rate,
-        "e2e_shown_ci": [raw.ci_low, raw.ci_high],
-        "e2e_shown_abs_error": abs(raw.rate - truth),
-        "e2e_expected_rate": expected.rate,
-        "e2e_expected_ci": [expected.ci_low, expected.ci_high],
-        "e2e_expected_abs_error": abs(expected.rate - truth),
+        "e2e_shown_rate": expected.rate,
+        "e2e_shown_ci": [expected.ci_low, expected.ci_high],
+        "e2e_shown_abs_error": abs(expected.rate - truth),
+        "e2e_flagged_rate": raw.rate,
+        "e2e_flagged_ci": [raw.ci_low, raw.ci_high],
         "e2e_corrected_rate": corrected.rate,
         "e2e_corrected_ci": [corrected.ci_low, corrected.ci_high],
         "e2e_corrected_covers_truth": corrected.ci_low <= truth <= corrected.ci_high,
@@ -346,31 +366,37 @@ def main() -> None:
         aucs = [roc_auc(y[fold_of == k], scores[fold_of == k]) for k in todo]
         return float(np.mean(aucs)), float(np.std(aucs))
 
-    def rates(scores: np.ndarray) -> dict[str, float]:
-        """Rate figures of a scorer with cross-fitted calibration (fitted on the other folds)."""
-        shown_bad = np.zeros(n, dtype=bool)
+    def rates(
+        scores: np.ndarray, page: dict[int, tuple[PageModel, float]] | None = None
+    ) -> dict[str, float]:
+        """Rate figures of a scorer, calibrated and thresholded by fits on the other folds.
+
+        ``page``: the scores are the page tier's P(good), each fold's threshold fitted with its
+        model (as served: no further calibration).
+        """
+        flags = np.zeros(n, dtype=bool)
         p_good = np.zeros(n)
         for k in todo:
-            other = np.isin(fold_of, [j for j in todo if j != k])
-            if not other.any():
-                other = fold_of == k  # a one-fold run has nothing else to calibrate on
-            point = operating_point(y[other], scores[other])
-            alpha, beta = fit_polarisation(y[other], scores[other])
             m = fold_of == k
-            shown_bad[m] = scores[m] < point["threshold"]
-            p_good[m] = polarise(scores[m], alpha, beta)
-        flagged, p_bad = shown_bad[done], 1 - p_good[done]
+            if page is not None:
+                p_good[m], threshold = scores[m], page[k][1]
+            else:
+                other = np.isin(fold_of, [j for j in todo if j != k])
+                if not other.any():
+                    other = m  # a one-fold run has nothing else to calibrate on
+                threshold = float(operating_point(y[other], scores[other])["threshold"])
+                p_good[m] = polarise(scores[m], *fit_polarisation(y[other], scores[other]))
+            flags[m] = scores[m] < threshold
+        flagged, p_bad = flags[done], 1 - p_good[done]
         tp = float((flagged & (yd == 0)).sum())
         return {
-            "shown_rate": float(flagged.mean()),
-            "rate_abs_error": abs(float(flagged.mean()) - float(bad_true.mean())),
-            "per_query_rate_abs_error": per_query_error(qd, bad_true, flagged.astype(float)),
+            "shown_rate": float(p_bad.mean()),
+            "rate_abs_error": abs(float(p_bad.mean()) - float(bad_true.mean())),
+            "per_query_rate_abs_error": per_query_error(qd, bad_true, p_bad),
+            "ece": reliability(yd, p_good[done])["ece"],
+            "flagged_rate": float(flagged.mean()),
             "flag_precision": tp / max(1.0, float(flagged.sum())),
             "flag_recall": tp / max(1.0, float(bad_true.sum())),
-            "ece": reliability(yd, p_good[done])["ece"],
-            "expected_rate": float(p_bad.mean()),
-            "expected_rate_abs_error": abs(float(p_bad.mean()) - float(bad_true.mean())),
-            "expected_per_query_rate_abs_error": per_query_error(qd, bad_true, p_bad),
         }
 
     done = np.isin(fold_of, todo)
@@ -392,6 +418,11 @@ def main() -> None:
     page = page_tier(embedder, models, examples, fold_of)
     page_title_only = page_tier(embedder, models, examples, fold_of, fields=False)
     page10 = short_pages(embedder, models, examples, fold_of)
+    tier_rates = {
+        "cosine": rates((cos_fields + 1) / 2),
+        "page": rates(page, models),
+        "student": rates(raw["int8"]),
+    }
     tiers = {"cosine": (cos_fields + 1) / 2, "page": page, "cross-encoder": raw["int8"]}
     served = tiers[SERVED_TIER]
     result: dict[str, Any] = {
@@ -414,9 +445,8 @@ def main() -> None:
         "cv_auc_page_tier_sd": cv_auc(page)[1],
         "cv_auc_page_tier_title_only": cv_auc(page_title_only)[0],
         **page10,
-        **{f"{name}_{k}": v for name in ("cosine", "page") for k, v in rates(tiers[name]).items()},
-        **rates(served),
-        **{f"student_{k}": v for k, v in rates(raw["int8"]).items()},
+        **{f"{name}_{k}": v for name, r in tier_rates.items() for k, v in r.items()},
+        **tier_rates["student" if SERVED_TIER == "cross-encoder" else SERVED_TIER],
         "recipe": DEFAULT_RECIPE.as_dict() | ({"epochs": args.epochs} if args.epochs else {}),
         "seconds": round(time.perf_counter() - t0, 1),
         "cpu": cpu_model(),

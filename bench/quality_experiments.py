@@ -27,8 +27,8 @@ them).
 - ``targets``: the page tier's logistic model fitted on other targets than good/bad: the
   ESCI grade as a soft target (E 1.0, S 0.6, C 0.3, I 0.0), or exact against the rest; on the
   inner split and the 5 folds.
-- ``precision``: the precision and recall of the bad flag at stricter thresholds than the
-  served operating point, from the page tier's cross-fitted P(good).
+- ``precision``: the precision and recall of the bad flag as the threshold is raised, from the
+  page tier's cross-fitted P(good) (how far a flag right 6 times in 10 reaches).
 
 Each prints one JSON object per measurement.
 """

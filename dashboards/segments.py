@@ -29,8 +29,8 @@ def render() -> None:
     grid = grid[grid["category"].isin(volume.index[:top])]
     st.subheader("Bad-case rate by category and tier")
     st.caption(
-        "Colour: weighted bad-case rate; cells too thin to judge are faded. "
-        "Hover for the 95% interval and sample size."
+        "Colour: the expected bad share (weighted mean calibrated P(bad)); cells too thin to "
+        "judge are faded. Hover for the 95% interval, the flagged rate and the sample size."
     )
     chart = (
         alt.Chart(grid)
@@ -38,22 +38,24 @@ def render() -> None:
         .encode(
             x=alt.X("tier:N", title="query tier", sort=["head", "torso", "tail"]),
             y=alt.Y("category:N", title="category", sort=list(volume.index[:top])),
-            color=alt.Color("rate:Q", title="bad-case rate", scale=alt.Scale(scheme="orangered")),
+            color=alt.Color(
+                "expected:Q", title="bad-case rate", scale=alt.Scale(scheme="orangered")
+            ),
             opacity=alt.condition("datum.judged", alt.value(1.0), alt.value(0.35)),
             tooltip=[
                 "category",
                 "tier",
-                alt.Tooltip("rate:Q", format=".1%"),
-                alt.Tooltip("ci_low:Q", format=".1%", title="95% low"),
-                alt.Tooltip("ci_high:Q", format=".1%", title="95% high"),
                 alt.Tooltip("expected:Q", format=".1%", title="expected bad share"),
+                alt.Tooltip("exp_low:Q", format=".1%", title="95% low"),
+                alt.Tooltip("exp_high:Q", format=".1%", title="95% high"),
+                alt.Tooltip("rate:Q", format=".1%", title="flagged rate"),
                 "sampled",
-                "bad",
+                alt.Tooltip("bad:Q", title="flagged"),
             ],
         )
         .properties(height=max(200, 22 * len(volume.index[:top])))
     )
     st.altair_chart(chart, width="stretch")
     st.subheader("Categories (all tiers)")
-    by_cat = data.rates(cells, ["category"]).sort_values("rate", ascending=False)
+    by_cat = data.rates(cells, ["category"]).sort_values("expected", ascending=False)
     st.dataframe(by_cat, hide_index=True, width="stretch")

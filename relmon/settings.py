@@ -304,9 +304,9 @@ class RoutingSettings(Section):
         default=None,
         ge=0.0,
         le=1.0,
-        description="a pair scoring below this is a bad case (default: "
-        "the model card's operating point, where the share flagged on held-out real labels "
-        "equals their true bad share).",
+        description="a pair scoring below this is flagged as a bad case and sent for review "
+        "(default: each tier's operating point in the model card, where a flag is truly bad at "
+        "least 60% of the time on real labels, with 95% confidence).",
     )
     category_thresholds: dict[str, float] = Field(
         default_factory=dict,

@@ -57,12 +57,22 @@ class Calibration(_Part):
 
 
 class OperatingPoint(_Part):
-    """The raw-score threshold at which the share flagged bad equals the true bad share."""
+    """The raw-score threshold below which a result is flagged bad, and how the flag did.
+
+    ``rule`` ``"precision"``: the highest threshold at which the flag's precision on the fitting
+    pairs has a one-sided 95% lower bound of at least ``min_precision``; ``"rate"``: no threshold
+    got there (``target_met`` False), so the tier flags the share of results that is truly bad
+    (``scoring.training.evaluate.operating_point``). Cards built before rules had the rate rule.
+    """
 
     threshold: float
+    rule: str | None = None
     flagged_share: float | None = None
     true_bad_share: float | None = None
     precision: float | None = None
+    precision_lower_bound: float | None = None
+    min_precision: float | None = None
+    target_met: bool | None = None
     recall: float | None = None
     threshold_calibrated: float | None = None
     variant: str | None = None
@@ -287,6 +297,7 @@ def card_markdown(card: ModelCard | Mapping[str, Any]) -> str:
             "(RELMON_SCORE_CALIBRATION=card).",
             "",
         ]
+    lines += _points_markdown(c)
     prev = c.previous
     if prev:
         lines += [
@@ -299,6 +310,39 @@ def card_markdown(card: ModelCard | Mapping[str, Any]) -> str:
     for name, digest in (c.sha256 or {}).items():
         lines.append(f"| {name} | {sizes.get(name, '?')} | `{digest}` |")
     return "\n".join(lines) + "\n"
+
+
+def _points_markdown(c: ModelCard) -> list[str]:
+    """Each tier's operating point: the threshold below which the worker flags a result bad."""
+    tiers = {"cross-encoder": c.operating_point} | {
+        name: tier.operating_point for name, tier in (c.tiers or {}).items()
+    }
+    rows = [(name, point) for name, point in tiers.items() if point is not None]
+    if not rows:
+        return []
+    lines = [
+        "## Operating points (the flag)",
+        "",
+        "A result is flagged bad below its tier's threshold: rule *precision*, the highest "
+        "threshold at which the flag's precision has a one-sided 95% lower bound of at least the "
+        "target on the fitting pairs; rule *rate*, for a tier that cannot reach the target, the "
+        "threshold at which the share flagged equals the true bad share.",
+        "",
+        "| tier | threshold, P(good) | rule | target met | precision (lower bound) | recall | "
+        "flagged share | true bad share | fitted on |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, pt in rows:
+        met = "?" if pt.target_met is None else ("yes" if pt.target_met else "no")
+        threshold = _or(pt.threshold_calibrated, pt.threshold)
+        lines.append(
+            f"| {name} | {_f(threshold)} | {_or(pt.rule, 'rate')} | "
+            f"{met} (>= {_f(pt.min_precision)}) | "
+            f"{_f(pt.precision)} ({_f(pt.precision_lower_bound)}) | "
+            f"{_f(pt.recall)} | {_f(pt.flagged_share)} | {_f(pt.true_bad_share)} | "
+            f"{_or(pt.fitted_on, '?')} |"
+        )
+    return [*lines, ""]
 
 
 def _eval_markdown(ev: dict[str, Any]) -> list[str]:

@@ -130,9 +130,10 @@ def operating_threshold(
 ) -> float:
     """The card's operating point (0.5 when the card has none), mapped through ``calibration``.
 
-    The operating point is the raw-score threshold at which the share of held-out real pairs
-    flagged bad equals their true bad share; a calibrated scorer compares calibrated scores, so
-    the threshold goes through the same function. ``card`` is a card or a tier of one, or
+    The operating point is the raw-score threshold below which a result is flagged bad, chosen
+    on real labels so that the flag is right at least 60% of the time with 95% confidence
+    (``scoring.training.evaluate.operating_point``); a calibrated scorer compares calibrated
+    scores, so the threshold goes through the same function. ``card`` is a card or a tier of one, or
     ``card.json`` read as plain JSON (the cross-encoder's point, at its top level).
     """
     typed = ModelCard.from_json(card) if isinstance(card, Mapping) else card
@@ -153,7 +154,7 @@ class PageTier:
 
     model_version: str
     operating_threshold: float
-    """P(good) below which a result is flagged bad (flagged share = true bad share)"""
+    """P(good) below which a result is flagged bad (the flag's precision target, as above)"""
     model: PageModel
 
     @classmethod

@@ -3,10 +3,11 @@
 The cross-encoder (:func:`evaluate_and_calibrate`) is measured on the held-out fold, fp32 and
 int8, with and without product fields; the served CPU variant is int8 unless it loses more than
 :data:`MAX_INT8_AUC_DROP` AUC. Its Platt fit maps the raw score to P(good) (applied by the scorer
-with RELMON_SCORE_CALIBRATION=card, the default), and its *operating point* is the threshold at
-which the share of held-out pairs flagged bad equals their true bad share (:func:`operating_point`):
-the worker's default threshold, so that the flagged rate the dashboard shows estimates the true
-bad share.
+with RELMON_SCORE_CALIBRATION=card, the default), and its *operating point* is the worker's
+default threshold: the highest score below which the flagged pairs are truly bad at least
+:data:`FLAG_MIN_PRECISION` of the time with 95% confidence (:func:`operating_point`). A flag is a
+case worth a person's time; the bad share itself is estimated by the mean calibrated P(bad)
+(README, "What the dashboard shows").
 
 The cosine tier (:func:`cosine_tier`) is not trained, so its calibration and operating point are
 fitted on training-fold pairs and its held-out figures are out-of-sample.
@@ -19,10 +20,11 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from relmon.stats import wilson
 from scoring.card import (
     Calibration,
     CrossEncoderHeldout,
@@ -53,33 +55,58 @@ __all__ = [
 ]
 
 MAX_INT8_AUC_DROP = 0.005  # above it, the card makes fp32 the CPU default
+FLAG_MIN_PRECISION = 0.6  # a flagged case is truly bad at least this often
+FLAG_CONFIDENCE_Z = 1.645  # one-sided 95%: the precision's lower bound must reach it
 COSINE_FIT_PAIRS = 2000  # training-fold pairs the cosine tier's calibration is fitted on
 
 
-def operating_point(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """The threshold at which the share flagged bad (score below it) equals the true bad share.
+def operating_point(
+    labels: np.ndarray, scores: np.ndarray, min_precision: float = FLAG_MIN_PRECISION
+) -> dict[str, Any]:
+    """The flag's threshold: the highest score below which the flag is right often enough.
 
-    Labels are 1 = good; returns the threshold with the flagged share, true bad share, and the
-    precision and recall of the bad flag there.
+    Labels are 1 = good; a pair is flagged bad when its score is below the threshold. Rule
+    ``"precision"``: among the cut points between distinct scores, the highest one whose flagged
+    pairs' precision has a one-sided 95% Wilson lower bound of at least ``min_precision`` (a
+    bound, not the observed share, so that the precision holds on new queries too, not only on
+    the fitting ones). A scorer too weak to get there (``target_met`` False) gets rule
+    ``"rate"``: the cut point at which the share flagged equals the true bad share, so that it
+    still flags as many results as are bad, at the precision it has. Returns the threshold with
+    the rule, the flagged share, the true bad share, and the precision (with its lower bound)
+    and recall of the flag.
     """
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    bad_share = float((~y).mean())
-    order = np.sort(s)
-    k = round(bad_share * len(s))
-    threshold = float(order[k]) if 0 < k < len(s) else float(order[min(k, len(s) - 1)])
-    flagged = s < threshold
-    tp = float((flagged & ~y).sum())
+    order = np.argsort(s, kind="stable")
+    ranked, bad = s[order], ~y[order]
+    flagged = np.arange(1, len(s) + 1, dtype=np.float64)
+    hits = np.cumsum(bad).astype(np.float64)
+    low = np.array(
+        [wilson(h / n, n, FLAG_CONFIDENCE_Z)[0] for h, n in zip(hits, flagged, strict=True)]
+    )
+    cut = np.flatnonzero(np.r_[ranked[1:] > ranked[:-1], False])  # a threshold fits after i
+    met = cut[low[cut] >= min_precision]
+    if len(met):
+        i = int(met.max())
+    else:  # the cut point nearest to flagging the true bad share
+        i = int(cut[np.argmin(np.abs(cut + 1 - bad.mean() * len(s)))]) if len(cut) else len(s) - 1
+    last = i + 1 == len(s)  # every score equal: everything flagged
+    threshold = float(np.nextafter(ranked[i], np.inf) if last else (ranked[i] + ranked[i + 1]) / 2)
+    tp = float(hits[i])
     return {
         "threshold": threshold,
-        "flagged_share": float(flagged.mean()),
-        "true_bad_share": bad_share,
-        "precision": tp / max(1.0, float(flagged.sum())),
+        "rule": "precision" if len(met) else "rate",
+        "flagged_share": float(flagged[i] / len(s)),
+        "true_bad_share": float((~y).mean()),
+        "precision": float(tp / flagged[i]),
+        "precision_lower_bound": float(low[i]),
+        "min_precision": min_precision,
+        "target_met": bool(len(met)),
         "recall": tp / max(1.0, float((~y).sum())),
     }
 
 
-def _card_point(point: dict[str, float], alpha: float, beta: float, **where: str) -> OperatingPoint:
+def _card_point(point: dict[str, Any], alpha: float, beta: float, **where: str) -> OperatingPoint:
     """:func:`operating_point`'s point for the card, with its threshold on the calibrated scale."""
     calibrated = float(polarise(np.array([point["threshold"]]), alpha, beta)[0])
     return OperatingPoint.model_validate({**point, "threshold_calibrated": calibrated, **where})
@@ -136,7 +163,9 @@ def evaluate_and_calibrate(
                 method="Platt (logistic) fit of the good/bad labels on the served variant's "
                 "raw held-out scores",
             ),
-            "operating_point": _card_point(point, alpha, beta, variant=served),
+            "operating_point": _card_point(
+                point, alpha, beta, variant=served, fitted_on=f"{len(heldout)} held-out pairs"
+            ),
             "heldout": heldout_figures,
             "evaluation": ev,
         }

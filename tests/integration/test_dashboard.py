@@ -42,10 +42,12 @@ def test_rates_and_bad_cases_are_shown(dashboard_env, scored_rows):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["sampled impressions"] == "40"
-    assert metrics["bad cases (flagged)"] == "10"
-    assert metrics["latest minute"] == "25.0%"
-    # the expected bad share: the mean P(bad), 1 - score, of 30 rows at 0.1 and 10 at 0.9
+    assert metrics["flagged for review"] == "10"
+    assert metrics["flagged rate over the range"] == "25.0%"
+    # the rate shown, the expected bad share: the mean P(bad), 1 - score, of 30 rows at 0.1
+    # and 10 at 0.9 (the flagged rate is 25%)
     assert metrics["expected bad share over the range"] == "30.0%"
+    assert metrics["latest minute"] == "30.0%"
     headers = [h.value for h in at.subheader]
     assert "Latest low-score cases" in headers
     bad_table = at.dataframe[-1].value

@@ -76,7 +76,7 @@ def test_overview_shows_rates_tiers_and_volume(page_env):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["sampled impressions"] == "120"
-    assert metrics["bad cases (flagged)"] == "30"
+    assert metrics["flagged for review"] == "30"
     assert metrics["flagged rate over the range"] == "25.0%"
     assert metrics["expected bad share over the range"] == "30.0%"  # 30 at P(bad) 0.9, 90 at 0.1
     table = at.dataframe[0].value  # rates per window: both estimates, each with its interval
@@ -102,7 +102,7 @@ def test_overview_filters_by_segment(page_env):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["sampled impressions"] == "60"
-    assert metrics["bad cases (flagged)"] == "0"
+    assert metrics["flagged for review"] == "0"
 
 
 def test_segments_heatmap(page_env):
@@ -115,6 +115,12 @@ def test_segments_heatmap(page_env):
     table = at.dataframe[0].value
     rates = dict(zip(table["category"], table["rate"], strict=True))
     assert rates == {"Area Rugs": 0.5, "Desks": 0.0}
+    # the rate shown is the expected bad share: Area Rugs 30 rows at P(bad) 0.9 and 30 at 0.1,
+    # Desks 60 at 0.1; the categories are ranked by it
+    assert list(table["category"]) == ["Area Rugs", "Desks"]
+    assert list(table["expected"]) == pytest.approx([0.5, 0.1])
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["color"]["field"] == "expected"
 
 
 def test_drilldown_worst_queries_and_examples(page_env):

@@ -14,6 +14,7 @@ import pytest
 from relmon.sim.realdata import EsciCatalog
 from relmon.sim.replay import ReplayConfig, TrafficGenerator
 from relmon.sim.scenario import Scenario, Shift
+from relmon.stats import wilson
 from scoring.esci import BAD_GRADES, load_esci_judgments, load_esci_products
 from scoring.text import category_leaf, product_text
 from scoring.training import TrainConfig, operating_point, query_folds, training_pairs
@@ -66,16 +67,47 @@ def test_training_pairs_drop_fields_for_a_share_and_use_the_graded_target():
     assert set(binary) <= {0.0, 1.0}
 
 
-def test_operating_point_flags_the_true_bad_share():
-    rng = np.random.default_rng(3)
-    labels = rng.random(2000) > 0.2
-    scores = np.where(labels, rng.normal(0.7, 0.2, 2000), rng.normal(0.4, 0.2, 2000))
+def _draw(seed: int, n: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) > 0.2
+    return labels, np.where(labels, rng.normal(0.7, 0.2, n), rng.normal(0.45, 0.2, n))
+
+
+def test_operating_point_flags_at_the_precision_target_with_confidence():
+    labels, scores = _draw(3)
     point = operating_point(labels, scores)
-    assert point["flagged_share"] == pytest.approx(point["true_bad_share"], abs=1e-3)
+    flagged = scores < point["threshold"]
+    precision = float((~labels[flagged]).mean())
+    assert point["target_met"] and point["min_precision"] == 0.6
+    assert point["flagged_share"] == pytest.approx(flagged.mean())
+    assert point["precision"] == pytest.approx(precision)
+    assert point["recall"] == pytest.approx((flagged & ~labels).sum() / (~labels).sum())
     assert point["true_bad_share"] == pytest.approx(1 - labels.mean())
-    assert 0.5 < point["precision"] <= 1 and point["precision"] == pytest.approx(
-        point["recall"], abs=0.01
-    )
+    # a bound, not the observed share: the observed precision sits above the target
+    assert 0.6 <= point["precision_lower_bound"] < precision
+    # the highest such threshold: one more flagged pair and the bound falls below the target
+    ranked = np.sort(scores)
+    k = int(flagged.sum())
+    more = ranked[: k + 1]
+    lower = wilson(float((~labels[scores <= more[-1]]).mean()), k + 1, 1.645)[0]
+    assert lower < 0.6
+    # it holds on a fresh draw of the same population, as the bound is meant to
+    fresh_labels, fresh_scores = _draw(4)
+    fresh = fresh_scores < point["threshold"]
+    assert (~fresh_labels[fresh]).mean() >= 0.6
+
+
+def test_operating_point_of_a_weak_scorer_flags_the_true_bad_share():
+    labels, scores = _draw(5)
+    scores = scores + np.random.default_rng(6).normal(0, 0.6, len(labels))  # mostly noise
+    point = operating_point(labels, scores)
+    assert not point["target_met"] and point["rule"] == "rate"
+    assert point["precision_lower_bound"] < 0.6
+    flagged = scores < point["threshold"]
+    assert flagged.mean() == pytest.approx(point["true_bad_share"], abs=1e-3)
+    assert point["flagged_share"] == pytest.approx(flagged.mean())
+    # the precision rule, where it is met, is named so
+    assert operating_point(*_draw(3))["rule"] == "precision"
 
 
 @pytest.fixture(scope="module")
