@@ -283,10 +283,10 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
     expected = out["inspected"]["sums"].expected()
     truth = out["truly_irrelevant"] / max(1, out["impressions"])
     by_tier = {}  # the flag per tier, its precision against the human grades
-    for name in ("page", "cos"):
-        m = np.array([f"minilm-{name}-" in str(r[4]) for r in rows])
+    for name, version in (("page", "minilm-page-"), ("cosine", "minilm-cos-")):
+        m = np.array([version in str(r[4]) for r in rows])
         hit = m & flagged
-        by_tier["cosine" if name == "cos" else name] = {
+        by_tier[name] = {
             "rows": int(m.sum()),
             "flagged_rate": float((w * hit).sum() / max(1e-9, (w * m).sum())),
             "flag_precision": float((w * (hit & truly_bad)).sum() / max(1e-9, (w * hit).sum())),

@@ -61,7 +61,7 @@ class OperatingPoint(_Part):
 
     ``rule`` ``"precision"``: the highest threshold at which the flag's precision on the fitting
     pairs has a one-sided 95% lower bound of at least ``min_precision``; ``"rate"``: no threshold
-    got there (``target_met`` False), so the tier flags the share of results that is truly bad
+    got there, so the tier flags the share of results that is truly bad
     (``scoring.training.evaluate.operating_point``). Cards built before rules had the rate rule.
     """
 
@@ -72,7 +72,6 @@ class OperatingPoint(_Part):
     precision: float | None = None
     precision_lower_bound: float | None = None
     min_precision: float | None = None
-    target_met: bool | None = None
     recall: float | None = None
     threshold_calibrated: float | None = None
     variant: str | None = None
@@ -328,16 +327,15 @@ def _points_markdown(c: ModelCard) -> list[str]:
         "target on the fitting pairs; rule *rate*, for a tier that cannot reach the target, the "
         "threshold at which the share flagged equals the true bad share.",
         "",
-        "| tier | threshold, P(good) | rule | target met | precision (lower bound) | recall | "
+        "| tier | threshold, P(good) | rule | target | precision (lower bound) | recall | "
         "flagged share | true bad share | fitted on |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, pt in rows:
-        met = "?" if pt.target_met is None else ("yes" if pt.target_met else "no")
         threshold = _or(pt.threshold_calibrated, pt.threshold)
         lines.append(
             f"| {name} | {_f(threshold)} | {_or(pt.rule, 'rate')} | "
-            f"{met} (>= {_f(pt.min_precision)}) | "
+            f">= {_f(pt.min_precision)} | "
             f"{_f(pt.precision)} ({_f(pt.precision_lower_bound)}) | "
             f"{_f(pt.recall)} | {_f(pt.flagged_share)} | {_f(pt.true_bad_share)} | "
             f"{_or(pt.fitted_on, '?')} |"

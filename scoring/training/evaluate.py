@@ -69,7 +69,7 @@ def operating_point(
     ``"precision"``: among the cut points between distinct scores, the highest one whose flagged
     pairs' precision has a one-sided 95% Wilson lower bound of at least ``min_precision`` (a
     bound, not the observed share, so that the precision holds on new queries too, not only on
-    the fitting ones). A scorer too weak to get there (``target_met`` False) gets rule
+    the fitting ones). A scorer too weak to get there gets rule
     ``"rate"``: the cut point at which the share flagged equals the true bad share, so that it
     still flags as many results as are bad, at the precision it has. Returns the threshold with
     the rule, the flagged share, the true bad share, and the precision (with its lower bound)
@@ -101,7 +101,6 @@ def operating_point(
         "precision": float(tp / flagged[i]),
         "precision_lower_bound": float(low[i]),
         "min_precision": min_precision,
-        "target_met": bool(len(met)),
         "recall": tp / max(1.0, float((~y).sum())),
     }
 
