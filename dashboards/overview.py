@@ -3,8 +3,8 @@
 The bad-case rate shown is the expected bad share: the weighted mean calibrated P(bad), which
 matches human labels in total and per segment (README, "What the dashboard shows"). Beside it,
 the flagged rate: the weighted share of rows scored below their tier's operating point, each a
-case sent for review and right at least 60% of the time; it is lower than the bad share by
-design (the flag is kept for the cases the scorer is sure of).
+case sent for review. Where a tier's scorer can, its flag is right at least 60% of the time and
+so lower than the bad share (the page tier); a tier that cannot flags as many as are bad.
 """
 
 from __future__ import annotations
@@ -130,14 +130,15 @@ def render() -> None:
     cols[3].metric(
         "flagged for review",
         f"{bad_n:,}",
-        help="rows below their tier's operating point: each was sent for review, and on real "
-        "labels such a flag is right at least 60% of the time",
+        help="rows below their tier's operating point, each sent for review: right at least "
+        "60% of the time on real labels where the tier's scorer can be (the model card's rule "
+        "'precision'), else flagging as many as are bad (rule 'rate')",
     )
     cols[4].metric(
         "flagged rate over the range",
         f"{whole['rate'].iloc[0]:.1%}",
         help=f"95% interval {whole['ci_low'].iloc[0]:.1%} to {whole['ci_high'].iloc[0]:.1%}; "
-        "lower than the bad share by design: only the cases the scorer is sure of are flagged",
+        "below the bad share where only the cases the scorer is sure of are flagged",
     )
     st.subheader(f"Bad-case rate per {bucket} (weighted, 95% interval)")
     st.caption(
