@@ -8,7 +8,10 @@ multiplies every inclusion probability of new sampling plans:
   waiting for input does not count), from a warm-up at start and then every scoring call;
 * the **demand** ``d``: pairs the base rates ask to score per consumed record;
 * the **ingest cost** ``t``: seconds per record spent on everything but scoring (decode, plans,
-  store writes, sends), retry sleeps excluded (an outage is not a cost of the input);
+  store writes, sends), retry sleeps excluded (an outage is not a cost of the input), and the
+  worker's first batch excluded too: it pays one-off costs (connections, first writes) that a
+  small first batch would otherwise spread over its few records (one record taking half a
+  second once read as 0.5 s a record, and sent the first plans to the lowest factor);
 * the **lag** ``L`` (records consumed by nobody yet) and the **arrival rate** ``a`` (records per
   second, from the lag's growth plus what was consumed meanwhile). A fresh worker looks at its
   input for a moment before its first batch (two lag measurements, ``streams.app``), so its
@@ -40,6 +43,7 @@ watched) and ``off`` (always 1).
 
 from __future__ import annotations
 
+import logging
 import math
 
 from relmon.settings import BudgetConfig, BudgetMode
@@ -47,6 +51,8 @@ from relmon.settings import BudgetConfig, BudgetMode
 __all__ = ["BudgetConfig", "BudgetController", "BudgetMode", "ladder_floor"]
 
 _STEPS_PER_OCTAVE = 4
+
+log = logging.getLogger(__name__)
 
 
 def ladder_floor(value: float, minimum: float) -> float:
@@ -86,6 +92,8 @@ class BudgetController:
         self._at: float | None = None
         self._score_pairs, self._score_s = _Decayed(), _Decayed()
         self._records, self._base_pairs, self._other_s = _Decayed(), _Decayed(), _Decayed()
+        self._other_records = _Decayed()  # the records behind _other_s (not the first batch's)
+        self._batches = 0
         self._arrived, self._arrival_s = _Decayed(), _Decayed()
         # fixed mode's demand rate: base pairs per second of wall time between batches
         self._walked_pairs, self._walked_s = _Decayed(), _Decayed()
@@ -107,6 +115,7 @@ class BudgetController:
                 self._records,
                 self._base_pairs,
                 self._other_s,
+                self._other_records,
                 self._arrived,
                 self._arrival_s,
                 self._walked_pairs,
@@ -140,7 +149,10 @@ class BudgetController:
         self._age(now)
         self._records.value += records
         self._base_pairs.value += base_pairs
-        self._other_s.value += max(busy_s - scoring_s, 0.0)
+        self._batches += 1
+        if self._batches > 1:  # the first pays for lazy initialisation: connections, first writes
+            self._other_s.value += max(busy_s - scoring_s, 0.0)
+            self._other_records.value += records
         if self._last_batch_at is not None and now > self._last_batch_at:
             self._walked_s.value += now - self._last_batch_at
             self._walked_pairs.value += base_pairs
@@ -187,6 +199,12 @@ class BudgetController:
         return s.value / self._records.value if self._records.value > 0 else default
 
     @property
+    def _other_per_record(self) -> float:
+        """Seconds per record spent on everything but scoring (0 before a second batch)."""
+        records = self._other_records.value
+        return self._other_s.value / records if records > 0 else 0.0
+
+    @property
     def arrival_rate(self) -> float:
         """Records per second arriving in the input (0 before two lag measurements)."""
         return self._arrived.value / self._arrival_s.value if self._arrival_s.value > 0 else 0.0
@@ -201,7 +219,7 @@ class BudgetController:
             return None
         required = self.arrival_rate + self.lag / self.config.drain_s
         demand = self._per_record(self._base_pairs, self._first_demand)
-        cost = self._per_record(self._other_s, 0.0) + factor * demand / capacity
+        cost = self._other_per_record + factor * demand / capacity
         return required * cost
 
     def _target(self) -> float | None:
@@ -218,7 +236,7 @@ class BudgetController:
         required = self.arrival_rate + self.lag / cfg.drain_s
         if required <= 0:
             return 1.0
-        spare = cfg.utilisation / required - self._per_record(self._other_s, 0.0)
+        spare = cfg.utilisation / required - self._other_per_record
         demand = self._per_record(self._base_pairs, self._first_demand)
         return spare * capacity / demand if demand > 0 else 1.0
 
@@ -238,6 +256,7 @@ class BudgetController:
             return self._factor
         target = ladder_floor(target, cfg.min_factor)
         behind = cfg.mode == "fixed" or (self.load(self._factor) or 0.0) > 1.0
+        before = self._factor
         if target < self._factor and behind:
             self._factor, self._changed_at = target, now
         elif target > self._factor:
@@ -246,7 +265,20 @@ class BudgetController:
             if steps > 0:  # after a quiet spell (no new plans), all the steps it earned
                 self._factor = min(target, _level(max(_step(self._factor) - steps, 0)))
                 self._changed_at = now
+        if self._factor != before:
+            log.info("scoring budget: factor %g -> %g (%s)", before, self._factor, self._why())
         return self._factor
+
+    def _why(self) -> str:
+        """The measurements behind a decision, for the worker's log."""
+        capacity = self.capacity_pps or 0.0
+        demand = self._per_record(self._base_pairs, self._first_demand)
+        other_ms = 1000 * self._other_per_record
+        return (
+            f"capacity {capacity:.1f} pairs/s, demand {demand:.2f} pairs/record, "
+            f"other work {other_ms:.2f} ms/record, input {self.arrival_rate:.1f} records/s, "
+            f"lag {self.lag} records"
+        )
 
     @property
     def current(self) -> float:

@@ -125,6 +125,26 @@ def test_live_input_at_start_is_seen_by_the_first_plan():
     assert c.load(1.0) == measured
 
 
+def test_a_slow_first_batch_is_not_taken_as_the_cost_of_every_record():
+    """The first batch pays one-off costs; from the second on, what a batch costs counts."""
+    arrivals = 60  # records/s of live input, each one impression
+    c = auto()
+    c.observe_scoring(64, 64 / CAPACITY, 0.0)  # the start-up warm-up
+    c.observe_lag(0, 0.0)
+    c.observe_lag(2 * arrivals, 2.0)  # the first look
+    c.expect_demand(records=1, impressions=1)
+    assert c.factor(2.0) == 1.0
+    # one record in half a second: first connections and writes (as a demo's worker measured)
+    c.observe_batch(records=1, base_pairs=1, busy_s=0.5, scoring_s=0.0, now=2.5)
+    assert c.factor(2.5) == 1.0
+    assert (c.load(1.0) or 0.0) < 0.5  # the scorer's share only (taken as 0.5 s a record: 32)
+    # the same cost again is the worker's own: 60 records/s at 0.5 s each cannot keep up
+    c.observe_lag(arrivals, 3.0)
+    c.observe_batch(records=1, base_pairs=1, busy_s=0.5, scoring_s=0.0, now=3.0)
+    assert (c.load(1.0) or 0.0) > 1.0
+    assert c.factor(3.0) == ladder_floor(0.0, c.config.min_factor)
+
+
 def test_recovers_one_step_per_interval_when_input_drops():
     w = Worker(auto(), plan_every=1)
     w.run(300, arrivals_per_s=int(3 * CAPACITY / DEMAND))
