@@ -55,7 +55,11 @@ from scoring.metrics import roc_auc  # noqa: E402
 from scoring.page import fit_logistic, page_features  # noqa: E402
 from scoring.text import category_leaf  # noqa: E402
 from scoring.training import FOLDS, query_folds  # noqa: E402
-from scoring.training.finetune import base_model_path  # noqa: E402
+from scoring.training.finetune import (  # noqa: E402
+    base_model_path,
+    pooled_embeddings,
+    text_encodings,
+)
 
 EMBED_MAX_LENGTH = 128  # as served (scoring.embedding)
 
@@ -85,30 +89,11 @@ class Embedder:
     """Mean-pooled, unit-length embeddings of a (maybe fine-tuned) MiniLM body, as served."""
 
     def __init__(self, model: Any) -> None:
-        from tokenizers import Tokenizer
-
         self.model = model
-        self.tok = Tokenizer.from_file(str(Path(base_model_path()) / "tokenizer.json"))
-        self.tok.no_padding()
 
     def pooled(self, texts: Sequence[str], max_length: int) -> Any:
         """Embeddings of ``texts`` as a torch tensor (with gradients when training)."""
-        import torch
-
-        self.tok.enable_truncation(max_length)
-        encs = self.tok.encode_batch(list(texts))
-        width = max(len(e.ids) for e in encs)
-        ids = torch.zeros((len(encs), width), dtype=torch.long)
-        mask = torch.zeros((len(encs), width), dtype=torch.long)
-        for row, e in enumerate(encs):
-            ids[row, : len(e.ids)] = torch.tensor(e.ids)
-            mask[row, : len(e.ids)] = 1
-        hidden = self.model(
-            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)
-        ).last_hidden_state
-        m = mask.unsqueeze(-1).float()
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled_embeddings(self.model, text_encodings(texts, max_length))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import torch

@@ -264,25 +264,40 @@ def torch_scores(
     return out
 
 
+def pooled_embeddings(model: Any, encs: Sequence[Any]) -> Any:
+    """Unit-length mean of ``model``'s token states over each text's tokens (as served).
+
+    ``encs`` are tokenizer encodings of single texts; returns a torch tensor, with gradients
+    when the caller trains.
+    """
+    import torch
+
+    feed = _batch_tensors(encs)
+    hidden = model(**feed).last_hidden_state
+    m = feed["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def text_encodings(texts: Sequence[str], max_length: int) -> list[Any]:
+    """Tokenizer encodings of single texts, cut to ``max_length`` tokens, unpadded."""
+    tok = _tokenizer()
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return list(tok.encode_batch(list(texts)))
+
+
 def embed(texts: Sequence[str], batch_size: int = 64, max_length: int = 128) -> np.ndarray:
     """Unit-length mean-pooled embeddings of the untouched all-MiniLM-L6-v2 (bi-encoder)."""
     import torch
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(base_model_path(), local_files_only=True).eval()
-    tok = _tokenizer()
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    encs = tok.encode_batch(list(texts))
+    encs = text_encodings(texts, max_length)
     out = np.empty((len(encs), model.config.hidden_size), dtype=np.float32)
     order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            feed = _batch_tensors([encs[i] for i in idx])
-            hidden = model(**feed).last_hidden_state
-            m = feed["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            out[idx] = pooled.numpy()
+            out[idx] = pooled_embeddings(model, [encs[i] for i in idx]).numpy()
     return out
