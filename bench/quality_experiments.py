@@ -7,6 +7,7 @@ Run from the repository root with the venv's python (needs the ``train`` extra: 
     python bench/quality_experiments.py neighbours
     python bench/quality_experiments.py targets
     python bench/quality_experiments.py precision
+    python bench/quality_experiments.py query-words
 
 Every figure is an AUC of good (ESCI E, S) against bad (C, I) on the bundled real ESCI
 judgments, split by query: ``cv`` is the 5 folds of ``bench/quality.py`` (each fold scored by
@@ -27,6 +28,9 @@ them).
 - ``targets``: the page tier's logistic model fitted on other targets than good/bad: the
   ESCI grade as a soft target (E 1.0, S 0.6, C 0.3, I 0.0), or exact against the rest; on the
   inner split and the 5 folds.
+- ``query-words``: the page tier with features of the query's words added: its length, whether
+  it has a digit (a size, a model, a count), the share of its numbers found in the product
+  text (as is, and against the page's mean), and the digit's interaction with the cosine.
 - ``precision``: the precision and recall of the bad flag as the threshold is raised, from the
   page tier's cross-fitted P(good) (how far a flag right 6 times in 10 reaches).
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -262,6 +267,61 @@ def targets(args: argparse.Namespace) -> None:
             print(json.dumps({"target": name, "split": split, "auc": float(np.mean(aucs))}))
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _numbers_found(e: Example) -> float:
+    """Share of the query's numbers that the product text contains (0 without any)."""
+    numbers = _NUMBER.findall(e.query.lower())
+    if not numbers:
+        return 0.0
+    text = set(_NUMBER.findall(e.text().lower()))
+    return sum(n in text for n in numbers) / len(numbers)
+
+
+def query_words(args: argparse.Namespace) -> None:
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    x = features(examples, *vectors(Embedder(base_body()), examples))
+    words = np.log([len(e.query.split()) for e in examples])
+    digit = np.array([any(c.isdigit() for c in e.query) for e in examples], dtype=np.float64)
+    found = np.array([_numbers_found(e) for e in examples])
+    pools: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        pools.setdefault(e.query, []).append(i)
+    found_rel = found.copy()  # against the page's mean
+    for rows in pools.values():
+        found_rel[rows] -= found[rows].mean()
+    print(
+        json.dumps(
+            {
+                "queries_with_a_digit": len(
+                    {e.query for e, d in zip(examples, digit, strict=True) if d}
+                )
+            }
+        )
+    )
+    variants = {
+        "page tier": x,
+        "+ log query words": np.c_[x, words],
+        "+ query has a digit": np.c_[x, digit],
+        "+ digit, numbers found": np.c_[x, digit, found],
+        "+ digit, numbers found against the page": np.c_[x, digit, found_rel],
+        "+ digit, digit x cosine": np.c_[x, digit, digit * x[:, 0]],
+    }
+    for name, xv in variants.items():
+        for split in ("inner", "cv"):
+            aucs = [
+                page_auc(xv, y, fit, scored) for _, fit, scored in splits(split, examples, fold_of)
+            ]
+            print(
+                json.dumps(
+                    {"variant": name, "split": split, "auc": float(np.mean(aucs)), "folds": aucs}
+                )
+            )
+
+
 def precision(args: argparse.Namespace) -> None:
     examples = load_esci_judgments()
     fold_of = np.array(query_folds(examples, FOLDS, 13))
@@ -299,12 +359,14 @@ def main() -> None:
     sub.add_parser("neighbours")
     sub.add_parser("targets")
     sub.add_parser("precision")
+    sub.add_parser("query-words")
     args = ap.parse_args()
     experiments = {
         "biencoder": biencoder,
         "neighbours": neighbours,
         "targets": targets,
         "precision": precision,
+        "query-words": query_words,
     }
     experiments[args.what](args)
 
