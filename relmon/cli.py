@@ -344,6 +344,9 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
         report["session_provider"] = scorer.provider
         report["session_providers"] = scorer.session_providers
         report["model_variant"] = scorer.variant
+        report["model_variant_pairs_per_s"] = {
+            k: round(v, 1) for k, v in scorer.variant_speeds.items()
+        }
         report["scorer_tier"] = scorer.tier
         report["model_version"] = scorer.model_version
         report["intra_op_threads"] = scorer.intra_op_threads

@@ -28,8 +28,10 @@ Provider choice (``provider``):
 
 ``variant="auto"`` picks ``model.int8.onnx`` on CPU (unless the model card's
 ``cpu_default_variant`` says ``fp32``: the build writes that when int8 loses too much AUC) and
-``model.onnx`` (fp32) on CUDA. :attr:`Scorer.provider` is what ``session.get_providers()``
-reports, never what was asked for.
+``model.onnx`` (fp32) on CUDA. On CPU the cross-encoder then times int8 against fp32 on this
+host at start-up and serves fp32 if it is clearly faster (int8 gains little without VNNI; see
+:meth:`Scorer._fastest_cpu_variant`); the speeds are in :attr:`Scorer.variant_speeds`.
+:attr:`Scorer.provider` is what ``session.get_providers()`` reports, never what was asked for.
 
 Determinism: a pair's score depends on the pair only, never on its batch-mates, the batch size
 or the padding. The int8 model is *statically* quantised (activation scales fixed at build time
@@ -50,8 +52,10 @@ import ctypes
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,6 +90,28 @@ Tier = Literal["card", "cross-encoder", "cosine", "page"]
 _FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+
+
+SPEED_PAIRS = 64
+"""pairs each CPU variant scores per round when ``variant="auto"`` times them at start-up"""
+SPEED_ROUNDS = 2
+SPEED_MARGIN = 0.1
+"""fp32 replaces the card's int8 only when at least this much faster (more is noise)"""
+
+
+_SPEED_TEXT = (
+    "stainless steel insulated water bottle wide mouth leak proof lid keeps drinks cold "
+    "for 24 hours brand hydro colour black category sports outdoors accessories"
+)
+
+
+def _speed_pairs() -> list[tuple[str, str]]:
+    """Query/product pairs about as long as real ones (about 50 tokens), all distinct."""
+    words = _SPEED_TEXT.split(" ")
+    return [
+        (f"bottle for hiking {i}", " ".join(words[i % len(words) :] + words[: i % len(words)]))
+        for i in range(SPEED_PAIRS)
+    ]
 
 
 def default_threads() -> int:
@@ -265,6 +291,19 @@ class Scorer:
                 chosen = self._pick("auto", False, cpu_default)
                 self._session = self._open(chosen, False, device_id)
                 self.provider = self._session.get_providers()[0]
+        self._tokenizer = self._load_tokenizer()
+        self._pad_id = int(self._tokenizer.token_to_id("[PAD]") or 0)
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self.variant_speeds: dict[str, float] = {}
+        """pairs/s of each CPU variant, timed at start-up when ``variant="auto"`` had a choice"""
+        if (
+            variant == "auto"
+            and self.provider != _CUDA
+            and self._single == "cross-encoder"
+            and chosen == "int8"
+            and (self.model_dir / _FILES["fp32"]).is_file()
+        ):
+            chosen = self._fastest_cpu_variant()
         self.variant: Literal["int8", "fp32", "fp16"] = chosen
         # int8/fp16 scores differ slightly from fp32: the variant is part of the row's version
         base = self._tier_card.model_version
@@ -278,10 +317,7 @@ class Scorer:
         self.model_version: str = f"{version}-cal" if self.calibration else version
         self.session_providers: list[str] = list(self._session.get_providers())
         """onnxruntime's providers of the session, in its order of preference"""
-        self._inputs = {i.name for i in self._session.get_inputs()}
         self._output = self._session.get_outputs()[0].name
-        self._tokenizer = self._load_tokenizer()
-        self._pad_id = int(self._tokenizer.token_to_id("[PAD]") or 0)
         self._cache_size = max(0, cache_size)
         self._cache: OrderedDict[CacheKey, float] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -354,6 +390,40 @@ class Scorer:
         name = EMBED_FILE if self._single == "cosine" else _FILES[variant]
         path = str(self.model_dir / name)
         return ort.InferenceSession(path, sess_options=opts, providers=providers)
+
+    def _fastest_cpu_variant(self) -> Literal["int8", "fp32"]:
+        """Time int8 (open) against fp32 on this host; serve fp32 only if clearly faster.
+
+        int8 is faster on CPUs with VNNI and about even without it (AVX2 only), so it is not
+        assumed: both score :data:`SPEED_PAIRS` pairs of product-like text, alternately, and
+        fp32 replaces int8 when it is :data:`SPEED_MARGIN` faster or more (int8 is the card's
+        choice and keeps it within noise). The speeds are in :attr:`variant_speeds`.
+        """
+        sessions = {"int8": self._session, "fp32": self._open("fp32", False, 0)}
+        feeds = [f for _, f in self._feeds(*self._encode(_speed_pairs()), 32)]
+        best: dict[str, float] = {}
+        for round_ in range(SPEED_ROUNDS + 1):
+            for name, session in sessions.items():
+                started = time.perf_counter()
+                for feed in feeds:
+                    session.run(None, feed)
+                if round_:  # the first round pays for lazy initialisation
+                    seconds = time.perf_counter() - started
+                    best[name] = min(best.get(name, math.inf), seconds)
+        self.variant_speeds = {k: SPEED_PAIRS / v for k, v in best.items()}
+        chosen: Literal["int8", "fp32"] = (
+            "fp32"
+            if self.variant_speeds["fp32"] > self.variant_speeds["int8"] * (1 + SPEED_MARGIN)
+            else "int8"
+        )
+        log.info(
+            "CPU variant by speed on this host: int8 %.0f pairs/s, fp32 %.0f: serving %s",
+            self.variant_speeds["int8"],
+            self.variant_speeds["fp32"],
+            chosen,
+        )
+        self._session = sessions[chosen]
+        return chosen
 
     def _load_tokenizer(self) -> Any:
         from tokenizers import Tokenizer

