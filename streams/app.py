@@ -385,12 +385,9 @@ class RelmonWorker:
                         self._set_fetch_wait(started=True)
                     self._looked = True
                     await self._first_look([_raw(message) for message in messages])
-                    if len(self.inbox) and len(messages) < s.ingest.take_max:
-                        # what arrived during the look joins the first batch: one record
-                        # alone would make its cold start look like every record's cost
-                        messages += await self.inbox.take(
-                            s.ingest.take_max - len(messages), loop.time(), generation
-                        )
+                    # what arrived during the look joins the first batch: one record alone
+                    # would make its cold start look like every record's cost
+                    messages += self.inbox.take_ready(s.ingest.take_max - len(messages), generation)
                 records = [_raw(message) for message in messages]
                 self._observe_lag(records)
                 await self.processor.submit(records)

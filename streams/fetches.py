@@ -95,16 +95,24 @@ class Inbox:
                 left = deadline - loop.time()
                 if left <= 0 or not await self._more(left):
                     break
-            n = min(max_, len(self._messages))
-            batch = [self._messages.popleft() for _ in range(n)]
-            self._room.set()
-            if generation is not None:
-                current = generation()
-                fresh = [m for m in batch if m.generation_id == current]
-                self.dropped_stale += len(batch) - len(fresh)
-                batch = fresh
+            batch = self.take_ready(max_, generation)
             if batch:
                 return batch
+
+    def take_ready(self, max_: int, generation: Callable[[], int] | None = None) -> list[Any]:
+        """Up to ``max_`` of the records there now, without waiting (maybe none).
+
+        With ``generation``, records of an earlier generation are dropped (and counted).
+        """
+        n = min(max_, len(self._messages))
+        batch = [self._messages.popleft() for _ in range(n)]
+        self._room.set()
+        if generation is not None:
+            current = generation()
+            fresh = [m for m in batch if m.generation_id == current]
+            self.dropped_stale += len(batch) - len(fresh)
+            batch = fresh
+        return batch
 
     def drop(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Forget the records of ``partitions`` (revoked: their new owner reads them)."""

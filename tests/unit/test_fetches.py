@@ -119,6 +119,17 @@ async def test_a_batch_of_only_stale_records_is_not_returned() -> None:
 
 
 @run
+async def test_take_ready_hands_over_what_is_there_without_waiting() -> None:
+    inbox = Inbox([TOPIC], max_records=100)
+    assert inbox.take_ready(10) == []  # empty: no wait for a first record
+    await inbox.put([msg(0, generation=1), msg(1, generation=2), msg(2, generation=2)])
+    assert offsets(inbox.take_ready(2, generation=lambda: 2)) == [1]  # the stale one dropped
+    assert inbox.dropped_stale == 1
+    assert offsets(inbox.take_ready(10, generation=lambda: 2)) == [2]
+    assert inbox.take_ready(0) == [] and len(inbox) == 0
+
+
+@run
 async def test_the_generation_is_read_when_the_batch_is_cut_not_when_the_wait_began() -> None:
     inbox = Inbox([TOPIC], max_records=100)
     consumer = SimpleNamespace(generation=1)
