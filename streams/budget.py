@@ -93,7 +93,6 @@ class BudgetController:
         self._score_pairs, self._score_s = _Decayed(), _Decayed()
         self._records, self._base_pairs, self._other_s = _Decayed(), _Decayed(), _Decayed()
         self._other_records = _Decayed()  # the records behind _other_s (not the first batch's)
-        self._batches = 0
         self._arrived, self._arrival_s = _Decayed(), _Decayed()
         # fixed mode's demand rate: base pairs per second of wall time between batches
         self._walked_pairs, self._walked_s = _Decayed(), _Decayed()
@@ -147,12 +146,11 @@ class BudgetController:
         part of it spent scoring (measured with :meth:`observe_scoring` too).
         """
         self._age(now)
-        self._records.value += records
-        self._base_pairs.value += base_pairs
-        self._batches += 1
-        if self._batches > 1:  # the first pays for lazy initialisation: connections, first writes
+        if self._records.value > 0:  # the first batch pays for connections and first writes
             self._other_s.value += max(busy_s - scoring_s, 0.0)
             self._other_records.value += records
+        self._records.value += records
+        self._base_pairs.value += base_pairs
         if self._last_batch_at is not None and now > self._last_batch_at:
             self._walked_s.value += now - self._last_batch_at
             self._walked_pairs.value += base_pairs
