@@ -1,4 +1,4 @@
-"""Experiments on the page tier that were measured and not served (README, "Model").
+"""Experiments on the tiers and the student that were measured and not served (README, "Model").
 
 Run from the repository root with the venv's python (needs the ``train`` extra: torch)::
 
@@ -8,6 +8,7 @@ Run from the repository root with the venv's python (needs the ``train`` extra: 
     python bench/quality_experiments.py targets
     python bench/quality_experiments.py precision
     python bench/quality_experiments.py query-words
+    python bench/quality_experiments.py layers
 
 Every figure is an AUC of good (ESCI E, S) against bad (C, I) on the bundled real ESCI
 judgments, split by query: ``cv`` is the 5 folds of ``bench/quality.py`` (each fold scored by
@@ -31,6 +32,11 @@ them).
 - ``query-words``: the page tier with features of the query's words added: its length, whether
   it has a digit (a size, a model, a count), the share of its numbers found in the product
   text (as is, and against the page's mean), and the digit's interaction with the cosine.
+- ``layers``: smaller students (issue 12: less work per pair): the cross-encoder trained with
+  the build's recipe on the body's lowest 3 layers instead of all 6 (with 0 or 1 of them
+  frozen, chosen on the inner split), its AUC on each held-out fold (torch fp32, product text
+  with fields), and each model's torch scoring speed on fold 0's held-out pairs (the same
+  pairs, interleaved rounds).
 - ``precision``: the precision and recall of the bad flag as the threshold is raised, from the
   page tier's cross-fitted P(good) (how far a flag right 6 times in 10 reaches).
 
@@ -322,6 +328,70 @@ def query_words(args: argparse.Namespace) -> None:
             )
 
 
+STUDENTS = {  # name: (transformer layers kept, lowest layers frozen)
+    "6 layers, 3 frozen (the build's)": (6, 3),
+    "3 layers, none frozen": (3, 0),
+    "3 layers, 1 frozen": (3, 1),
+}
+
+
+def student(examples: Sequence[Example], rows: np.ndarray, name: str) -> Any:
+    """The cross-encoder ``name`` (:data:`STUDENTS`) trained on ``rows`` with the build's recipe."""
+    from dataclasses import replace
+
+    from scoring.training import DEFAULT_RECIPE
+    from scoring.training.finetune import fit_cross_encoder
+
+    kept, frozen = STUDENTS[name]
+    cfg = replace(DEFAULT_RECIPE, frozen_layers=frozen)
+    return fit_cross_encoder([examples[i] for i in rows], cfg, layers=kept)
+
+
+def layers(args: argparse.Namespace) -> None:
+    from scoring.training import DEFAULT_RECIPE
+    from scoring.training.finetune import torch_scores
+
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    pairs = [(e.query, e.text()) for e in examples]
+    length = DEFAULT_RECIPE.max_length
+
+    def auc(model: Any, rows: np.ndarray) -> float:
+        return roc_auc(y[rows], torch_scores(model, [pairs[i] for i in rows], length))
+
+    fold0: dict[str, Any] = {}
+    for split in ("inner", "cv"):
+        for name in STUDENTS:
+            aucs = []
+            for fold, fit, scored in splits(split, examples, fold_of):
+                model = student(examples, fit, name)
+                aucs.append(auc(model, scored))
+                if fold == "fold 0":
+                    fold0[name] = model
+            row: dict[str, Any] = {"student": name, "split": split, "auc": float(np.mean(aucs))}
+            if split == "cv":
+                row |= {"sd": float(np.std(aucs, ddof=1)), "folds": aucs}
+            print(json.dumps(row), flush=True)
+    timed = [pairs[i] for i in np.flatnonzero(fold_of == 0)]
+    speeds: dict[str, list[float]] = {name: [] for name in fold0}
+    for model in fold0.values():
+        torch_scores(model, timed[:64], length)  # warm-up
+    for _ in range(3):  # interleaved rounds
+        for name, model in fold0.items():
+            t = time.perf_counter()
+            torch_scores(model, timed, length)
+            speeds[name].append(len(timed) / (time.perf_counter() - t))
+    print(
+        json.dumps(
+            {
+                "torch_pairs_per_s_fold0": {n: float(np.median(v)) for n, v in speeds.items()},
+                "pairs_timed": len(timed),
+            }
+        )
+    )
+
+
 def precision(args: argparse.Namespace) -> None:
     examples = load_esci_judgments()
     fold_of = np.array(query_folds(examples, FOLDS, 13))
@@ -360,6 +430,7 @@ def main() -> None:
     sub.add_parser("targets")
     sub.add_parser("precision")
     sub.add_parser("query-words")
+    sub.add_parser("layers")
     args = ap.parse_args()
     experiments = {
         "biencoder": biencoder,
@@ -367,6 +438,7 @@ def main() -> None:
         "targets": targets,
         "precision": precision,
         "query-words": query_words,
+        "layers": layers,
     }
     experiments[args.what](args)
 

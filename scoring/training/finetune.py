@@ -174,10 +174,13 @@ def fit_cross_encoder(
     *,
     after_epoch: Callable[[int, Any], None] | None = None,
     say: Callable[[str], None] = lambda _msg: None,
+    layers: int | None = None,
 ) -> Any:
     """Fine-tune a fresh cross-encoder (the MiniLM body, a new 1-logit head) on ``examples``.
 
     ``after_epoch(epoch, model)`` runs after each epoch (1-based), with the model in eval mode.
+    ``layers`` keeps only the body's lowest transformer layers (a smaller student; the build
+    keeps all six: ``bench/quality_experiments.py layers`` measured fewer).
     Returns the Hugging Face model, in eval mode.
     """
     try:
@@ -190,6 +193,10 @@ def fit_cross_encoder(
     model = AutoModelForSequenceClassification.from_pretrained(
         base_model_path(), num_labels=1, local_files_only=True, attn_implementation="eager"
     )
+    if layers is not None:
+        body = model.base_model
+        body.encoder.layer = body.encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
     _freeze(model, cfg.frozen_layers)
     pairs, targets = training_pairs(examples, cfg)
     encs = _encode(_tokenizer(), pairs, cfg.max_length)

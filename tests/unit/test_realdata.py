@@ -172,3 +172,24 @@ def test_irrelevant_for_a_query_without_judged_bad_results_is_judged_irrelevant_
     for q in clean[:5]:
         p = esci_catalog.irrelevant_for(q, rng)
         assert esci_catalog.grade(q, p.product_id) is None
+
+
+def test_a_smaller_student_keeps_only_the_lowest_layers_of_the_base_model():
+    """``fit_cross_encoder(layers=3)``: the body's lowest 3 layers, the base weights, trained."""
+    import torch
+    from transformers import AutoModel
+
+    from scoring.training.finetune import base_model_path, fit_cross_encoder, torch_scores
+
+    examples = load_esci_judgments()[:32]
+    cfg = replace(TrainConfig(), frozen_layers=1, batch_size=16)
+    model = fit_cross_encoder(examples, cfg, layers=3)
+    base = AutoModel.from_pretrained(base_model_path(), local_files_only=True)
+    layers = model.base_model.encoder.layer
+    assert len(layers) == 3 and model.config.num_hidden_layers == 3
+    frozen, trained = layers[0], layers[2]
+    name = "attention.self.query.weight"
+    assert torch.equal(frozen.state_dict()[name], base.encoder.layer[0].state_dict()[name])
+    assert not torch.equal(trained.state_dict()[name], base.encoder.layer[2].state_dict()[name])
+    scores = torch_scores(model, [(e.query, e.text()) for e in examples])
+    assert scores.shape == (32,) and np.isfinite(scores).all()
