@@ -6,8 +6,8 @@ Two pair sets are measured, interleaved in the same rounds in one process so tha
 hits every scorer alike; medians over rounds are reported. The last line is one JSON object,
 with the CPU's model and ISA flags (``cpu``, ``isa``).
 
-- Synthetic (``--pairs``): WANDS queries with titles of the synthetic catalogue, drawn like
-  search result pages (Zipf query popularity, 25% irrelevant results). Short titles: a lower
+- Synthetic (``--pairs``): WANDS queries with titles of the synthetic catalogue, drawn as
+  search result pages of 10 (Zipf query popularity, 25% irrelevant results). Short titles: a lower
   bound on the cost of a pair. relmon's cross-encoder Scorer, sentence-transformers
   CrossEncoder and a plain onnxruntime loop (fp32 and int8, padded to 64 tokens) score them
   with the same fine-tuned weights (``models/relmon-minilm-ce``: ONNX for relmon and the plain
@@ -29,12 +29,18 @@ with the CPU's model and ISA flags (``cpu``, ``isa``).
 The served tier (the card's ``served_tier``) is the page tier: a result judged against the page
 it was shown on (``scoring.page``; ``Scorer(tier="page")`` with each result's page passed to
 ``predict``). A result that arrives without its page is scored by the cosine tier. The page tier
-is measured cold on the ESCI pages (a new scorer each round, as the cold cosine tier), against
-the CrossEncoder on the same pairs (``ratio_page_tier_vs_st_crossencoder_esci``), and with the
-catalogue embedded ahead (``relmon model embed``: the pages' product vectors in a local store
+is measured on both pair sets (the synthetic pairs are result pages of 10 too), against the
+CrossEncoder on the same pairs: cold (a new scorer each round, as the cold cosine tier:
+``ratio_page_tier_vs_st_crossencoder``, ``ratio_page_tier_vs_st_crossencoder_esci``), and with
+the catalogue embedded ahead (``relmon model embed``: the pages' product vectors in a local store
 the bench starts, ``streams.vectors.ClickHouseVectors``), as a worker serves it: a new scorer
 each round, each call one lookup in the store, the queries embedded cold every round (the
-round's scorer writes nothing back) (``ratio_page_tier_embedded_vs_st_crossencoder_esci``).
+round's scorer writes nothing back) (``ratio_page_tier_embedded_vs_st_crossencoder``,
+``ratio_page_tier_embedded_vs_st_crossencoder_esci``). The page tier reads the base model's
+embeddings and its own small logistic model, not the cross-encoder's weights: these ratios
+compare the two ways of judging the same pairs, which the model build chose between on real
+labels (README, "Model quality"); ``ratio_vs_sentence_transformers*`` compare one model's
+weights run two ways.
 """
 
 from __future__ import annotations
@@ -69,23 +75,9 @@ from scoring.training import heldout_examples  # noqa: E402
 from streams.vectors import ClickHouseVectors  # noqa: E402
 
 
-def realistic_pairs(n: int, seed: int = 7) -> list[tuple[str, str, str]]:
-    """(query, title, product_id) of result pages of popularity-weighted WANDS queries."""
-    catalog = SyntheticCatalog.generate(seed=seed)
-    rng = random.Random(seed)
-    queries = list(catalog.queries)
-    weights = [q.popularity for q in queries]
-    out: list[tuple[str, str, str]] = []
-    while len(out) < n:
-        q = rng.choices(queries, weights)[0]
-        for product, _ in result_page(catalog, q, rng, size=10, bad_share=0.25):
-            out.append((q.text, product.title, product.product_id))
-    return out[:n]
-
-
 @dataclass(frozen=True)
-class EsciPairs:
-    """Judged ESCI pairs grouped by query, each query's results one page (in page order)."""
+class PagedPairs:
+    """Pairs of result pages, in page order: what every scorer of a suite scores."""
 
     pairs: list[tuple[str, str]]
     """(query, product text) as the cross-encoder reads it"""
@@ -94,9 +86,43 @@ class EsciPairs:
     pages: list[PageRef]
     """each pair's result page and its index there"""
     queries: int
+    """result pages (ESCI: queries, each query's judged pool one page)"""
+
+    @property
+    def texts(self) -> list[str]:
+        """Every product text of the pages, once."""
+        return list(dict.fromkeys(t for page, _ in self.pages for t in page.texts))
 
 
-def esci_pairs(n: int, seed: int = 7) -> EsciPairs:
+def realistic_pairs(n: int, seed: int = 7) -> PagedPairs:
+    """Result pages of popularity-weighted WANDS queries over the synthetic catalogue.
+
+    The product text is the title alone (short: the lower bound on a pair's cost); each page
+    also carries its results' category leaves, for the page tier. The last page is cut short.
+    """
+    catalog = SyntheticCatalog.generate(seed=seed)
+    rng = random.Random(seed)
+    queries = list(catalog.queries)
+    weights = [q.popularity for q in queries]
+    pairs: list[tuple[str, str]] = []
+    keys: list[str] = []
+    pages: list[PageRef] = []
+    count = 0
+    while len(pairs) < n:
+        q = rng.choices(queries, weights)[0]
+        results = result_page(catalog, q, rng, size=10, bad_share=0.25)[: n - len(pairs)]
+        page = PageContext(
+            tuple(p.title for p, _ in results),
+            tuple(category_leaf(p.category) or "" for p, _ in results),
+        )
+        pairs.extend((q.text, p.title) for p, _ in results)
+        keys.extend(p.product_id for p, _ in results)
+        pages.extend((page, i) for i in range(len(results)))
+        count += 1
+    return PagedPairs(pairs, keys, pages, count)
+
+
+def esci_pairs(n: int, seed: int = 7) -> PagedPairs:
     """``n`` judged ESCI pairs: whole queries' judged pools in a seeded order, the last cut short.
 
     A query's judged pool is its result page (as in the model build); each product's text and
@@ -124,7 +150,7 @@ def esci_pairs(n: int, seed: int = 7) -> EsciPairs:
         keys.extend(ids)
         pages.extend((page, i) for i in range(len(texts)))
         queries += 1
-    return EsciPairs(pairs, keys, pages, queries)
+    return PagedPairs(pairs, keys, pages, queries)
 
 
 def pair_tokens(model_dir: Path, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -277,15 +303,16 @@ def main() -> None:
     torch.set_num_threads(threads)
     card = ModelCard.load(model_dir)
     esci = esci_pairs(args.esci_pairs)
+    synth = realistic_pairs(args.pairs)
     with scratch_servers("relmon-scoring-", model_dir) as store:
         db.migrate(store)
         filler = Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads)
         assert filler.embedder is not None
         vectors = ClickHouseVectors(lambda: db.connect(store), filler.embedder)
         filler.share_embeddings(vectors)  # `relmon model embed` of the pages' products
-        filler.embed(list(dict.fromkeys(t for page, _ in esci.pages for t in page.texts)))
+        filler.embed(list(dict.fromkeys([*synth.texts, *esci.texts])))
         try:
-            run(args, model_dir, threads, card, esci, CatalogueOnly(vectors))
+            run(args, model_dir, threads, card, synth, esci, CatalogueOnly(vectors))
         finally:
             vectors.close()
 
@@ -295,15 +322,14 @@ def run(
     model_dir: Path,
     threads: int,
     card: ModelCard,
-    esci: EsciPairs,
+    synth: PagedPairs,
+    esci: PagedPairs,
     catalogue: CatalogueOnly,
 ) -> None:
     """Measure every peer; print the tables and the JSON line."""
     from sentence_transformers import CrossEncoder
 
-    rows = realistic_pairs(args.pairs)
-    pairs = [(q, t) for q, t, _ in rows]
-    keys = [pid for _, _, pid in rows]
+    pairs, keys = synth.pairs, synth.keys
     ep = esci.pairs
 
     relmon = Scorer(model_dir, provider="cpu", variant="auto", intra_op_threads=threads)
@@ -341,6 +367,18 @@ def run(
 
         return Peer(start, sb)
 
+    def page_scorer() -> Scorer:
+        return Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads)
+
+    def embedded_page_scorer() -> Scorer:
+        scorer = page_scorer()
+        scorer.share_embeddings(catalogue)
+        return scorer
+
+    def on_pages(data: PagedPairs) -> Callable[[Scorer, slice], object]:
+        """The served tier's call: each result with its page."""
+        return lambda sc, s: sc.predict(data.pairs[s], bs, keys=data.keys[s], pages=data.pages[s])
+
     warm = cosine_scorer()
     same_cosine = float(np.abs(bi_predict(pairs[:64], 32) - warm.predict(pairs[:64])).max())
 
@@ -351,6 +389,8 @@ def run(
     cold_name = f"relmon cosine tier, cold (stream batch {sb})"
     warm_name = f"relmon cosine tier, warm cache (stream batch {sb})"
     bi_name = "sentence-transformers bi-encoder, same base weights"
+    page_name = f"relmon page tier (served), cold (stream batch {sb})"
+    embedded_name = f"relmon page tier (served), catalogue embedded (stream batch {sb})"
     synthetic = Suite(
         len(pairs),
         {
@@ -361,6 +401,8 @@ def run(
             cold_name: cold(cosine_scorer, lambda sc, s: sc.predict(pairs[s], bs)),
             warm_name: steady(lambda s: warm.predict(pairs[s], bs), sb),
             bi_name: steady(lambda s: bi_predict(pairs[s], bs), bs),
+            page_name: cold(page_scorer, on_pages(synth)),
+            embedded_name: cold(embedded_page_scorer, on_pages(synth)),
         },
     )
     # the head-query cache tier on the same stream (warm from the second round on)
@@ -373,24 +415,13 @@ def run(
     esci_page = f"ESCI: relmon page tier (served), cold (stream batch {sb})"
     esci_embedded = f"ESCI: relmon page tier (served), catalogue embedded (stream batch {sb})"
 
-    def embedded_page_scorer() -> Scorer:
-        scorer = Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads)
-        scorer.share_embeddings(catalogue)
-        return scorer
-
     real = Suite(
         len(ep),
         {
             esci_relmon: steady(lambda s: relmon.predict(ep[s], bs), sb),
             esci_st: steady(lambda s: st_predict(ep[s], bs), bs),
-            esci_page: cold(
-                lambda: Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads),
-                lambda sc, s: sc.predict(ep[s], bs, keys=esci.keys[s], pages=esci.pages[s]),
-            ),
-            esci_embedded: cold(
-                embedded_page_scorer,
-                lambda sc, s: sc.predict(ep[s], bs, keys=esci.keys[s], pages=esci.pages[s]),
-            ),
+            esci_page: cold(page_scorer, on_pages(esci)),
+            esci_embedded: cold(embedded_page_scorer, on_pages(esci)),
         },
     )
     # same weights: the three agree on the scores (int8 within quantisation error)
@@ -466,6 +497,13 @@ def run(
         ratio_cosine_tier_vs_st_crossencoder=round(cold_pps / st_pps, 2),
         ratio_cosine_tier_warm_vs_st_crossencoder=round(warm_pps / st_pps, 2),
         same_weights_max_abs_diff_st_biencoder_vs_cosine_tier=round(same_cosine, 6),
+        synthetic_pages=synth.queries,
+        page_tier_pairs_per_s=round(table[page_name]["pairs_per_s"], 1),
+        ratio_page_tier_vs_st_crossencoder=round(table[page_name]["pairs_per_s"] / st_pps, 2),
+        page_tier_embedded_pairs_per_s=round(table[embedded_name]["pairs_per_s"], 1),
+        ratio_page_tier_embedded_vs_st_crossencoder=round(
+            table[embedded_name]["pairs_per_s"] / st_pps, 2
+        ),
     )
     relmon_esci, st_esci, page_esci = (
         esci_table[n]["pairs_per_s"] for n in (esci_relmon, esci_st, esci_page)
