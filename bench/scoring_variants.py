@@ -14,7 +14,13 @@ the worker builds it, with 2 intra-op threads and the session options the scorer
 - ``dynamic_int8``: ``quantize_dynamic`` of every MatMul, int8 per-channel weights. Its
   activation scales are computed at run time over the whole input tensor, so a pair's score
   depends on the other pairs of its batch: the bench scores the first pairs alone and inside
-  their batch and prints the largest difference (the shipped static int8 gives 0).
+  their batch and prints the largest difference (the shipped static int8 gives 0);
+- ``dynamic_int8_alone``: the same file with every pair scored alone (batches of 1): its score
+  then depends on nothing else, at the cost of batching (timed at batch 1, every other variant
+  at 32);
+- ``static_int8_every_matmul``: the build's static int8 (``quantise_static``, MinMax scales from
+  256 pairs of the training folds) without its exception: the attention-output and FFN-output
+  projections quantised too.
 
 For the cross-encoder it also prints the AUC of good against bad on every judged pair and on
 fold 0's held-out queries (those the published model was not trained on). The last line is one
@@ -24,6 +30,7 @@ JSON object with the CPU's model and ISA flags.
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import sys
 import time
@@ -91,9 +98,14 @@ def names(sess: Any) -> set[str]:
     return {i.name for i in sess.get_inputs()}
 
 
-def timed(sessions: dict[str, Any], encs: Sequence[Any]) -> dict[str, float]:
-    """Rows per second of each session over ``encs``, interleaved rounds, median."""
-    batches = {k: feeds(encs, names(s), BATCH) for k, s in sessions.items()}
+def timed(
+    sessions: dict[str, Any], encs: Sequence[Any], batch: dict[str, int] | None = None
+) -> dict[str, float]:
+    """Rows per second of each session over ``encs``, interleaved rounds, median.
+
+    ``batch``: rows per call by session name (default :data:`BATCH`).
+    """
+    batches = {k: feeds(encs, names(s), (batch or {}).get(k, BATCH)) for k, s in sessions.items()}
     seconds: dict[str, list[float]] = {k: [] for k in sessions}
     for k, s in sessions.items():  # untimed: lazy initialisation
         s.run(None, batches[k][0][1])
@@ -106,9 +118,9 @@ def timed(sessions: dict[str, Any], encs: Sequence[Any]) -> dict[str, float]:
     return {k: round(len(encs) / statistics.median(v), 1) for k, v in seconds.items()}
 
 
-def scores(sess: Any, encs: Sequence[Any]) -> np.ndarray:
+def scores(sess: Any, encs: Sequence[Any], batch: int = 64) -> np.ndarray:
     out = np.zeros(len(encs))
-    for idx, feed in feeds(encs, names(sess), 64):
+    for idx, feed in feeds(encs, names(sess), batch):
         out[idx] = sess.run(None, feed)[0].reshape(-1)
     return out
 
@@ -127,6 +139,8 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from scoring.training.export import quantise_static
+
     OUT.mkdir(parents=True, exist_ok=True)
     fused: dict[str, int] = {}
     for name in ("model.onnx", "embed.onnx"):
@@ -144,6 +158,14 @@ def main() -> None:
         op_types_to_quantize=["MatMul"],
     )
     examples = load_esci_judgments()
+    fold0 = np.array(query_folds(examples, FOLDS, 13)) == 0
+    training = [e for e, held in zip(examples, fold0, strict=True) if not held]
+    quantise_static(
+        MODEL,
+        [(e.query, e.text()) for e in random.Random(16).sample(training, 256)],
+        target=OUT / "static_int8_every_matmul.model.onnx",
+        every_matmul=True,
+    )
     pairs = encodings([(e.query, e.text()) for e in examples], 64, pairs=True)
     texts = encodings([e.text() for e in examples[:TIMED]], 128, pairs=False)
     cross = {
@@ -151,22 +173,25 @@ def main() -> None:
         "static_int8": session(MODEL / "model.int8.onnx"),
         "fused_fp32": session(OUT / "fused.model.onnx"),
         "dynamic_int8": session(OUT / "dynamic_int8.model.onnx"),
+        "static_int8_every_matmul": session(OUT / "static_int8_every_matmul.model.onnx"),
     }
+    cross["dynamic_int8_alone"] = cross["dynamic_int8"]
+    alone = {"dynamic_int8_alone": 1}
     embedders = {
         "fp32": session(MODEL / "embed.onnx"),
         "fused_fp32": session(OUT / "fused.embed.onnx"),
     }
     labels = np.array([e.hard_label for e in examples])
-    fold0 = np.array(query_folds(examples, FOLDS, 13)) == 0
     auc, auc0, dependence = {}, {}, {}
     for k, s in cross.items():
-        sc = scores(s, pairs)
+        sc = scores(s, pairs, alone.get(k, 64))
         auc[k], auc0[k] = roc_auc(labels, sc), roc_auc(labels[fold0], sc[fold0])
-        dependence[k] = batch_dependence(s, pairs)
+        if k not in alone:  # scored alone, a pair has no batch-mates to depend on
+            dependence[k] = batch_dependence(s, pairs)
     line = {
         "bench": "scoring_variants",
         "pairs_timed": TIMED,
-        "cross_encoder_pairs_per_s": timed(cross, pairs[:TIMED]),
+        "cross_encoder_pairs_per_s": timed(cross, pairs[:TIMED], alone),
         "embedder_texts_per_s": timed(embedders, texts),
         "cross_encoder_auc": {k: round(v, 4) for k, v in auc.items()},
         "cross_encoder_auc_fold0": {k: round(v, 4) for k, v in auc0.items()},

@@ -154,8 +154,19 @@ def export_onnx(
         )
 
 
-def quantise_static(model_dir: Path, pairs: list[tuple[str, str]]) -> None:
-    """Static int8 (QDQ) with activation scales calibrated on ``pairs``; per-channel weights."""
+def quantise_static(
+    model_dir: Path,
+    pairs: list[tuple[str, str]],
+    *,
+    target: Path | None = None,
+    every_matmul: bool = False,
+) -> None:
+    """Static int8 (QDQ) with activation scales calibrated on ``pairs``; per-channel weights.
+
+    Writes ``target`` (default ``model_dir/model.int8.onnx``) from ``model_dir/model.onnx``.
+    The attention-output and FFN-output projections stay fp32 unless ``every_matmul`` (a
+    variant ``bench/scoring_variants.py`` measures: faster, and less accurate).
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -178,9 +189,11 @@ def quantise_static(model_dir: Path, pairs: list[tuple[str, str]]) -> None:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    pre = model_dir / "model.pre.onnx"
+    target = (target or model_dir / "model.int8.onnx").resolve()
+    work = target.parent
+    pre = work / "model.pre.onnx"
     cwd = os.getcwd()
-    os.chdir(model_dir)  # onnxruntime writes temporary files into the working directory
+    os.chdir(work)  # onnxruntime writes temporary files into the working directory
     try:
         quant_pre_process(str(model_dir / "model.onnx"), str(pre), skip_symbolic_shape=True)
         # The output projections (attention output and FFN output: their inputs have the widest
@@ -190,11 +203,11 @@ def quantise_static(model_dir: Path, pairs: list[tuple[str, str]]) -> None:
         keep_fp32 = [
             n.name
             for n in onnx.load(str(pre), load_external_data=False).graph.node
-            if n.op_type == "MatMul" and "output/dense" in n.name
+            if n.op_type == "MatMul" and "output/dense" in n.name and not every_matmul
         ]
         quantize_static(
             str(pre),
-            str(model_dir / "model.int8.onnx"),
+            str(target),
             _Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
@@ -207,9 +220,9 @@ def quantise_static(model_dir: Path, pairs: list[tuple[str, str]]) -> None:
     finally:
         os.chdir(cwd)
         pre.unlink(missing_ok=True)
-        for leftover in model_dir.glob("*.data"):
+        for leftover in work.glob("*.data"):
             leftover.unlink()
-        (model_dir / "sym_shape_infer_temp.onnx").unlink(missing_ok=True)
+        (work / "sym_shape_infer_temp.onnx").unlink(missing_ok=True)
 
 
 def to_fp16(fp32: Path, fp16: Path) -> None:

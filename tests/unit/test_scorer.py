@@ -129,6 +129,27 @@ def test_truncates_to_max_length(tiny_model: tuple[Path, torch.nn.Module]) -> No
     assert scorer.predict(long_pair).shape == (1,)
 
 
+def test_static_int8_keeps_the_output_projections_fp32_unless_every_matmul_is_asked(
+    tiny_model: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    import onnx
+
+    def fp32_matmuls(path: Path) -> set[str]:
+        """MatMuls fed by no DequantizeLinear (QDQ keeps a quantised MatMul a MatMul)."""
+        nodes = onnx.load(str(path)).graph.node
+        dequantised = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+        return {
+            n.name for n in nodes if n.op_type == "MatMul" and not dequantised.intersection(n.input)
+        }
+
+    shipped = fp32_matmuls(tiny_model[0] / "model.int8.onnx")
+    assert shipped and all("output/dense" in name for name in shipped)
+    target = tmp_path / "every.onnx"
+    quantise_static(tiny_model[0], [(q, t) for q, t in PAIRS] * 4, target=target, every_matmul=True)
+    assert fp32_matmuls(target) == set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["every.onnx"]  # no leftovers
+
+
 def test_auto_uses_int8_on_cpu_and_reports_the_real_provider(
     tiny_model: tuple[Path, torch.nn.Module], fp32: Scorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
