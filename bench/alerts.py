@@ -23,16 +23,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from relmon.alerts import AlertBook, Detector, Sums, window_sums
-from relmon.hostinfo import cpu_model, isa_flags
-from relmon.settings import DetectorConfig
-from relmon.sim.alerts import simulate_rows
-from relmon.sim.scenario import Scenario, Shift
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py (bench/scoring.py)
+
+from relmon.alerts import AlertBook, Detector, Sums, window_sums  # noqa: E402
+from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
+from relmon.settings import DetectorConfig  # noqa: E402
+from relmon.sim.alerts import simulate_rows  # noqa: E402
+from relmon.sim.scenario import Scenario, Shift  # noqa: E402
 
 BASE = {"head": 0.05, "torso": 0.15, "tail": 0.3}
 CATEGORIES = {"Wall Art": 0.2, "Accent Chairs": 0.15, "Area Rugs": 0.15, "Desks": 0.45}

@@ -13,18 +13,22 @@ import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from relmon import db
-from relmon.demo import store_process
-from relmon.hostinfo import cpu_model, isa_flags
-from relmon.kafka import broker_process, ensure_topics
-from relmon.runtime import free_port
-from relmon.settings import load_settings
-from streams import repository
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py (bench/scoring.py)
+
+from relmon import db  # noqa: E402
+from relmon.demo import store_process  # noqa: E402
+from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
+from relmon.kafka import broker_process, ensure_topics  # noqa: E402
+from relmon.runtime import free_port  # noqa: E402
+from relmon.settings import load_settings  # noqa: E402
+from streams import repository  # noqa: E402
 
 PAGES = ["overview", "segments", "drilldown", "alerts_page", "health"]
 

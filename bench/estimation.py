@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
-from relmon.hostinfo import cpu_model, isa_flags
-from relmon.settings import SamplingRates
-from relmon.sim.validation import simulate
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the packages, not bench/*.py (bench/scoring.py)
+
+from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
+from relmon.settings import SamplingRates  # noqa: E402
+from relmon.sim.validation import simulate  # noqa: E402
 
 
 def main() -> None:
