@@ -35,9 +35,10 @@ host at start-up and serves fp32 if it is clearly faster (int8 gains little with
 
 Determinism: a pair's score depends on the pair only, never on its batch-mates, the batch size
 or the padding. The int8 model scales each token's activations by that token's own largest value
-(:func:`scoring.training.export.quantise_per_token`; weights per channel), so no scale is computed
-over a batch; each row of every kernel is computed independently of the others. ``tests/unit/test_scorer.py``
-checks that scores are bitwise equal across batch compositions, orders and sizes.
+(:func:`scoring.training.export.quantise_per_token`; weights per channel), so no scale is
+computed over a batch; each row of every kernel is computed independently of the others.
+``tests/unit/test_scorer.py`` checks that scores are bitwise equal across batch compositions,
+orders and sizes.
 That is what lets a replay after a crash reproduce the same scores and rates.
 
 Speed: pairs are tokenised without padding, sorted by length in chunks, and each batch is padded

@@ -301,7 +301,8 @@ def quantise_per_token(fp32: Path, target: Path) -> int:
             helper.make_node("Mul", [f"{p}/product", x_scale], [n.output[0]]),
         ]
         replaced.add(n.input[1])
-    kept = [i for i in graph.initializer if i.name not in replaced]
+    still_used = {name for n in nodes for name in n.input}  # e.g. a weight tied elsewhere
+    kept = [i for i in graph.initializer if i.name not in replaced - still_used]
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.initializer[:]
