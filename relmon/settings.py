@@ -243,7 +243,8 @@ class ScorerSettings(Section):
     variant: Literal["auto", "int8", "fp32"] = Field(
         default="auto",
         description="ONNX variant of the cross-encoder (auto = fp32 on CUDA; on CPU int8, "
-        "unless fp32 is at least 10% faster on this host, timed at start-up).",
+        "unless fp32 is at least 10% faster on this host, timed at start-up) and of the "
+        "cosine and page tiers' embedder (auto = int8 on CPU, fp32 on CUDA).",
         validation_alias="model_variant",
     )
     tier: Literal["card", "cross-encoder", "cosine", "page"] = Field(

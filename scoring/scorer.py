@@ -30,7 +30,9 @@ Provider choice (``provider``):
 ``cpu_default_variant`` says ``fp32``: the build writes that when int8 loses too much AUC) and
 ``model.onnx`` (fp32) on CUDA. On CPU the cross-encoder then times int8 against fp32 on this
 host at start-up and serves fp32 if it is clearly faster (int8 gains little without VNNI; see
-:meth:`Scorer._fastest_cpu_variant`); the speeds are in :attr:`Scorer.variant_speeds`.
+:meth:`Scorer._fastest_cpu_variant`); the speeds are in :attr:`Scorer.variant_speeds`. The
+cosine and page tiers embed with ``embed.int8.onnx`` on CPU and ``embed.onnx`` (fp32) on CUDA
+(:meth:`Scorer._pick_embedder`); a non-fp32 file adds its variant to the tier's version.
 :attr:`Scorer.provider` is what ``session.get_providers()`` reports, never what was asked for.
 
 Determinism: a pair's score depends on the pair only, never on its batch-mates, the batch size
@@ -60,7 +62,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -70,7 +72,13 @@ import onnxruntime as ort
 
 from relmon.errors import ConfigError, ModelNotFoundError
 from scoring.card import ModelCard, TierCard
-from scoring.embedding import EMBED_FILE, EMBED_MAX_LENGTH, EmbeddingCache, SharedVectors
+from scoring.embedding import (
+    EMBED_FILE,
+    EMBED_INT8_FILE,
+    EMBED_MAX_LENGTH,
+    EmbeddingCache,
+    SharedVectors,
+)
 from scoring.page import ANCHORS, FEATURES, PageContext, PageModel, PageRef, page_features
 
 __all__ = [
@@ -89,6 +97,7 @@ Provider = Literal["auto", "cuda", "cpu"]
 Variant = Literal["auto", "int8", "fp32", "fp16"]
 Tier = Literal["card", "cross-encoder", "cosine", "page"]
 _FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+_EMBED_FILES = {"fp32": EMBED_FILE, "int8": EMBED_INT8_FILE}
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
@@ -275,9 +284,11 @@ class Scorer:
         cpu_default: Literal["int8", "fp32"] = (
             "fp32" if card.cpu_default_variant == "fp32" else "int8"
         )
-        chosen = self._pick(variant, want_cuda, cpu_default)
-        if self._single == "cosine":  # one fp32 embedder on every provider
-            chosen = "fp32"
+        chosen: Literal["int8", "fp32", "fp16"]
+        if self._single == "cosine":
+            chosen = self._pick_embedder(variant, want_cuda)
+        else:
+            chosen = self._pick(variant, want_cuda, cpu_default)
         self._session = self._open(chosen, want_cuda, device_id)
         self.provider: str = self._session.get_providers()[0]
         if want_cuda and self.provider != _CUDA:
@@ -288,8 +299,13 @@ class Scorer:
                     "provider='auto' or 'cpu'"
                 )
             log.info("CUDA did not initialise; scoring on %s", self.provider)
-            if variant == "auto" and chosen != cpu_default and self._single == "cross-encoder":
-                chosen = self._pick("auto", False, cpu_default)
+            on_cpu = (
+                self._pick_embedder(variant, False)
+                if self._single == "cosine"
+                else self._pick(variant, False, cpu_default)
+            )
+            if variant == "auto" and chosen != on_cpu:
+                chosen = on_cpu
                 self._session = self._open(chosen, False, device_id)
                 self.provider = self._session.get_providers()[0]
         self._tokenizer = self._load_tokenizer()
@@ -309,9 +325,12 @@ class Scorer:
         # int8/fp16 scores differ slightly from fp32: the variant is part of the row's version
         base = self._tier_card.model_version
         version = base if chosen == "fp32" else f"{base}-{chosen}"
-        digest = (card.sha256 or {}).get(_FILES[chosen])
+        digest = (card.sha256 or {}).get(self._file(chosen))
         if chosen != "fp32" and digest:  # a re-quantised file gets a version of its own
             version = f"{version}.{digest[:8]}"
+        if self.page is not None and chosen != "fp32":  # the page tier reads these embeddings
+            suffix = version.removeprefix(base)
+            self.page = replace(self.page, model_version=self.page.model_version + suffix)
         self.calibration: tuple[float, float] | None = self._calibration(
             calibration, self._tier_card
         )
@@ -388,9 +407,29 @@ class Scorer:
                 "do_copy_in_default_stream": True,
             }
             providers = [(_CUDA, cuda_opts), _CPU]
-        name = EMBED_FILE if self._single == "cosine" else _FILES[variant]
-        path = str(self.model_dir / name)
+        path = str(self.model_dir / self._file(variant))
         return ort.InferenceSession(path, sess_options=opts, providers=providers)
+
+    def _file(self, variant: str) -> str:
+        """The ONNX file of ``variant`` on this scorer's tier (the embedder on cosine and page)."""
+        return _EMBED_FILES[variant] if self._single == "cosine" else _FILES[variant]
+
+    def _pick_embedder(self, variant: Variant, cuda: bool) -> Literal["int8", "fp32"]:
+        """The embedder's variant: int8 on CPU when built, fp32 on CUDA (there is no fp16 one).
+
+        Not chosen by a timing, as the cross-encoder's is: the cosine and page tiers are fitted
+        on the int8 embedder's vectors, so on CPU those are served whenever the file is there
+        (``variant="fp32"`` asks for the other).
+        """
+        if variant == "int8":
+            if not (self.model_dir / EMBED_INT8_FILE).is_file():
+                raise ModelNotFoundError(
+                    f"{EMBED_INT8_FILE} missing in {self.model_dir}: run `relmon model build`"
+                )
+            return "int8"
+        if variant == "auto" and not cuda and (self.model_dir / EMBED_INT8_FILE).is_file():
+            return "int8"
+        return "fp32"
 
     def _fastest_cpu_variant(self) -> Literal["int8", "fp32"]:
         """Time int8 (open) against fp32 on this host; serve fp32 only if clearly faster.
@@ -438,14 +477,16 @@ class Scorer:
     def embedder(self) -> str | None:
         """Who computes this scorer's embeddings, as a shared store keys them.
 
-        ``embed.onnx``'s SHA-256 (from the card, else the file) and the token cap; None on the
-        cross-encoder tier, which embeds nothing.
+        The served embedder file's SHA-256 (``embed.int8.onnx`` or ``embed.onnx``; from the card,
+        else the file) and the token cap; None on the cross-encoder tier, which embeds nothing.
+        The two files' vectors differ slightly, so each has keys of its own.
         """
         if self._embeddings is None:
             return None
-        digest = (self.card.sha256 or {}).get(EMBED_FILE)
+        name = self._file(self.variant)
+        digest = (self.card.sha256 or {}).get(name)
         if not digest:
-            with (self.model_dir / EMBED_FILE).open("rb") as fh:
+            with (self.model_dir / name).open("rb") as fh:
                 digest = hashlib.file_digest(fh, "sha256").hexdigest()
         return f"minilm-embed-{digest[:16]}-l{EMBED_MAX_LENGTH}"
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from scoring.card import ModelCard
 from scoring.data import Example
-from scoring.embedding import EMBED_FILE
+from scoring.embedding import EMBED_FILE, EMBED_INT8_FILE
 from scoring.scorer import default_threads
 from scoring.training.data import TrainingData, load_training_data
 from scoring.training.evaluate import embedding_tiers, evaluate_and_calibrate
@@ -206,13 +206,25 @@ def _gate(
 
 
 def _add_embedding_tiers(tmp: Path, card: ModelCard, seed: int, heldout_fold: int) -> ModelCard:
-    """``card`` with the tiers on ``embed.onnx`` (cosine, page), exported and fitted."""
+    """``card`` with the tiers on the embedder (cosine, page), exported and fitted.
+
+    Both embedder files are in the card; the tiers keep the fp32 file's digest in their
+    versions (the scorer adds the int8 file's when it serves that one).
+    """
     embedder = export_embedder(tmp)
     digest = sha256(embedder)
+    files = (embedder, tmp / EMBED_INT8_FILE)
     return card.model_copy(
         update={
-            "sizes_bytes": {**(card.sizes_bytes or {}), EMBED_FILE: embedder.stat().st_size},
-            "sha256": {**(card.sha256 or {}), EMBED_FILE: digest},
+            "sizes_bytes": {
+                **(card.sizes_bytes or {}),
+                **{f.name: f.stat().st_size for f in files},
+            },
+            "sha256": {
+                **(card.sha256 or {}),
+                EMBED_FILE: digest,
+                EMBED_INT8_FILE: sha256(files[1]),
+            },
             "tiers": embedding_tiers(tmp, digest, seed, heldout_fold),
             "served_tier": SERVED_TIER,
         }

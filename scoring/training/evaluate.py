@@ -35,7 +35,7 @@ from scoring.card import (
     TierHeldout,
 )
 from scoring.data import Example
-from scoring.embedding import EMBED_FILE
+from scoring.embedding import EMBED_INT8_FILE
 from scoring.metrics import evaluate_model, fit_polarisation, reliability, roc_auc
 from scoring.page import ANCHORS, FEATURES, PageContext, fit_logistic
 from scoring.scorer import Scorer, polarise
@@ -184,14 +184,15 @@ def embedding_tiers(
     train, held = esci_split(seed, heldout_fold)
     entry = TierCard(
         model_version=f"minilm-cos-{digest[:12]}",
-        file=EMBED_FILE,
+        file=EMBED_INT8_FILE,  # the vectors its figures and model come from
         task="cosine of the untouched all-MiniLM-L6-v2's mean-pooled embeddings of the query "
         "and the product text; (cos + 1) / 2 = raw score, the tier's calibration maps it to "
         "P(good: ESCI E or S)",
     )
     placeholder = ModelCard(model_version="building", tiers={"cosine": entry})
     (model_dir / "card.json").write_text(json.dumps(placeholder.to_json()), encoding="utf-8")
-    scorer = Scorer(model_dir, provider="cpu", tier="cosine")
+    # the tiers are fitted on the vectors served on CPU: the per-token int8 embedder's
+    scorer = Scorer(model_dir, provider="cpu", tier="cosine", variant="int8")
     return {
         "cosine": cosine_tier(scorer, entry, seed, train, held),
         "page": page_tier(scorer, digest, train, held),
@@ -325,7 +326,7 @@ def page_tier(
     queries = len({e.query for e in train})
     return TierCard(
         model_version=f"minilm-page-{version[:12]}",
-        file=EMBED_FILE,
+        file=EMBED_INT8_FILE,  # the vectors its figures and model come from
         task="P(good: ESCI E or S) of a result on its result page: a logistic model of the "
         "cosine of query and product, the product's cosine to the centroid of the page's "
         f"{ANCHORS} most query-like results, the page's share in its category leaf and the "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring.embedding import EMBED_FILE
+from scoring.embedding import EMBED_FILE, EMBED_INT8_FILE
 from scoring.training.finetune import base_model_path
 
 __all__ = [
@@ -82,8 +82,9 @@ def export_pair_model(model: Any, tokenizer: Any, path: Path) -> None:
 
 
 def export_embedder(out_dir: Path, base: Any = None) -> Path:
-    """Export a BERT body (hidden states out) to ``out_dir/embed.onnx``.
+    """Export a BERT body (hidden states out) to ``out_dir/embed.onnx``; returns its path.
 
+    Also writes its per-token int8 copy, ``embed.int8.onnx`` (:func:`quantise_per_token`).
     ``base`` defaults to the untouched all-MiniLM-L6-v2 (tests pass a tiny model).
     """
     import torch
@@ -107,6 +108,7 @@ def export_embedder(out_dir: Path, base: Any = None) -> Path:
     args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     path = out_dir / EMBED_FILE
     export_onnx(_Hidden().eval(), args, str(path), "hidden", {0: "batch", 1: "sequence"})
+    quantise_per_token(path, out_dir / EMBED_INT8_FILE)
     return path
 
 

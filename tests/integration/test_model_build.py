@@ -83,7 +83,8 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     assert tier["operating_point"]["min_precision"] == 0.6
     assert tier["operating_point"]["precision"] > tier["operating_point"]["true_bad_share"]
     cosine = Scorer(out, tier="cosine", calibration="card")
-    assert cosine.tier == "cosine" and cosine.model_version == tier["model_version"] + "-cal"
+    int8 = f"-int8.{card['sha256']['embed.int8.onnx'][:8]}"  # the embedder served on CPU
+    assert cosine.tier == "cosine" and cosine.model_version == tier["model_version"] + int8 + "-cal"
     assert roc_auc(labels, cosine.predict(pairs)) == pytest.approx(tier["heldout"]["auc"], abs=1e-6)
     assert tier["heldout"]["auc"] > 0.6  # the untouched base model on the held-out queries
     flagged = cosine.predict(pairs) < cosine.operating_threshold
@@ -93,7 +94,7 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     page = card["tiers"]["page"]
     served = Scorer(out, tier="card", calibration="card")
     assert served.tier == "page" and served.page is not None
-    assert served.page.model_version == page["model_version"] and served.model_version == (
+    assert served.page.model_version == page["model_version"] + int8 and served.model_version == (
         cosine.model_version  # a result that arrives alone
     )
     p_good = np.zeros(len(held))

@@ -401,12 +401,17 @@ def test_cosine_tier_scores_the_embeddings_cosine(
     tiny_cosine: tuple[Path, torch.nn.Module],
 ) -> None:
     model_dir, body = tiny_cosine
-    s = Scorer(model_dir, provider="cpu", tier="cosine")
+    s = Scorer(model_dir, provider="cpu", tier="cosine", variant="fp32")
     assert s.tier == "cosine" and s.model_version == "minilm-cos-tiny"
     got = s.predict(PAIRS)
     np.testing.assert_allclose(got, _torch_cosine(body, model_dir, PAIRS), atol=1e-5)
     # each distinct text was embedded once: queries and products of 7 pairs, no repeats
     assert s.stats()["embedding_cache_misses"] == len({t for p in PAIRS for t in p})
+    # on CPU the per-token int8 embedder serves, and says so in the version
+    served = Scorer(model_dir, provider="cpu", tier="cosine")
+    assert served.variant == "int8" and served.model_version == "minilm-cos-tiny-int8"
+    assert served.embedder != s.embedder  # their vectors are stored apart
+    np.testing.assert_allclose(served.predict(PAIRS), got, atol=0.01)
 
 
 def test_cosine_scores_do_not_depend_on_batch_mates_or_the_cache(
@@ -436,7 +441,7 @@ def test_card_tier_calibration_and_operating_point(
     assert served.tier == "cosine" and served.calibration == (10.0, 0.6)
     np.testing.assert_allclose(served.predict(PAIRS), polarise(raw.predict(PAIRS), 10.0, 0.6))
     assert served.operating_threshold == pytest.approx(float(polarise(np.array([0.7]), 10, 0.6)[0]))
-    assert served.model_version == "minilm-cos-tiny-cal"
+    assert served.model_version == "minilm-cos-tiny-int8-cal"
     ce = Scorer(model_dir, provider="cpu", tier="cross-encoder", calibration="card")
     assert ce.tier == "cross-encoder" and ce.calibration == (8.0, 0.5)
     # a card without tiers serves the cross-encoder; asking it for the cosine tier says rebuild
@@ -480,7 +485,7 @@ def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_
     model_dir, _ = tiny_cosine
     scorer = Scorer(model_dir, provider="cpu", tier="page", calibration="card")
     cosine = Scorer(model_dir, provider="cpu", tier="cosine", calibration="card")
-    assert scorer.page is not None and scorer.page.model_version == "minilm-page-tiny"
+    assert scorer.page is not None and scorer.page.model_version == "minilm-page-tiny-int8"
     assert scorer.page.operating_threshold == 0.55
     assert scorer.model_version == cosine.model_version  # results that arrive alone
     texts = tuple(t for _, t in PAIRS)
