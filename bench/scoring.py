@@ -16,7 +16,10 @@ with the CPU's model and ISA flags (``cpu``, ``isa``).
   bi-encoder on the same base weights (``SentenceTransformer.encode`` of the batch's queries
   and titles, then the cosine): cold (a new scorer each round, built outside the timing: every
   text embedded once per round) and warm (its per-text cache filled by the previous round, as
-  a worker's is after the first sighting of a head query or a product).
+  a worker's is after the first sighting of a head query or a product). It serves the per-token
+  int8 embedder on CPU (``cosine_tier_variant``): its largest difference from the bi-encoder is
+  ``max_abs_diff_st_biencoder_vs_cosine_tier``; the fp32 embedder's, which should be 0, is
+  ``same_weights_max_abs_diff_st_biencoder_vs_cosine_tier_fp32``.
 - Real (``--esci-pairs``): judged pairs of the bundled ESCI slice (``scoring.esci``), whole
   queries' judged pools in a seeded query order (the last one cut to size), each pool one
   result page, its products' text built from the real catalogue exactly as the worker builds it
@@ -380,7 +383,14 @@ def run(
         return lambda sc, s: sc.predict(data.pairs[s], bs, keys=data.keys[s], pages=data.pages[s])
 
     warm = cosine_scorer()
-    same_cosine = float(np.abs(bi_predict(pairs[:64], 32) - warm.predict(pairs[:64])).max())
+    # the same base weights: the bi-encoder against the fp32 embedder (exact), and the served
+    # int8 embedder's difference from both (quantisation)
+    fp32_cosine = Scorer(
+        model_dir, provider="cpu", tier="cosine", variant="fp32", intra_op_threads=threads
+    )
+    bi_scores = bi_predict(pairs[:64], 32)
+    same_cosine = float(np.abs(bi_scores - fp32_cosine.predict(pairs[:64])).max())
+    int8_cosine = float(np.abs(bi_scores - warm.predict(pairs[:64])).max())
 
     relmon_name = f"relmon ({relmon.variant}, bucketed, stream batch {sb})"
     st_name = "sentence-transformers CrossEncoder (torch fp32)"
@@ -496,7 +506,9 @@ def run(
         ratio_cosine_tier_vs_st_biencoder=round(cold_pps / st_bi, 2),
         ratio_cosine_tier_vs_st_crossencoder=round(cold_pps / st_pps, 2),
         ratio_cosine_tier_warm_vs_st_crossencoder=round(warm_pps / st_pps, 2),
-        same_weights_max_abs_diff_st_biencoder_vs_cosine_tier=round(same_cosine, 6),
+        same_weights_max_abs_diff_st_biencoder_vs_cosine_tier_fp32=round(same_cosine, 6),
+        cosine_tier_variant=warm.variant,
+        max_abs_diff_st_biencoder_vs_cosine_tier=round(int8_cosine, 6),
         synthetic_pages=synth.queries,
         page_tier_pairs_per_s=round(table[page_name]["pairs_per_s"], 1),
         ratio_page_tier_vs_st_crossencoder=round(table[page_name]["pairs_per_s"] / st_pps, 2),
