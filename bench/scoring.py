@@ -72,7 +72,7 @@ from scoring.data import as_triples  # noqa: E402
 from scoring.esci import load_esci_judgments, load_esci_products  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
 from scoring.page import PageContext, PageRef  # noqa: E402
-from scoring.scorer import default_threads  # noqa: E402
+from scoring.scorer import Variant, default_threads  # noqa: E402
 from scoring.text import category_leaf, product_text  # noqa: E402
 from scoring.training import heldout_examples  # noqa: E402
 from streams.vectors import ClickHouseVectors  # noqa: E402
@@ -358,8 +358,10 @@ def run(
         t = bi.encode([y for _, y in p], batch_size=b, normalize_embeddings=True)
         return np.asarray(((q * t).sum(1) + 1) / 2)
 
-    def cosine_scorer() -> Scorer:
-        return Scorer(model_dir, provider="cpu", tier="cosine", intra_op_threads=threads)
+    def cosine_scorer(variant: Variant = "auto") -> Scorer:
+        return Scorer(
+            model_dir, provider="cpu", tier="cosine", variant=variant, intra_op_threads=threads
+        )
 
     def cold(make: Callable[[], Scorer], score: Callable[[Scorer, slice], object]) -> Peer:
         """A peer with a new scorer each round (built before the round's timing)."""
@@ -385,9 +387,7 @@ def run(
     warm = cosine_scorer()
     # the same base weights: the bi-encoder against the fp32 embedder (exact), and the served
     # int8 embedder's difference from both (quantisation)
-    fp32_cosine = Scorer(
-        model_dir, provider="cpu", tier="cosine", variant="fp32", intra_op_threads=threads
-    )
+    fp32_cosine = cosine_scorer("fp32")
     bi_scores = bi_predict(pairs[:64], 32)
     same_cosine = float(np.abs(bi_scores - fp32_cosine.predict(pairs[:64])).max())
     int8_cosine = float(np.abs(bi_scores - warm.predict(pairs[:64])).max())

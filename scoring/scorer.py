@@ -284,11 +284,7 @@ class Scorer:
         cpu_default: Literal["int8", "fp32"] = (
             "fp32" if card.cpu_default_variant == "fp32" else "int8"
         )
-        chosen: Literal["int8", "fp32", "fp16"]
-        if self._single == "cosine":
-            chosen = self._pick_embedder(variant, want_cuda)
-        else:
-            chosen = self._pick(variant, want_cuda, cpu_default)
+        chosen = self._pick(variant, want_cuda, cpu_default)
         self._session = self._open(chosen, want_cuda, device_id)
         self.provider: str = self._session.get_providers()[0]
         if want_cuda and self.provider != _CUDA:
@@ -299,11 +295,7 @@ class Scorer:
                     "provider='auto' or 'cpu'"
                 )
             log.info("CUDA did not initialise; scoring on %s", self.provider)
-            on_cpu = (
-                self._pick_embedder(variant, False)
-                if self._single == "cosine"
-                else self._pick(variant, False, cpu_default)
-            )
+            on_cpu = self._pick(variant, False, cpu_default)
             if variant == "auto" and chosen != on_cpu:
                 chosen = on_cpu
                 self._session = self._open(chosen, False, device_id)
@@ -371,6 +363,9 @@ class Scorer:
     def _pick(
         self, variant: Variant, cuda: bool, cpu_default: Literal["int8", "fp32"]
     ) -> Literal["int8", "fp32", "fp16"]:
+        """The variant to serve; on cosine and page the embedder's (:meth:`_pick_embedder`)."""
+        if self._single == "cosine":
+            return self._pick_embedder(variant, cuda)
         if variant != "auto":
             return variant
         if cuda:  # fp16 on the GPU when built, else fp32

@@ -241,7 +241,12 @@ def quantise_per_token(fp32: Path, target: Path) -> int:
 
     model = onnx.load(str(fp32))
     graph = model.graph
-    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer if len(i.dims) == 2}
+    multiplied = {n.input[1] for n in graph.node if n.op_type == "MatMul"}
+    weights = {  # only these: the word embeddings alone are a 47 MB copy
+        i.name: numpy_helper.to_array(i)
+        for i in graph.initializer
+        if len(i.dims) == 2 and i.name in multiplied
+    }
     shared = [
         numpy_helper.from_array(np.array(1.0, np.float32), "per_token/one"),
         numpy_helper.from_array(np.array(127.0, np.float32), "per_token/int8_max"),
