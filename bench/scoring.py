@@ -72,7 +72,7 @@ from scoring.data import as_triples  # noqa: E402
 from scoring.esci import load_esci_judgments, load_esci_products  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
 from scoring.page import PageContext, PageRef  # noqa: E402
-from scoring.scorer import Variant, default_threads  # noqa: E402
+from scoring.scorer import TOKEN_BUDGET, Variant, default_threads  # noqa: E402
 from scoring.text import category_leaf, product_text  # noqa: E402
 from scoring.training import heldout_examples  # noqa: E402
 from streams.vectors import ClickHouseVectors  # noqa: E402
@@ -309,7 +309,7 @@ def main() -> None:
     synth = realistic_pairs(args.pairs)
     with scratch_servers("relmon-scoring-", model_dir) as store:
         db.migrate(store)
-        filler = Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads)
+        filler = Scorer(model_dir, provider="cpu", tier="page", threads=threads)
         assert filler.embedder is not None
         vectors = ClickHouseVectors(lambda: db.connect(store), filler.embedder)
         filler.share_embeddings(vectors)  # `relmon model embed` of the pages' products
@@ -335,10 +335,8 @@ def run(
     pairs, keys = synth.pairs, synth.keys
     ep = esci.pairs
 
-    relmon = Scorer(model_dir, provider="cpu", variant="auto", intra_op_threads=threads)
-    cached = Scorer(
-        model_dir, provider="cpu", variant="auto", intra_op_threads=threads, cache_size=100_000
-    )
+    relmon = Scorer(model_dir, provider="cpu", variant="auto", threads=threads)
+    cached = Scorer(model_dir, provider="cpu", variant="auto", threads=threads, cache_size=100_000)
     st = CrossEncoder(str(model_dir / "torch"), device="cpu", max_length=64)
     plain = PlainOnnx(model_dir, "model.onnx", threads)
     plain_int8 = PlainOnnx(model_dir, "model.int8.onnx", threads)
@@ -359,9 +357,7 @@ def run(
         return np.asarray(((q * t).sum(1) + 1) / 2)
 
     def cosine_scorer(variant: Variant = "auto") -> Scorer:
-        return Scorer(
-            model_dir, provider="cpu", tier="cosine", variant=variant, intra_op_threads=threads
-        )
+        return Scorer(model_dir, provider="cpu", tier="cosine", variant=variant, threads=threads)
 
     def cold(make: Callable[[], Scorer], score: Callable[[Scorer, slice], object]) -> Peer:
         """A peer with a new scorer each round (built before the round's timing)."""
@@ -373,7 +369,7 @@ def run(
         return Peer(start, sb)
 
     def page_scorer() -> Scorer:
-        return Scorer(model_dir, provider="cpu", tier="page", intra_op_threads=threads)
+        return Scorer(model_dir, provider="cpu", tier="page", threads=threads)
 
     def embedded_page_scorer() -> Scorer:
         scorer = page_scorer()
@@ -437,7 +433,7 @@ def run(
     # same weights: the three agree on the scores (int8 within quantisation error)
     ref = relmon.predict(pairs[:64])
     st_s = st_predict(pairs[:64], 32)
-    fp = Scorer(model_dir, provider="cpu", variant="fp32", intra_op_threads=threads)
+    fp = Scorer(model_dir, provider="cpu", variant="fp32", threads=threads)
     same_weights = float(np.abs(st_s - fp.predict(pairs[:64])).max())
     # ... on real text too, where both truncate the longer pairs to 64 tokens
     same_weights_esci = float(np.abs(st_predict(ep[:64], 32) - fp.predict(ep[:64])).max())
@@ -493,6 +489,7 @@ def run(
         "auc_int8": round(auc8, 4),
         "int8_auc_drop": round(auc32 - auc8, 4),
         "threads": threads,
+        "relmon_batch_token_budget": TOKEN_BUDGET,
         "pairs": len(pairs),
         "cpu": cpu_model(),
         "isa": isa_flags(),

@@ -52,7 +52,7 @@ def _load_scorer(settings: Settings) -> object:
         settings.scorer.model_dir,
         provider=settings.scorer.provider,
         variant=settings.scorer.variant,
-        intra_op_threads=settings.scorer.intra_op_threads,
+        threads=settings.scorer.threads,
         max_length=settings.scorer.max_length,
         cache_size=settings.scorer.cache_size,
         calibration=settings.scorer.calibration,
@@ -349,7 +349,7 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
         }
         report["scorer_tier"] = scorer.tier
         report["model_version"] = scorer.model_version
-        report["intra_op_threads"] = scorer.intra_op_threads
+        report["scorer_threads"] = scorer.threads
     except RelmonError as exc:
         report["model_error"] = str(exc)
     print(json.dumps(report, indent=2, default=str))

@@ -261,12 +261,19 @@ class ScorerSettings(Section):
         default="auto",
         description="onnxruntime execution provider: auto (CUDA, else CPU), cuda or cpu.",
     )
-    intra_op_threads: int = Field(
+    threads: int = Field(
         default=0,
         ge=0,
-        description="onnxruntime intra-op threads (0 = cores given).",
+        description="CPU threads for scoring (0 = cores given): on CPU, that many batches "
+        "run at once, one onnxruntime thread each.",
+        validation_alias="scorer_threads",
     )
-    batch_size: int = Field(default=32, ge=1, le=4096, description="scoring batch size.")
+    batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="scoring batch size (rows; on CPU also at most 512 tokens a batch).",
+    )
     max_length: int = Field(default=64, ge=8, le=512, description="max tokens per pair.")
     calibration: Calibration = Field(
         default="card",
@@ -905,9 +912,24 @@ def _section_values(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+RENAMED = {"intra_op_threads": "scorer_threads"}
+"""flat names that changed (old: new); setting an old one stops start-up, not ignored"""
+
+
 def _from_variables(variables: Mapping[str, str | None]) -> dict[str, Any]:
-    """The section values found in environment-like ``variables`` (names case-insensitive)."""
+    """The section values found in environment-like ``variables`` (names case-insensitive).
+
+    Raises:
+        ConfigError: a variable has a name this version no longer reads (:data:`RENAMED`).
+
+    """
     lowered = {k.lower(): v for k, v in variables.items() if v is not None}
+    for old, new in RENAMED.items():
+        if (ENV_PREFIX + old).lower() in lowered:
+            raise ConfigError(
+                f"{ENV_PREFIX}{old.upper()} was renamed {ENV_PREFIX}{new.upper()}: "
+                f"set that instead (same value)"
+            )
     flat = {}
     for cls in SECTIONS.values():
         for name in cls.model_fields:

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -84,8 +84,8 @@ Feeds = Callable[
 class EmbeddingCache:
     """Unit-length embeddings of texts, computed by an onnxruntime session and LRU-cached.
 
-    ``run(feed)`` runs the session on one padded batch and returns its ``(batch, tokens, dim)``
-    hidden states;
+    ``run_each(feeds)`` runs the session on each padded batch and yields, in order, its
+    ``(batch, tokens, dim)`` hidden states (the scorer runs several batches at once on CPU);
     ``feeds`` pads length-sorted batches (the scorer's own batching, shared with the
     cross-encoder). ``size`` bounds the cached vectors (about 1.5 KB each). ``shared``: vectors
     kept outside the process (see the module's docstring); :attr:`shared` can also be set later.
@@ -96,7 +96,7 @@ class EmbeddingCache:
     def __init__(
         self,
         tokenizer_file: Path,
-        run: Callable[[dict[str, np.ndarray]], np.ndarray],
+        run_each: Callable[[Iterable[dict[str, np.ndarray]]], Iterable[np.ndarray]],
         feeds: Feeds,
         size: int = 50_000,
         shared: SharedVectors | None = None,
@@ -107,7 +107,7 @@ class EmbeddingCache:
         tok.no_padding()
         tok.enable_truncation(EMBED_MAX_LENGTH)
         self._tok = tok
-        self._run = run
+        self._run_each = run_each
         self._feeds = feeds
         self._size = max(0, size)
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -150,8 +150,10 @@ class EmbeddingCache:
             ids = [e.ids for e in encs]
             types = [e.type_ids for e in encs]
             fresh: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(todo)
-            for idx, feed in self._feeds(ids, types, batch_size):
-                hidden = np.asarray(self._run(feed), dtype=np.float32)
+            batches = list(self._feeds(ids, types, batch_size))
+            outputs = self._run_each(feed for _, feed in batches)
+            for (idx, _), out in zip(batches, outputs, strict=True):
+                hidden = np.asarray(out, dtype=np.float32)
                 for row, i in enumerate(idx):
                     fresh[int(i)] = _pool(hidden[row, : len(ids[int(i)])])
             computed = dict(zip(todo, fresh, strict=True))

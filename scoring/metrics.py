@@ -163,7 +163,7 @@ def evaluate_model(
     variants: Sequence[str] = ("fp32", "int8"),
     provider: Provider = "cpu",
     batch_size: int = 32,
-    intra_op_threads: int = 0,
+    threads: int = 0,
     max_length: int = 64,
     grades: Sequence[str] | None = None,
     fit_calibration: bool = True,
@@ -201,7 +201,7 @@ def evaluate_model(
             model_dir,
             provider=provider,
             variant=variant,  # type: ignore[arg-type]
-            intra_op_threads=intra_op_threads,
+            threads=threads,
             max_length=max_length,
         )
         t0 = time.perf_counter()

@@ -45,6 +45,12 @@ That is what lets a replay after a crash reproduce the same scores and rates.
 
 Speed: pairs are tokenised without padding, sorted by length in chunks, and each batch is padded
 only to its own longest pair; the next chunk is tokenised in a thread while the current one runs.
+On CPU a batch holds at most :data:`TOKEN_BUDGET` tokens (rows x its padded length), and the
+batches run on ``threads`` threads at once, one onnxruntime thread each, rather than one batch at
+a time across all of them: a transformer on short inputs is a long chain of small operators, and
+each operator split over the cores waits for the slowest (``bench/scoring.py``; README,
+"Scoring performance"). A pair's score does not depend on its batch, so neither choice changes
+a score.
 A bounded LRU cache (the head-query tier) keyed by (model version, query, product id, title)
 answers repeated pairs without inference; :meth:`Scorer.stats` reports its hits and misses.
 """
@@ -59,8 +65,8 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
@@ -82,6 +88,7 @@ from scoring.embedding import (
 from scoring.page import ANCHORS, FEATURES, PageContext, PageModel, PageRef, page_features
 
 __all__ = [
+    "TOKEN_BUDGET",
     "Provider",
     "Scorer",
     "Tier",
@@ -101,6 +108,12 @@ _EMBED_FILES = {"fp32": EMBED_FILE, "int8": EMBED_INT8_FILE}
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
+
+TOKEN_BUDGET = 512
+"""most tokens (rows x padded length) in one CPU batch; measured best between 384 and 640 for
+both the cross-encoder and the embedder, on short and on real-length text (README, "Scoring
+performance"). Batches of the worker's ``batch_size`` rows of 52-token pairs spill out of the
+cores' caches."""
 
 SPEED_PAIRS = 64
 """pairs each CPU variant scores per round when ``variant="auto"`` times them at start-up"""
@@ -232,7 +245,9 @@ class Scorer:
             ``ConfigError`` unless CUDA is really active) or ``"cpu"``.
         variant: ``"int8"``, ``"fp32"``, ``"fp16"`` (CUDA only) or ``"auto"`` (int8 on CPU
             unless the card says fp32; fp16 on CUDA when ``model.fp16.onnx`` exists, else fp32).
-        intra_op_threads: onnxruntime intra-op threads; 0 = the cores this process may use.
+        threads: CPU threads scoring uses; 0 = the cores this process may use. On CPU, that many
+            batches run at once, one onnxruntime thread each; on CUDA, onnxruntime's intra-op
+            threads for the operators left on the CPU.
         max_length: pairs are truncated to this many tokens (longest side first).
         device_id: CUDA device.
         cache_size: entries of the LRU score cache (0 = no cache).
@@ -252,7 +267,7 @@ class Scorer:
         model_dir: Path | str,
         provider: Provider = "auto",
         variant: Variant = "auto",
-        intra_op_threads: int = 0,
+        threads: int = 0,
         max_length: int = 64,
         *,
         device_id: int = 0,
@@ -263,7 +278,7 @@ class Scorer:
         self.model_dir = Path(model_dir)
         self.max_length = max_length
         self._device_id = device_id
-        self.intra_op_threads = intra_op_threads or default_threads()
+        self.threads = threads or default_threads()
         card = self._check_files(variant)
         self.card: ModelCard = card
         resolved = (card.served_tier or "cross-encoder") if tier == "card" else tier
@@ -298,11 +313,19 @@ class Scorer:
             on_cpu = self._pick(variant, False, cpu_default)
             if variant == "auto" and chosen != on_cpu:
                 chosen = on_cpu
-                self._session = self._open(chosen, False, device_id)
-                self.provider = self._session.get_providers()[0]
+            self._session = self._open(chosen, False, device_id)  # one thread per batch
+            self.provider = self._session.get_providers()[0]
         self._tokenizer = self._load_tokenizer()
         self._pad_id = int(self._tokenizer.token_to_id("[PAD]") or 0)
         self._inputs = {i.name for i in self._session.get_inputs()}
+        cpu = self.provider != _CUDA
+        self._streams = self.threads if cpu else 1
+        self._budget = TOKEN_BUDGET if cpu else math.inf
+        self._run_pool = (
+            ThreadPoolExecutor(self._streams, thread_name_prefix="relmon-score")
+            if self._streams > 1
+            else None
+        )
         self.variant_speeds: dict[str, float] = {}
         """pairs/s of each CPU variant, timed at start-up when ``variant="auto"`` had a choice"""
         if (
@@ -339,7 +362,7 @@ class Scorer:
         self._embeddings: EmbeddingCache | None = None
         if self._single == "cosine":
             self._embeddings = EmbeddingCache(
-                self.model_dir / "tokenizer.json", self._run, self._feeds
+                self.model_dir / "tokenizer.json", self._run_each, self._feeds
             )
 
     @staticmethod
@@ -389,7 +412,8 @@ class Scorer:
 
     def _open(self, variant: str, cuda: bool, device_id: int) -> ort.InferenceSession:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.intra_op_threads
+        # CPU: batches run side by side, one thread each (_run_each); CUDA: one at a time
+        opts.intra_op_num_threads = self.threads if cuda else 1
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -440,8 +464,8 @@ class Scorer:
         for round_ in range(SPEED_ROUNDS + 1):
             for name, session in sessions.items():
                 started = time.perf_counter()
-                for feed in feeds:
-                    session.run(None, feed)
+                for _ in self._run_each(feeds, session):
+                    pass
                 if round_:  # the first round pays for lazy initialisation
                     seconds = time.perf_counter() - started
                     best[name] = min(best.get(name, math.inf), seconds)
@@ -640,14 +664,37 @@ class Scorer:
             if n + 1 < len(starts):
                 nxt = starts[n + 1]
                 pending = self._tok_pool.submit(self._encode, pairs[nxt : nxt + chunk])
-            for idx, feed in self._feeds(*enc, batch_size):
-                logits = self._run(feed)
-                out[start + idx] = _sigmoid(logits.reshape(len(idx), -1)[:, 0])
+            batches = list(self._feeds(*enc, batch_size))
+            logits = self._run_each(feed for _, feed in batches)
+            for (idx, _), batch_logits in zip(batches, logits, strict=True):
+                out[start + idx] = _sigmoid(batch_logits.reshape(len(idx), -1)[:, 0])
         return out
 
-    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+    def _run_each(
+        self, feeds: Iterable[dict[str, np.ndarray]], session: ort.InferenceSession | None = None
+    ) -> Iterator[np.ndarray]:
+        """The output of each feed, in order; on CPU up to ``threads`` batches run at once."""
+        if self._run_pool is None:
+            for feed in feeds:
+                yield self._run(feed, session)
+            return
+        pending: deque[Future[np.ndarray]] = deque()
+        try:
+            for feed in feeds:
+                pending.append(self._run_pool.submit(self._run, feed, session))
+                if len(pending) > 2 * self._streams:  # bounded: feeds may be a long generator
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # the caller stopped early or a batch failed
+                future.cancel()
+
+    def _run(
+        self, feed: dict[str, np.ndarray], session: ort.InferenceSession | None = None
+    ) -> np.ndarray:
         if self.provider != _CUDA:
-            return np.asarray(self._session.run(None, feed)[0])
+            return np.asarray((session or self._session).run(None, feed)[0])
         # CUDA: IO binding (onnxruntime docs, "Python API: IOBinding"): inputs are copied to the
         # device once and the output is allocated there, instead of per-node host copies.
         binding = self._session.io_binding()
@@ -671,9 +718,21 @@ class Scorer:
     def _feeds(
         self, ids: list[list[int]], types: list[list[int]], batch_size: int
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        for start in range(0, len(ids), batch_size):
-            idx = order[start : start + batch_size]
+        lengths = [len(x) for x in ids]
+        order = np.argsort(lengths, kind="stable")
+        # at least one batch per thread when there are enough rows, so none of them idles
+        rows = min(batch_size, max(1, -(-len(ids) // self._streams)))
+        start = 0
+        while start < len(ids):
+            end = start + 1  # grow while rows x the (ascending) longest length fits the budget
+            while (
+                end < len(ids)
+                and end - start < rows
+                and (end + 1 - start) * lengths[order[end]] <= self._budget
+            ):
+                end += 1
+            idx = order[start:end]
+            start = end
             width = max(len(ids[i]) for i in idx)
             input_ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)

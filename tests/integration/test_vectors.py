@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,14 @@ def _hidden(feed: dict[str, np.ndarray]) -> np.ndarray:
     return np.sin(ids[..., None] * np.arange(1, 9) / 997.0).astype(np.float32)
 
 
+RunEach = Callable[[Iterable[dict[str, np.ndarray]]], Iterator[np.ndarray]]
+
+
+def _each(run: Callable[[dict[str, np.ndarray]], np.ndarray]) -> RunEach:
+    """A scorer-like ``run_each`` over a one-batch ``run``."""
+    return lambda feeds: (run(feed) for feed in feeds)
+
+
 def _feeds(
     ids: list[list[int]], types: list[list[int]], batch_size: int
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
@@ -85,11 +93,11 @@ def test_a_text_is_embedded_once_across_caches_sharing_the_store(migrated: Setti
         return _hidden(feed)
 
     shared = vectors(migrated, "embed-cache")
-    first = EmbeddingCache(tokenizer, run, _feeds, shared=shared)
+    first = EmbeddingCache(tokenizer, _each(run), _feeds, shared=shared)
     computed = first.embed(TEXTS)
     assert len(calls) == len(TEXTS) and first.shared_hits == 0
     # another process (a fresh cache on a client of its own) computes nothing
-    second = EmbeddingCache(tokenizer, run, _feeds, shared=vectors(migrated, "embed-cache"))
+    second = EmbeddingCache(tokenizer, _each(run), _feeds, shared=vectors(migrated, "embed-cache"))
     assert np.array_equal(second.embed(TEXTS[::-1]), computed[::-1])
     assert len(calls) == len(TEXTS) and second.shared_hits == len(TEXTS)
     # a new text costs one embedding, and only that one
@@ -100,11 +108,11 @@ def test_a_text_is_embedded_once_across_caches_sharing_the_store(migrated: Setti
 
 def test_a_store_that_is_down_leaves_scoring_to_the_process(tmp_path: Path) -> None:
     tokenizer = Path(get_model_path()) / "tokenizer.json"
-    before = EmbeddingCache(tokenizer, _hidden, _feeds).embed(TEXTS[:2])
+    before = EmbeddingCache(tokenizer, _each(_hidden), _feeds).embed(TEXTS[:2])
     down = load_settings(home=tmp_path, clickhouse_port=free_port(), clickhouse_password="")
     shared = vectors(down)  # nothing listens there
     with pytest.raises(StoreUnavailable):
         shared.fetch([text_key(TEXTS[0])])
-    cold = EmbeddingCache(tokenizer, _hidden, _feeds, shared=shared)
+    cold = EmbeddingCache(tokenizer, _each(_hidden), _feeds, shared=shared)
     assert np.array_equal(cold.embed(TEXTS[:2]), before)  # computed here instead
     assert cold.shared_errors == 2 and cold.shared_hits == 0  # its look and its write failed

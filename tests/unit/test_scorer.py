@@ -75,7 +75,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
 
 @pytest.fixture(scope="session")
 def fp32(tiny_model: tuple[Path, torch.nn.Module]) -> Scorer:
-    return Scorer(tiny_model[0], provider="cpu", variant="fp32", intra_op_threads=1)
+    return Scorer(tiny_model[0], provider="cpu", variant="fp32", threads=1)
 
 
 def test_predict_shape_dtype_range(fp32: Scorer) -> None:
@@ -119,6 +119,27 @@ def test_batches_are_length_sorted_and_dynamically_padded(fp32: Scorer) -> None:
         assert set(feed) == {"input_ids", "attention_mask", "token_type_ids"}
         assert feed["input_ids"].dtype == np.int64
         assert (feed["attention_mask"].sum(axis=1) >= 1).all()
+
+
+def test_cpu_batches_keep_to_the_token_budget_and_feed_every_thread(
+    tiny_model: tuple[Path, torch.nn.Module],
+) -> None:
+    from scoring.scorer import TOKEN_BUDGET
+
+    one = Scorer(tiny_model[0], provider="cpu", variant="int8", threads=1)
+    three = Scorer(tiny_model[0], provider="cpu", variant="int8", threads=3)
+    pairs = _many_pairs(300, seed=5) + [("x " * 60, "y " * 60)] * 20
+    batches = list(three._batches(pairs, batch_size=64))
+    for _, feed in batches:
+        rows, width = feed["input_ids"].shape
+        assert rows == 1 or rows * width <= TOKEN_BUDGET
+    assert max(feed["input_ids"].shape[0] for _, feed in batches) > 1
+    # a small call is split so that each thread gets a batch
+    assert len(list(three._batches(PAIRS[:6], batch_size=32))) == 3
+    assert len(list(one._batches(PAIRS[:6], batch_size=32))) == 1
+    # batches run side by side on three threads: same scores, bit for bit, in order
+    np.testing.assert_array_equal(three.predict(pairs), one.predict(pairs))
+    assert three.predict(pairs[::-1])[0] == one.predict(pairs)[-1]
 
 
 def test_truncates_to_max_length(tiny_model: tuple[Path, torch.nn.Module]) -> None:

@@ -106,6 +106,7 @@ def test_a_section_and_its_own_flat_field_together_are_refused():
         ("RELMON_SCORE_CALIBRATION", "1.2.3,4", "RELMON_SCORE_CALIBRATION: Value error"),
         ("RELMON_SCORE_CALIBRATION", "platt", "or two numbers alpha,beta"),
         ("RELMON_SCORE_CALIBRATION", "1,nan", "RELMON_SCORE_CALIBRATION"),
+        ("RELMON_INTRA_OP_THREADS", "2", "was renamed RELMON_SCORER_THREADS"),
     ],
 )
 def test_config_errors_name_the_variable(monkeypatch, env, value, fragment):
