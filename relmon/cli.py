@@ -420,7 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.add_argument("--rate", type=float, default=100.0, help="impressions per second")
-    p.add_argument("--seed", type=int, default=7, help="seed of the replayed traffic")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the replayed traffic (default: a new one each run, printed; the same "
+        "seed replays the same impression ids, which a home that stored them skips)",
+    )
     p.add_argument(
         "--dataset",
         choices=["esci", "synthetic"],

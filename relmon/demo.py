@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -42,7 +43,9 @@ class DemoOptions:
     duration_s: float | None = None
     dashboard: bool = True
     rate: float = 100.0
-    seed: int = 7
+    seed: int | None = 7
+    """seed of the replayed traffic; ``None``: a new one each run (``relmon demo``'s default),
+    so that a second run in the same home replays impressions not already stored"""
     dataset: Literal["esci", "synthetic"] = "esci"
     """real ESCI queries, products and human grades, or the synthetic catalogue"""
     drain_timeout_s: float = 180.0
@@ -204,8 +207,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             port = _port(settings.dashboard_port, host)
             started.append(dashboard_process(settings, port).start())
             _say(f"dashboard  http://{host}:{port}")
+        seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
         config = ReplayConfig(
-            seed=options.seed,
+            seed=seed,
             dataset=options.dataset,
             impressions=options.impressions,
             rate=options.rate,
@@ -215,7 +219,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         _write_pids(settings, started)
         what = "real ESCI" if options.dataset == "esci" else "synthetic"
         bounded = options.duration_s or options.impressions
-        _say(f"replaying {what} traffic" + ("" if bounded else "; Ctrl-C to stop"))
+        _say(
+            f"replaying {what} traffic (seed {seed}; --seed {seed} replays it again)"
+            + ("" if bounded else "; Ctrl-C to stop")
+        )
         counts = replay(settings, config, progress=_progress(settings))
         print(file=sys.stderr)
         produced = int(counts.get("produced", 0))
@@ -235,6 +242,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         inspected = options.inspect(settings) if options.inspect is not None else None
         return {
             **({"inspected": inspected} if inspected is not None else {}),
+            "seed": seed,
             "produced": produced,
             "impressions": int(counts.get("impressions", 0)),
             "truly_irrelevant": int(counts.get("truly_irrelevant", 0)),

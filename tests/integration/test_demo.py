@@ -70,7 +70,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def test_timed_demo_prints_consistent_counts(tmp_path, model_dir):
+def _timed_demo(tmp_path, model_dir) -> dict:
     out = subprocess.run(
         [
             sys.executable,
@@ -89,7 +89,13 @@ def test_timed_demo_prints_consistent_counts(tmp_path, model_dir):
         timeout=400,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    assert f"--seed {result['seed']} replays it again" in out.stderr
+    return result
+
+
+def test_timed_demo_prints_consistent_counts(tmp_path, model_dir):
+    result = _timed_demo(tmp_path, model_dir)
     for key in (
         "produced",
         "consumed",
@@ -105,6 +111,11 @@ def test_timed_demo_prints_consistent_counts(tmp_path, model_dir):
     assert result["scored"] == result["sampled"] == result["rows_in_clickhouse"] > 0
     assert 0 < result["sent_to_review"] < result["scored"]
     assert result["dead_lettered"] >= result["malformed_sent"] > 0
+    # a second run in the same home replays new traffic: its rows add to the first run's
+    again = _timed_demo(tmp_path, model_dir)
+    assert again["seed"] != result["seed"]
+    assert again["scored"] == again["sampled"] > 0
+    assert again["rows_in_clickhouse"] == result["rows_in_clickhouse"] + again["scored"]
 
 
 def test_spike_in_demo_traffic_pages_from_the_worker_and_shows_on_dashboard(
