@@ -23,7 +23,12 @@ the worker builds it, with 2 intra-op threads and the session options the scorer
   then depends on nothing else, at the cost of batching (timed at batch 1, every other variant
   at 32);
 - ``static_int8_every_matmul``: that static int8 without its exception: the attention-output
-  and FFN-output projections quantised too.
+  and FFN-output projections quantised too;
+- ``per_token_int8_7bit_weights``: the per-token int8 with weights in [-63, 63]
+  (``quantise_per_token(weight_max=63)``, onnxruntime's ``reduce_range``). On a CPU without
+  VNNI, onnxruntime multiplies uint8 by int8 with an instruction that adds each pair of
+  products in int16 and saturates; 7-bit weights keep every such pair in range. Its AUC
+  against ``per_token_int8``'s, on such a CPU, shows what saturation costs there.
 
 For the cross-encoder it also prints the AUC of good against bad on every judged pair and on
 fold 0's held-out queries (those the published model was not trained on). The last line is one
@@ -142,7 +147,7 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from scoring.training.export import quantise_static
+    from scoring.training.export import quantise_per_token, quantise_static
 
     OUT.mkdir(parents=True, exist_ok=True)
     fused: dict[str, int] = {}
@@ -168,6 +173,9 @@ def main() -> None:
     quantise_static(
         MODEL, calibration, target=OUT / "static_int8_every_matmul.model.onnx", every_matmul=True
     )
+    quantise_per_token(
+        MODEL / "model.onnx", OUT / "per_token_int8_7bit_weights.model.onnx", weight_max=63
+    )
     pairs = encodings([(e.query, e.text()) for e in examples], 64, pairs=True)
     texts = encodings([e.text() for e in examples[:TIMED]], 128, pairs=False)
     cross = {
@@ -177,6 +185,7 @@ def main() -> None:
         "fused_fp32": session(OUT / "fused.model.onnx"),
         "dynamic_int8": session(OUT / "dynamic_int8.model.onnx"),
         "static_int8_every_matmul": session(OUT / "static_int8_every_matmul.model.onnx"),
+        "per_token_int8_7bit_weights": session(OUT / "per_token_int8_7bit_weights.model.onnx"),
     }
     cross["dynamic_int8_alone"] = cross["dynamic_int8"]
     alone = {"dynamic_int8_alone": 1}

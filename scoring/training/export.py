@@ -223,7 +223,7 @@ def quantise_static(
         (work / "sym_shape_infer_temp.onnx").unlink(missing_ok=True)
 
 
-def quantise_per_token(fp32: Path, target: Path) -> int:
+def quantise_per_token(fp32: Path, target: Path, *, weight_max: int = 127) -> int:
     """int8 of every weight MatMul, each token's activations with their own scale; returns how many.
 
     Weights: symmetric int8, one scale per output column. Activations: quantised at run time,
@@ -235,6 +235,11 @@ def quantise_per_token(fp32: Path, target: Path) -> int:
     ``quantize_dynamic`` has one scale per tensor, i.e. per batch, and so is not deterministic
     per pair (``bench/scoring_variants.py`` measures both). Byte-identical output for the same
     input file.
+
+    ``weight_max``: the weights' largest integer. 127 (the build's) uses all of int8. 63 (7-bit
+    weights, onnxruntime's ``reduce_range``) keeps every pair of uint8 x int8 products within
+    int16, which CPUs without VNNI need: onnxruntime's AVX2 kernel adds such pairs in int16
+    with saturation (README, "Scoring performance"); ``bench/scoring_variants.py`` measures it.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -288,8 +293,8 @@ def quantise_per_token(fp32: Path, target: Path) -> int:
             continue
         p = f"per_token/{n.name or i}"
         w = weights[n.input[1]].astype(np.float32)
-        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0).astype(np.float32)
-        w_int8 = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / weight_max).astype(np.float32)
+        w_int8 = np.clip(np.round(w / w_scale), -weight_max, weight_max).astype(np.int8)
         added += [
             numpy_helper.from_array(w_int8, f"{p}/weight"),
             numpy_helper.from_array(w_scale, f"{p}/weight_scale"),
