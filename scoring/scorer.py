@@ -112,8 +112,7 @@ _CPU = "CPUExecutionProvider"
 TOKEN_BUDGET = 512
 """most tokens (rows x padded length) in one CPU batch; measured best between 384 and 640 for
 both the cross-encoder and the embedder, on short and on real-length text (README, "Scoring
-performance"). Batches of the worker's ``batch_size`` rows of 52-token pairs spill out of the
-cores' caches."""
+performance"). 32 rows of real-length text (about 52 tokens a pair) made slower batches."""
 
 SPEED_PAIRS = 64
 """pairs each CPU variant scores per round when ``variant="auto"`` times them at start-up"""
