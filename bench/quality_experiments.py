@@ -9,6 +9,7 @@ Run from the repository root with the venv's python (needs the ``train`` extra: 
     python bench/quality_experiments.py precision
     python bench/quality_experiments.py query-words
     python bench/quality_experiments.py layers
+    python bench/quality_experiments.py complements
 
 Every figure is an AUC of good (ESCI E, S) against bad (C, I) on the bundled real ESCI
 judgments, split by query: ``cv`` is the 5 folds of ``bench/quality.py`` (each fold scored by
@@ -37,6 +38,11 @@ them).
   frozen, chosen on the inner split), its AUC on each held-out fold (torch fp32, product text
   with fields), and each model's torch scoring speed on fold 0's held-out pairs (the same
   pairs, interleaved rounds).
+- ``complements``: ESCI's complements (C: an accessory or part *for* the thing searched, such
+  as a case for a phone) are close to the query in meaning and judged bad. The page tier with
+  features of the title's head, the words before its first "for" / "compatible with" / "fits":
+  whether the title has such a marker, the cosine of the query and the head alone, and that
+  minus the whole text's cosine.
 - ``precision``: the precision and recall of the bad flag as the threshold is raised, from the
   page tier's cross-fitted P(good) (how far a flag right 6 times in 10 reaches).
 
@@ -328,6 +334,52 @@ def query_words(args: argparse.Namespace) -> None:
             )
 
 
+_FOR = re.compile(r"\b(?:for|compatible with|fits)\b", re.IGNORECASE)
+
+
+def complements(args: argparse.Namespace) -> None:
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    embedder = Embedder(base_body())
+    q, p = vectors(embedder, examples)
+    x = features(examples, q, p)
+    heads = [_FOR.split(e.title, maxsplit=1)[0].strip() or e.title for e in examples]
+    marker = np.array([bool(_FOR.search(e.title)) for e in examples], dtype=np.float64)
+    h = embedder.embed(heads)
+    cos_head = (q * h).sum(axis=1)
+    cos_full = (q * p).sum(axis=1)
+    grades = np.array([e.grade for e in examples])
+    print(
+        json.dumps(
+            {
+                "with_marker_by_grade": {
+                    g: float(marker[grades == g].mean()) for g in ("E", "S", "C", "I")
+                }
+            }
+        )
+    )
+    variants = {
+        "page tier": x,
+        "+ marker": np.c_[x, marker],
+        "+ head cosine": np.c_[x, cos_head],
+        "+ marker, head cosine minus whole": np.c_[x, marker, cos_head - cos_full],
+        "+ marker, head cosine, marker x head cosine": np.c_[
+            x, marker, cos_head, marker * cos_head
+        ],
+    }
+    for name, xv in variants.items():
+        for split in ("inner", "cv"):
+            aucs = [
+                page_auc(xv, y, fit, scored) for _, fit, scored in splits(split, examples, fold_of)
+            ]
+            print(
+                json.dumps(
+                    {"variant": name, "split": split, "auc": float(np.mean(aucs)), "folds": aucs}
+                )
+            )
+
+
 STUDENTS = {  # name: (transformer layers kept, lowest layers frozen)
     "6 layers, 3 frozen (the build's)": (6, 3),
     "3 layers, none frozen": (3, 0),
@@ -431,6 +483,7 @@ def main() -> None:
     sub.add_parser("precision")
     sub.add_parser("query-words")
     sub.add_parser("layers")
+    sub.add_parser("complements")
     args = ap.parse_args()
     experiments = {
         "biencoder": biencoder,
@@ -439,6 +492,7 @@ def main() -> None:
         "precision": precision,
         "query-words": query_words,
         "layers": layers,
+        "complements": complements,
     }
     experiments[args.what](args)
 
