@@ -154,6 +154,25 @@ def page_auc(x: np.ndarray, y: np.ndarray, fit: np.ndarray, scored: np.ndarray) 
     return roc_auc(y[scored], fit_logistic(x[fit], y[fit]).p_good(x[scored]))
 
 
+def print_variant_aucs(
+    variants: dict[str, np.ndarray],
+    y: np.ndarray,
+    examples: Sequence[Example],
+    fold_of: np.ndarray,
+) -> None:
+    """The page tier's AUC with each variant's features, on the inner split and the 5 folds."""
+    for name, xv in variants.items():
+        for split in ("inner", "cv"):
+            aucs = [
+                page_auc(xv, y, fit, scored) for _, fit, scored in splits(split, examples, fold_of)
+            ]
+            print(
+                json.dumps(
+                    {"variant": name, "split": split, "auc": float(np.mean(aucs)), "folds": aucs}
+                )
+            )
+
+
 def fine_tune(examples: Sequence[Example], args: argparse.Namespace) -> Any:
     """The base body fine-tuned with an in-pool RankNet loss on ``examples``."""
     import torch
@@ -322,16 +341,7 @@ def query_words(args: argparse.Namespace) -> None:
         "+ digit, numbers found against the page": np.c_[x, digit, found_rel],
         "+ digit, digit x cosine": np.c_[x, digit, digit * x[:, 0]],
     }
-    for name, xv in variants.items():
-        for split in ("inner", "cv"):
-            aucs = [
-                page_auc(xv, y, fit, scored) for _, fit, scored in splits(split, examples, fold_of)
-            ]
-            print(
-                json.dumps(
-                    {"variant": name, "split": split, "auc": float(np.mean(aucs)), "folds": aucs}
-                )
-            )
+    print_variant_aucs(variants, y, examples, fold_of)
 
 
 _FOR = re.compile(r"\b(?:for|compatible with|fits)\b", re.IGNORECASE)
@@ -368,16 +378,7 @@ def complements(args: argparse.Namespace) -> None:
             x, marker, cos_head, marker * cos_head
         ],
     }
-    for name, xv in variants.items():
-        for split in ("inner", "cv"):
-            aucs = [
-                page_auc(xv, y, fit, scored) for _, fit, scored in splits(split, examples, fold_of)
-            ]
-            print(
-                json.dumps(
-                    {"variant": name, "split": split, "auc": float(np.mean(aucs)), "folds": aucs}
-                )
-            )
+    print_variant_aucs(variants, y, examples, fold_of)
 
 
 STUDENTS = {  # name: (transformer layers kept, lowest layers frozen)
