@@ -15,7 +15,8 @@ Every figure is an AUC of good (ESCI E, S) against bad (C, I) on the bundled rea
 judgments, split by query: ``cv`` is the 5 folds of ``bench/quality.py`` (each fold scored by
 models fitted on the other four); ``inner`` splits fold 0's 120 training queries into 96 to fit
 and 24 to validate (seeded), so that settings are chosen without looking at any test fold. The
-page tier here is its four features (``scoring.page``) on each query's whole judged pool, with
+page tier here is its four features from before the title heads (``scoring.page``: cosine,
+anchored cosine, category share, page size) on each query's whole judged pool, with
 the logistic model fitted on the fitting queries' pools (the build also fits on pages cut from
 them).
 
@@ -42,7 +43,9 @@ them).
   as a case for a phone) are close to the query in meaning and judged bad. The page tier with
   features of the title's head, the words before its first "for" / "compatible with" / "fits":
   whether the title has such a marker, the cosine of the query and the head alone, and that
-  minus the whole text's cosine.
+  minus the whole text's cosine; then the variant served (:func:`scoring.text.title_head`: that
+  difference only where the title has a marker and words before it, so that only those titles
+  cost an embedding), and three more features measured on top of it and not served.
 - ``precision``: the precision and recall of the bad flag as the threshold is raised, from the
   page tier's cross-fitted P(good) (how far a flag right 6 times in 10 reaches).
 
@@ -69,8 +72,8 @@ sys.path.insert(0, str(ROOT))
 from scoring.data import GRADE_TARGETS, Example  # noqa: E402
 from scoring.esci import load_esci_judgments  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
-from scoring.page import fit_logistic, page_features  # noqa: E402
-from scoring.text import category_leaf  # noqa: E402
+from scoring.page import FEATURES, fit_logistic, page_features  # noqa: E402
+from scoring.text import category_leaf, title_head  # noqa: E402
 from scoring.training import FOLDS, query_folds  # noqa: E402
 from scoring.training.finetune import (  # noqa: E402
     base_model_path,
@@ -138,16 +141,27 @@ def vectors(embedder: Embedder, examples: Sequence[Example]) -> tuple[np.ndarray
     return np.stack([qv[e.query] for e in examples]), embedder.embed([e.text() for e in examples])
 
 
-def features(examples: Sequence[Example], q: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """The page tier's features of every example, each query's whole pool as its page."""
-    out = np.zeros((len(examples), 4))
+def features(
+    examples: Sequence[Example],
+    q: np.ndarray,
+    p: np.ndarray,
+    heads: Sequence[np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """The page tier's features of every example, each query's whole pool as its page.
+
+    Without ``heads`` (each example's title-head vector, or None), the four features served
+    before the title heads (cosine, anchored cosine, category share, page size), which the
+    experiments below were measured on; with them, all of :data:`scoring.page.FEATURES`.
+    """
+    out = np.zeros((len(examples), len(FEATURES)))
     pools: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
         pools.setdefault(e.query, []).append(i)
     for rows in pools.values():
         cats = [category_leaf(examples[i].category) or "" for i in rows]
-        out[rows] = page_features(q[rows[0]], p[rows], cats)
-    return out
+        on_page = [None] * len(rows) if heads is None else [heads[i] for i in rows]
+        out[rows] = page_features(q[rows[0]], p[rows], cats, on_page)
+    return out if heads is not None else out[:, :4]
 
 
 def page_auc(x: np.ndarray, y: np.ndarray, fit: np.ndarray, scored: np.ndarray) -> float:
@@ -369,6 +383,12 @@ def complements(args: argparse.Namespace) -> None:
             }
         )
     )
+    # as served (scoring.page): a head only where the title has a marker and words before it,
+    # so that only those titles cost an embedding
+    served_heads = [title_head(e.title) for e in examples]
+    found = [t for t in served_heads if t is not None]
+    vector = dict(zip(found, embedder.embed(found), strict=True))
+    served = features(examples, q, p, [None if t is None else vector[t] for t in served_heads])
     variants = {
         "page tier": x,
         "+ marker": np.c_[x, marker],
@@ -377,8 +397,29 @@ def complements(args: argparse.Namespace) -> None:
         "+ marker, head cosine, marker x head cosine": np.c_[
             x, marker, cos_head, marker * cos_head
         ],
+        "+ marker, head cosine minus whole, with a marker only (served)": served,
     }
     print_variant_aucs(variants, y, examples, fold_of)
+    # measured after the served variant was chosen, on top of it; none served (README)
+    query_marker = np.array([bool(_FOR.search(e.query)) for e in examples], dtype=np.float64)
+    accessory = np.array(
+        [bool(_ACCESSORY.search(e.title)) and not _ACCESSORY.search(e.query) for e in examples],
+        dtype=np.float64,
+    )
+    digit = np.array([any(c.isdigit() for c in e.query) for e in examples], dtype=np.float64)
+    after = {
+        "served + the query has a marker": np.c_[served, query_marker],
+        "served + an accessory word in the title, not in the query": np.c_[served, accessory],
+        "served + the query has a digit": np.c_[served, digit],
+    }
+    print_variant_aucs(after, y, examples, fold_of)
+
+
+_ACCESSORY = re.compile(
+    r"\b(?:case|cover|replacement|accessor(?:y|ies)|adapter|charger|cable|protector|holder|mount"
+    r"|strap|refill|parts?)\b",
+    re.IGNORECASE,
+)
 
 
 STUDENTS = {  # name: (transformer layers kept, lowest layers frozen)

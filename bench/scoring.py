@@ -114,9 +114,10 @@ def realistic_pairs(n: int, seed: int = 7) -> PagedPairs:
     while len(pairs) < n:
         q = rng.choices(queries, weights)[0]
         results = result_page(catalog, q, rng, size=10, bad_share=0.25)[: n - len(pairs)]
-        page = PageContext(
-            tuple(p.title for p, _ in results),
-            tuple(category_leaf(p.category) or "" for p, _ in results),
+        page = PageContext.of(
+            [p.title for p, _ in results],
+            [category_leaf(p.category) or "" for p, _ in results],
+            [p.title for p, _ in results],
         )
         pairs.extend((q.text, p.title) for p, _ in results)
         keys.extend(p.product_id for p, _ in results)
@@ -148,7 +149,9 @@ def esci_pairs(n: int, seed: int = 7) -> PagedPairs:
             break
         products = [catalogue[pid] for pid in ids]
         texts = [product_text(p.title, p.brand, p.color, p.category) for p in products]
-        page = PageContext(tuple(texts), tuple(category_leaf(p.category) or "" for p in products))
+        page = PageContext.of(
+            texts, [category_leaf(p.category) or "" for p in products], [p.title for p in products]
+        )
         pairs.extend((query, t) for t in texts)
         keys.extend(ids)
         pages.extend((page, i) for i in range(len(texts)))

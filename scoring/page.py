@@ -2,8 +2,8 @@
 
 A result that looks unlike the page's most query-like results, or sits in a category few of the
 page's results share, is more often judged irrelevant by people. The page tier scores a result
-with three features of its page, all from the base model's embeddings (each text embedded once
-and cached, as in the cosine tier), and the page's size:
+with features of its page and of its title, all from the base model's embeddings (each text
+embedded once and cached, as in the cosine tier), and the page's size:
 
 1. ``cosine``: the cosine of the query and the product text (the cosine tier's score);
 2. ``anchored_cosine``: the cosine of the product and the centroid of the page's
@@ -17,7 +17,16 @@ and cached, as in the cosine tier), and the page's size:
    other's bad share: fitted on whole judged pools (about 45 results), its mean P(bad) on
    held-out 10-result pages was 0.169 against a true 0.211. With the size as an input, and
    fitted on pages of several sizes, it reads 0.202 against 0.208 on held-out 10-result pages
-   and 0.208 against 0.208 on whole pools (``bench/quality.py``).
+   and 0.208 against 0.208 on whole pools (``bench/quality.py``);
+5. ``for_marker``: whether the title names what the product is *for*
+   (:func:`scoring.text.title_head`: "for", "compatible with", "fits" after its first words).
+   Accessories and parts for the thing searched (ESCI's complements: a case for the phone
+   searched) are close to the query in meaning and judged bad; 65% of their titles have such a
+   word, against 29-32% of the other grades';
+6. ``head_gain``: with a marker, the cosine of the query and the title's head (its words
+   before the marker: "Case" of "Case for iPhone 12") minus the cosine of the query and the
+   whole product text; 0 without one. It is low when the query matches what the product is
+   for rather than what it is. Only titles with a marker (about 3 in 10) cost an embedding.
 
 A logistic model of the standardised features (fitted on real labels by the model build, its
 weights in the model card) gives P(good) directly. A result's score depends on its page only,
@@ -32,35 +41,63 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FEATURES = ("cosine", "anchored_cosine", "category_share", "log_page_size")
+from scoring.text import title_head
+
+FEATURES = (
+    "cosine",
+    "anchored_cosine",
+    "category_share",
+    "log_page_size",
+    "for_marker",
+    "head_gain",
+)
 ANCHORS = 5
 
 
 @dataclass(frozen=True)
 class PageContext:
-    """A result page: every result's product text and category leaf, in page order.
+    """A result page: every result's product text, category leaf and title head, in page order.
 
     ``categories`` holds :func:`scoring.text.category_leaf` of each result's category path
-    (``""`` when unknown).
+    (``""`` when unknown), ``heads`` :func:`scoring.text.title_head` of each result's title
+    (``None`` when it has none). :meth:`of` builds a page from titles.
     """
 
     texts: tuple[str, ...]
     categories: tuple[str, ...]
+    heads: tuple[str | None, ...]
 
     def __post_init__(self) -> None:
-        if len(self.texts) != len(self.categories) or not self.texts:
-            raise ValueError("a page needs one category per text, and at least one result")
+        if not self.texts or not (len(self.texts) == len(self.categories) == len(self.heads)):
+            raise ValueError(
+                "a page needs one category and one head per text, and at least one result"
+            )
+
+    @classmethod
+    def of(
+        cls, texts: Sequence[str], categories: Sequence[str], titles: Sequence[str]
+    ) -> PageContext:
+        """The page of these product texts, category leaves and titles (their heads taken)."""
+        return cls(tuple(texts), tuple(categories), tuple(title_head(t) for t in titles))
 
 
 PageRef = tuple[PageContext, int]
 """a result's page, and the result's index on it"""
 
 
-def page_features(query: np.ndarray, products: np.ndarray, categories: Sequence[str]) -> np.ndarray:
+def page_features(
+    query: np.ndarray,
+    products: np.ndarray,
+    categories: Sequence[str],
+    heads: Sequence[np.ndarray | None],
+) -> np.ndarray:
     """The features (:data:`FEATURES`) of every result of one page, one row per result.
 
-    ``query`` is the query's unit vector, ``products`` the page's unit vectors in page order.
+    ``query`` is the query's unit vector, ``products`` the page's unit vectors in page order,
+    ``heads`` the unit vector of each result's title head (None without one).
     """
+    if not len(products) == len(categories) == len(heads):
+        raise ValueError("one category and one head per product")
     cos = products @ query
     top = np.argsort(-cos, kind="stable")[:ANCHORS]
     centroid = products[top].mean(axis=0)
@@ -69,7 +106,11 @@ def page_features(query: np.ndarray, products: np.ndarray, categories: Sequence[
     counts = Counter(categories)
     share = np.array([counts[c] / len(categories) for c in categories])
     size = np.full(len(products), np.log(len(products)))
-    return np.c_[cos, anchored, share, size].astype(np.float64)
+    marker = np.array([h is not None for h in heads], dtype=np.float64)
+    gain = np.array(
+        [0.0 if h is None else float(h @ query) - c for h, c in zip(heads, cos, strict=True)]
+    )
+    return np.c_[cos, anchored, share, size, marker, gain].astype(np.float64)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ Two tiers share one model directory (``tier``):
   ``(cos + 1) / 2``. On real labels it ranks better than today's fine-tuned student (README,
   "Model quality"), so the build marks it as the served tier.
 - ``"page"``: a result judged against its result page (:mod:`scoring.page`): the cosine, the
-  product's cosine to the page's most query-like results, and the page's share in its category,
-  combined by a logistic model fitted on real labels. Only results that come with their page
+  product's cosine to the page's most query-like results, the page's share in its category, the
+  page's size, and the cosine of the query and the title's head where the title names what the
+  product is for, combined by a logistic model fitted on real labels. Only results that come with their page
   (:meth:`Scorer.predict`'s ``pages``) are scored so, with the version and operating point of
   :attr:`Scorer.page`; a result that arrives alone is scored by the cosine tier.
 - ``"card"``: the tier the model card serves (:attr:`ModelCard.served_tier
@@ -617,8 +618,10 @@ class Scorer:
 
     def page_features(self, query: str, page: PageContext, batch_size: int = 32) -> np.ndarray:
         """The page tier's features (:data:`scoring.page.FEATURES`) of every result of ``page``."""
-        vectors = self.embed([query, *page.texts], batch_size)
-        return page_features(vectors[0], vectors[1:], page.categories)
+        heads = [h for h in page.heads if h is not None]
+        vectors = self.embed([query, *page.texts, *heads], batch_size)
+        vector = dict(zip([query, *page.texts, *heads], vectors, strict=True))
+        return _page_features(vector, query, page)
 
     def _predict_pages(
         self, queries: Sequence[str], refs: Sequence[PageRef | None], batch_size: int
@@ -627,7 +630,8 @@ class Scorer:
         assert self.page is not None
         # every text of the call at once: one look in the shared store, one batched inference;
         # each page's features are then computed from these vectors
-        texts = list(dict.fromkeys([*queries, *(t for ref in refs if ref for t in ref[0].texts)]))
+        on_pages = (t for ref in refs if ref for t in (*ref[0].texts, *ref[0].heads) if t)
+        texts = list(dict.fromkeys([*queries, *on_pages]))
         vector = dict(zip(texts, self.embed(texts, batch_size), strict=True))
         features = np.empty((len(queries), len(FEATURES)))
         done: dict[tuple[int, str], np.ndarray] = {}  # ``refs`` keeps each keyed page alive
@@ -636,8 +640,7 @@ class Scorer:
             page, index = ref
             key = (id(page), query)
             if key not in done:
-                on_page = np.stack([vector[t] for t in page.texts])
-                done[key] = page_features(vector[query], on_page, page.categories)
+                done[key] = _page_features(vector, query, page)
             features[n] = done[key][index]
         return self.page.model.p_good(features).astype(np.float32)
 
@@ -749,3 +752,10 @@ class Scorer:
             f"Scorer({str(self.model_dir)!r}, provider={self.provider!r}, "
             f"variant={self.variant!r}, tier={self.tier!r}, model_version={self.model_version!r})"
         )
+
+
+def _page_features(vector: dict[str, np.ndarray], query: str, page: PageContext) -> np.ndarray:
+    """The features of every result of ``page`` from the vectors of its texts (by text)."""
+    heads = [None if h is None else vector[h] for h in page.heads]
+    products = np.stack([vector[t] for t in page.texts])
+    return page_features(vector[query], products, page.categories, heads)

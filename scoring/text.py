@@ -8,11 +8,13 @@ does well either way (the model card reports both).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-__all__ = ["category_leaf", "product_text"]
+__all__ = ["category_leaf", "product_text", "title_head"]
 
 _CATEGORY_LEVELS = 2  # the last levels of a category path: specific and short
+_FOR = re.compile(r"\b(?:for|compatible with|fits)\b", re.IGNORECASE)
 
 
 def category_leaf(category: str | Sequence[str] | None) -> str | None:
@@ -41,3 +43,15 @@ def product_text(
         if value and value.strip():
             parts.append(f"{name} {' '.join(value.split())}")
     return " | ".join(parts)
+
+
+def title_head(title: str) -> str | None:
+    """The title's words before its first "for", "compatible with" or "fits"; None without one.
+
+    An accessory names what it is *for* after such a word ("Case for iPhone 12"), so a query
+    for the thing itself is close to the whole title and far from its head. ``None`` when the
+    title has no such word, or nothing before it.
+    """
+    head, *rest = _FOR.split(title, maxsplit=1)
+    head = " ".join(head.split())
+    return head if rest and head else None

@@ -67,8 +67,13 @@ WARM_UP_PAGE_SIZE = 10
 
 
 def _warm_up_text(r: int, i: int) -> str:
-    """A distinct synthetic product text about as long as a real one (title, brand, category)."""
-    words = _WARM_UP_TEXT.split()
+    """A distinct synthetic product text about as long as a real one (title, brand, category).
+
+    Three texts in ten keep the one "for" (about as many as real titles have), each at another
+    place, so the page tier embeds title heads (:func:`scoring.text.title_head`) as often as on
+    real pages.
+    """
+    words = [w if w != "for" or i % 10 < 3 else "near" for w in _WARM_UP_TEXT.split()]
     shift = (r * 31 + i) % len(words)
     return f"relmon warm-up product {r} {i} " + " ".join(words[shift:] + words[:shift])
 
@@ -95,8 +100,8 @@ def measure_capacity(
         if page_tier:
             refs: list[PageRef | None] = []
             for start in range(0, batch_size, WARM_UP_PAGE_SIZE):
-                chunk = tuple(texts[start : start + WARM_UP_PAGE_SIZE])
-                page = PageContext(chunk, ("",) * len(chunk))
+                chunk = texts[start : start + WARM_UP_PAGE_SIZE]
+                page = PageContext.of(chunk, [""] * len(chunk), chunk)
                 refs.extend((page, j) for j in range(len(chunk)))
             paged: Any = scorer  # only scoring.Scorer serves the page tier
             paged.predict(pairs, batch_size, pages=refs)

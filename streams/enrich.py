@@ -131,6 +131,7 @@ def page_context(
     """
     texts: list[str] = []
     leaves: list[str] = []
+    titles: list[str] = []
     index: dict[int, int] = {}
     for hit, product in hits:
         assert product is not None  # a page hit always needs, so has, its catalogue entry
@@ -138,4 +139,5 @@ def page_context(
         index[hit.position] = len(texts)
         texts.append(impression_text(full))
         leaves.append(category_leaf(full.attributes.get("category_path") or full.category) or "")
-    return PageContext(tuple(texts), tuple(leaves)), index
+        titles.append(full.title or "")
+    return PageContext.of(texts, leaves, titles), index

@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 
 from relmon import db
 from schemas.models import CatalogProduct
+from scoring.text import title_head
 from streams.enrich import catalog_text
 
 __all__ = ["KEEP_FIRST", "ClickHouseVectors", "embed_catalog"]
@@ -113,14 +114,17 @@ def embed_catalog(
     chunk: int = 512,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """Embed every product text of a catalogue that the scorer's shared store lacks.
+    """Embed every text of a catalogue that the scorer's shared store lacks.
 
-    ``scorer`` is a :class:`scoring.Scorer` on an embedding tier, given its shared store
-    (:meth:`~scoring.Scorer.share_embeddings`): texts found there are skipped, the others are
-    embedded and stored, ``chunk`` at a time. Returns the texts, how many were stored already,
-    how many were embedded and the seconds taken.
+    The texts are each product's text and its title's head (:func:`scoring.text.title_head`,
+    which the page tier reads), where it has one. ``scorer`` is a :class:`scoring.Scorer` on an
+    embedding tier, given its shared store (:meth:`~scoring.Scorer.share_embeddings`): texts
+    found there are skipped, the others are embedded and stored, ``chunk`` at a time. Returns
+    the texts, how many were stored already, how many were embedded and the seconds taken.
     """
-    texts = list(dict.fromkeys(catalog_text(p) for p in products))
+    texts = list(
+        dict.fromkeys(t for p in products for t in (catalog_text(p), title_head(p.title)) if t)
+    )
     before = scorer.stats()
     started = time.perf_counter()
     for first in range(0, len(texts), chunk):

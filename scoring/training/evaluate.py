@@ -255,9 +255,10 @@ def pool_pages(examples: Sequence[Example], fields: bool = True) -> list[tuple[s
 
 def example_page(page: Sequence[Example], fields: bool = True) -> PageContext:
     """Judged examples of one query as a result page, in order (titles only without ``fields``)."""
-    return PageContext(
-        texts=tuple(e.text(fields) for e in page),
-        categories=tuple((category_leaf(e.category) or "") if fields else "" for e in page),
+    return PageContext.of(
+        texts=[e.text(fields) for e in page],
+        categories=[(category_leaf(e.category) or "") if fields else "" for e in page],
+        titles=[e.title for e in page],
     )
 
 
@@ -329,8 +330,9 @@ def page_tier(
         file=EMBED_INT8_FILE,  # the vectors its figures and model come from
         task="P(good: ESCI E or S) of a result on its result page: a logistic model of the "
         "cosine of query and product, the product's cosine to the centroid of the page's "
-        f"{ANCHORS} most query-like results, the page's share in its category leaf and the "
-        "log of the page's size (scoring.page)",
+        f"{ANCHORS} most query-like results, the page's share in its category leaf, the "
+        "log of the page's size, whether the title names what the product is for, and the "
+        "cosine of query and title head minus the whole text's (scoring.page)",
         operating_point=OperatingPoint.model_validate(
             {**point, "fitted_on": f"{len(y_fit)} results of training-fold pages"}
         ),

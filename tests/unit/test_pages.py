@@ -17,6 +17,7 @@ from streams.enrich import catalog_text, impression_text
 from streams.metrics import Metrics
 from streams.plans import Planner
 from streams.testing import MemoryPorts, memory_processor
+from streams.vectors import embed_catalog
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PRODUCTS = {
@@ -266,7 +267,9 @@ def test_the_page_tier_gets_each_sampled_hit_with_its_page_and_results_alone_wit
     assert list(ports.rows) == ["ubi:q9:0:p2"] and ports.pages_seen == [None]
     row = ports.rows["ubi:q9:0:p2"]
     assert (row.model_version, row.threshold) == ("fake-overlap-1", 0.5)
-    catalog.put(CatalogProduct(product_id="late", title="Sofa Bed", category="Home > Sofas"))
+    catalog.put(
+        CatalogProduct(product_id="late", title="Sofa Bed for Guests", category="Home > Sofas")
+    )
     clock.t += 1
     run(proc.retry_pending())
     refs = [ref for ref in ports.pages_seen if ref is not None]
@@ -276,6 +279,7 @@ def test_the_page_tier_gets_each_sampled_hit_with_its_page_and_results_alone_wit
     assert context.texts[0].startswith("Blue Velvet Sofa") and "brand Acme" in context.texts[2]
     assert context.texts[1].startswith("Sofa Bed")
     assert context.categories == ("Home > Sofas", "Home > Sofas", "Tables", "Home > Sofas")
+    assert context.heads == (None, "Sofa Bed", None, None)  # the title before its "for"
     assert sorted(index for _, index in refs) == [0, 1, 2, 3]
     on_page = [r for k, r in ports.rows.items() if k.startswith("ubi:q1")]
     assert len(on_page) == 4
@@ -469,3 +473,35 @@ def test_a_catalogue_products_text_is_the_text_its_page_hits_are_scored_on(produ
         session_hash=None,
     )
     assert catalog_text(product) == impression_text(hit.enriched(product))
+
+
+def test_embedding_a_catalogue_embeds_each_product_text_and_title_head_once():
+    class Recorder:
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def embed(self, texts):
+            self.texts.extend(texts)
+
+        def stats(self):
+            n = len(self.texts)
+            return {
+                "embedding_shared_hits": 0,
+                "embedding_cache_misses": n,
+                "embedding_shared_errors": 0,
+            }
+
+    products = [
+        CatalogProduct(product_id="a", title="Cover for Sofa", brand="Acme"),
+        CatalogProduct(product_id="b", title="Velvet Sofa"),
+        CatalogProduct(product_id="c", title="Cover for Chair", brand="Acme"),
+    ]
+    scorer = Recorder()
+    report = embed_catalog(scorer, products, chunk=2)
+    assert scorer.texts == [
+        catalog_text(products[0]),
+        "Cover",
+        catalog_text(products[1]),
+        catalog_text(products[2]),
+    ]
+    assert report["texts"] == report["embedded"] == 4

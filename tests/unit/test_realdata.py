@@ -16,7 +16,7 @@ from relmon.sim.replay import ReplayConfig, TrafficGenerator
 from relmon.sim.scenario import Scenario, Shift
 from relmon.stats import wilson
 from scoring.esci import BAD_GRADES, load_esci_judgments, load_esci_products
-from scoring.text import category_leaf, product_text
+from scoring.text import category_leaf, product_text, title_head
 from scoring.training import TrainConfig, operating_point, query_folds, training_pairs
 from scoring.training.evaluate import FLAG_CONFIDENCE_Z
 
@@ -31,6 +31,23 @@ def test_product_text_leaves_out_what_is_missing():
         "Oak desk | category Home > Office"
     )
     assert category_leaf(None) is None and category_leaf(" > ") is None
+
+
+def test_title_head_is_the_title_before_what_the_product_is_for():
+    assert title_head("Silicone  Case for iPhone 12, Black") == "Silicone Case"
+    assert title_head("Charger Compatible with Dell XPS") == "Charger"
+    assert title_head("Strap that FITS Garmin watches") == "Strap that"
+    # whole words only; nothing before the marker, or no marker: no head
+    assert title_head("Fitsy Forest fort") is None
+    assert title_head("For Men eau de toilette") is None
+    assert title_head("Oak writing desk") is None
+    # the bundled judgments: accessories (complements) name what they are for more often
+    examples = load_esci_judgments()
+    share = {
+        g: np.mean([title_head(e.title) is not None for e in examples if e.grade == g])
+        for g in "ESCI"
+    }
+    assert share["C"] > 1.5 * max(share["E"], share["S"], share["I"])
 
 
 def test_bundled_esci_slice_is_complete():

@@ -386,11 +386,11 @@ def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.n
             "model_version": "minilm-page-tiny",
             "operating_point": {"threshold": 0.55},
             "page_model": {
-                "features": ["cosine", "anchored_cosine", "category_share", "log_page_size"],
+                "features": list(FEATURES),
                 "anchors": 5,
-                "mean": [0.5, 0.7, 0.4, 2.5],
-                "std": [0.15, 0.15, 0.3, 0.8],
-                "weights": [0.2, 0.5, 0.5, -0.1],
+                "mean": [0.5, 0.7, 0.4, 2.5, 0.3, -0.05],
+                "std": [0.15, 0.15, 0.3, 0.8, 0.45, 0.1],
+                "weights": [0.2, 0.5, 0.5, -0.1, -0.1, 0.3],
                 "bias": 1.5,
             },
         },
@@ -493,10 +493,10 @@ def test_a_page_model_built_with_other_features_says_rebuild(
     shutil.copytree(model_dir, copy)
     card = json.loads((copy / "card.json").read_text())
     page = card["tiers"]["page"]["page_model"]
-    for key in ("features", "mean", "std", "weights"):  # a card from before log_page_size
-        page[key] = page[key][:3]
+    for key in ("features", "mean", "std", "weights"):  # a card from before the title heads
+        page[key] = page[key][:4]
     (copy / "card.json").write_text(json.dumps(card))
-    with pytest.raises(ModelNotFoundError, match=r"log_page_size.*relmon model build"):
+    with pytest.raises(ModelNotFoundError, match=r"head_gain.*relmon model build"):
         Scorer(copy, provider="cpu", tier="page")
 
 
@@ -510,7 +510,7 @@ def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_
     assert scorer.page.operating_threshold == 0.55
     assert scorer.model_version == cosine.model_version  # results that arrive alone
     texts = tuple(t for _, t in PAIRS)
-    page = PageContext(texts, tuple("Sofas" if i % 2 else "Lamps" for i in range(len(texts))))
+    page = PageContext.of(texts, ["Sofas" if i % 2 else "Lamps" for i in range(len(texts))], texts)
     query = PAIRS[0][0]
     pairs = [(query, t) for t in texts]
     refs: list[PageRef | None] = [(page, i) for i in range(len(texts))]
@@ -526,6 +526,29 @@ def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_
     assert mixed[0] == pytest.approx(float(cosine.predict([pairs[3]])[0]), abs=1e-6)
     # other tiers ignore pages
     np.testing.assert_array_equal(cosine.predict(pairs, pages=refs), cosine.predict(pairs))
+
+
+def test_page_tier_reads_the_head_of_a_title_that_names_what_it_is_for(
+    tiny_cosine: tuple[Path, torch.nn.Module],
+) -> None:
+    model_dir, _ = tiny_cosine
+    scorer = Scorer(model_dir, provider="cpu", tier="page")
+    query = "phone"
+    titles = ["Smartphone 128 GB", "Leather Case for Smartphone", "Phone charger"]
+    texts = [f"{t} | brand Acme" for t in titles]
+    features = scorer.page_features(query, PageContext.of(texts, ["Phones"] * 3, titles))
+    marker, gain = FEATURES.index("for_marker"), FEATURES.index("head_gain")
+    assert features[:, marker].tolist() == [0.0, 1.0, 0.0]
+    q, text, head = scorer.embed([query, texts[1], "Leather Case"])
+    assert features[1, gain] == pytest.approx(float(head @ q - text @ q), abs=1e-6)
+    assert features[[0, 2], gain].tolist() == [0.0, 0.0]
+    # the head moves the score: the same page without titles' heads scores the case otherwise
+    no_heads = PageContext(tuple(texts), ("Phones",) * 3, (None,) * 3)
+    with_heads = PageContext.of(texts, ["Phones"] * 3, titles)
+    pairs = [(query, t) for t in texts]
+    a = scorer.predict(pairs, pages=[(with_heads, i) for i in range(3)])
+    b = scorer.predict(pairs, pages=[(no_heads, i) for i in range(3)])
+    assert a[1] != b[1] and a[0] == b[0] and a[2] == b[2]
 
 
 class DictVectors:
@@ -554,7 +577,7 @@ def test_shared_embeddings_are_looked_up_before_embedding_and_kept_after(
 ) -> None:
     model_dir, _ = tiny_cosine
     texts = tuple(t for _, t in PAIRS)
-    page = PageContext(texts, ("Lamps",) * len(texts))
+    page = PageContext.of(texts, ["Lamps"] * len(texts), texts)
     pairs = [(PAIRS[0][0], t) for t in texts]
     refs: list[PageRef | None] = [(page, i) for i in range(len(texts))]
     shared = DictVectors()
