@@ -132,9 +132,9 @@ def page_models(
     for k in todo:
         other = [j for j in todo if j != k] or [k]
         fit = [e for e, f in zip(examples, fold_of, strict=True) if f in other]
-        x, y = training_pages(scorer, fit)
+        x, y, w = training_pages(scorer, fit)
         model = fit_logistic(x, y)
-        out[k] = model, float(operating_point(y, model.p_good(x))["threshold"])
+        out[k] = model, float(operating_point(y, model.p_good(x), weights=w)["threshold"])
     return out
 
 

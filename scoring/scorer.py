@@ -10,9 +10,10 @@ Two tiers share one model directory (``tier``):
 - ``"page"``: a result judged against its result page (:mod:`scoring.page`): the cosine, the
   product's cosine to the page's most query-like results, the page's share in its category, the
   page's size, and the cosine of the query and the title's head where the title names what the
-  product is for, combined by a logistic model fitted on real labels. Only results that come with their page
-  (:meth:`Scorer.predict`'s ``pages``) are scored so, with the version and operating point of
-  :attr:`Scorer.page`; a result that arrives alone is scored by the cosine tier.
+  product is for, combined by a logistic model fitted on real labels. Only results that come
+  with their page (:meth:`Scorer.predict`'s ``pages``) are scored so, with the version and
+  operating point of :attr:`Scorer.page`; a result that arrives alone is scored by the cosine
+  tier.
 - ``"card"``: the tier the model card serves (:attr:`ModelCard.served_tier
   <scoring.card.ModelCard.served_tier>`).
 

@@ -61,7 +61,10 @@ COSINE_FIT_PAIRS = 2000  # training-fold pairs the cosine tier's calibration is 
 
 
 def operating_point(
-    labels: np.ndarray, scores: np.ndarray, min_precision: float = FLAG_MIN_PRECISION
+    labels: np.ndarray,
+    scores: np.ndarray,
+    min_precision: float = FLAG_MIN_PRECISION,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The flag's threshold: the highest score below which the flag is right often enough.
 
@@ -74,13 +77,18 @@ def operating_point(
     still flags as many results as are bad, at the precision it has. Returns the threshold with
     the rule, the flagged share, the true bad share, and the precision (with its lower bound)
     and recall of the flag.
+
+    ``weights`` (default 1 each) count each pair: a pair that is in several fitting pages
+    (:func:`training_pages`) is one judgment, so its rows are weighted 1/their number, and the
+    bound is as wide as the judgments it rests on, not as the rows.
     """
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
+    w = np.ones(len(s)) if weights is None else np.asarray(weights, dtype=np.float64)
     order = np.argsort(s, kind="stable")
-    ranked, bad = s[order], ~y[order]
-    flagged = np.arange(1, len(s) + 1, dtype=np.float64)
-    hits = np.cumsum(bad).astype(np.float64)
+    ranked, bad, w = s[order], ~y[order], w[order]
+    flagged = np.cumsum(w)
+    hits = np.cumsum(w * bad)
     low = np.array(
         [wilson(h / n, n, FLAG_CONFIDENCE_Z)[0] for h, n in zip(hits, flagged, strict=True)]
     )
@@ -89,19 +97,20 @@ def operating_point(
     if len(met):
         i = int(met.max())
     else:  # the cut point nearest to flagging the true bad share
-        i = int(cut[np.argmin(np.abs(cut + 1 - bad.mean() * len(s)))]) if len(cut) else len(s) - 1
+        bad_weight = float((w * bad).sum())
+        i = int(cut[np.argmin(np.abs(flagged[cut] - bad_weight))]) if len(cut) else len(s) - 1
     last = i + 1 == len(s)  # every score equal: everything flagged
     threshold = float(np.nextafter(ranked[i], np.inf) if last else (ranked[i] + ranked[i + 1]) / 2)
     tp = float(hits[i])
     return {
         "threshold": threshold,
         "rule": "precision" if len(met) else "rate",
-        "flagged_share": float(flagged[i] / len(s)),
-        "true_bad_share": float((~y).mean()),
+        "flagged_share": float(flagged[i] / flagged[-1]),
+        "true_bad_share": float(hits[-1] / flagged[-1]),
         "precision": float(tp / flagged[i]),
         "precision_lower_bound": float(low[i]),
         "min_precision": min_precision,
-        "recall": tp / max(1.0, float((~y).sum())),
+        "recall": tp / max(1.0, float(hits[-1])),
     }
 
 
@@ -281,11 +290,13 @@ per query). A served page has 10-50 results; a pool about 45 (see :data:`scoring
 
 def training_pages(
     scorer: Scorer, examples: Sequence[Example], seed: int = 13
-) -> tuple[np.ndarray, np.ndarray]:
-    """The page features and labels the page tier is fitted on: pools and pages cut from them.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The page features, labels and weights the page tier is fitted on: pools and pages.
 
     Each query's whole judged pool, then :data:`PAGE_SIZES` random pages drawn from it without
-    replacement (seeded). A pair is in several pages, each time with its page's features.
+    replacement (seeded). A pair is in several pages, each time with its page's features; its
+    rows' weights are 1/their number, so that the weights add up to the judged pairs (what
+    :func:`operating_point`'s bound may count).
     """
     pools: dict[str, list[Example]] = {}
     for e in examples:
@@ -293,6 +304,8 @@ def training_pages(
     rng = random.Random(seed)
     xs: list[np.ndarray] = []
     ys: list[int] = []
+    pair: list[int] = []  # the row's judged pair, by its index in ``examples``
+    index = {id(e): i for i, e in enumerate(examples)}
     for query, pool in pools.items():
         pages = [pool] + [
             rng.sample(pool, min(size, len(pool))) for size, n in PAGE_SIZES for _ in range(n)
@@ -300,7 +313,9 @@ def training_pages(
         for page in pages:
             xs.append(scorer.page_features(query, example_page(page)))
             ys.extend(e.hard_label for e in page)
-    return np.vstack(xs), np.array(ys)
+            pair.extend(index[id(e)] for e in page)
+    rows_of_pair = np.bincount(pair, minlength=len(examples))
+    return np.vstack(xs), np.array(ys), 1.0 / rows_of_pair[pair]
 
 
 def page_tier(
@@ -313,10 +328,10 @@ def page_tier(
     queries' pools and pages cut from them (:func:`training_pages`); the held-out figures are
     out of sample, on the held-out queries' whole pools.
     """
-    x_fit, y_fit = training_pages(scorer, train)
+    x_fit, y_fit, w_fit = training_pages(scorer, train)
     model = fit_logistic(x_fit, y_fit)
     p_fit = model.p_good(x_fit)
-    point = operating_point(y_fit, p_fit)
+    point = operating_point(y_fit, p_fit, weights=w_fit)
     y = np.array([e.hard_label for e in held])
     p = model.p_good(pool_features(scorer, held))
     title_only = model.p_good(pool_features(scorer, held, fields=False))
@@ -334,7 +349,11 @@ def page_tier(
         "log of the page's size, whether the title names what the product is for, and the "
         "cosine of query and title head minus the whole text's (scoring.page)",
         operating_point=OperatingPoint.model_validate(
-            {**point, "fitted_on": f"{len(y_fit)} results of training-fold pages"}
+            {
+                **point,
+                "fitted_on": f"{len(y_fit)} results of training-fold pages, each of their "
+                f"{round(float(w_fit.sum()))} judged pairs counted once",
+            }
         ),
         heldout=TierHeldout(
             auc=roc_auc(y, p),

@@ -114,6 +114,18 @@ def test_operating_point_flags_at_the_precision_target_with_confidence():
     assert (~fresh_labels[fresh]).mean() >= 0.6
 
 
+def test_a_pair_in_several_fitting_pages_counts_once_in_the_flags_bound():
+    labels, scores = _draw(3, 1500)
+    once = operating_point(labels, scores)
+    # every pair three times (as in pages cut from its pool): the rows alone would make the
+    # bound as narrow as 4,500 judgments, and the threshold higher than 1,500 allow
+    rows = np.r_[labels, labels, labels], np.r_[scores, scores, scores]
+    assert operating_point(*rows)["threshold"] > once["threshold"]
+    weighted = operating_point(*rows, weights=np.full(4500, 1 / 3))
+    for key in ("threshold", "flagged_share", "precision", "precision_lower_bound", "recall"):
+        assert weighted[key] == pytest.approx(once[key])
+
+
 def test_operating_point_of_a_weak_scorer_flags_the_true_bad_share():
     labels, scores = _draw(5)
     scores = scores + np.random.default_rng(6).normal(0, 0.6, len(labels))  # mostly noise
