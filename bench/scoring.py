@@ -35,8 +35,9 @@ it was shown on (``scoring.page``; ``Scorer(tier="page")`` with each result's pa
 is measured on both pair sets (the synthetic pairs are result pages of 10 too), against the
 CrossEncoder on the same pairs: cold (a new scorer each round, as the cold cosine tier:
 ``ratio_page_tier_vs_st_crossencoder``, ``ratio_page_tier_vs_st_crossencoder_esci``), and with
-the catalogue embedded ahead (``relmon model embed``: the pages' product vectors in a local store
-the bench starts, ``streams.vectors.ClickHouseVectors``), as a worker serves it: a new scorer
+the catalogue embedded ahead (``relmon model embed``: the pages' product and title-head vectors
+in a local store the bench starts, ``streams.vectors.ClickHouseVectors``), as a worker serves
+it: a new scorer
 each round, each call one lookup in the store, the queries embedded cold every round (the
 round's scorer writes nothing back) (``ratio_page_tier_embedded_vs_st_crossencoder``,
 ``ratio_page_tier_embedded_vs_st_crossencoder_esci``). The page tier reads the base model's
@@ -316,7 +317,8 @@ def main() -> None:
         assert filler.embedder is not None
         vectors = ClickHouseVectors(lambda: db.connect(store), filler.embedder)
         filler.share_embeddings(vectors)  # `relmon model embed` of the pages' products
-        filler.embed(list(dict.fromkeys([*synth.texts, *esci.texts])))
+        heads = [h for paged in (synth, esci) for page, _ in paged.pages for h in page.heads if h]
+        filler.embed(list(dict.fromkeys([*synth.texts, *esci.texts, *heads])))
         try:
             run(args, model_dir, threads, card, synth, esci, CatalogueOnly(vectors))
         finally:
