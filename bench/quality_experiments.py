@@ -10,6 +10,7 @@ Run from the repository root with the venv's python (needs the ``train`` extra: 
     python bench/quality_experiments.py query-words
     python bench/quality_experiments.py layers
     python bench/quality_experiments.py complements
+    python bench/quality_experiments.py negation
 
 Every figure is an AUC of good (ESCI E, S) against bad (C, I) on the bundled real ESCI
 judgments, split by query: ``cv`` is the 5 folds of ``bench/quality.py`` (each fold scored by
@@ -46,6 +47,14 @@ them).
   minus the whole text's cosine; then the variant served (:func:`scoring.text.title_head`: that
   difference only where the title has a marker and words before it, so that only those titles
   cost an embedding), and three more features measured on top of it and not served.
+- ``negation``: a quarter of the ESCI queries ask for results *without* something ("cat
+  treats without chicken"), which an embedding reads as close to the thing excluded. The page
+  tier's six features before the negation features, then with features of the excluded words
+  (:func:`scoring.text.without_words`): whether the query excludes something, whether the
+  title mentions an excluded word at all, whether the product text or the title names one
+  where it does not negate it (:func:`scoring.text.names_any`: "Chicken-Free" does not), the
+  variant served (the first and the last of these), and the cosine of the excluded words and
+  the product; on the inner split and the 5 folds.
 - ``precision``: the precision and recall of the bad flag as the threshold is raised, from the
   page tier's cross-fitted P(good) (how far a flag right 6 times in 10 reaches).
 
@@ -72,8 +81,8 @@ sys.path.insert(0, str(ROOT))
 from scoring.data import GRADE_TARGETS, Example  # noqa: E402
 from scoring.esci import load_esci_judgments  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
-from scoring.page import FEATURES, fit_logistic, page_features  # noqa: E402
-from scoring.text import category_leaf, title_head  # noqa: E402
+from scoring.page import FEATURES, fit_logistic, negated_in_titles, page_features  # noqa: E402
+from scoring.text import category_leaf, names_any, title_head, without_words  # noqa: E402
 from scoring.training import FOLDS, query_folds  # noqa: E402
 from scoring.training.finetune import (  # noqa: E402
     base_model_path,
@@ -146,12 +155,14 @@ def features(
     q: np.ndarray,
     p: np.ndarray,
     heads: Sequence[np.ndarray | None] | None = None,
+    negation: bool = False,
 ) -> np.ndarray:
     """The page tier's features of every example, each query's whole pool as its page.
 
     Without ``heads`` (each example's title-head vector, or None), the four features served
-    before the title heads (cosine, anchored cosine, category share, page size), which the
-    experiments below were measured on; with them, all of :data:`scoring.page.FEATURES`.
+    before the title heads (cosine, anchored cosine, category share, page size), which most
+    experiments below were measured on; with them, the six served before the negation
+    features; with ``negation`` too, all of :data:`scoring.page.FEATURES`.
     """
     out = np.zeros((len(examples), len(FEATURES)))
     pools: dict[str, list[int]] = {}
@@ -160,8 +171,12 @@ def features(
     for rows in pools.values():
         cats = [category_leaf(examples[i].category) or "" for i in rows]
         on_page = [None] * len(rows) if heads is None else [heads[i] for i in rows]
-        out[rows] = page_features(q[rows[0]], p[rows], cats, on_page)
-    return out if heads is not None else out[:, :4]
+        query = examples[rows[0]].query
+        negated = negated_in_titles(query, [examples[i].title for i in rows])
+        out[rows] = page_features(q[rows[0]], p[rows], cats, on_page, negated)
+    if heads is None:
+        return out[:, :4]
+    return out if negation else out[:, :6]
 
 
 def page_auc(x: np.ndarray, y: np.ndarray, fit: np.ndarray, scored: np.ndarray) -> float:
@@ -415,6 +430,73 @@ def complements(args: argparse.Namespace) -> None:
     print_variant_aucs(after, y, examples, fold_of)
 
 
+def negation(args: argparse.Namespace) -> None:
+    examples = load_esci_judgments()
+    fold_of = np.array(query_folds(examples, FOLDS, 13))
+    y = np.array([e.hard_label for e in examples])
+    embedder = Embedder(base_body())
+    q, p = vectors(embedder, examples)
+    heads = [title_head(e.title) for e in examples]
+    found = sorted({h for h in heads if h})
+    vector = dict(zip(found, embedder.embed(found), strict=True))
+    on_page = [None if h is None else vector[h] for h in heads]
+    before = features(examples, q, p, on_page)  # the six features served before
+    words = [without_words(e.query) for e in examples]
+    asks = np.array([bool(w) for w in words], dtype=np.float64)
+    print(
+        json.dumps(
+            {
+                "queries_that_exclude": len(
+                    {e.query for e, w in zip(examples, words, strict=True) if w}
+                )
+            }
+        )
+    )
+
+    def flag(named: Any) -> np.ndarray:
+        return np.array(
+            [bool(w) and named(e, w) for e, w in zip(examples, words, strict=True)], np.float64
+        )
+
+    def mentioned(e: Example, w: Sequence[str]) -> bool:  # even where the title negates it
+        return any(re.search(rf"\b{re.escape(x)}", e.title, re.IGNORECASE) for x in w)
+
+    in_title = flag(lambda e, w: names_any(e.title, w))
+    for name, f in (("named in the title", in_title), ("mentioned at all", flag(mentioned))):
+        asked = asks == 1
+        print(
+            json.dumps(
+                {
+                    name: {
+                        "results": int(f[asked].sum()),
+                        "bad_share_named": float(1 - y[asked & (f == 1)].mean()),
+                        "bad_share_not_named": float(1 - y[asked & (f == 0)].mean()),
+                    }
+                }
+            )
+        )
+    phrases = sorted({" ".join(w) for w in words if w})
+    pv = dict(zip(phrases, embedder.embed(phrases), strict=True))
+    cos_excluded = np.array(
+        [float(pv[" ".join(w)] @ p[i]) if w else 0.0 for i, w in enumerate(words)]
+    )
+    variants = {
+        "six features (served before)": before,
+        "+ the query excludes something": np.c_[before, asks],
+        "+ the title mentions an excluded word": np.c_[before, flag(mentioned)],
+        "+ the product text names one, not negated there": np.c_[
+            before, flag(lambda e, w: names_any(e.text(), w))
+        ],
+        "+ the title names one, not negated there": np.c_[before, in_title],
+        "+ the query excludes, the title names one (served)": features(
+            examples, q, p, on_page, negation=True
+        ),
+        "+ the cosine of the excluded words and the product": np.c_[before, cos_excluded],
+        "+ the title names one, that cosine": np.c_[before, in_title, cos_excluded],
+    }
+    print_variant_aucs(variants, y, examples, fold_of)
+
+
 _ACCESSORY = re.compile(
     r"\b(?:case|cover|replacement|accessor(?:y|ies)|adapter|charger|cable|protector|holder|mount"
     r"|strap|refill|parts?)\b",
@@ -526,6 +608,7 @@ def main() -> None:
     sub.add_parser("query-words")
     sub.add_parser("layers")
     sub.add_parser("complements")
+    sub.add_parser("negation")
     args = ap.parse_args()
     experiments = {
         "biencoder": biencoder,
@@ -535,6 +618,7 @@ def main() -> None:
         "query-words": query_words,
         "layers": layers,
         "complements": complements,
+        "negation": negation,
     }
     experiments[args.what](args)
 

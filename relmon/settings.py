@@ -254,8 +254,9 @@ class ScorerSettings(Section):
         "(the fine-tuned student), cosine (the base model's embeddings, cached per query and "
         "product text) or page (a result of a UBI result page judged against its page: the "
         "cosine, its agreement with the page's most query-like results, the page's share "
-        "in its category and the page's size, and the head of a title that names what the "
-        "product is for; results that arrive alone get the cosine tier).",
+        "in its category and the page's size, the head of a title that names what the "
+        "product is for, and whether the title names what the query asks to be without; "
+        "results that arrive alone get the cosine tier).",
         validation_alias="scorer_tier",
     )
     provider: Provider = Field(

@@ -27,6 +27,12 @@ embedded once and cached, as in the cosine tier), and the page's size:
    before the marker: "Case" of "Case for iPhone 12") minus the cosine of the query and the
    whole product text; 0 without one. It is low when the query matches what the product is
    for rather than what it is. Only titles with a marker (about 3 in 10) cost an embedding.
+7. ``negation``: whether the query asks for results *without* something
+   (:func:`scoring.text.without_words`: "cat treats without chicken"). An embedding reads such a
+   query as close to the thing it excludes, and people judge more of its results bad;
+8. ``negated_in_title``: whether the title names what the query excludes, not negated there
+   (:func:`scoring.text.names_any`: "Chicken Cat Treats", but not "Cat Treats, Chicken-Free").
+   Both read text only and cost no embedding.
 
 A logistic model of the standardised features (fitted on real labels by the model build, its
 weights in the model card) gives P(good) directly. A result's score depends on its page only,
@@ -41,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scoring.text import title_head
+from scoring.text import names_any, title_head, without_words
 
 FEATURES = (
     "cosine",
@@ -50,13 +56,15 @@ FEATURES = (
     "log_page_size",
     "for_marker",
     "head_gain",
+    "negation",
+    "negated_in_title",
 )
 ANCHORS = 5
 
 
 @dataclass(frozen=True)
 class PageContext:
-    """A result page: every result's product text, category leaf and title head, in page order.
+    """A result page: every result's product text, category leaf, title head and title, in order.
 
     ``categories`` holds :func:`scoring.text.category_leaf` of each result's category path
     (``""`` when unknown), ``heads`` :func:`scoring.text.title_head` of each result's title
@@ -66,11 +74,13 @@ class PageContext:
     texts: tuple[str, ...]
     categories: tuple[str, ...]
     heads: tuple[str | None, ...]
+    titles: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not self.texts or not (len(self.texts) == len(self.categories) == len(self.heads)):
+        n = len(self.texts)
+        if not n or not (n == len(self.categories) == len(self.heads) == len(self.titles)):
             raise ValueError(
-                "a page needs one category and one head per text, and at least one result"
+                "a page needs one category, head and title per text, and at least one result"
             )
 
     @classmethod
@@ -78,11 +88,18 @@ class PageContext:
         cls, texts: Sequence[str], categories: Sequence[str], titles: Sequence[str]
     ) -> PageContext:
         """The page of these product texts, category leaves and titles (their heads taken)."""
-        return cls(tuple(texts), tuple(categories), tuple(title_head(t) for t in titles))
+        heads = tuple(title_head(t) for t in titles)
+        return cls(tuple(texts), tuple(categories), heads, tuple(titles))
 
 
 PageRef = tuple[PageContext, int]
 """a result's page, and the result's index on it"""
+
+
+def negated_in_titles(query: str, titles: Sequence[str]) -> list[bool] | None:
+    """Whether each title names what ``query`` asks to be without; None when it asks nothing."""
+    words = without_words(query)
+    return [names_any(t, words) for t in titles] if words else None
 
 
 def page_features(
@@ -90,14 +107,18 @@ def page_features(
     products: np.ndarray,
     categories: Sequence[str],
     heads: Sequence[np.ndarray | None],
+    negated: Sequence[bool] | None = None,
 ) -> np.ndarray:
     """The features (:data:`FEATURES`) of every result of one page, one row per result.
 
     ``query`` is the query's unit vector, ``products`` the page's unit vectors in page order,
-    ``heads`` the unit vector of each result's title head (None without one).
+    ``heads`` the unit vector of each result's title head (None without one), ``negated``
+    :func:`negated_in_titles` of the query and the page's titles.
     """
     if not len(products) == len(categories) == len(heads):
         raise ValueError("one category and one head per product")
+    if negated is not None and len(negated) != len(products):
+        raise ValueError("one negated flag per product")
     cos = products @ query
     top = np.argsort(-cos, kind="stable")[:ANCHORS]
     centroid = products[top].mean(axis=0)
@@ -110,7 +131,9 @@ def page_features(
     gain = np.array(
         [0.0 if h is None else float(h @ query) - c for h, c in zip(heads, cos, strict=True)]
     )
-    return np.c_[cos, anchored, share, size, marker, gain].astype(np.float64)
+    negation = np.full(len(products), 0.0 if negated is None else 1.0)
+    in_title = np.zeros(len(products)) if negated is None else np.asarray(negated, np.float64)
+    return np.c_[cos, anchored, share, size, marker, gain, negation, in_title].astype(np.float64)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,15 @@ from scoring.embedding import (
     EmbeddingCache,
     SharedVectors,
 )
-from scoring.page import ANCHORS, FEATURES, PageContext, PageModel, PageRef, page_features
+from scoring.page import (
+    ANCHORS,
+    FEATURES,
+    PageContext,
+    PageModel,
+    PageRef,
+    negated_in_titles,
+    page_features,
+)
 
 __all__ = [
     "TOKEN_BUDGET",
@@ -759,4 +767,5 @@ def _page_features(vector: dict[str, np.ndarray], query: str, page: PageContext)
     """The features of every result of ``page`` from the vectors of its texts (by text)."""
     heads = [None if h is None else vector[h] for h in page.heads]
     products = np.stack([vector[t] for t in page.texts])
-    return page_features(vector[query], products, page.categories, heads)
+    negated = negated_in_titles(query, page.titles)
+    return page_features(vector[query], products, page.categories, heads, negated)

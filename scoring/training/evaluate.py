@@ -346,8 +346,9 @@ def page_tier(
         task="P(good: ESCI E or S) of a result on its result page: a logistic model of the "
         "cosine of query and product, the product's cosine to the centroid of the page's "
         f"{ANCHORS} most query-like results, the page's share in its category leaf, the "
-        "log of the page's size, whether the title names what the product is for, and the "
-        "cosine of query and title head minus the whole text's (scoring.page)",
+        "log of the page's size, whether the title names what the product is for, the "
+        "cosine of query and title head minus the whole text's, whether the query asks for "
+        "results without something, and whether the title names that (scoring.page)",
         operating_point=OperatingPoint.model_validate(
             {
                 **point,

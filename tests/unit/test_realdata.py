@@ -16,7 +16,7 @@ from relmon.sim.replay import ReplayConfig, TrafficGenerator
 from relmon.sim.scenario import Scenario, Shift
 from relmon.stats import wilson
 from scoring.esci import BAD_GRADES, load_esci_judgments, load_esci_products
-from scoring.text import category_leaf, product_text, title_head
+from scoring.text import category_leaf, names_any, product_text, title_head, without_words
 from scoring.training import TrainConfig, operating_point, query_folds, training_pairs
 from scoring.training.evaluate import FLAG_CONFIDENCE_Z
 
@@ -48,6 +48,27 @@ def test_title_head_is_the_title_before_what_the_product_is_for():
         for g in "ESCI"
     }
     assert share["C"] > 1.5 * max(share["E"], share["S"], share["I"])
+
+
+def test_without_words_are_what_a_query_excludes_and_a_title_names_them_unless_it_negates():
+    assert without_words("cat treats without chicken") == ("chicken",)
+    assert without_words("lights WITHOUT wiring, with switch") == ("wiring",)
+    assert without_words("shoes w/o laces and buckles") == ("laces",)
+    assert without_words("gift not included batteries") == ("batteries",)
+    assert without_words("glass beads without the a") == ()
+    assert without_words("chicken cat treats") == ()
+    assert names_any("Chicken Jerky Cat Treats", ("chicken",))
+    assert names_any("Cat treats with CHICKENS", ("chicken",))  # a plural, any case
+    assert names_any("AA Batteries, 24 count", ("batteries",))
+    for title in ("Cat Treats, Chicken-Free", "Cat treats (no chicken)", "Chickenless treats"):
+        assert not names_any(title, ("chicken",)), title
+    assert not names_any("Cat Treats", ())
+    # the bundled judgments: a result that names what its query excludes is bad more often
+    examples = [e for e in load_esci_judgments() if without_words(e.query)]
+    assert len({e.query for e in examples}) >= 30
+    named = [names_any(e.title, without_words(e.query)) for e in examples]
+    bad = np.array([not e.hard_label for e in examples])
+    assert bad[np.array(named)].mean() > 1.5 * bad[~np.array(named)].mean()
 
 
 def test_bundled_esci_slice_is_complete():

@@ -388,9 +388,9 @@ def tiny_cosine(tiny_model: tuple[Path, torch.nn.Module]) -> tuple[Path, torch.n
             "page_model": {
                 "features": list(FEATURES),
                 "anchors": 5,
-                "mean": [0.5, 0.7, 0.4, 2.5, 0.3, -0.05],
-                "std": [0.15, 0.15, 0.3, 0.8, 0.45, 0.1],
-                "weights": [0.2, 0.5, 0.5, -0.1, -0.1, 0.3],
+                "mean": [0.5, 0.7, 0.4, 2.5, 0.3, -0.05, 0.2, 0.1],
+                "std": [0.15, 0.15, 0.3, 0.8, 0.45, 0.1, 0.4, 0.3],
+                "weights": [0.2, 0.5, 0.5, -0.1, -0.1, 0.3, -0.2, -0.4],
                 "bias": 1.5,
             },
         },
@@ -493,10 +493,10 @@ def test_a_page_model_built_with_other_features_says_rebuild(
     shutil.copytree(model_dir, copy)
     card = json.loads((copy / "card.json").read_text())
     page = card["tiers"]["page"]["page_model"]
-    for key in ("features", "mean", "std", "weights"):  # a card from before the title heads
-        page[key] = page[key][:4]
+    for key in ("features", "mean", "std", "weights"):  # a card from before the negation
+        page[key] = page[key][:6]
     (copy / "card.json").write_text(json.dumps(card))
-    with pytest.raises(ModelNotFoundError, match=r"head_gain.*relmon model build"):
+    with pytest.raises(ModelNotFoundError, match=r"negated_in_title.*relmon model build"):
         Scorer(copy, provider="cpu", tier="page")
 
 
@@ -543,12 +543,36 @@ def test_page_tier_reads_the_head_of_a_title_that_names_what_it_is_for(
     assert features[1, gain] == pytest.approx(float(head @ q - text @ q), abs=1e-6)
     assert features[[0, 2], gain].tolist() == [0.0, 0.0]
     # the head moves the score: the same page without titles' heads scores the case otherwise
-    no_heads = PageContext(tuple(texts), ("Phones",) * 3, (None,) * 3)
+    no_heads = PageContext(tuple(texts), ("Phones",) * 3, (None,) * 3, tuple(titles))
     with_heads = PageContext.of(texts, ["Phones"] * 3, titles)
     pairs = [(query, t) for t in texts]
     a = scorer.predict(pairs, pages=[(with_heads, i) for i in range(3)])
     b = scorer.predict(pairs, pages=[(no_heads, i) for i in range(3)])
     assert a[1] != b[1] and a[0] == b[0] and a[2] == b[2]
+
+
+def test_page_tier_reads_what_the_query_asks_to_be_without(
+    tiny_cosine: tuple[Path, torch.nn.Module],
+) -> None:
+    model_dir, _ = tiny_cosine
+    scorer = Scorer(model_dir, provider="cpu", tier="page")
+    titles = ["Chicken Cat Treats", "Salmon Cat Treats, Chicken-Free", "Tuna Cat Treats"]
+    page = PageContext.of(titles, ["Cat Treats"] * 3, titles)
+    negation, named = FEATURES.index("negation"), FEATURES.index("negated_in_title")
+    without = scorer.page_features("cat treats without chicken", page)
+    assert without[:, negation].tolist() == [1.0, 1.0, 1.0]
+    assert without[:, named].tolist() == [1.0, 0.0, 0.0]  # "Chicken-Free" is what was asked
+    plain = scorer.page_features("cat treats", page)
+    assert plain[:, [negation, named]].tolist() == [[0.0, 0.0]] * 3
+    query = "cat treats without chicken"
+    scores = scorer.predict([(query, t) for t in titles], pages=[(page, i) for i in range(3)])
+    assert scorer.page is not None
+    np.testing.assert_allclose(scores, scorer.page.model.p_good(without), rtol=1e-6)
+    # the card weighs a named exclusion against the result: the chicken treats score below
+    # what the same features without that flag give
+    cleared = without.copy()
+    cleared[0, named] = 0.0
+    assert scores[0] < scorer.page.model.p_good(cleared)[0]
 
 
 class DictVectors:
