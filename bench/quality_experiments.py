@@ -376,12 +376,17 @@ def query_words(args: argparse.Namespace) -> None:
 _FOR = re.compile(r"\b(?:for|compatible with|fits)\b", re.IGNORECASE)
 
 
-def complements(args: argparse.Namespace) -> None:
+def judged_vectors() -> tuple[list[Example], np.ndarray, np.ndarray, Embedder, np.ndarray, Any]:
+    """The judgments, their folds, good labels, the base embedder, and query / product vectors."""
     examples = load_esci_judgments()
     fold_of = np.array(query_folds(examples, FOLDS, 13))
     y = np.array([e.hard_label for e in examples])
     embedder = Embedder(base_body())
-    q, p = vectors(embedder, examples)
+    return examples, fold_of, y, embedder, *vectors(embedder, examples)
+
+
+def complements(args: argparse.Namespace) -> None:
+    examples, fold_of, y, embedder, q, p = judged_vectors()
     x = features(examples, q, p)
     heads = [_FOR.split(e.title, maxsplit=1)[0].strip() or e.title for e in examples]
     marker = np.array([bool(_FOR.search(e.title)) for e in examples], dtype=np.float64)
@@ -431,11 +436,7 @@ def complements(args: argparse.Namespace) -> None:
 
 
 def negation(args: argparse.Namespace) -> None:
-    examples = load_esci_judgments()
-    fold_of = np.array(query_folds(examples, FOLDS, 13))
-    y = np.array([e.hard_label for e in examples])
-    embedder = Embedder(base_body())
-    q, p = vectors(embedder, examples)
+    examples, fold_of, y, embedder, q, p = judged_vectors()
     heads = [title_head(e.title) for e in examples]
     found = sorted({h for h in heads if h})
     vector = dict(zip(found, embedder.embed(found), strict=True))
