@@ -256,7 +256,8 @@ class ScorerSettings(Section):
         "cosine, its agreement with the page's most query-like results, the page's share "
         "in its category and the page's size, the head of a title that names what the "
         "product is for, and whether the title names what the query asks to be without; "
-        "results that arrive alone get the cosine tier).",
+        "results that arrive alone get its lone model: the same features that need no page, "
+        "or the cosine tier with a card that has none).",
         validation_alias="scorer_tier",
     )
     provider: Provider = Field(

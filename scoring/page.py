@@ -37,6 +37,10 @@ embedded once and cached, as in the cosine tier), and the page's size:
 A logistic model of the standardised features (fitted on real labels by the model build, its
 weights in the model card) gives P(good) directly. A result's score depends on its page only,
 never on which other results were sampled or batched with it, so a replay reproduces it.
+
+A result that arrives alone (no page) is scored by a second logistic model, of the features
+that need no page (:data:`LONE_FEATURES`: the cosine, the title head's two and the negation's
+two), fitted on the same training queries' judged pairs: the *lone* model.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ FEATURES = (
     "negated_in_title",
 )
 ANCHORS = 5
+LONE_FEATURES = ("cosine", "for_marker", "head_gain", "negation", "negated_in_title")
+"""the features of a result that do not depend on its page: the lone model's"""
+LONE_COLUMNS = tuple(FEATURES.index(f) for f in LONE_FEATURES)
+"""where :data:`LONE_FEATURES` are among :data:`FEATURES`"""
 
 
 @dataclass(frozen=True)
@@ -138,12 +146,17 @@ def page_features(
 
 @dataclass(frozen=True)
 class PageModel:
-    """The logistic model of the page tier: standardisation, then weights and a bias."""
+    """A logistic model of the page tier: standardisation, then weights and a bias.
+
+    ``features`` names its inputs: :data:`FEATURES` (the page model) or :data:`LONE_FEATURES`
+    (the lone model).
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     weights: tuple[float, ...]
     bias: float
+    features: tuple[str, ...] = FEATURES
 
     def p_good(self, features: np.ndarray) -> np.ndarray:
         """P(good) of feature rows."""
@@ -153,8 +166,8 @@ class PageModel:
     def to_json(self) -> dict[str, object]:
         """The model as the card stores it."""
         return {
-            "features": list(FEATURES),
-            "anchors": ANCHORS,
+            "features": list(self.features),
+            "anchors": ANCHORS if self.features == FEATURES else 0,
             "mean": list(self.mean),
             "std": list(self.std),
             "weights": list(self.weights),
@@ -162,8 +175,22 @@ class PageModel:
         }
 
 
-def fit_logistic(features: np.ndarray, good: np.ndarray, l2: float = 1e-2) -> PageModel:
-    """A logistic regression of ``good`` (0/1) on standardised features (Newton steps, ridge)."""
+def fit_logistic(
+    features: np.ndarray,
+    good: np.ndarray,
+    l2: float = 1e-2,
+    names: tuple[str, ...] | None = None,
+) -> PageModel:
+    """A logistic regression of ``good`` (0/1) on standardised features (Newton steps, ridge).
+
+    ``names``: the features' names, one per column; by default :data:`FEATURES` when there are
+    as many columns, else ``x0``, ``x1``, ... (experiments).
+    """
+    columns = features.shape[1]
+    if names is None:
+        names = FEATURES if columns == len(FEATURES) else tuple(f"x{i}" for i in range(columns))
+    if columns != len(names):
+        raise ValueError(f"{columns} feature columns for {len(names)} names")
     mean, std = features.mean(axis=0), features.std(axis=0) + 1e-9
     x = np.c_[(features - mean) / std, np.ones(len(features))]
     y = np.asarray(good, dtype=np.float64)
@@ -180,4 +207,5 @@ def fit_logistic(features: np.ndarray, good: np.ndarray, l2: float = 1e-2) -> Pa
         std=tuple(float(v) for v in std),
         weights=tuple(float(v) for v in w[:-1]),
         bias=float(w[-1]),
+        features=names,
     )

@@ -12,8 +12,10 @@ Two tiers share one model directory (``tier``):
   page's size, and the cosine of the query and the title's head where the title names what the
   product is for, combined by a logistic model fitted on real labels. Only results that come
   with their page (:meth:`Scorer.predict`'s ``pages``) are scored so, with the version and
-  operating point of :attr:`Scorer.page`; a result that arrives alone is scored by the cosine
-  tier.
+  operating point of :attr:`Scorer.page`. A result that arrives alone is scored by the page
+  tier's *lone* model (:attr:`Scorer.lone`: the features that need no page), whose version and
+  operating point are the scorer's own (:attr:`Scorer.model_version`,
+  :attr:`Scorer.operating_threshold`); with a card that has none, by the cosine tier.
 - ``"card"``: the tier the model card serves (:attr:`ModelCard.served_tier
   <scoring.card.ModelCard.served_tier>`).
 
@@ -90,12 +92,15 @@ from scoring.embedding import (
 from scoring.page import (
     ANCHORS,
     FEATURES,
+    LONE_COLUMNS,
+    LONE_FEATURES,
     PageContext,
     PageModel,
     PageRef,
     negated_in_titles,
     page_features,
 )
+from scoring.text import title_head, title_of
 
 __all__ = [
     "TOKEN_BUDGET",
@@ -208,7 +213,10 @@ CacheKey = tuple[str, Hashable, str]
 
 @dataclass(frozen=True)
 class PageTier:
-    """The page tier's card entry as the scorer uses it: version, operating point, model."""
+    """A page tier's card entry as the scorer uses it: version, operating point, model.
+
+    The page model (card tier ``"page"``) or the lone model (``"lone"``, :data:`LONE_FEATURES`).
+    """
 
     model_version: str
     operating_threshold: float
@@ -216,30 +224,36 @@ class PageTier:
     model: PageModel
 
     @classmethod
-    def of(cls, entry: TierCard) -> PageTier:
-        """The tier of a card entry.
+    def of(cls, entry: TierCard, lone: bool = False) -> PageTier:
+        """The tier of a card entry: the page model's, or with ``lone`` the lone model's.
 
         Raises:
             ModelNotFoundError: the entry lacks its model or operating point (rebuild).
 
         """
+        name = "lone" if lone else "page"
         if entry.page_model is None or entry.operating_point is None:
             raise ModelNotFoundError(
-                "the model card's page tier has no model or operating point: rebuild the model "
-                "(relmon model build)"
+                f"the model card's {name} tier has no model or operating point: rebuild the "
+                "model (relmon model build)"
             )
         m = entry.page_model
-        if tuple(m.features) != FEATURES or m.anchors != ANCHORS:
+        features, anchors = (LONE_FEATURES, 0) if lone else (FEATURES, ANCHORS)
+        if tuple(m.features) != features or m.anchors != anchors:
             raise ModelNotFoundError(
-                f"the model card's page tier reads features {m.features} with {m.anchors} "
-                f"anchors; this relmon computes {list(FEATURES)} with {ANCHORS}: rebuild the "
+                f"the model card's {name} tier reads features {m.features} with {m.anchors} "
+                f"anchors; this relmon computes {list(features)} with {anchors}: rebuild the "
                 "model (relmon model build)"
             )
         return cls(
             model_version=entry.model_version,
             operating_threshold=entry.operating_point.threshold,
             model=PageModel(
-                mean=tuple(m.mean), std=tuple(m.std), weights=tuple(m.weights), bias=m.bias
+                mean=tuple(m.mean),
+                std=tuple(m.std),
+                weights=tuple(m.weights),
+                bias=m.bias,
+                features=features,
             ),
         )
 
@@ -294,12 +308,18 @@ class Scorer:
         if resolved not in ("cross-encoder", "cosine", "page"):
             raise ConfigError(f"unknown scorer tier {resolved!r}: cross-encoder, cosine or page")
         self.tier: Literal["cross-encoder", "cosine", "page"] = resolved  # type: ignore[assignment]
-        # the page tier scores a result that arrives alone with the cosine tier
+        # the page tier embeds as the cosine tier does; a result that arrives alone gets its
+        # lone model, or the cosine tier with a card that has none
         self._single = "cross-encoder" if resolved == "cross-encoder" else "cosine"
         self._tier_card = card.tier(self._single)
         self.page: PageTier | None = None
+        self.lone: PageTier | None = None
+        """the page tier's model of results that arrive alone (None: the cosine tier's score)"""
         if resolved == "page":
             self.page = PageTier.of(card.tier("page"))
+            if "lone" in (card.tiers or {}):
+                self.lone = PageTier.of(card.tier("lone"), lone=True)
+                self._tier_card = card.tier("lone")
         if self._single == "cosine" and not (self.model_dir / EMBED_FILE).is_file():
             raise ModelNotFoundError(
                 f"{EMBED_FILE} missing in {self.model_dir}: run `relmon model build` to build it"
@@ -355,8 +375,12 @@ class Scorer:
         if self.page is not None and chosen != "fp32":  # the page tier reads these embeddings
             suffix = version.removeprefix(base)
             self.page = replace(self.page, model_version=self.page.model_version + suffix)
-        self.calibration: tuple[float, float] | None = self._calibration(
-            calibration, self._tier_card
+        if self.lone is not None:
+            self.lone = replace(self.lone, model_version=version)
+        self.calibration: tuple[float, float] | None = (
+            None  # the lone model gives P(good) itself
+            if self.lone is not None
+            else self._calibration(calibration, self._tier_card)
         )
         self.model_version: str = f"{version}-cal" if self.calibration else version
         self.session_providers: list[str] = list(self._session.get_providers())
@@ -561,8 +585,9 @@ class Scorer:
         does not depend on the other pairs of the call.
 
         ``pages`` (page tier only; one per pair or None): the page a result was shown on and its
-        index there. Those results get the page tier's P(good) (:attr:`page`); the others, and
-        every result on other tiers, this tier's score.
+        index there. Those results get the page tier's P(good) (:attr:`page`); the others the
+        lone model's (:attr:`lone`) or, without one, the cosine tier's; every result on other
+        tiers this tier's score.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -570,6 +595,19 @@ class Scorer:
             raise ValueError(f"{len(keys)} keys for {len(pairs)} pairs")
         if pages is not None and len(pages) != len(pairs):
             raise ValueError(f"{len(pages)} pages for {len(pairs)} pairs")
+        if self.lone is not None:
+            refs = [None] * len(pairs) if pages is None else pages
+            out = np.empty(len(pairs), dtype=np.float32)
+            on_page = [i for i, ref in enumerate(refs) if ref is not None]
+            alone = [i for i, ref in enumerate(refs) if ref is None]
+            if on_page:
+                out[on_page] = self._predict_pages(
+                    [pairs[i][0] for i in on_page], [refs[i] for i in on_page], batch_size
+                )
+            if alone:
+                features = self.lone_features([pairs[i] for i in alone], batch_size)
+                out[alone] = self.lone.model.p_good(features)
+            return out
         on_page = (
             []
             if pages is None or self.page is None
@@ -631,6 +669,24 @@ class Scorer:
         vectors = self.embed([query, *page.texts, *heads], batch_size)
         vector = dict(zip([query, *page.texts, *heads], vectors, strict=True))
         return _page_features(vector, query, page)
+
+    def lone_features(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        """The lone model's features (:data:`scoring.page.LONE_FEATURES`) of (query, text) pairs.
+
+        Each text is a :func:`scoring.text.product_text`; its title
+        (:func:`scoring.text.title_of`) gives the title head and what it names. The features
+        are the page tier's of a result that needs no page, so they are computed as those.
+        """
+        titles = [title_of(text) for _, text in pairs]
+        heads = [title_head(t) for t in titles]
+        wanted = [*(q for q, _ in pairs), *(t for _, t in pairs), *(h for h in heads if h)]
+        texts = list(dict.fromkeys(wanted))
+        vector = dict(zip(texts, self.embed(texts, batch_size), strict=True))
+        out = np.empty((len(pairs), len(LONE_COLUMNS)))
+        for i, ((query, text), title, head) in enumerate(zip(pairs, titles, heads, strict=True)):
+            alone = PageContext((text,), ("",), (head,), (title,))
+            out[i] = _page_features(vector, query, alone)[0, list(LONE_COLUMNS)]
+        return out
 
     def _predict_pages(
         self, queries: Sequence[str], refs: Sequence[PageRef | None], batch_size: int

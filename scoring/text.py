@@ -11,9 +11,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["category_leaf", "names_any", "product_text", "title_head", "without_words"]
+__all__ = [
+    "category_leaf",
+    "names_any",
+    "product_text",
+    "title_head",
+    "title_of",
+    "without_words",
+]
 
 _CATEGORY_LEVELS = 2  # the last levels of a category path: specific and short
+_FIELD = re.compile(r" \| (?:brand|colour|category) ")
 _FOR = re.compile(r"\b(?:for|compatible with|fits)\b", re.IGNORECASE)
 _WITHOUT = re.compile(r"\b(?:without|w/o|not)\s+(.+)$", re.IGNORECASE)
 _SCOPE_END = re.compile(r"\b(?:with|and|but)\b|,", re.IGNORECASE)
@@ -52,6 +60,14 @@ def product_text(
         if value and value.strip():
             parts.append(f"{name} {' '.join(value.split())}")
     return " | ".join(parts)
+
+
+def title_of(text: str) -> str:
+    """The title of a :func:`product_text`: the text up to its first brand, colour or category.
+
+    A title that holds " | " itself keeps it ("Mug | 2 Pack | brand X" gives "Mug | 2 Pack").
+    """
+    return _FIELD.split(text, maxsplit=1)[0]
 
 
 def title_head(title: str) -> str | None:

@@ -37,7 +37,7 @@ from scoring.card import (
 from scoring.data import Example
 from scoring.embedding import EMBED_INT8_FILE
 from scoring.metrics import evaluate_model, fit_polarisation, reliability, roc_auc
-from scoring.page import ANCHORS, FEATURES, PageContext, fit_logistic
+from scoring.page import ANCHORS, FEATURES, LONE_FEATURES, PageContext, fit_logistic
 from scoring.scorer import Scorer, polarise
 from scoring.text import category_leaf
 from scoring.training.data import esci_split
@@ -48,6 +48,7 @@ __all__ = [
     "cosine_tier",
     "embedding_tiers",
     "evaluate_and_calibrate",
+    "lone_tier",
     "operating_point",
     "page_tier",
     "pool_features",
@@ -183,7 +184,7 @@ def evaluate_and_calibrate(
 def embedding_tiers(
     model_dir: Path, digest: str, seed: int, heldout_fold: int
 ) -> dict[str, TierCard]:
-    """The card entries of the tiers on ``embed.onnx`` (in ``model_dir``): cosine and page.
+    """The card entries of the tiers on ``embed.onnx`` (in ``model_dir``): cosine, page, lone.
 
     Both are fitted on training-fold pairs (the base model is not trained, so their figures on
     the held-out fold are out of sample) and share one scorer, so each text is embedded once.
@@ -205,6 +206,7 @@ def embedding_tiers(
     return {
         "cosine": cosine_tier(scorer, entry, seed, train, held),
         "page": page_tier(scorer, digest, train, held),
+        "lone": lone_tier(scorer, digest, train, held),
     }
 
 
@@ -371,5 +373,52 @@ def page_tier(
                 "fitted_on": f"{len(y_fit)} results of {queries} training queries' pools and "
                 f"pages of {' and '.join(str(n) for n, _ in PAGE_SIZES)} cut from them",
             }
+        ),
+    )
+
+
+def lone_tier(
+    scorer: Scorer, digest: str, train: Sequence[Example], held: Sequence[Example]
+) -> TierCard:
+    """The lone model's card entry: the page tier's model of results that arrive alone.
+
+    A logistic model of the features that need no page (:data:`scoring.page.LONE_FEATURES`,
+    computed as served: :meth:`Scorer.lone_features`), fitted on the training queries' judged
+    pairs, each once; its operating point on the same pairs; held-out figures out of sample.
+    """
+    y_fit = np.array([e.hard_label for e in train])
+    x_fit = scorer.lone_features([(e.query, e.text()) for e in train])
+    model = fit_logistic(x_fit, y_fit, names=LONE_FEATURES)
+    point = operating_point(y_fit, model.p_good(x_fit))
+    y = np.array([e.hard_label for e in held])
+    p = model.p_good(scorer.lone_features([(e.query, e.text()) for e in held]))
+    title_only = model.p_good(scorer.lone_features([(e.query, e.text(False)) for e in held]))
+    flagged = p < point["threshold"]
+    tp = float((flagged & (y == 0)).sum())
+    spec = model.to_json()
+    version = hashlib.sha256((digest + json.dumps(spec, sort_keys=True)).encode()).hexdigest()
+    queries = len({e.query for e in train})
+    return TierCard(
+        model_version=f"minilm-lone-{version[:12]}",
+        file=EMBED_INT8_FILE,
+        task="P(good: ESCI E or S) of a result that arrives without its page: a logistic "
+        "model of the page tier's features that need no page (the cosine of query and "
+        "product, whether the title names what the product is for, the cosine of query and "
+        "title head minus the whole text's, whether the query asks for results without "
+        "something, and whether the title names that; scoring.page.LONE_FEATURES)",
+        operating_point=OperatingPoint.model_validate(
+            {**point, "fitted_on": f"{len(y_fit)} judged pairs of {queries} training queries"}
+        ),
+        heldout=TierHeldout(
+            auc=roc_auc(y, p),
+            auc_title_only=roc_auc(y, title_only),
+            true_bad_share=float((y == 0).mean()),
+            flagged_share=float(flagged.mean()),
+            flag_precision=tp / max(1.0, float(flagged.sum())),
+            flag_recall=tp / max(1.0, float((y == 0).sum())),
+            ece=reliability(y, p)["ece"],
+        ),
+        page_model=PageModelCard.model_validate(
+            {**spec, "fitted_on": f"{len(y_fit)} judged pairs of {queries} training queries"}
         ),
     )

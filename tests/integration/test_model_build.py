@@ -75,8 +75,8 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     )
     assert roc_auc(labels, raw) == pytest.approx(roc_auc(labels, calibrated), abs=1e-3)
 
-    # The cosine tier (results that arrive alone): calibrated on training-fold pairs, figures
-    # out of sample.
+    # The cosine tier (a tier of its own; before the lone model, results that arrive alone):
+    # calibrated on training-fold pairs, figures out of sample.
     assert (out / "embed.onnx").is_file() and card["served_tier"] == "page"
     tier = card["tiers"]["cosine"]
     assert tier["model_version"] == f"minilm-cos-{card['sha256']['embed.onnx'][:12]}"
@@ -94,9 +94,9 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     page = card["tiers"]["page"]
     served = Scorer(out, tier="card", calibration="card")
     assert served.tier == "page" and served.page is not None
-    assert served.page.model_version == page["model_version"] + int8 and served.model_version == (
-        cosine.model_version  # a result that arrives alone
-    )
+    lone = card["tiers"]["lone"]
+    assert served.page.model_version == page["model_version"] + int8
+    assert served.lone is not None and served.model_version == lone["model_version"] + int8
     p_good = np.zeros(len(held))
     rows: dict[str, list[int]] = {}
     for i, e in enumerate(held):
@@ -113,6 +113,17 @@ def test_the_built_model_on_real_labels_separates_good_from_bad(
     assert page["operating_point"]["rule"] == "precision"
     assert page["heldout"]["flag_precision"] == pytest.approx((labels[flags] == 0).mean())
     assert page["heldout"]["flag_precision"] > 0.5
+
+    # A result that arrives alone: the lone model (the page tier's features that need no page),
+    # fitted on the training pairs. On the held-out queries it ranks better than the cosine it
+    # starts from, and its flag is the served scorer's own threshold.
+    alone = served.predict(pairs)
+    assert roc_auc(labels, alone) == pytest.approx(lone["heldout"]["auc"], abs=1e-6)
+    assert lone["heldout"]["auc"] > tier["heldout"]["auc"]
+    assert lone["operating_point"]["threshold"] == served.operating_threshold
+    assert (alone < served.operating_threshold).mean() == pytest.approx(
+        lone["heldout"]["flagged_share"], abs=1e-9
+    )
 
     # The CLI evaluates on the card's held-out set (scoring.metrics.evaluate_model, fp32 and
     # int8) and writes the card (JSON + Markdown); its served variant's AUC is the scorer's.
@@ -140,5 +151,6 @@ def test_the_published_card_round_trips_and_renders_the_same_markdown(
     assert card_markdown(card) == (model_dir / "card.md").read_text()
     assert card.tier("cosine").model_version.startswith("minilm-cos-")
     assert card.tier("page").model_version.startswith("minilm-page-")
+    assert card.tier("lone").model_version.startswith("minilm-lone-")
     write_card(tmp_path, raw)  # the CLI's path: a card read as plain JSON
     assert json.loads((tmp_path / "card.json").read_text()) == raw

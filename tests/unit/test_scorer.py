@@ -22,8 +22,9 @@ import scoring.scorer as scorer_module
 from relmon.errors import ConfigError, ModelNotFoundError, StoreUnavailable
 from scoring import Scorer
 from scoring.embedding import text_key
-from scoring.page import FEATURES, PageContext, PageRef
+from scoring.page import FEATURES, LONE_FEATURES, PageContext, PageRef
 from scoring.scorer import polarise
+from scoring.text import product_text, title_of
 from scoring.training.export import export_pair_model, quantise_per_token, quantise_static
 
 if TYPE_CHECKING:
@@ -519,7 +520,7 @@ def test_page_tier_scores_a_result_against_its_page_and_one_alone_by_the_cosine_
     np.testing.assert_allclose(on_page, scorer.page.model.p_good(features), rtol=1e-6)
     assert set(features[:, FEATURES.index("log_page_size")]) == {np.log(len(texts))}
     # a result's score depends on its page only: alone in a call, in another order, mixed
-    # with results that came without a page (those get the cosine tier's score)
+    # with results that came without a page (this card has no lone model: the cosine tier's)
     np.testing.assert_array_equal(scorer.predict(pairs[2:3], pages=refs[2:3]), on_page[2:3])
     mixed = scorer.predict([pairs[3], pairs[1]], pages=[None, refs[1]])
     assert mixed[1] == on_page[1]
@@ -573,6 +574,62 @@ def test_page_tier_reads_what_the_query_asks_to_be_without(
     cleared = without.copy()
     cleared[0, named] = 0.0
     assert scores[0] < scorer.page.model.p_good(cleared)[0]
+
+
+def test_page_tier_scores_a_result_that_arrives_alone_by_its_lone_model(
+    tiny_cosine: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    model_dir, _ = tiny_cosine
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    card = json.loads((copy / "card.json").read_text())
+    card["tiers"]["lone"] = {
+        "model_version": "minilm-lone-tiny",
+        "operating_point": {"threshold": 0.6},
+        "page_model": {
+            "features": list(LONE_FEATURES),
+            "anchors": 0,
+            "mean": [0.5, 0.3, -0.05, 0.2, 0.1],
+            "std": [0.15, 0.45, 0.1, 0.4, 0.3],
+            "weights": [0.8, -0.2, 0.3, -0.2, -0.6],
+            "bias": 1.2,
+        },
+    }
+    (copy / "card.json").write_text(json.dumps(card))
+    scorer = Scorer(copy, provider="cpu", tier="page", calibration="card")
+    assert scorer.lone is not None and scorer.page is not None
+    # results that arrive alone carry the lone model's version and flag, on its own scale
+    assert scorer.model_version == scorer.lone.model_version == "minilm-lone-tiny-int8"
+    assert scorer.calibration is None and scorer.operating_threshold == 0.6
+    query = "cat treats without chicken"
+    titles = ["Chicken Cat Treats", "Salmon Cat Treats", "Treat Pouch for Cat Treats | 2 Pack"]
+    texts = [product_text(titles[0], "Acme"), product_text(titles[1], "Chicken Co")]
+    texts.append(product_text(titles[2], "Acme", "red", "Pets > Cats > Treat Pouches"))
+    assert [title_of(t) for t in texts] == titles
+    pairs = [(query, t) for t in texts]
+    features = scorer.lone_features(pairs)
+    named = LONE_FEATURES.index("negated_in_title")
+    # the title names the excluded chicken, a brand does not; the pouch is for cat treats
+    assert features[:, named].tolist() == [1.0, 0.0, 0.0]
+    assert features[:, LONE_FEATURES.index("negation")].tolist() == [1.0] * 3
+    assert features[:, LONE_FEATURES.index("for_marker")].tolist() == [0.0, 0.0, 1.0]
+    # each is the page tier's feature of the same result, which needs no page
+    page = PageContext.of(texts, [""] * 3, titles)
+    on_page = scorer.page_features(query, page)
+    np.testing.assert_allclose(features, on_page[:, [FEATURES.index(f) for f in LONE_FEATURES]])
+    alone = scorer.predict(pairs)
+    np.testing.assert_allclose(alone, scorer.lone.model.p_good(features), rtol=1e-6)
+    # a result alone scores the same in any call, beside results on their page or not
+    refs: list[PageRef | None] = [None, (page, 1), None]
+    mixed = scorer.predict(pairs, pages=refs)
+    assert mixed[0] == alone[0] and mixed[2] == alone[2]
+    assert mixed[1] == scorer.predict(pairs[1:2], pages=refs[1:2])[0]
+    assert scorer.predict(pairs[2:][::-1] * 2)[0] == alone[2]
+    # a lone model that reads other features says rebuild
+    card["tiers"]["lone"]["page_model"]["features"] = [*LONE_FEATURES[:4], "other"]
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelNotFoundError, match=r"lone tier.*relmon model build"):
+        Scorer(copy, provider="cpu", tier="page")
 
 
 class DictVectors:
