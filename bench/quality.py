@@ -11,8 +11,9 @@ Every scorer is measured on the same folds (the 150 bundled ESCI queries dealt i
   (``models/relmon-minilm-ce`` is fold 0's model when it was built with the defaults).
 - baselines: the untouched all-MiniLM-L6-v2's cosine of query and product embeddings
   (zero-shot, fp32; the better of title-only and title + fields), and the share of query words
-  found in the title. The cosine tier as served (``cosine_*``, ``cv_auc_cosine_tier``) and the
-  page tier read the served embedder's vectors (``cosine_tier_variant``: int8 on CPU).
+  found in the title. The cosine tier as served (``cosine_*``, ``cv_auc_cosine_tier``), the
+  page tier and its lone model (results that arrive alone: ``lone_*``, ``cv_auc_lone_tier``)
+  read the served embedder's vectors (``cosine_tier_variant``: int8 on CPU).
 
 Rates: calibration is *cross-fitted*: the Platt map and the flag's threshold applied to fold k
 are fitted on the other folds, never on fold k (the page tier's P(good) and threshold come from
@@ -30,9 +31,10 @@ every stored row's truth is its human grade. ``e2e_true_bad_share`` is the repla
 impressions' true bad share, ``e2e_shown_rate`` the expected bad share the dashboard shows
 (weighted mean calibrated P(bad), read with the dashboard's own sums) with its 95% interval,
 ``e2e_flagged_rate`` the worker's weighted flagged rate, ``e2e_flag_precision`` the share of
-flagged rows that people judged bad (``e2e_by_tier``: the same per tier, page and cosine), and
-``e2e_corrected_rate`` the bias-corrected rate (``relmon.teacher.agreement``) with the review
-stream graded by a reference judge that answers with the human grades.
+flagged rows that people judged bad (``e2e_by_tier``: the same per tier: page, lone, and
+cosine for a card without a lone model), and ``e2e_corrected_rate`` the bias-corrected rate
+(``relmon.teacher.agreement``) with the review stream graded by a reference judge that answers
+with the human grades.
 
 The last line is one JSON object.
 """
@@ -56,7 +58,7 @@ from scoring import ModelCard, Scorer  # noqa: E402
 from scoring.card import DataSplit  # noqa: E402
 from scoring.esci import load_esci_judgments  # noqa: E402
 from scoring.metrics import fit_polarisation, reliability, roc_auc  # noqa: E402
-from scoring.page import PageModel, fit_logistic  # noqa: E402
+from scoring.page import LONE_FEATURES, PageModel, fit_logistic  # noqa: E402
 from scoring.scorer import polarise  # noqa: E402
 from scoring.training import (  # noqa: E402
     DEFAULT_RECIPE,
@@ -156,6 +158,29 @@ def page_tier(
     for k, (model, _) in models.items():
         out[fold_of == k] = model.p_good(x[fold_of == k])
     return out
+
+
+def lone_tier(
+    scorer: Scorer, examples: list[Any], fold_of: np.ndarray, todo: list[int]
+) -> tuple[dict[int, tuple[PageModel, float]], np.ndarray, np.ndarray]:
+    """The lone model (results that arrive alone), cross-fitted as the build fits it.
+
+    For each fold k, fitted on the other folds' judged pairs (each once) with its threshold
+    there; returns those models and thresholds, and every pair's P(good) from its fold's model
+    with the product text and with the title only.
+    """
+    y = np.array([e.hard_label for e in examples])
+    x = scorer.lone_features([(e.query, e.text()) for e in examples])
+    x_title = scorer.lone_features([(e.query, e.text(False)) for e in examples])
+    models, p, p_title = {}, np.zeros(len(examples)), np.zeros(len(examples))
+    for k in todo:
+        other = np.isin(fold_of, [j for j in todo if j != k] or [k])
+        model = fit_logistic(x[other], y[other], names=LONE_FEATURES)
+        threshold = float(operating_point(y[other], model.p_good(x[other]))["threshold"])
+        models[k] = model, threshold
+        p[fold_of == k] = model.p_good(x[fold_of == k])
+        p_title[fold_of == k] = model.p_good(x_title[fold_of == k])
+    return models, p, p_title
 
 
 def short_pages(
@@ -284,7 +309,8 @@ def end_to_end(impressions: int, rate: float) -> dict[str, Any]:
     expected = out["inspected"]["sums"].expected()
     truth = out["truly_irrelevant"] / max(1, out["impressions"])
     by_tier = {}  # the flag per tier, its precision against the human grades
-    for name, version in (("page", "minilm-page-"), ("cosine", "minilm-cos-")):
+    tiers = (("page", "minilm-page-"), ("lone", "minilm-lone-"), ("cosine", "minilm-cos-"))
+    for name, version in tiers:
         m = np.array([version in str(r[4]) for r in rows])
         hit = m & flagged
         by_tier[name] = {
@@ -419,6 +445,7 @@ def main() -> None:
     page = page_tier(embedder, models, examples, fold_of)
     page_title_only = page_tier(embedder, models, examples, fold_of, fields=False)
     page10 = short_pages(embedder, models, examples, fold_of)
+    lone_fits, lone, lone_title_only = lone_tier(embedder, examples, fold_of, todo)
     # the cosine tier as served: the served embedder's vectors (per-token int8 on CPU), not the
     # untouched fp32 model's of the zero-shot baseline above
     served_cos = (
@@ -427,6 +454,7 @@ def main() -> None:
     tier_rates = {
         "cosine": rates((served_cos + 1) / 2),
         "page": rates(page, models),
+        "lone": rates(lone, lone_fits),
         "student": rates(raw["int8"]),
     }
     tiers = {"cosine": (served_cos + 1) / 2, "page": page, "cross-encoder": raw["int8"]}
@@ -452,6 +480,9 @@ def main() -> None:
         "cv_auc_page_tier": cv_auc(page)[0],
         "cv_auc_page_tier_sd": cv_auc(page)[1],
         "cv_auc_page_tier_title_only": cv_auc(page_title_only)[0],
+        "cv_auc_lone_tier": cv_auc(lone)[0],
+        "cv_auc_lone_tier_sd": cv_auc(lone)[1],
+        "cv_auc_lone_tier_title_only": cv_auc(lone_title_only)[0],
         **page10,
         **{f"{name}_{k}": v for name, r in tier_rates.items() for k, v in r.items()},
         **tier_rates["student" if SERVED_TIER == "cross-encoder" else SERVED_TIER],

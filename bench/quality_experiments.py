@@ -11,6 +11,7 @@ Run from the repository root with the venv's python (needs the ``train`` extra: 
     python bench/quality_experiments.py layers
     python bench/quality_experiments.py complements
     python bench/quality_experiments.py negation
+    python bench/quality_experiments.py lone
 
 Every figure is an AUC of good (ESCI E, S) against bad (C, I) on the bundled real ESCI
 judgments, split by query: ``cv`` is the 5 folds of ``bench/quality.py`` (each fold scored by
@@ -55,6 +56,11 @@ them).
   where it does not negate it (:func:`scoring.text.names_any`: "Chicken-Free" does not), the
   variant served (the first and the last of these), and the cosine of the excluded words and
   the product; on the inner split and the 5 folds.
+- ``lone``: results that arrive without their page. The cosine alone against a logistic model
+  of the page tier's features that need no page (:data:`scoring.page.LONE_FEATURES`: the
+  cosine, the title head's two, the negation's two; served as the page tier's lone model), and
+  each of the two groups on its own; fitted on the fitting queries' judged pairs, on the inner
+  split and the 5 folds.
 - ``precision``: the precision and recall of the bad flag as the threshold is raised, from the
   page tier's cross-fitted P(good) (how far a flag right 6 times in 10 reaches).
 
@@ -81,7 +87,13 @@ sys.path.insert(0, str(ROOT))
 from scoring.data import GRADE_TARGETS, Example  # noqa: E402
 from scoring.esci import load_esci_judgments  # noqa: E402
 from scoring.metrics import roc_auc  # noqa: E402
-from scoring.page import FEATURES, fit_logistic, negated_in_titles, page_features  # noqa: E402
+from scoring.page import (  # noqa: E402
+    FEATURES,
+    LONE_COLUMNS,
+    fit_logistic,
+    negated_in_titles,
+    page_features,
+)
 from scoring.text import category_leaf, names_any, title_head, without_words  # noqa: E402
 from scoring.training import FOLDS, query_folds  # noqa: E402
 from scoring.training.finetune import (  # noqa: E402
@@ -569,6 +581,22 @@ def layers(args: argparse.Namespace) -> None:
     )
 
 
+def lone(args: argparse.Namespace) -> None:
+    examples, fold_of, y, embedder, q, p = judged_vectors()
+    heads = [title_head(e.title) for e in examples]
+    found = sorted({h for h in heads if h})
+    vector = dict(zip(found, embedder.embed(found), strict=True))
+    x = features(examples, q, p, [None if h is None else vector[h] for h in heads], negation=True)
+    column = {name: FEATURES.index(name) for name in FEATURES}
+    variants = {
+        "the cosine (the cosine tier)": x[:, [column["cosine"]]],
+        "+ the title head": x[:, [column[f] for f in ("cosine", "for_marker", "head_gain")]],
+        "+ the negation": x[:, [column[f] for f in ("cosine", "negation", "negated_in_title")]],
+        "+ both: the features that need no page (served)": x[:, list(LONE_COLUMNS)],
+    }
+    print_variant_aucs(variants, y, examples, fold_of)
+
+
 def precision(args: argparse.Namespace) -> None:
     examples = load_esci_judgments()
     fold_of = np.array(query_folds(examples, FOLDS, 13))
@@ -610,6 +638,7 @@ def main() -> None:
     sub.add_parser("layers")
     sub.add_parser("complements")
     sub.add_parser("negation")
+    sub.add_parser("lone")
     args = ap.parse_args()
     experiments = {
         "biencoder": biencoder,
@@ -620,6 +649,7 @@ def main() -> None:
         "layers": layers,
         "complements": complements,
         "negation": negation,
+        "lone": lone,
     }
     experiments[args.what](args)
 

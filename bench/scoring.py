@@ -31,7 +31,8 @@ with the CPU's model and ISA flags (``cpu``, ``isa``).
 
 The served tier (the card's ``served_tier``) is the page tier: a result judged against the page
 it was shown on (``scoring.page``; ``Scorer(tier="page")`` with each result's page passed to
-``predict``). A result that arrives without its page is scored by the cosine tier. The page tier
+``predict``). A result that arrives without its page is scored by its lone model (the cosine
+and the features that need no page; not timed here). The page tier
 is measured on both pair sets (the synthetic pairs are result pages of 10 too), against the
 CrossEncoder on the same pairs: cold (a new scorer each round, as the cold cosine tier:
 ``ratio_page_tier_vs_st_crossencoder``, ``ratio_page_tier_vs_st_crossencoder_esci``), and with
