@@ -121,6 +121,37 @@ def _card_point(point: dict[str, Any], alpha: float, beta: float, **where: str) 
     return OperatingPoint.model_validate({**point, "threshold_calibrated": calibrated, **where})
 
 
+def _heldout(
+    y: np.ndarray,
+    scores: np.ndarray,
+    title_only: np.ndarray,
+    threshold: float,
+    p_good: np.ndarray | None = None,
+) -> TierHeldout:
+    """A tier's held-out figures: AUC, with titles only, the flag at ``threshold`` and the ECE.
+
+    ``scores`` are what the threshold applies to; ``p_good`` their calibrated P(good) (by
+    default the scores themselves) for the ECE.
+    """
+    flagged = scores < threshold
+    tp = float((flagged & (y == 0)).sum())
+    return TierHeldout(
+        auc=roc_auc(y, scores),
+        auc_title_only=roc_auc(y, title_only),
+        true_bad_share=float((y == 0).mean()),
+        flagged_share=float(flagged.mean()),
+        flag_precision=tp / max(1.0, float(flagged.sum())),
+        flag_recall=tp / max(1.0, float((y == 0).sum())),
+        ece=reliability(y, scores if p_good is None else p_good)["ece"],
+    )
+
+
+def _version(prefix: str, digest: str, spec: dict[str, Any]) -> str:
+    """A fitted model's version: ``prefix`` and a hash of the embedder's digest and the model."""
+    h = hashlib.sha256((digest + json.dumps(spec, sort_keys=True)).encode()).hexdigest()
+    return f"{prefix}-{h[:12]}"
+
+
 def evaluate_and_calibrate(
     model_dir: Path, card: ModelCard, heldout: Sequence[Example], max_length: int
 ) -> ModelCard:
@@ -226,8 +257,6 @@ def cosine_tier(
     y = np.array([e.hard_label for e in held])
     raw = scorer.predict([(e.query, e.text()) for e in held])
     title_only = scorer.predict([(e.query, e.text(fields=False)) for e in held])
-    flagged = raw < point["threshold"]
-    tp = float((flagged & (y == 0)).sum())
     return entry.model_copy(
         update={
             "calibration": Calibration(
@@ -238,15 +267,7 @@ def cosine_tier(
             "operating_point": _card_point(
                 point, alpha, beta, fitted_on=f"{len(fit)} training-fold pairs"
             ),
-            "heldout": TierHeldout(
-                auc=roc_auc(y, raw),
-                auc_title_only=roc_auc(y, title_only),
-                true_bad_share=float((y == 0).mean()),
-                flagged_share=float(flagged.mean()),
-                flag_precision=tp / max(1.0, float(flagged.sum())),
-                flag_recall=tp / max(1.0, float((y == 0).sum())),
-                ece=reliability(y, polarise(raw, alpha, beta))["ece"],
-            ),
+            "heldout": _heldout(y, raw, title_only, point["threshold"], polarise(raw, alpha, beta)),
         }
     )
 
@@ -337,13 +358,10 @@ def page_tier(
     y = np.array([e.hard_label for e in held])
     p = model.p_good(pool_features(scorer, held))
     title_only = model.p_good(pool_features(scorer, held, fields=False))
-    flagged = p < point["threshold"]
-    tp = float((flagged & (y == 0)).sum())
     spec = model.to_json()
-    version = hashlib.sha256((digest + json.dumps(spec, sort_keys=True)).encode()).hexdigest()
     queries = len({e.query for e in train})
     return TierCard(
-        model_version=f"minilm-page-{version[:12]}",
+        model_version=_version("minilm-page", digest, spec),
         file=EMBED_INT8_FILE,  # the vectors its figures and model come from
         task="P(good: ESCI E or S) of a result on its result page: a logistic model of the "
         "cosine of query and product, the product's cosine to the centroid of the page's "
@@ -358,15 +376,7 @@ def page_tier(
                 f"{round(float(w_fit.sum()))} judged pairs counted once",
             }
         ),
-        heldout=TierHeldout(
-            auc=roc_auc(y, p),
-            auc_title_only=roc_auc(y, title_only),
-            true_bad_share=float((y == 0).mean()),
-            flagged_share=float(flagged.mean()),
-            flag_precision=tp / max(1.0, float(flagged.sum())),
-            flag_recall=tp / max(1.0, float((y == 0).sum())),
-            ece=reliability(y, p)["ece"],
-        ),
+        heldout=_heldout(y, p, title_only, point["threshold"]),
         page_model=PageModelCard.model_validate(
             {
                 **spec,
@@ -393,13 +403,10 @@ def lone_tier(
     y = np.array([e.hard_label for e in held])
     p = model.p_good(scorer.lone_features([(e.query, e.text()) for e in held]))
     title_only = model.p_good(scorer.lone_features([(e.query, e.text(False)) for e in held]))
-    flagged = p < point["threshold"]
-    tp = float((flagged & (y == 0)).sum())
     spec = model.to_json()
-    version = hashlib.sha256((digest + json.dumps(spec, sort_keys=True)).encode()).hexdigest()
     queries = len({e.query for e in train})
     return TierCard(
-        model_version=f"minilm-lone-{version[:12]}",
+        model_version=_version("minilm-lone", digest, spec),
         file=EMBED_INT8_FILE,
         task="P(good: ESCI E or S) of a result that arrives without its page: a logistic "
         "model of the page tier's features that need no page (the cosine of query and "
@@ -409,15 +416,7 @@ def lone_tier(
         operating_point=OperatingPoint.model_validate(
             {**point, "fitted_on": f"{len(y_fit)} judged pairs of {queries} training queries"}
         ),
-        heldout=TierHeldout(
-            auc=roc_auc(y, p),
-            auc_title_only=roc_auc(y, title_only),
-            true_bad_share=float((y == 0).mean()),
-            flagged_share=float(flagged.mean()),
-            flag_precision=tp / max(1.0, float(flagged.sum())),
-            flag_recall=tp / max(1.0, float((y == 0).sum())),
-            ece=reliability(y, p)["ece"],
-        ),
+        heldout=_heldout(y, p, title_only, point["threshold"]),
         page_model=PageModelCard.model_validate(
             {**spec, "fitted_on": f"{len(y_fit)} judged pairs of {queries} training queries"}
         ),

@@ -486,13 +486,17 @@ def test_cosine_tier_without_its_file_says_how_to_build_it(
         Scorer(model_dir, provider="cpu", tier="bogus")  # type: ignore[arg-type]
 
 
+def _copy_with_card(model_dir: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of ``model_dir`` to edit, and its card as plain JSON."""
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    return copy, json.loads((copy / "card.json").read_text())
+
+
 def test_a_page_model_built_with_other_features_says_rebuild(
     tiny_cosine: tuple[Path, torch.nn.Module], tmp_path: Path
 ) -> None:
-    model_dir, _ = tiny_cosine
-    copy = tmp_path / "m"
-    shutil.copytree(model_dir, copy)
-    card = json.loads((copy / "card.json").read_text())
+    copy, card = _copy_with_card(tiny_cosine[0], tmp_path)
     page = card["tiers"]["page"]["page_model"]
     for key in ("features", "mean", "std", "weights"):  # a card from before the negation
         page[key] = page[key][:6]
@@ -579,10 +583,7 @@ def test_page_tier_reads_what_the_query_asks_to_be_without(
 def test_page_tier_scores_a_result_that_arrives_alone_by_its_lone_model(
     tiny_cosine: tuple[Path, torch.nn.Module], tmp_path: Path
 ) -> None:
-    model_dir, _ = tiny_cosine
-    copy = tmp_path / "m"
-    shutil.copytree(model_dir, copy)
-    card = json.loads((copy / "card.json").read_text())
+    copy, card = _copy_with_card(tiny_cosine[0], tmp_path)
     card["tiers"]["lone"] = {
         "model_version": "minilm-lone-tiny",
         "operating_point": {"threshold": 0.6},
