@@ -397,6 +397,14 @@ def judged_vectors() -> tuple[list[Example], np.ndarray, np.ndarray, Embedder, n
     return examples, fold_of, y, embedder, *vectors(embedder, examples)
 
 
+def head_vectors(embedder: Embedder, examples: Sequence[Example]) -> list[np.ndarray | None]:
+    """Each example's title-head vector as served (:func:`scoring.text.title_head`), or None."""
+    heads = [title_head(e.title) for e in examples]
+    found = sorted({h for h in heads if h})
+    vector = dict(zip(found, embedder.embed(found), strict=True))
+    return [None if h is None else vector[h] for h in heads]
+
+
 def complements(args: argparse.Namespace) -> None:
     examples, fold_of, y, embedder, q, p = judged_vectors()
     x = features(examples, q, p)
@@ -449,10 +457,7 @@ def complements(args: argparse.Namespace) -> None:
 
 def negation(args: argparse.Namespace) -> None:
     examples, fold_of, y, embedder, q, p = judged_vectors()
-    heads = [title_head(e.title) for e in examples]
-    found = sorted({h for h in heads if h})
-    vector = dict(zip(found, embedder.embed(found), strict=True))
-    on_page = [None if h is None else vector[h] for h in heads]
+    on_page = head_vectors(embedder, examples)
     before = features(examples, q, p, on_page)  # the six features served before
     words = [without_words(e.query) for e in examples]
     asks = np.array([bool(w) for w in words], dtype=np.float64)
@@ -583,10 +588,7 @@ def layers(args: argparse.Namespace) -> None:
 
 def lone(args: argparse.Namespace) -> None:
     examples, fold_of, y, embedder, q, p = judged_vectors()
-    heads = [title_head(e.title) for e in examples]
-    found = sorted({h for h in heads if h})
-    vector = dict(zip(found, embedder.embed(found), strict=True))
-    x = features(examples, q, p, [None if h is None else vector[h] for h in heads], negation=True)
+    x = features(examples, q, p, head_vectors(embedder, examples), negation=True)
     column = {name: FEATURES.index(name) for name in FEATURES}
     variants = {
         "the cosine (the cosine tier)": x[:, [column["cosine"]]],

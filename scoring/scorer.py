@@ -318,8 +318,8 @@ class Scorer:
         if resolved == "page":
             self.page = PageTier.of(card.tier("page"))
             if "lone" in (card.tiers or {}):
-                self.lone = PageTier.of(card.tier("lone"), lone=True)
                 self._tier_card = card.tier("lone")
+                self.lone = PageTier.of(self._tier_card, lone=True)
         if self._single == "cosine" and not (self.model_dir / EMBED_FILE).is_file():
             raise ModelNotFoundError(
                 f"{EMBED_FILE} missing in {self.model_dir}: run `relmon model build` to build it"
@@ -595,38 +595,39 @@ class Scorer:
             raise ValueError(f"{len(keys)} keys for {len(pairs)} pairs")
         if pages is not None and len(pages) != len(pairs):
             raise ValueError(f"{len(pages)} pages for {len(pairs)} pairs")
-        if self.lone is not None:
-            refs = [None] * len(pairs) if pages is None else pages
-            out = np.empty(len(pairs), dtype=np.float32)
-            on_page = [i for i, ref in enumerate(refs) if ref is not None]
-            alone = [i for i, ref in enumerate(refs) if ref is None]
-            if on_page:
-                out[on_page] = self._predict_pages(
-                    [pairs[i][0] for i in on_page], [refs[i] for i in on_page], batch_size
-                )
-            if alone:
-                features = self.lone_features([pairs[i] for i in alone], batch_size)
-                out[alone] = self.lone.model.p_good(features)
-            return out
         on_page = (
             []
             if pages is None or self.page is None
             else [i for i, ref in enumerate(pages) if ref is not None]
         )
-        if on_page:
-            assert pages is not None
-            alone = [i for i, ref in enumerate(pages) if ref is None]
-            out = np.empty(len(pairs), dtype=np.float32)
-            out[on_page] = self._predict_pages(
-                [pairs[i][0] for i in on_page], [pages[i] for i in on_page], batch_size
+        if not on_page:
+            return self._predict_alone(pairs, batch_size, keys)
+        assert pages is not None
+        alone = [i for i, ref in enumerate(pages) if ref is None]
+        out = np.empty(len(pairs), dtype=np.float32)
+        out[on_page] = self._predict_pages(
+            [pairs[i][0] for i in on_page], [pages[i] for i in on_page], batch_size
+        )
+        if alone:
+            out[alone] = self._predict_alone(
+                [pairs[i] for i in alone],
+                batch_size,
+                None if keys is None else [keys[i] for i in alone],
             )
-            if alone:
-                out[alone] = self.predict(
-                    [pairs[i] for i in alone],
-                    batch_size,
-                    None if keys is None else [keys[i] for i in alone],
-                )
-            return out
+        return out
+
+    def _predict_alone(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int,
+        keys: Sequence[Hashable] | None,
+    ) -> np.ndarray:
+        """Scores of results without a page: the lone model's P(good), else this tier's score."""
+        if self.lone is not None:
+            if not pairs:
+                return np.empty(0, dtype=np.float32)
+            p_good = self.lone.model.p_good(self.lone_features(pairs, batch_size))
+            return p_good.astype(np.float32)
         out = np.empty(len(pairs), dtype=np.float32)
         todo = list(range(len(pairs)))
         ckeys: list[CacheKey] = []
@@ -682,10 +683,11 @@ class Scorer:
         wanted = [*(q for q, _ in pairs), *(t for _, t in pairs), *(h for h in heads if h)]
         texts = list(dict.fromkeys(wanted))
         vector = dict(zip(texts, self.embed(texts, batch_size), strict=True))
-        out = np.empty((len(pairs), len(LONE_COLUMNS)))
+        columns = list(LONE_COLUMNS)
+        out = np.empty((len(pairs), len(columns)))
         for i, ((query, text), title, head) in enumerate(zip(pairs, titles, heads, strict=True)):
             alone = PageContext((text,), ("",), (head,), (title,))
-            out[i] = _page_features(vector, query, alone)[0, list(LONE_COLUMNS)]
+            out[i] = _page_features(vector, query, alone)[0, columns]
         return out
 
     def _predict_pages(
