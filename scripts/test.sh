@@ -16,6 +16,7 @@ if [ "$#" -gt 0 ]; then
   exec "${PYTEST[@]}" "$@"
 fi
 
+SECONDS=0  # the phase lines below say where a slow run spent its time
 build_pid=""
 if [ ! -f "$MODEL" ]; then
   echo "building the model beside lint and the tests that do not use it (log: build/model-build.log)"
@@ -30,10 +31,13 @@ if [ "$lint" -ne 0 ]; then
   echo "lint failed: fix it first (make lint)" >&2
   exit 1
 fi
+echo "lint done at ${SECONDS} s"
 "${PYTEST[@]}" tests/unit
 unit=$?
+echo "unit tier done at ${SECONDS} s"
 "${PYTEST[@]}" tests/integration -m "not needs_model"
 servers=$?
+echo "integration tier without the model done at ${SECONDS} s"
 if [ -n "$build_pid" ]; then
   if ! wait "$build_pid"; then
     tail -n 50 build/model-build.log
@@ -41,8 +45,10 @@ if [ -n "$build_pid" ]; then
     exit 1
   fi
   grep -m1 "^built " build/model-build.log || true
+  echo "model built by ${SECONDS} s"
 fi
 "${PYTEST[@]}" tests/integration -m needs_model
 model=$?
+echo "integration tier with the model done at ${SECONDS} s"
 echo "unit tier: exit $unit; integration tier without the model: exit $servers; with it: exit $model"
 [ "$unit" -eq 0 ] && [ "$servers" -eq 0 ] && [ "$model" -eq 0 ]
