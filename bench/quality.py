@@ -22,7 +22,9 @@ is the expected bad share, the mean calibrated P(bad): ``shown_rate``, with ``ra
 against the pooled true bad share and ``per_query_rate_abs_error``, the mean over the 150 queries
 of |expected share - true bad share|. The flag (``scoring.training.evaluate.operating_point``:
 precision at least 0.6 with 95% confidence on the fitting pairs) is measured on the held-out
-folds by ``flag_precision``, ``flag_recall`` and ``flagged_rate``.
+folds by ``flag_precision`` (with ``flags``, the flagged pairs, and ``flag_precision_ci``, a 95%
+bootstrap interval that resamples queries, since one query's flags are right or wrong together),
+``flag_recall`` and ``flagged_rate``.
 
 End to end (``--e2e-impressions``, default 6000; 0 skips it): ``relmon demo`` machinery (broker,
 store, worker with the published model, scoring budget off so that every sampled impression is
@@ -57,7 +59,12 @@ from relmon.hostinfo import cpu_model, isa_flags  # noqa: E402
 from scoring import ModelCard, Scorer  # noqa: E402
 from scoring.card import DataSplit  # noqa: E402
 from scoring.esci import load_esci_judgments  # noqa: E402
-from scoring.metrics import fit_polarisation, reliability, roc_auc  # noqa: E402
+from scoring.metrics import (  # noqa: E402
+    cluster_ratio_interval,
+    fit_polarisation,
+    reliability,
+    roc_auc,
+)
 from scoring.page import LONE_FEATURES, PageModel, fit_logistic  # noqa: E402
 from scoring.scorer import polarise  # noqa: E402
 from scoring.training import (  # noqa: E402
@@ -415,7 +422,10 @@ def main() -> None:
                 p_good[m] = polarise(scores[m], *fit_polarisation(y[other], scores[other]))
             flags[m] = scores[m] < threshold
         flagged, p_bad = flags[done], 1 - p_good[done]
-        tp = float((flagged & (yd == 0)).sum())
+        hit = flagged & (yd == 0)
+        tp = float(hit.sum())
+        # each query's flags rise and fall together: the interval resamples queries, not rows
+        ci = cluster_ratio_interval(hit, flagged, qd) if flagged.any() else (0.0, 1.0)
         return {
             "shown_rate": float(p_bad.mean()),
             "rate_abs_error": abs(float(p_bad.mean()) - float(bad_true.mean())),
@@ -423,6 +433,8 @@ def main() -> None:
             "ece": reliability(yd, p_good[done])["ece"],
             "flagged_rate": float(flagged.mean()),
             "flag_precision": tp / max(1.0, float(flagged.sum())),
+            "flag_precision_ci": list(ci),
+            "flags": int(flagged.sum()),
             "flag_recall": tp / max(1.0, float(bad_true.sum())),
         }
 

@@ -13,6 +13,7 @@ from scoring.scorer import Provider, Scorer
 
 __all__ = [
     "binary_metrics",
+    "cluster_ratio_interval",
     "evaluate_model",
     "fit_polarisation",
     "grade_distributions",
@@ -52,6 +53,42 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
         raise ValueError("AUC needs both positive and negative labels")
     ranks = _average_ranks(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def cluster_ratio_interval(
+    hits: Sequence[float] | np.ndarray,
+    trials: Sequence[float] | np.ndarray,
+    clusters: Sequence[object],
+    confidence: float = 0.95,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``sum(hits) / sum(trials)``, resampling whole clusters.
+
+    Rows of one cluster (a query's results) are alike more often than independent rows, so an
+    interval that counts rows (Wilson's) is too narrow for what new clusters will show. Each
+    resample draws as many clusters as there are, with replacement, and keeps all their rows.
+    Resamples with no trials are left out. Deterministic for a given ``seed``.
+
+    Raises:
+        ValueError: lengths differ, or there are no trials at all.
+
+    """
+    h = np.asarray(hits, dtype=np.float64)
+    t = np.asarray(trials, dtype=np.float64)
+    if not (len(h) == len(t) == len(clusters)):
+        raise ValueError(f"{len(h)} hits, {len(t)} trials and {len(clusters)} clusters")
+    if t.sum() <= 0:
+        raise ValueError("a ratio needs at least one trial")
+    _, group = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    k = int(group.max()) + 1
+    h_c, t_c = np.bincount(group, h, k), np.bincount(group, t, k)
+    draws = np.random.default_rng(seed).integers(0, k, size=(resamples, k))
+    num, den = h_c[draws].sum(1), t_c[draws].sum(1)
+    ratios = num[den > 0] / den[den > 0]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def binary_metrics(

@@ -110,3 +110,46 @@ def test_card_markdown_has_numbers_and_hashes() -> None:
     )
     assert "# Model card: minilm-ce-abc" in md and "SYNTHETIC" in md
     assert "| auc_int8 | 0.9050 |" in md and "f" * 64 in md and "sigmoid(7.500" in md
+
+
+def _clustered_flags(rng: np.random.Generator, clusters: int = 150) -> tuple:
+    """Flags of ``clusters`` queries whose own precision varies around 0.6 (Beta(3, 2))."""
+    own = rng.beta(3.0, 2.0, clusters)
+    sizes = rng.integers(1, 12, clusters)
+    hits = rng.binomial(sizes, own)
+    return hits, sizes, np.arange(clusters)
+
+
+def test_cluster_ratio_interval_covers_new_clusters_where_counting_rows_does_not() -> None:
+    from relmon.stats import wilson
+    from scoring.metrics import cluster_ratio_interval
+
+    rng = np.random.default_rng(5)
+    truth = 0.6  # the mean of Beta(3, 2), and sizes do not depend on it
+    runs, by_clusters, by_rows = 200, 0, 0
+    for _ in range(runs):
+        hits, sizes, ids = _clustered_flags(rng)
+        low, high = cluster_ratio_interval(hits, sizes, ids, resamples=1000, seed=1)
+        by_clusters += low <= truth <= high
+        w_low, w_high = wilson(hits.sum() / sizes.sum(), sizes.sum())
+        by_rows += w_low <= truth <= w_high
+    assert by_clusters / runs >= 0.9
+    assert by_rows < by_clusters  # rows of one query are not independent draws
+
+
+def test_cluster_ratio_interval_is_deterministic_and_holds_the_estimate() -> None:
+    from scoring.metrics import cluster_ratio_interval
+
+    hits, sizes, ids = _clustered_flags(np.random.default_rng(2))
+    # rows, not clusters: each cluster's flags spread over rows of one hit or one miss
+    row_hits = np.concatenate([[1] * h + [0] * (s - h) for h, s in zip(hits, sizes, strict=True)])
+    row_ids = np.repeat(ids, sizes)
+    first = cluster_ratio_interval(row_hits, np.ones(len(row_hits)), row_ids, seed=3)
+    assert first == cluster_ratio_interval(row_hits, np.ones(len(row_hits)), row_ids, seed=3)
+    # the same clusters summed beforehand give the same interval
+    assert first == pytest.approx(cluster_ratio_interval(hits, sizes, ids, seed=3))
+    assert first[0] < hits.sum() / sizes.sum() < first[1]
+    with pytest.raises(ValueError, match="trial"):
+        cluster_ratio_interval([0, 0], [0, 0], ["a", "b"])
+    with pytest.raises(ValueError, match="clusters"):
+        cluster_ratio_interval([1], [1, 2], ["a", "b"])
