@@ -79,16 +79,33 @@ def _tier_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.Chart:
     )
 
 
-def _volume_chart(frame: pd.DataFrame, title: str, minutes: int) -> alt.Chart:
+def _volume_chart(frame: pd.DataFrame, title: str, minutes: int, bucket_s: int) -> alt.Chart:
+    """Sampled impressions per window, stacked by tier, each bar as wide as its window.
+
+    The stack is computed here: a bar with a time range (x to x2) is drawn by Vega-Lite as a
+    ranged bar along x, so its height needs both ends (y to y2) given too.
+    """
+    frame = frame.sort_values(["window_start", "tier"]).assign(
+        window_end=lambda d: d["window_start"] + pd.Timedelta(seconds=bucket_s),
+        top=lambda d: d.groupby("window_start")["sampled"].cumsum(),
+        bottom=lambda d: d["top"] - d["sampled"],
+    )
     return (
         alt.Chart(frame)
-        .mark_bar()
+        .mark_rect(stroke="white", strokeWidth=1)
         .encode(
             x=utc_time_x("window_start", title, minutes),
-            y=alt.Y("sampled:Q", title="sampled impressions"),
+            x2="window_end:T",
+            y=alt.Y("top:Q", title="impressions"),
+            y2="bottom:Q",
             color=alt.Color("tier:N", title="tier"),
+            tooltip=[
+                utc_time_tooltip("window_start", "window start"),
+                alt.Tooltip("tier:N"),
+                alt.Tooltip("sampled:Q", title="sampled impressions"),
+            ],
         )
-        .properties(height=140)
+        .properties(height=180)
     )
 
 
@@ -150,7 +167,7 @@ def render() -> None:
     st.subheader("By query tier")
     st.altair_chart(_tier_chart(by_tier, axis, f.minutes), width="stretch")
     st.subheader("Traffic volume (sampled impressions)")
-    st.altair_chart(_volume_chart(by_tier, axis, f.minutes), width="stretch")
+    st.altair_chart(_volume_chart(by_tier, axis, f.minutes, f.bucket_s), width="stretch")
     table = series.assign(
         rate=series["rate"].map("{:.1%}".format),
         interval=[

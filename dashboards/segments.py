@@ -37,7 +37,13 @@ def render() -> None:
         .mark_rect()
         .encode(
             x=alt.X("tier:N", title="query tier", sort=["head", "torso", "tail"]),
-            y=alt.Y("category:N", title="category", sort=list(volume.index[:top])),
+            # every row named: Vega hides overlapping labels, which left every other row blank
+            y=alt.Y(
+                "category:N",
+                title="category",
+                sort=list(volume.index[:top]),
+                axis=alt.Axis(labelOverlap=False, labelLimit=240),
+            ),
             color=alt.Color(
                 "expected:Q", title="bad-case rate", scale=alt.Scale(scheme="orangered")
             ),
