@@ -137,6 +137,9 @@ class CatalogFollower(threading.Thread):
             enable_auto_commit=False,
             client_id="relmon-catalog",
             metadata_max_age_ms=5000,
+            # a catalogue fed in transactions (an exactly-once Connect source, a Flink job):
+            # the records of aborted ones are not products
+            isolation_level="read_committed",
         )
         try:
             known: set[int] = set()

@@ -7,6 +7,7 @@ checks that running workers report ``fetch_wait_set``).
 """
 
 import asyncio
+import gc
 import inspect
 from types import SimpleNamespace
 from typing import Any
@@ -60,3 +61,30 @@ def test_a_consumer_not_started_or_of_another_make_is_left_alone() -> None:
     moved = SimpleNamespace(_fetcher=SimpleNamespace(wait=1500))  # kept elsewhere
     assert set_fetch_max_wait(_app(moved), 100) is False
     assert not hasattr(moved, "_fetch_max_wait_ms")
+
+
+def test_the_worker_consumer_reads_only_committed_records() -> None:
+    """Records of aborted transactions must not be scored: the worker's consumer, as Faust
+    creates it through relmon's consumer class, reads committed records only, and aiokafka
+    builds its fetcher from the attribute that is set."""
+    from streams.fetches import BatchApp
+
+    source = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "isolation_level=self._isolation_level" in source
+
+    async def made() -> tuple[str, str]:
+        app = BatchApp("isolation-test", broker="kafka://127.0.0.1:9", autodiscover=False)
+        thread = app.consumer._new_consumer_thread()
+        worker = thread._create_worker_consumer(app.transport)
+        plain = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+        try:
+            return worker._isolation_level, plain._isolation_level
+        finally:  # closed here, not by a finaliser at some later garbage collection
+            await worker.stop()
+            await plain.stop()
+
+    worker_level, default_level = asyncio.run(made())
+    # the consumer thread's finalisers run now: run by a later collection inside pytest's
+    # ast.parse of a module, they trip CPython 3.11's "AST constructor recursion depth mismatch"
+    gc.collect()
+    assert (worker_level, default_level) == ("read_committed", "read_uncommitted")
