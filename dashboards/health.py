@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from relmon import lag
+from relmon.kafka import kafka_connection
 from relmon.settings import get_settings
 from streams.metrics import read_metrics
 
@@ -99,7 +100,8 @@ def _tiles(shown: pd.DataFrame) -> None:
 @st.cache_data(ttl=10)
 def consumer_lag(bootstrap: str, topic: str, group: str) -> pd.DataFrame:
     """Per partition: committed offset, highest offset read back + 1, lag, ListOffsets' answer."""
-    rows = lag.consumer_lag(bootstrap.split(","), topic, group)
+    # the settings' cluster (bootstrap: the cache key); TLS and SASL as every client has them
+    rows = lag.consumer_lag(kafka_connection(get_settings()), topic, group)
     return pd.DataFrame(
         [
             {

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import shutil
+import ssl
 import stat
 import time
 from collections.abc import Iterator
@@ -92,12 +93,47 @@ def broker_process(settings: Settings, port: int) -> ManagedProcess:
     )
 
 
-def _client_kwargs(settings: Settings) -> dict[str, object]:
-    return {
-        "bootstrap_servers": settings.kafka.servers,
-        "client_id": "relmon",
-        "request_timeout_ms": 15000,
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of relmon's Kafka clients (None without TLS).
+
+    The brokers' certificates are checked against ``RELMON_KAFKA_SSL_CAFILE`` (else the
+    system's trust store), and their host names; relmon's own certificate is shown where the
+    brokers ask for one (mutual TLS).
+    """
+    k = settings.kafka
+    if not k.uses_tls:
+        return None
+    context = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
+    if k.ssl_certfile is not None:
+        context.load_cert_chain(str(k.ssl_certfile), str(k.ssl_keyfile))
+    return context
+
+
+def kafka_connection(settings: Settings) -> dict[str, Any]:
+    """kafka-python's keyword arguments that reach ``settings``' cluster.
+
+    The bootstrap servers, the security protocol and, where it asks for them, the TLS context
+    and SASL credentials. Every kafka-python client of relmon is made with them.
+    """
+    k = settings.kafka
+    out: dict[str, Any] = {
+        "bootstrap_servers": k.servers,
+        "security_protocol": k.security_protocol,
     }
+    context = ssl_context(settings)
+    if context is not None:
+        out["ssl_context"] = context
+    if k.uses_sasl:
+        out.update(
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_plain_username=k.sasl_username,
+            sasl_plain_password=k.sasl_password.get_secret_value(),
+        )
+    return out
+
+
+def _client_kwargs(settings: Settings) -> dict[str, object]:
+    return {**kafka_connection(settings), "client_id": "relmon", "request_timeout_ms": 15000}
 
 
 def kafka_ready(servers: list[str]) -> bool:
@@ -227,10 +263,27 @@ def librdkafka_config(
     metadata but can neither produce nor consume (README, "Other Kafka clients"). Keys with dots
     go in as ``**{"enable.idempotence": True}``.
     """
+    k = settings.kafka
     config: dict[str, object] = {
-        "bootstrap.servers": ",".join(settings.kafka.servers),
+        "bootstrap.servers": ",".join(k.servers),
         "client.id": "relmon",
+        "security.protocol": k.security_protocol.lower(),
     }
+    for key, path in (
+        ("ssl.ca.location", k.ssl_cafile),
+        ("ssl.certificate.location", k.ssl_certfile),
+        ("ssl.key.location", k.ssl_keyfile),
+    ):
+        if path is not None:
+            config[key] = str(path)
+    if k.uses_sasl:
+        config.update(
+            {
+                "sasl.mechanism": k.sasl_mechanism,
+                "sasl.username": k.sasl_username,
+                "sasl.password": k.sasl_password.get_secret_value(),
+            }
+        )
     if group is not None:
         config.update(
             {

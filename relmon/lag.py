@@ -10,7 +10,9 @@ real end.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
@@ -29,12 +31,14 @@ class PartitionLag:
 
 
 def consumer_lag(
-    servers: list[str], topic: str, group: str, read_s: float = 3.0
+    connection: Mapping[str, Any], topic: str, group: str, read_s: float = 3.0
 ) -> list[PartitionLag]:
-    """Lag of consumer group ``group`` on every partition of ``topic``."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=servers, request_timeout_ms=5000, bootstrap_timeout_ms=3000
-    )
+    """Lag of consumer group ``group`` on every partition of ``topic``.
+
+    ``connection``: kafka-python's keyword arguments to reach the cluster
+    (:func:`relmon.kafka.kafka_connection`).
+    """
+    admin = KafkaAdminClient(**connection, request_timeout_ms=5000, bootstrap_timeout_ms=3000)
     try:
         committed = {
             tp.partition: meta.offset
@@ -44,7 +48,7 @@ def consumer_lag(
     finally:
         admin.close()
     consumer = KafkaConsumer(
-        bootstrap_servers=servers,
+        **connection,
         group_id=None,
         enable_auto_commit=False,
         max_poll_records=5000,

@@ -137,6 +137,44 @@ class KafkaSettings(Section):
         gt=0,
         description="consumer heartbeat interval in seconds.",
     )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="how every relmon client talks to Kafka: PLAINTEXT, SSL (TLS), "
+        "SASL_PLAINTEXT or SASL_SSL (SASL over TLS).",
+        validation_alias="kafka_security_protocol",
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities that sign the brokers' "
+        "certificates (SSL, SASL_SSL); unset = the system's trust store.",
+        validation_alias="kafka_ssl_cafile",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None,
+        description="PEM file of relmon's client certificate, for brokers that ask for one "
+        "(mutual TLS; with RELMON_KAFKA_SSL_KEYFILE).",
+        validation_alias="kafka_ssl_certfile",
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None,
+        description="PEM file of the client certificate's private key.",
+        validation_alias="kafka_ssl_keyfile",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN",
+        description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL).",
+        validation_alias="kafka_sasl_mechanism",
+    )
+    sasl_username: str = Field(
+        default="",
+        description="SASL user name.",
+        validation_alias="kafka_sasl_username",
+    )
+    sasl_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="SASL password (secret; masked when printed).",
+        validation_alias="kafka_sasl_password",
+    )
 
     @field_validator("bootstrap")
     @classmethod
@@ -157,6 +195,43 @@ class KafkaSettings(Section):
                 "RELMON_HEARTBEAT_INTERVAL_S must be smaller than RELMON_SESSION_TIMEOUT_S"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        files = {
+            "RELMON_KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "RELMON_KAFKA_SSL_CERTFILE": self.ssl_certfile,
+            "RELMON_KAFKA_SSL_KEYFILE": self.ssl_keyfile,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and not self.uses_tls:
+            raise ValueError(
+                f"{', '.join(given)} set but RELMON_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.security_protocol}: set it to SSL or SASL_SSL, or unset the files"
+            )
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}={path} is not a file")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError(
+                "RELMON_KAFKA_SSL_CERTFILE and RELMON_KAFKA_SSL_KEYFILE go together (mutual TLS)"
+            )
+        if self.uses_sasl and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            raise ValueError(
+                f"RELMON_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs "
+                "RELMON_KAFKA_SASL_USERNAME and RELMON_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the clients talk TLS to the brokers."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether the clients authenticate with SASL."""
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
 
     @property
     def servers(self) -> list[str]:

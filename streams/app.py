@@ -33,7 +33,7 @@ from faust.exceptions import ConsumerNotStarted, ProducerSendError
 
 from relmon import db
 from relmon.errors import broker_error
-from relmon.kafka import ensure_topics, producer
+from relmon.kafka import ensure_topics, kafka_connection, producer, ssl_context
 from relmon.runtime import GcPauses, settle_heap
 from relmon.settings import Settings
 from schemas.models import DeadLetter, ReviewRequest
@@ -193,6 +193,26 @@ class _FaustPorts(ClickHouseStorePorts):
         super().close()
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The worker's Faust credentials for ``settings``' cluster (None: plaintext).
+
+    The same TLS context and SASL user as every other relmon client
+    (:func:`relmon.kafka.kafka_connection`).
+    """
+    k = settings.kafka
+    context = ssl_context(settings)
+    if k.uses_sasl:
+        return faust.SASLCredentials(
+            username=k.sasl_username,
+            password=k.sasl_password.get_secret_value(),
+            ssl_context=context,
+            mechanism=k.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def set_fetch_max_wait(app: faust.App, max_wait_ms: int) -> bool:
     """Let the broker hold the worker's fetches at most ``max_wait_ms`` when no record is there.
 
@@ -263,7 +283,7 @@ class RelmonWorker:
         self._fetch_wait_set = False
         self._first_high: dict[tuple[str, int], int] = {}
         self.lag = CachedLag(
-            settings.kafka.servers, settings.topics.impressions, settings.kafka.consumer_group
+            kafka_connection(settings), settings.topics.impressions, settings.kafka.consumer_group
         )
         products = (
             load_catalog_file(settings.ingest.catalog_file) if settings.ingest.catalog_file else []
@@ -311,7 +331,7 @@ class RelmonWorker:
         )
         self.follower = CatalogFollower(
             self.catalog,
-            servers=settings.kafka.servers,
+            connection=kafka_connection(settings),
             topic=settings.topics.catalog,
             on_invalid=self._catalog_invalid,
             on_update=lambda: self.metrics.set("catalog_products", len(self.catalog)),
@@ -346,6 +366,7 @@ class RelmonWorker:
             stream_wait_empty=False,
             web_enabled=False,
             datadir=str(s.home / "faust" / s.kafka.consumer_group),
+            broker_credentials=broker_credentials(s),
         )
         # fetched, not yet taken: about two batches (then the consumer waits; a put may overshoot
         # by one fetch)

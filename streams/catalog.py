@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -91,7 +92,7 @@ class CatalogFollower(threading.Thread):
         self,
         catalog: Catalog,
         *,
-        servers: list[str],
+        connection: Mapping[str, Any],
         topic: str,
         on_invalid: InvalidHandler,
         on_update: Callable[[], None] | None = None,
@@ -99,7 +100,7 @@ class CatalogFollower(threading.Thread):
     ) -> None:
         super().__init__(name="relmon-catalog", daemon=True)
         self.catalog = catalog
-        self._servers = servers
+        self._connection = dict(connection)
         self._topic = topic
         self._on_invalid = on_invalid
         self._on_update = on_update
@@ -132,7 +133,7 @@ class CatalogFollower(threading.Thread):
 
     def _follow(self) -> None:
         consumer = KafkaConsumer(
-            bootstrap_servers=self._servers,
+            **self._connection,
             group_id=None,
             enable_auto_commit=False,
             client_id="relmon-catalog",

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from relmon.lag import consumer_lag
 from streams.metrics import COUNTERS
@@ -111,8 +112,10 @@ def exposition(
 class CachedLag:
     """The consumer group's lag per partition (:mod:`relmon.lag`), refreshed at most every ttl."""
 
-    def __init__(self, servers: list[str], topic: str, group: str, ttl_s: float = 15.0) -> None:
-        self._args = (servers, topic, group)
+    def __init__(
+        self, connection: Mapping[str, Any], topic: str, group: str, ttl_s: float = 15.0
+    ) -> None:
+        self._args = (connection, topic, group)
         self._ttl = ttl_s
         self._at = -ttl_s
         self._value: dict[int, int] | None = None

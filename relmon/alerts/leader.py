@@ -60,9 +60,11 @@ class KafkaLeader:
         from kafka.admin import NewTopic
         from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+        from relmon.kafka import kafka_connection
+
         self.topic = f"{settings.topics.alerts}.leader"
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.kafka.servers)
+            admin = KafkaAdminClient(**kafka_connection(settings))
             try:
                 if self.topic not in set(admin.list_topics()):
                     with contextlib.suppress(TopicAlreadyExistsError):
@@ -70,7 +72,7 @@ class KafkaLeader:
             finally:
                 admin.close()
             self._consumer = KafkaConsumer(
-                bootstrap_servers=settings.kafka.servers,
+                **kafka_connection(settings),
                 group_id=f"{settings.kafka.consumer_group}-alerts",
                 enable_auto_commit=False,
                 session_timeout_ms=int(settings.kafka.session_timeout_s * 1000),

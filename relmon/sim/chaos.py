@@ -50,7 +50,7 @@ from relmon import db
 from relmon.demo import env_of, store_process, worker_process
 from relmon.errors import ServiceError
 from relmon.hostinfo import cpu_model, isa_flags
-from relmon.kafka import ensure_topics, producer, read_topic
+from relmon.kafka import ensure_topics, kafka_connection, producer, read_topic
 from relmon.lag import consumer_lag
 from relmon.runtime import ManagedProcess, free_port, relmon_argv, wait_until
 from relmon.settings import Settings
@@ -311,7 +311,7 @@ def produce(settings: Settings, records: list[_Record], into: _Input) -> None:
 
 def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
     """The committed offset of ``group`` on each partition of ``topic``."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.servers)
+    admin = KafkaAdminClient(**kafka_connection(settings))
     try:
         offsets = admin.list_group_offsets(group).get(group, {})
     finally:
@@ -383,7 +383,7 @@ def teacher_process(settings: Settings, name: str) -> ManagedProcess:
 def teacher_done(settings: Settings) -> bool:
     """Whether the teacher group has committed every review request sent so far."""
     lags = consumer_lag(
-        settings.kafka.servers, settings.topics.review, settings.teacher.group, read_s=1.0
+        kafka_connection(settings), settings.topics.review, settings.teacher.group, read_s=1.0
     )
     return all(p.lag == 0 for p in lags)
 

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from relmon import db
 from relmon.errors import ConfigError, ServiceError
+from relmon.kafka import kafka_connection
 from relmon.kafka import producer as make_producer
 from relmon.settings import Settings
 from relmon.teacher import store
@@ -131,7 +132,7 @@ class TeacherConsumer:
         self._producer: KafkaProducer = make_producer(settings)
         self._consumer = KafkaConsumer(
             settings.topics.review,
-            bootstrap_servers=settings.kafka.servers,
+            **kafka_connection(settings),
             client_id="relmon-teacher",
             group_id=settings.teacher.group,
             enable_auto_commit=False,
