@@ -282,9 +282,9 @@ class RelmonWorker:
         self._taking = False
         self._fetch_wait_set = False
         self._first_high: dict[tuple[str, int], int] = {}
-        self.lag = CachedLag(
-            kafka_connection(settings), settings.topics.impressions, settings.kafka.consumer_group
-        )
+        # one set of kafka-python arguments (one TLS context) for the lag reader and the follower
+        connection = kafka_connection(settings)
+        self.lag = CachedLag(connection, settings.topics.impressions, settings.kafka.consumer_group)
         products = (
             load_catalog_file(settings.ingest.catalog_file) if settings.ingest.catalog_file else []
         )
@@ -331,7 +331,7 @@ class RelmonWorker:
         )
         self.follower = CatalogFollower(
             self.catalog,
-            connection=kafka_connection(settings),
+            connection=connection,
             topic=settings.topics.catalog,
             on_invalid=self._catalog_invalid,
             on_update=lambda: self.metrics.set("catalog_products", len(self.catalog)),

@@ -63,8 +63,9 @@ class KafkaLeader:
         from relmon.kafka import kafka_connection
 
         self.topic = f"{settings.topics.alerts}.leader"
+        connection = kafka_connection(settings)
         try:
-            admin = KafkaAdminClient(**kafka_connection(settings))
+            admin = KafkaAdminClient(**connection)
             try:
                 if self.topic not in set(admin.list_topics()):
                     with contextlib.suppress(TopicAlreadyExistsError):
@@ -72,7 +73,7 @@ class KafkaLeader:
             finally:
                 admin.close()
             self._consumer = KafkaConsumer(
-                **kafka_connection(settings),
+                **connection,
                 group_id=f"{settings.kafka.consumer_group}-alerts",
                 enable_auto_commit=False,
                 session_timeout_ms=int(settings.kafka.session_timeout_s * 1000),
